@@ -1,0 +1,40 @@
+# distill — `make demo` runs the main job on the bundled demo set; `make test` runs the tests.
+# Both set up a virtual environment first (pinned by constraints.txt) when needed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.distill-installed
+DEMO   ?= demo-data
+
+.PHONY: setup test test-fast demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,demo]"
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: setup
+	$(BIN)/distill data make-demo $(DEMO)/coco
+	$(BIN)/distill data check $(DEMO)/coco --split val2017
+	$(BIN)/distill config show --preset demo --set data.root=$(DEMO)/coco > $(DEMO)/demo-config.toml
+	@echo "demo set: $(DEMO)/coco   resolved config: $(DEMO)/demo-config.toml"
+
+bench: setup
+	$(BIN)/python bench/run.py --out bench/results.json --summary bench/RESULTS.md
+
+lint: setup
+	$(BIN)/ruff check distill teachers pipelines tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,110 @@
+"""Caption tokens (paper §3.4): stop-word filter, top-K vocabulary, 8 GloVe target vectors."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from distill.errors import ConfigError, LabelError
+
+__all__ = [
+    "PAPER_STOP_WORDS",
+    "Vocabulary",
+    "build_vocabulary",
+    "load_stop_words",
+    "token_targets",
+    "tokenize",
+]
+
+# Fig. 5 of the paper. `s` is what is left of "'s" once words are split on non-alphanumerics.
+PAPER_STOP_WORDS: frozenset[str] = frozenset(
+    ["(", ")", ":", "a", "an", "s", "of", "on", "and", "i", "in", "the", "is", "it", "at", "to", "with", "for", "from"]
+)
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def load_stop_words(words: Iterable[str] = (), path: str | Path = "") -> frozenset[str]:
+    """The stop-word set: a file (one word per line, `#` comments) if given, else `words` if
+    non-empty, else the paper's list."""
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"labels.stop_words_file {str(p)!r} does not exist")
+        lines = (line.split("#", 1)[0].strip().lower() for line in p.read_text().splitlines())
+        return frozenset(w for w in lines if w)
+    given = frozenset(w.lower() for w in words)
+    return given or PAPER_STOP_WORDS
+
+
+def tokenize(
+    caption: str,
+    stop_words: frozenset[str] = PAPER_STOP_WORDS,
+    known: Mapping[str, object] | frozenset[str] | set[str] | None = None,
+) -> list[str]:
+    """Lowercase, split into words, drop stop words, keep words `known` has (e.g. GloVe's);
+    order is kept. Words are runs of [a-z0-9]: all punctuation, the paper's ( ) : included,
+    falls away in the split, and "man's" becomes "man", "s"."""
+    words = _WORD.findall(caption.lower())
+    return [w for w in words if w not in stop_words and (known is None or w in known)]
+
+
+@dataclass
+class Vocabulary:
+    """The top-K caption words with their counts and GloVe vectors scaled to [-1, 1]."""
+
+    words: list[str]
+    counts: list[int]
+    vectors: np.ndarray  # (K, D) float32, already scaled
+    scale: float  # vectors = glove / scale
+
+    def __post_init__(self) -> None:
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+def build_vocabulary(
+    token_lists: Iterable[list[str]],
+    glove: Mapping[str, np.ndarray],
+    size: int = 2048,
+) -> Vocabulary:
+    """The `size` most frequent tokens; ties break alphabetically (count desc, then word asc).
+
+    Vectors are divided by the largest |component| among the chosen words' GloVe vectors, one
+    scalar for all: every component lands in [-1, 1] and cosine similarities are unchanged.
+    """
+    counts: Counter[str] = Counter()
+    for tokens in token_lists:
+        counts.update(tokens)
+    missing = [w for w in counts if w not in glove]
+    if missing:
+        raise LabelError(
+            f"{len(missing)} tokens have no GloVe vector (e.g. {missing[:3]}); tokenize with "
+            "known=glove first"
+        )
+    ranked = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))[:size]
+    words = [w for w, _ in ranked]
+    if words:
+        raw = np.stack([np.asarray(glove[w], np.float32) for w in words])
+        scale = float(np.abs(raw).max()) or 1.0
+    else:
+        raw, scale = np.zeros((0, 0), np.float32), 1.0
+    return Vocabulary(words, [c for _, c in ranked], (raw / scale).astype(np.float32), scale)
+
+
+def token_targets(tokens: list[str], vocab: Vocabulary, max_tokens: int = 8) -> np.ndarray:
+    """(max_tokens, D) float32: the first `max_tokens` in-vocabulary tokens in caption order,
+    then zero vectors."""
+    out = np.zeros((max_tokens, vocab.dim), np.float32)
+    kept = [vocab.index[t] for t in tokens if t in vocab.index][:max_tokens]
+    if kept:
+        out[: len(kept)] = vocab.vectors[kept]
+    return out

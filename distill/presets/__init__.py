@@ -1,0 +1,1 @@
+"""Named config presets, shipped as TOML package data (see distill/config.py)."""

@@ -1,0 +1,419 @@
+"""Label shards (DESIGN.md §5): the Arrow schema, one sample's encode/decode, file metadata, an
+atomic writer and a reader. The only module that knows column names or the shard-name format.
+
+Reading a shard needs nothing from distill: `pyarrow.parquet.read_table(path)`, then PIL for the
+PNG and image columns and numpy for the rest (see README.md, "Reading a shard").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distill import __version__
+from distill.coco import Person
+from distill.errors import ShardError
+from distill.images import decode_png, encode_png
+from distill.labels.keypoints import NUM_JOINTS
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "Sample",
+    "Segment",
+    "ShardWriter",
+    "TextRegion",
+    "decode_row",
+    "encode_sample",
+    "iter_samples",
+    "library_versions",
+    "make_metadata",
+    "parse_shard_name",
+    "read_metadata",
+    "read_shard",
+    "shard_name",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+META_PREFIX = "distill."
+_SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
+
+_SEGMENT = pa.struct([
+    ("category_id", pa.int32()),  # COCO-panoptic category id
+    ("score", pa.float32()),
+    ("isthing", pa.bool_()),
+    ("area", pa.int64()),  # pixels at the original resolution
+])  # fmt: skip
+_TEXT_REGION = pa.struct([
+    ("points", pa.list_(pa.float32())),  # x0, y0, x1, y1, ... in original pixels
+    ("score", pa.float32()),
+])  # fmt: skip
+_PERSON = pa.struct([
+    ("keypoints", pa.list_(pa.float32(), 3 * NUM_JOINTS)),  # x, y, v for the 17 COCO joints
+    ("bbox", pa.list_(pa.float32(), 4)),  # x, y, w, h
+    ("area", pa.float32()),
+    ("iscrowd", pa.bool_()),
+    ("num_keypoints", pa.int32()),
+])  # fmt: skip
+
+# Image-like columns are PNG bytes at the ORIGINAL resolution; a teacher that did not run leaves
+# its columns null.
+SCHEMA = pa.schema([
+    pa.field("image_id", pa.int64(), nullable=False),
+    pa.field("file_name", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),  # the original encoded file, byte for byte
+    pa.field("depth_png", pa.binary()),  # uint16 PNG: round((d - min) / (max - min) * 65535)
+    pa.field("depth_min", pa.float64()),
+    pa.field("depth_max", pa.float64()),
+    pa.field("normals_png", pa.binary()),  # RGB8 PNG: (n + 1) / 2 * 255
+    pa.field("panoptic_png", pa.binary()),  # uint8 PNG of COCO-panoptic category ids, 255 = void
+    pa.field("segments", pa.list_(_SEGMENT)),
+    pa.field("groups_png", pa.binary()),  # uint16 PNG, bit k = group k (distill.labels.groups)
+    pa.field("text_png", pa.binary()),  # uint8 PNG, 255 = text
+    pa.field("text_regions", pa.list_(_TEXT_REGION)),
+    pa.field("teacher_captions", pa.list_(pa.string())),
+    pa.field("coco_captions", pa.list_(pa.string())),
+    pa.field("tokens", pa.list_(pa.string())),  # stop-word-filtered, GloVe-known, caption order
+    pa.field("persons", pa.list_(_PERSON)),  # COCO ground truth, original pixels
+])  # fmt: skip
+
+
+@dataclass
+class Segment:
+    """One panoptic segment."""
+
+    category_id: int
+    score: float
+    isthing: bool
+    area: int
+
+
+@dataclass
+class TextRegion:
+    """One detected text polygon."""
+
+    points: np.ndarray  # (N, 2) float32 x, y
+    score: float
+
+
+@dataclass
+class Sample:
+    """One shard row, decoded. Label arrays are at the original resolution (height, width)."""
+
+    image_id: int
+    file_name: str
+    split: str
+    width: int
+    height: int
+    image: bytes
+    depth16: np.ndarray | None = None  # uint16 (H, W)
+    depth_min: float | None = None
+    depth_max: float | None = None
+    normals: np.ndarray | None = None  # uint8 (H, W, 3)
+    panoptic: np.ndarray | None = None  # uint8 (H, W) category ids
+    segments: list[Segment] | None = None
+    groups: np.ndarray | None = None  # uint16 (H, W) group bits
+    text_mask: np.ndarray | None = None  # bool (H, W)
+    text_regions: list[TextRegion] | None = None
+    teacher_captions: list[str] | None = None
+    coco_captions: list[str] = field(default_factory=list)
+    tokens: list[str] | None = None
+    persons: list[Person] = field(default_factory=list)
+
+
+def shard_name(split: str, index: int, total: int) -> str:
+    """`<split>-00042-of-00118.parquet` (index is 0-based)."""
+    if not 0 <= index < total:
+        raise ValueError(f"shard index {index} out of range for {total} shards")
+    return f"{split}-{index:05d}-of-{total:05d}.parquet"
+
+
+def parse_shard_name(name: str) -> tuple[str, int, int]:
+    """Invert `shard_name`: (split, index, total)."""
+    m = _SHARD_RE.match(Path(name).name)
+    if not m:
+        raise ShardError(f"{name!r} is not a shard name like 'val2017-00000-of-00005.parquet'")
+    return m["split"], int(m["index"]), int(m["total"])
+
+
+# ---------------------------------------------------------------------------------------------
+# One sample
+
+
+def _check_hw(sample: Sample, name: str, array: np.ndarray) -> None:
+    if array.shape[:2] != (sample.height, sample.width):
+        raise ShardError(
+            f"image {sample.image_id}: {name} is {array.shape[1]}x{array.shape[0]}, the image is "
+            f"{sample.width}x{sample.height}; labels are stored at the original resolution"
+        )
+
+
+def _png(sample: Sample, name: str, array: np.ndarray | None, level: int) -> bytes | None:
+    if array is None:
+        return None
+    _check_hw(sample, name, array)
+    return encode_png(array, level)
+
+
+def encode_sample(sample: Sample, compress_level: int = 1) -> dict[str, Any]:
+    """A `Sample` → a dict of Python values matching `SCHEMA` (one row)."""
+    text = None if sample.text_mask is None else sample.text_mask.astype(np.uint8) * 255
+    return {
+        "image_id": sample.image_id,
+        "file_name": sample.file_name,
+        "split": sample.split,
+        "width": sample.width,
+        "height": sample.height,
+        "image": sample.image,
+        "depth_png": _png(sample, "depth", sample.depth16, compress_level),
+        "depth_min": sample.depth_min,
+        "depth_max": sample.depth_max,
+        "normals_png": _png(sample, "normals", sample.normals, compress_level),
+        "panoptic_png": _png(sample, "panoptic", sample.panoptic, compress_level),
+        "segments": None if sample.segments is None else [vars(s) for s in sample.segments],
+        "groups_png": _png(sample, "groups", sample.groups, compress_level),
+        "text_png": _png(sample, "text mask", text, compress_level),
+        "text_regions": None if sample.text_regions is None else [
+            {"points": np.asarray(r.points, np.float32).reshape(-1).tolist(), "score": r.score}
+            for r in sample.text_regions
+        ],
+        "teacher_captions": sample.teacher_captions,
+        "coco_captions": sample.coco_captions,
+        "tokens": sample.tokens,
+        "persons": [
+            {
+                "keypoints": p.keypoints.reshape(-1).tolist(),
+                "bbox": list(p.bbox),
+                "area": p.area,
+                "iscrowd": p.iscrowd,
+                "num_keypoints": p.num_keypoints,
+            }
+            for p in sample.persons
+        ],
+    }
+
+
+def _unpng(value: bytes | None) -> np.ndarray | None:
+    return None if value is None else decode_png(value)
+
+
+def decode_row(row: dict[str, Any]) -> Sample:
+    """One row (as from `Table.to_pylist()`) → `Sample`."""
+    text = _unpng(row["text_png"])
+    return Sample(
+        image_id=row["image_id"],
+        file_name=row["file_name"],
+        split=row["split"],
+        width=row["width"],
+        height=row["height"],
+        image=row["image"],
+        depth16=_unpng(row["depth_png"]),
+        depth_min=row["depth_min"],
+        depth_max=row["depth_max"],
+        normals=_unpng(row["normals_png"]),
+        panoptic=_unpng(row["panoptic_png"]),
+        segments=None if row["segments"] is None else [Segment(**s) for s in row["segments"]],
+        groups=_unpng(row["groups_png"]),
+        text_mask=None if text is None else text > 0,
+        text_regions=None if row["text_regions"] is None else [
+            TextRegion(np.asarray(r["points"], np.float32).reshape(-1, 2), r["score"])
+            for r in row["text_regions"]
+        ],
+        teacher_captions=row["teacher_captions"],
+        coco_captions=row["coco_captions"] or [],
+        tokens=row["tokens"],
+        persons=[
+            Person(
+                keypoints=np.asarray(p["keypoints"], np.float32).reshape(NUM_JOINTS, 3),
+                bbox=tuple(p["bbox"]),
+                area=p["area"],
+                iscrowd=p["iscrowd"],
+                num_keypoints=p["num_keypoints"],
+            )
+            for p in row["persons"] or []
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# File metadata
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the packages that shape a shard's content."""
+    out = {"distill": __version__}
+    for dist in ("numpy", "pillow", "pyarrow", "torch", "torchvision", "transformers", "ray"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def make_metadata(
+    fingerprint: str, provenance: dict[str, Any], extra: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """File-level key/value metadata: schema version, config fingerprint, every teacher's
+    provenance, package versions, plus `extra` (all values JSON-encoded)."""
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": fingerprint,
+        "provenance": provenance,
+        "versions": library_versions(),
+        **(extra or {}),
+    }
+    return {f"{META_PREFIX}{k}": json.dumps(v, sort_keys=True) for k, v in meta.items()}
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The distill metadata of a shard, decoded (reads only the footer)."""
+    schema = _open(Path(path)).schema_arrow
+    raw = schema.metadata or {}
+    out = {}
+    for key, value in raw.items():
+        k = key.decode()
+        if k.startswith(META_PREFIX):
+            out[k[len(META_PREFIX):]] = json.loads(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and reading
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ShardWriter:
+    """Writes one shard so that it appears under its final name only when complete.
+
+    Rows go to a hidden temp file beside the target (same filesystem); `close()` flushes,
+    fsyncs, renames it into place and fsyncs the folder. An exception inside the `with` block
+    (or `abort()`) deletes the temp file: a crash never leaves a partial file under a final name.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        metadata: dict[str, str],
+        row_group_size: int = 64,
+        compress_level: int = 1,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self.row_group_size = row_group_size
+        self.compress_level = compress_level
+        self.rows = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._writer = pq.ParquetWriter(
+            self.tmp, SCHEMA.with_metadata(metadata), compression="zstd"
+        )
+        self._closed = False
+
+    def write(self, sample: Sample) -> None:
+        self._buffer.append(encode_sample(sample, self.compress_level))
+        if len(self._buffer) >= self.row_group_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            table = pa.Table.from_pylist(self._buffer, schema=self._writer.schema)
+            self._writer.write_table(table, row_group_size=self.row_group_size)
+            self.rows += len(self._buffer)
+            self._buffer = []
+
+    def close(self) -> Path:
+        """Finish the file and move it to its final name; returns that path."""
+        if self._closed:
+            return self.path
+        self._flush()
+        self._writer.close()
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+        self._closed = True
+        logger.debug("committed %s (%d rows)", self.path, self.rows)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    if not path.is_file():
+        raise ShardError(f"shard {path} does not exist")
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ShardError(f"shard {path} is not a readable Parquet file: {exc}") from exc
+
+
+def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a shard, checking its schema against the one distill writes."""
+    path = Path(path)
+    pf = _open(path)
+    missing = [f.name for f in SCHEMA if f.name not in pf.schema_arrow.names]
+    if missing:
+        raise ShardError(f"shard {path} does not have the distill schema: missing {missing}")
+    for f in SCHEMA:
+        got = pf.schema_arrow.field(f.name).type
+        if got != f.type:
+            raise ShardError(f"shard {path}: column {f.name!r} is {got}, expected {f.type}")
+    try:
+        return pf.read(columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise ShardError(f"shard {path} cannot be read: {exc}") from exc
+
+
+def iter_samples(path: str | Path) -> Iterator[Sample]:
+    """Decoded samples of a shard, one row group at a time."""
+    table = read_shard(path)
+    for batch in table.to_batches():
+        for row in batch.to_pylist():
+            yield decode_row(row)

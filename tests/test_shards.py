@@ -1,0 +1,158 @@
+"""Shard schema: a sample written and read back equals the input, column by column; the writer
+never exposes a partial file; a bad file fails naming itself."""
+
+import io
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from distill.coco import Person
+from distill.errors import ShardError
+from distill.labels.depth import decode_depth16, encode_depth16
+from distill.shards import (
+    SCHEMA,
+    Sample,
+    Segment,
+    ShardWriter,
+    TextRegion,
+    iter_samples,
+    make_metadata,
+    parse_shard_name,
+    read_metadata,
+    read_shard,
+    shard_name,
+)
+
+
+def make_sample(image_id: int, h: int = 24, w: int = 32, full: bool = True) -> Sample:
+    rng = np.random.default_rng(image_id)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    kp = np.zeros((17, 3), np.float32)
+    kp[5] = (3.5, 4.25, 2)
+    sample = Sample(
+        image_id=image_id, file_name=f"{image_id:012d}.jpg", split="val2017", width=w, height=h,
+        image=buf.getvalue(), coco_captions=["A cat.", "A small cat on a mat."],
+        persons=[Person(kp, (1.0, 2.0, 10.5, 20.0), 150.5, False, 1)],
+    )
+    if full:
+        d16, lo, hi = encode_depth16(rng.random((h, w)) * 40 + 2)
+        sample.depth16, sample.depth_min, sample.depth_max = d16, lo, hi
+        sample.normals = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        sample.panoptic = rng.choice(np.array([1, 17, 187, 255], np.uint8), (h, w))
+        sample.segments = [Segment(1, 0.9, True, 100), Segment(187, 0.75, False, 200)]
+        sample.groups = rng.integers(0, 2**11, (h, w)).astype(np.uint16)
+        sample.text_mask = rng.random((h, w)) > 0.8
+        sample.text_regions = [TextRegion(np.array([[1, 1], [5, 1.5], [5, 4]], np.float32), 0.8)]
+        sample.teacher_captions = ["a cat sitting on a mat"]
+        sample.tokens = ["cat", "sitting", "mat"]
+    return sample
+
+
+def assert_same(a: Sample, b: Sample) -> None:
+    for name, va in vars(a).items():
+        vb = getattr(b, name)
+        if isinstance(va, np.ndarray):
+            assert vb.dtype == va.dtype and np.array_equal(va, vb), name
+        elif name == "persons":
+            assert len(va) == len(vb)
+            for pa_, pb in zip(va, vb, strict=True):
+                assert np.array_equal(pa_.keypoints, pb.keypoints)
+                assert (pa_.bbox, pa_.area, pa_.iscrowd, pa_.num_keypoints) == (
+                    pb.bbox, pb.area, pb.iscrowd, pb.num_keypoints)
+        elif name == "text_regions" and va is not None:
+            assert [r.score for r in va] == pytest.approx([r.score for r in vb])
+            assert all(np.array_equal(r.points, s.points) for r, s in zip(va, vb, strict=True))
+        elif name == "segments" and va is not None:
+            assert [(s.category_id, s.isthing, s.area) for s in va] == [
+                (s.category_id, s.isthing, s.area) for s in vb]
+            assert [s.score for s in va] == pytest.approx([s.score for s in vb])
+        else:
+            assert va == vb, name
+
+
+def test_written_shard_reads_back_equal_for_every_column(tmp_path):
+    samples = [make_sample(i) for i in (5, 9)] + [make_sample(11, h=7, w=13, full=False)]
+    path = tmp_path / shard_name("val2017", 3, 12)
+    meta = make_metadata("abc123", {"depth": {"backend": "depth-anything-v2", "sha256": "00"}})
+    with ShardWriter(path, meta, row_group_size=2) as writer:
+        for s in samples:
+            writer.write(s)
+    assert path.name == "val2017-00003-of-00012.parquet"
+    back = list(iter_samples(path))
+    assert len(back) == 3
+    for a, b in zip(samples, back, strict=True):
+        assert_same(a, b)
+    assert back[2].depth16 is None and back[2].tokens is None
+    # depth survives with its min/max
+    d = decode_depth16(back[0].depth16, back[0].depth_min, back[0].depth_max)
+    assert d.min() == pytest.approx(samples[0].depth_min, rel=1e-6)
+    md = read_metadata(path)
+    assert md["schema_version"] == "1" and md["fingerprint"] == "abc123"
+    assert md["provenance"]["depth"]["backend"] == "depth-anything-v2"
+    assert "pyarrow" in md["versions"]
+    assert pq.ParquetFile(path).metadata.num_row_groups == 2
+    assert read_shard(path).schema.remove_metadata() == SCHEMA
+
+
+def test_plain_pyarrow_and_pil_decode_every_image_column(tmp_path):
+    path = tmp_path / "val2017-00000-of-00001.parquet"
+    with ShardWriter(path, make_metadata("f", {})) as w:
+        w.write(make_sample(1))
+    row = pq.read_table(path).to_pylist()[0]
+    depth = np.asarray(Image.open(io.BytesIO(row["depth_png"])))
+    assert depth.dtype == np.uint16 and depth.shape == (24, 32)
+    assert np.asarray(Image.open(io.BytesIO(row["normals_png"]))).shape == (24, 32, 3)
+    assert np.asarray(Image.open(io.BytesIO(row["groups_png"]))).dtype == np.uint16
+    assert Image.open(io.BytesIO(row["image"])).size == (32, 24)
+    assert len(row["persons"][0]["keypoints"]) == 51
+
+
+def test_a_crash_while_writing_leaves_no_file_under_the_final_name(tmp_path):
+    path = tmp_path / "val2017-00000-of-00001.parquet"
+    with pytest.raises(RuntimeError), ShardWriter(path, make_metadata("f", {}), 1) as w:
+        w.write(make_sample(1))
+        w.write(make_sample(2))
+        assert w.tmp.exists() and not path.exists()
+        raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == []
+
+
+def test_label_maps_must_be_at_the_original_resolution(tmp_path):
+    s = make_sample(1)
+    s.depth16 = s.depth16[:-1]
+    with pytest.raises(ShardError, match="original resolution"), \
+            ShardWriter(tmp_path / "x-00000-of-00001.parquet", make_metadata("f", {})) as w:
+        w.write(s)
+
+
+def test_bad_files_fail_naming_the_file(tmp_path):
+    junk = tmp_path / "val2017-00000-of-00001.parquet"
+    junk.write_bytes(b"PAR1 not really")
+    with pytest.raises(ShardError, match=str(junk)):
+        read_shard(junk)
+    with pytest.raises(ShardError, match="does not exist"):
+        read_shard(tmp_path / "missing.parquet")
+    other = tmp_path / "other.parquet"
+    pq.write_table(pq.read_table(_tiny_table(tmp_path)).drop(["tokens"]), other)
+    with pytest.raises(ShardError, match=r"missing \['tokens'\]"):
+        read_shard(other)
+
+
+def _tiny_table(tmp_path):
+    p = tmp_path / "t-00000-of-00001.parquet"
+    with ShardWriter(p, make_metadata("f", {})) as w:
+        w.write(make_sample(1, full=False))
+    return p
+
+
+def test_shard_names_round_trip():
+    assert parse_shard_name("train2017-00042-of-00119.parquet") == ("train2017", 42, 119)
+    assert shard_name("train2017", 42, 119) == "train2017-00042-of-00119.parquet"
+    with pytest.raises(ShardError):
+        parse_shard_name("train2017.parquet")
+    with pytest.raises(ValueError):
+        shard_name("x", 3, 3)
