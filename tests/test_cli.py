@@ -61,3 +61,11 @@ def test_data_check_on_coco_mini(coco_mini):
 
 def test_run_group_has_help():
     assert "label generation" in distill("run", "--help").stdout
+
+
+def test_teachers_list_shows_every_backend_and_the_papers_choice():
+    out = distill("teachers", "list").stdout
+    for name in ("depth-anything-v2", "detectron2", "mask2former", "dptext-detr", "craft",
+                 "visiongpt2", "vit-gpt2"):
+        assert name in out
+    assert "depth-anything/Depth-Anything-V2-Large-hf" in out

@@ -1,0 +1,116 @@
+"""The teacher contract: a backend loads once in `__init__` and labels a batch in `predict`.
+
+A teacher knows nothing about Ray or Parquet. It takes a list of RGB uint8 images of any sizes
+and returns one result per image at that image's ORIGINAL resolution, plus a `Provenance`
+record describing exactly which weights produced them.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+
+from distill.config import TeacherConfig
+from distill.errors import DistillError
+from distill.shards import Segment, TextRegion
+
+__all__ = [
+    "CaptionResult",
+    "DepthResult",
+    "PanopticResult",
+    "Provenance",
+    "Teacher",
+    "TeacherError",
+    "TextResult",
+    "check_images",
+]
+
+R = TypeVar("R")
+
+
+class TeacherError(DistillError):
+    """A teacher cannot be built or run (missing package, missing weights, bad input)."""
+
+
+@dataclass
+class Provenance:
+    """Which model produced a label: enough to reproduce or audit it."""
+
+    role: str
+    backend: str
+    variant: str  # pretrained | tiny | random
+    checkpoint: str  # hub id or local path ("" for tiny)
+    revision: str
+    weights_sha256: dict[str, str]  # weight file name → sha256 ({} for random init)
+    dtype: str
+    device: str
+    input_size: Any  # backend-specific: an int, or a description of the resize rule
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DepthResult:
+    """Relative inverse depth (larger = nearer), float32 (H, W)."""
+
+    depth: np.ndarray
+
+
+@dataclass
+class PanopticResult:
+    """uint8 (H, W) map of COCO-panoptic category ids (255 = void) and its segments."""
+
+    class_map: np.ndarray
+    segments: list[Segment]
+
+
+@dataclass
+class TextResult:
+    """bool (H, W) text mask and the detected regions (polygons in original pixels)."""
+
+    mask: np.ndarray
+    regions: list[TextRegion]
+
+
+@dataclass
+class CaptionResult:
+    """One caption string."""
+
+    caption: str
+
+
+class Teacher(abc.ABC, Generic[R]):
+    """Base of every backend. Subclasses set `name` (== their module name with '-' for '_',
+    the registry key) and `role`, load their model in `__init__`, and implement `predict`."""
+
+    name: ClassVar[str]
+    role: ClassVar[str]
+
+    def __init__(self, config: TeacherConfig) -> None:
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def provenance(self) -> Provenance:
+        """The provenance record of the loaded model."""
+
+    @abc.abstractmethod
+    def predict(self, images: list[np.ndarray]) -> list[R]:
+        """Label a batch: RGB uint8 (H_i, W_i, 3) images of any sizes → one result per image,
+        at (H_i, W_i)."""
+
+
+def check_images(images: list[np.ndarray]) -> None:
+    """Raise `TeacherError` unless every image is an RGB uint8 (H, W, 3) array."""
+    for i, img in enumerate(images):
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 \
+                or img.shape[2] != 3:
+            desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+            raise TeacherError(f"image {i} of the batch must be RGB uint8 (H, W, 3), got {desc}")

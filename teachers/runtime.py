@@ -1,0 +1,191 @@
+"""What every torch backend needs: device and dtype choice, deterministic tiny initialisation,
+weight-file hashing, safe checkpoint loading, and the provenance record."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Hashable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.config import TeacherConfig
+from distill.shards import library_versions
+from teachers.base import Provenance, TeacherError
+
+__all__ = [
+    "TINY_SEED",
+    "batches_by_size",
+    "hub_kwargs",
+    "load_state_dict",
+    "make_provenance",
+    "missing_weights",
+    "padded_size",
+    "pretrained_source",
+    "resolve_device",
+    "resolve_dtype",
+    "seeded",
+    "sha256_file",
+    "weight_files",
+]
+
+logger = logging.getLogger(__name__)
+
+TINY_SEED = 0  # every tiny / random variant initialises from this seed
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".pkl", ".ckpt")
+
+
+def resolve_device(config: TeacherConfig) -> torch.device:
+    """`auto` → CUDA when available, else CPU."""
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def resolve_dtype(config: TeacherConfig, device: torch.device, half_ok: bool = True) -> torch.dtype:
+    """`auto` → float16 on CUDA when the model allows half precision, float32 elsewhere."""
+    if config.dtype == "auto":
+        return torch.float16 if device.type == "cuda" and half_ok else torch.float32
+    return _DTYPES[config.dtype]
+
+
+@contextlib.contextmanager
+def seeded(seed: int = TINY_SEED) -> Iterator[None]:
+    """Deterministic random initialisation without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weight_files(checkpoint: str, revision: str = "main") -> list[Path]:
+    """Local weight files behind a checkpoint: a file, a folder, or a hub id already in the
+    local Hugging Face cache. Empty when none can be found without a download."""
+    path = Path(checkpoint)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(checkpoint, revision=revision, local_files_only=True))
+    except Exception:  # not cached, or not a hub id
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+
+
+def hub_kwargs(config: TeacherConfig) -> dict[str, Any]:
+    """Keyword arguments for `from_pretrained`: a pinned revision, never remote code."""
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if not Path(config.checkpoint).exists():
+        kwargs["revision"] = config.revision
+    return kwargs
+
+
+def missing_weights(model: str, checkpoint: str, why: str, example: str, holds: str) -> TeacherError:
+    """The error for weights that cannot be loaded: what failed and what to pass instead."""
+    return TeacherError(
+        f"cannot load {model} weights from checkpoint {checkpoint!r} "
+        f"({why.strip().rstrip('.')}). Pass a hub id (e.g. {example}, cached or downloadable, "
+        f"with a pinned revision) or a local folder holding {holds}; tests and the demo use "
+        "variant='tiny', which needs no weights"
+    )
+
+
+def pretrained_source(config: TeacherConfig, model: str, example: str, holds: str) -> str:
+    """Where `from_pretrained` reads `config.checkpoint` from: an existing local folder, or a hub
+    id. An empty checkpoint, a single file, or a missing path that can only be local (absolute,
+    `.`/`~`, or more than owner/name) raises `missing_weights` before any hub lookup."""
+    ckpt = config.checkpoint
+    if not ckpt:
+        raise missing_weights(model, ckpt, "the checkpoint is empty", example, holds)
+    path = Path(ckpt).expanduser()
+    if path.is_file():
+        raise missing_weights(model, ckpt, "it is a file, not a transformers model folder",
+                              example, holds)
+    if path.exists():
+        return str(path)
+    if path.is_absolute() or ckpt.startswith((".", "~")) or len(path.parts) > 2:
+        raise missing_weights(model, ckpt, "no such local folder", example, holds)
+    return ckpt
+
+
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of `multiple`."""
+    return height + -height % multiple, width + -width % multiple
+
+
+def batches_by_size(sizes: Sequence[Hashable], batch_size: int) -> list[list[int]]:
+    """Indices of inputs with equal network sizes, in chunks of at most `batch_size`, in order of
+    first appearance. Running each chunk alone (nothing padded to a neighbour's size) keeps every
+    label independent of which images share its batch, so a resumed run reproduces it."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(size, []).append(i)
+    step = max(1, batch_size)
+    return [idx[k:k + step] for idx in groups.values() for k in range(0, len(idx), step)]
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors: safetensors when it is one, else `torch.load` with
+    `weights_only=True` (no pickle code runs). A {"state_dict"/"model": ...} wrapper and a
+    DataParallel "module." prefix are unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: Any = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise TeacherError(f"cannot load {path} as a weights-only checkpoint: {exc}") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise TeacherError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def make_provenance(
+    role: str,
+    backend: str,
+    config: TeacherConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    input_size: Any,
+    files: list[Path] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Provenance:
+    """The provenance record; weight files are hashed here (once per teacher load)."""
+    hashes = {p.name: sha256_file(p) for p in files or []}
+    return Provenance(
+        role=role,
+        backend=backend,
+        variant=config.variant,
+        checkpoint=config.checkpoint,
+        revision=config.revision,
+        weights_sha256=hashes,
+        dtype=str(dtype).removeprefix("torch."),
+        device=device.type,
+        input_size=input_size,
+        versions=library_versions(),
+        extra=extra or {},
+    )

