@@ -1,0 +1,88 @@
+"""Post-processing stage (CPU, DESIGN.md §4): one image's teacher outputs → one shard `Sample`.
+
+Pure label math over `distill.labels`; no Ray, no torch. The generate-labels graph builds one
+`LabelContext` per worker and calls `build_sample` per image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from distill.coco import ImageRecord
+from distill.config import LabelsConfig
+from distill.labels.depth import encode_depth16
+from distill.labels.glove import load_glove
+from distill.labels.groups import GroupTable, encode_group_mask
+from distill.labels.normals import encode_normals8, sobel_normals
+from distill.labels.text import rasterize_polygons
+from distill.labels.tokens import load_stop_words, tokenize
+from distill.shards import Sample
+from teachers.base import CaptionResult, DepthResult, PanopticResult, TextResult
+
+__all__ = ["LabelContext", "build_sample"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelContext:
+    """What post-processing needs, loaded once per worker."""
+
+    groups: GroupTable
+    stop_words: frozenset[str]
+    known_words: Mapping[str, Any] | frozenset[str]  # words GloVe has a vector for
+    gradient_scale: float
+    text_score_threshold: float
+
+    @classmethod
+    def from_config(cls, labels: LabelsConfig) -> LabelContext:
+        glove = load_glove(labels.glove)
+        return cls(
+            groups=GroupTable.load(labels.group_overrides),
+            stop_words=load_stop_words(labels.stop_words, labels.stop_words_file),
+            known_words=frozenset(glove.words),
+            gradient_scale=labels.normals_gradient_scale,
+            text_score_threshold=labels.text_score_threshold,
+        )
+
+
+def build_sample(
+    record: ImageRecord,
+    split: str,
+    image_bytes: bytes,
+    size: tuple[int, int],
+    outputs: Mapping[str, Any],
+    ctx: LabelContext,
+) -> Sample:
+    """Combine the teachers' outputs for one image (keyed by role; a role that did not run is
+    absent) with its ground truth into a `Sample`. `size` is the decoded (width, height)."""
+    width, height = size
+    sample = Sample(
+        image_id=record.image_id, file_name=record.file_name, split=split, width=width,
+        height=height, image=image_bytes, coco_captions=list(record.captions),
+        persons=list(record.persons),
+    )
+    depth = outputs.get("depth")
+    if isinstance(depth, DepthResult):
+        sample.depth16, sample.depth_min, sample.depth_max = encode_depth16(depth.depth)
+        sample.normals = encode_normals8(sobel_normals(depth.depth, ctx.gradient_scale))
+    text = outputs.get("text")
+    if isinstance(text, TextResult):
+        kept = [r for r in text.regions if r.score >= ctx.text_score_threshold]
+        sample.text_regions = kept
+        sample.text_mask = rasterize_polygons([r.points for r in kept], height, width)
+    panoptic = outputs.get("panoptic")
+    if isinstance(panoptic, PanopticResult):
+        sample.panoptic, sample.segments = panoptic.class_map, list(panoptic.segments)
+        # The group mask needs the class map; the Text bit joins when the text teacher ran.
+        sample.groups = encode_group_mask(ctx.groups, panoptic.class_map, sample.text_mask)
+    caption = outputs.get("caption")
+    if isinstance(caption, CaptionResult):
+        sample.teacher_captions = [caption.caption]
+        # Tokens come from the teacher's caption: the student distils the captioner (paper
+        # §3.4); COCO's human captions stay in their own column for audits.
+        sample.tokens = tokenize(caption.caption, ctx.stop_words, ctx.known_words)
+    return sample
