@@ -325,11 +325,17 @@ class Config:
         `sections` restricts it, e.g. ("data", "teachers", "labels", "shards") for labelling.
         Same config → same hash in any process: canonical JSON, sorted keys, sha256.
         """
-        doc = _fingerprint_view(self)
+        blob = json.dumps(self.fingerprint_view(sections), sort_keys=True,
+                          separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def fingerprint_view(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The nested dict the fingerprint hashes (a run manifest keeps it, to say what
+        changed when a fingerprint differs)."""
+        doc: dict[str, Any] = _fingerprint_view(self)
         if sections is not None:
             doc = {k: v for k, v in doc.items() if k in sections}
-        blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return doc
 
 
 def _positive(name: str, value: float) -> None:

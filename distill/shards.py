@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
@@ -24,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill import __version__
+from distill.atomic import commit, temp_path
 from distill.coco import Person
 from distill.errors import ShardError
 from distill.images import decode_png, encode_png
@@ -299,14 +298,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 # Writing and reading
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ShardWriter:
     """Writes one shard so that it appears under its final name only when complete.
 
@@ -324,7 +315,7 @@ class ShardWriter:
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self.tmp = temp_path(self.path)
         self.row_group_size = row_group_size
         self.compress_level = compress_level
         self.rows = 0
@@ -352,10 +343,7 @@ class ShardWriter:
             return self.path
         self._flush()
         self._writer.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        commit(self.tmp, self.path)
         self._closed = True
         logger.debug("committed %s (%d rows)", self.path, self.rows)
         return self.path

@@ -4,7 +4,6 @@ weight-file hashing, safe checkpoint loading, and the provenance record."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import torch
 
+from distill.atomic import file_sha256
 from distill.config import TeacherConfig
 from distill.shards import library_versions
 from teachers.base import Provenance, TeacherError
@@ -28,7 +28,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "seeded",
-    "sha256_file",
     "weight_files",
 ]
 
@@ -59,14 +58,6 @@ def seeded(seed: int = TINY_SEED) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weight_files(checkpoint: str, revision: str = "main") -> list[Path]:
@@ -175,7 +166,7 @@ def make_provenance(
     extra: dict[str, Any] | None = None,
 ) -> Provenance:
     """The provenance record; weight files are hashed here (once per teacher load)."""
-    hashes = {p.name: sha256_file(p) for p in files or []}
+    hashes = {p.name: file_sha256(p) for p in files or []}
     return Provenance(
         role=role,
         backend=backend,

@@ -1,0 +1,150 @@
+"""The run manifest (DESIGN.md §5): the deterministic plan (shard → image ids), the config
+fingerprint it was made with, per-shard per-teacher status and checksums. `OUT/manifest.json` is
+rewritten atomically after every committed shard, so a crash never loses a finished shard and
+never leaves a half-written manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from distill.atomic import atomic_write_bytes, file_sha256
+from distill.errors import DistillError, ShardError
+from distill.shards import shard_name
+
+__all__ = [
+    "LABEL_SECTIONS",
+    "MANIFEST_VERSION",
+    "FingerprintMismatch",
+    "Manifest",
+    "ShardEntry",
+    "check_fingerprint",
+    "config_changes",
+    "make_plan",
+    "read_manifest",
+    "shard_is_complete",
+    "write_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+# The config sections that decide what a labelling run writes.
+LABEL_SECTIONS = ("data", "teachers", "labels", "shards")
+
+
+class FingerprintMismatch(DistillError):
+    """The config differs from the one the run folder was made with."""
+
+
+@dataclass
+class ShardEntry:
+    """One planned shard."""
+
+    name: str
+    image_ids: list[int]
+    teachers: dict[str, str] = field(default_factory=dict)  # role → "done" | "pending"
+    rows: int | None = None  # rows written (planned images minus quarantined ones)
+    sha256: str | None = None  # of the committed file
+
+    def done(self, roles: list[str]) -> bool:
+        return self.sha256 is not None and all(self.teachers.get(r) == "done" for r in roles)
+
+
+@dataclass
+class Manifest:
+    """`OUT/manifest.json`."""
+
+    split: str
+    fingerprint: str
+    config: dict[str, Any]  # the fingerprinted view of the config, to report what changed
+    shard_size: int
+    shards: list[ShardEntry]
+    version: int = MANIFEST_VERSION
+
+    def entry(self, name: str) -> ShardEntry:
+        for shard in self.shards:
+            if shard.name == name:
+                return shard
+        raise ShardError(f"shard {name} is not in the manifest's plan")
+
+
+def make_plan(image_ids: list[int], split: str, shard_size: int) -> list[ShardEntry]:
+    """Images sorted by id, cut into shards of `shard_size`: the same ids always give the same
+    plan, whatever order the dataset listed them in."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    ids = sorted(set(image_ids))
+    total = -(-len(ids) // shard_size)
+    return [
+        ShardEntry(shard_name(split, i, total), ids[i * shard_size:(i + 1) * shard_size])
+        for i in range(total)
+    ]
+
+
+def write_manifest(path: str | Path, manifest: Manifest) -> None:
+    """Atomically (re)write the manifest."""
+    data = json.dumps(asdict(manifest), indent=1, sort_keys=True).encode()
+    atomic_write_bytes(path, data)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"cannot read run manifest {path}: {exc}") from exc
+    if doc.get("version") != MANIFEST_VERSION:
+        raise ShardError(f"{path} has manifest version {doc.get('version')!r}; this distill "
+                         f"reads version {MANIFEST_VERSION}")
+    doc["shards"] = [ShardEntry(**s) for s in doc["shards"]]
+    return Manifest(**doc)
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two fingerprint views, as 'key: old → new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += config_changes(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} → {new!r}"]
+
+
+def check_fingerprint(manifest: Manifest, fingerprint: str, view: dict[str, Any],
+                      folder: Path) -> None:
+    """Refuse to continue a run with a different config, naming what changed."""
+    if manifest.fingerprint == fingerprint:
+        return
+    changes = config_changes(manifest.config, view) or ["(settings not recorded)"]
+    raise FingerprintMismatch(
+        f"{folder} was made with config {manifest.fingerprint}, this one is {fingerprint}. "
+        f"Changed: {'; '.join(changes[:8])}{' …' if len(changes) > 8 else ''}. Re-run with the "
+        "run's own config (its resolved config.toml is in the folder), choose another output "
+        "folder, or pass --new-run to start this folder over"
+    )
+
+
+def shard_is_complete(path: Path, entry: ShardEntry) -> bool:
+    """A committed shard counts as done only if its file exists, its footer reads, and its row
+    count and checksum equal the manifest's."""
+    if entry.sha256 is None or entry.rows is None or not path.is_file():
+        return False
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as exc:  # any unreadable footer means "not done"
+        logger.warning("shard %s has an unreadable footer (%s); it will be rewritten", path, exc)
+        return False
+    if rows != entry.rows:
+        logger.warning("shard %s has %d rows, the manifest says %d; it will be rewritten",
+                       path, rows, entry.rows)
+        return False
+    if file_sha256(path) != entry.sha256:
+        logger.warning("shard %s does not match its manifest checksum; it will be rewritten", path)
+        return False
+    return True
