@@ -13,10 +13,10 @@ from typing import Any
 
 from distill.coco import ImageRecord
 from distill.config import LabelsConfig
-from distill.labels.depth import encode_depth16
+from distill.labels.depth import normalize_depth, quantize_unit
 from distill.labels.glove import load_glove
 from distill.labels.groups import GroupTable, encode_group_mask
-from distill.labels.normals import encode_normals8, sobel_normals
+from distill.labels.normals import encode_normals8, normals_from_unit
 from distill.labels.text import rasterize_polygons
 from distill.labels.tokens import load_stop_words, tokenize
 from distill.shards import Sample
@@ -67,13 +67,16 @@ def build_sample(
     )
     depth = outputs.get("depth")
     if isinstance(depth, DepthResult):
-        sample.depth16, sample.depth_min, sample.depth_max = encode_depth16(depth.depth)
-        sample.normals = encode_normals8(sobel_normals(depth.depth, ctx.gradient_scale))
+        unit, sample.depth_min, sample.depth_max = normalize_depth(depth.depth)  # once for both
+        sample.depth16 = quantize_unit(unit)
+        sample.normals = encode_normals8(normals_from_unit(unit, ctx.gradient_scale))
     text = outputs.get("text")
     if isinstance(text, TextResult):
         kept = [r for r in text.regions if r.score >= ctx.text_score_threshold]
         sample.text_regions = kept
-        sample.text_mask = rasterize_polygons([r.points for r in kept], height, width)
+        # The teacher's mask already covers its regions; redraw only if the threshold dropped some.
+        sample.text_mask = text.mask if len(kept) == len(text.regions) else \
+            rasterize_polygons([r.points for r in kept], height, width)
     panoptic = outputs.get("panoptic")
     if isinstance(panoptic, PanopticResult):
         sample.panoptic, sample.segments = panoptic.class_map, list(panoptic.segments)

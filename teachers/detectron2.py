@@ -289,11 +289,7 @@ class Detectron2Teacher(Teacher[PanopticResult]):
     def predict(self, images: list[np.ndarray]) -> list[PanopticResult]:
         """RGB uint8 (H_i, W_i, 3) images → one `PanopticResult` per image at (H_i, W_i)."""
         check_images(images)
-        step = max(1, self.config.batch_size)
-        results: list[PanopticResult] = []
-        for start in range(0, len(images), step):
-            results.extend(self._predict_batch(images[start : start + step]))
-        return results
+        return runtime.predict_in_chunks(images, self.config.batch_size, self._predict_batch)
 
     def _predict_batch(self, images: list[np.ndarray]) -> list[PanopticResult]:
         """Detectron2 pads a batch to its largest image; running each group of images that pad

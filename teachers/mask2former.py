@@ -346,11 +346,7 @@ class Mask2FormerTeacher(Teacher[PanopticResult]):
     def predict(self, images: list[np.ndarray]) -> list[PanopticResult]:
         """RGB uint8 (H_i, W_i, 3) images → one `PanopticResult` per image at (H_i, W_i)."""
         check_images(images)
-        step = max(1, self.config.batch_size)
-        results: list[PanopticResult] = []
-        for start in range(0, len(images), step):
-            results.extend(self._predict_batch(images[start : start + step]))
-        return results
+        return runtime.predict_in_chunks(images, self.config.batch_size, self._predict_batch)
 
     @torch.inference_mode()
     def _predict_batch(self, images: list[np.ndarray]) -> list[PanopticResult]:

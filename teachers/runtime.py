@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -24,6 +24,7 @@ __all__ = [
     "make_provenance",
     "missing_weights",
     "padded_size",
+    "predict_in_chunks",
     "pretrained_source",
     "resolve_device",
     "resolve_dtype",
@@ -127,6 +128,20 @@ def batches_by_size(sizes: Sequence[Hashable], batch_size: int) -> list[list[int
         groups.setdefault(size, []).append(i)
     step = max(1, batch_size)
     return [idx[k:k + step] for idx in groups.values() for k in range(0, len(idx), step)]
+
+
+R = TypeVar("R")
+
+
+def predict_in_chunks(
+    images: list[Any], batch_size: int, predict_batch: Callable[[list[Any]], list[R]]
+) -> list[R]:
+    """Run `predict_batch` on consecutive chunks of at most `batch_size` images, in order."""
+    step = max(1, batch_size)
+    results: list[R] = []
+    for start in range(0, len(images), step):
+        results.extend(predict_batch(images[start:start + step]))
+    return results
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

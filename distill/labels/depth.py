@@ -6,7 +6,7 @@ import numpy as np
 
 from distill.errors import LabelError
 
-__all__ = ["DEPTH_LEVELS", "decode_depth16", "encode_depth16", "normalize_depth"]
+__all__ = ["DEPTH_LEVELS", "decode_depth16", "encode_depth16", "normalize_depth", "quantize_unit"]
 
 DEPTH_LEVELS = 65535
 
@@ -35,7 +35,12 @@ def encode_depth16(depth: np.ndarray) -> tuple[np.ndarray, float, float]:
     `decode_depth16` recovers the float map to within (max - min) / 65535 / 2.
     """
     unit, lo, hi = normalize_depth(depth)
-    return np.rint(unit * DEPTH_LEVELS).astype(np.uint16), lo, hi
+    return quantize_unit(unit), lo, hi
+
+
+def quantize_unit(unit: np.ndarray) -> np.ndarray:
+    """A [0, 1] map (from `normalize_depth`) → its uint16 levels."""
+    return np.rint(unit * DEPTH_LEVELS).astype(np.uint16)
 
 
 def decode_depth16(d16: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -15,7 +15,13 @@ import numpy as np
 from distill.errors import LabelError
 from distill.labels.depth import normalize_depth
 
-__all__ = ["decode_normals8", "encode_normals8", "sobel_gradients", "sobel_normals"]
+__all__ = [
+    "decode_normals8",
+    "encode_normals8",
+    "normals_from_unit",
+    "sobel_gradients",
+    "sobel_normals",
+]
 
 EPS = 1e-6
 
@@ -45,7 +51,11 @@ def sobel_gradients(depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def sobel_normals(depth: np.ndarray, gradient_scale: float = 255.0) -> np.ndarray:
     """Unit normals (H, W, 3) float32 in [-1, 1] from a relative inverse depth map."""
-    unit, _, _ = normalize_depth(depth)
+    return normals_from_unit(normalize_depth(depth)[0], gradient_scale)
+
+
+def normals_from_unit(unit: np.ndarray, gradient_scale: float = 255.0) -> np.ndarray:
+    """`sobel_normals` of a depth map already normalised to [0, 1] by `normalize_depth`."""
     gx, gy = sobel_gradients(unit)
     n = np.stack([-gx * gradient_scale, -gy * gradient_scale, np.ones_like(gx)], axis=-1)
     n /= np.linalg.norm(n, axis=-1, keepdims=True) + EPS

