@@ -99,6 +99,198 @@ def _root(
     )
 
 
+def _parse_ids(text: str | None) -> list[int] | None:
+    """`--image-ids 139,285,632` or `--image-ids @ids.txt` (whitespace/comma separated)."""
+    if text is None:
+        return None
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise DistillError(f"cannot read --image-ids file {path}: {exc}") from exc
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return [int(p) for p in parts]
+    except ValueError as exc:
+        raise DistillError(f"--image-ids wants integers like 139,285 or @file.txt: {exc}") from exc
+
+
+def _default_out(cfg: Any) -> Path:
+    return Path("runs") / cfg.preset / cfg.data.split
+
+
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Run folder (shards, manifest, quarantine, vocab, summary). "
+                 "Default: runs/<preset>/<split>. Re-running into the same folder resumes."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="Join a Ray cluster: 'auto' (this machine is a node) or "
+                 "'ray://head:10001'. Default: start a local Ray on this machine (127.0.0.1)."),
+]
+
+
+def _report_run(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    summary, plan = result.summary, result.plan
+    console = Console(stderr=False)
+    table = Table(title=f"generate-labels: {plan.out}", title_justify="left")
+    for col in ("stage", "images", "compute s", "images/s per worker"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for stage, row in summary["stages"].items():
+        rate = row["images_per_second"]
+        table.add_row(stage, str(row["images"]), f"{row['seconds']:.1f}",
+                      f"{rate:.2f}" if rate else "-")
+    console.print(table)
+    images = summary["images"]
+    run = summary["this_invocation"]
+    typer.echo(
+        f"this run: {run['images_processed']} images in {run['seconds']:.1f} s"
+        + (f" ({run['images_per_second']:.2f} images/s)" if run["images_per_second"] else "")
+        + f", {run['shards_written']} shard(s) written, {run['shards_skipped']} already complete"
+    )
+    typer.echo(f"run folder: {images['written']} images in {summary['shards']['complete']}/"
+               f"{summary['shards']['planned']} shards, {images['quarantined']} quarantined, "
+               f"{summary['bytes']['total'] / 1e6:.1f} MB")
+    for reason, n in list(summary["quarantine"].items())[:8]:
+        typer.echo(f"  quarantined {reason}: {n}")
+    if images["quarantined"]:
+        typer.echo(f"  details: {plan.out / 'quarantine.parquet'}; after fixing, "
+                   f"`distill run retry-failed {plan.out}` re-runs only those")
+    typer.echo(f"shards: {plan.out / 'shards'}   summary: {plan.out / 'summary.json'}")
+
+
+def _report_dry_run(plan: Any, est: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.progress import format_duration
+
+    m = plan.manifest
+    planned = sum(len(e.image_ids) for e in m.shards)
+    kinds: dict[str, int] = {}
+    for job in plan.jobs:
+        kinds[job.kind] = kinds.get(job.kind, 0) + 1
+    typer.echo(f"plan for {plan.out} (label fingerprint {m.fingerprint}, split {m.split})")
+    typer.echo(f"  images planned: {planned} in {len(m.shards)} shard(s) of up to "
+               f"{m.shard_size}; teachers: {', '.join(plan.roles)}")
+    typer.echo(f"  complete: {len(plan.skipped)} shard(s); to do: "
+               + (", ".join(f"{n} {k}" for k, n in kinds.items()) or "nothing")
+               + f" ({plan.images_to_process} images)")
+    for note in plan.notes:
+        typer.echo(f"  note: {note}")
+    if not plan.jobs:
+        return
+    table = Table(title=f"estimate from {est.sample} timed image(s), in this process",
+                  title_justify="left")
+    for col in ("stage", "load s", "s/image", "workers", "projected"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for stage in plan.stage_names():
+        per = est.seconds_per_image.get(stage)
+        load = est.load_seconds.get(stage)
+        table.add_row(
+            stage, f"{load:.1f}" if load is not None else "",
+            f"{per:.3f}" if per is not None else f"[red]{est.errors.get(stage, '-')[:70]}[/red]",
+            str(est.concurrency.get(stage, "tasks")),
+            format_duration(est.stage_seconds(stage)) if per is not None else "-",
+        )
+    Console().print(table)
+    if est.bytes_per_image:
+        typer.echo(f"  output: about {est.total_bytes / 1e6:.1f} MB "
+                   f"({sum(est.bytes_per_image.values()) / 1e3:.0f} kB per image; the slowest "
+                   "stage sets the pace once every pool is busy)")
+    for stage, why in est.errors.items():
+        typer.echo(f"  {stage} could not be timed: {why}")
+
+
+@run_app.command("generate-labels")
+@handles_errors
+def run_generate_labels(
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    shard_size: Annotated[int | None, typer.Option(
+        help="Images per shard (default: shards.shard_size, 1000).")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="Label only the first N images (by id) of the split.")] = None,
+    image_ids: Annotated[str | None, typer.Option(
+        "--image-ids", help="Label only these ids: '139,285,632' or '@ids.txt'.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan and an estimate (time per teacher, bytes) from a "
+        "short timed sample; write nothing.")] = False,
+    sample: Annotated[int, typer.Option(
+        help="Images to time for --dry-run.")] = 2,
+    new_run: Annotated[bool, typer.Option(
+        "--new-run", help="Start the run folder over (its shards, manifest and quarantine are "
+        "removed) instead of resuming it; needed when the config changed.")] = False,
+    address: AddressOpt = None,
+    live: Annotated[bool | None, typer.Option(
+        "--live/--no-live", help="Live progress table (default: when stderr is a terminal; "
+        "otherwise a progress line every 10 s).")] = None,
+) -> None:
+    """Label a COCO split with the teachers into Parquet shards (resumable).
+
+    Decode → one Ray actor pool per enabled teacher → post-processing (16-bit depth, normals,
+    11-group masks, text masks, caption tokens) → shards written atomically. Re-run the same
+    command after a crash to finish; enable another teacher and re-run to add only its labels.
+
+    \b
+    Examples:
+      distill run generate-labels --preset demo
+      distill run generate-labels --preset paper --set data.root=/data/coco --out /runs/coco-train
+      distill run generate-labels --preset paper --limit 200 --dry-run
+      distill run generate-labels -c mycluster.toml --address auto
+    """
+    from distill.config import load_config
+    from pipelines.generate_labels import RunOptions, generate_labels, plan_run
+
+    overrides = list(set_ or [])
+    if shard_size is not None:
+        overrides.append(f"shards.shard_size={shard_size}")
+    cfg = load_config(preset, config, overrides)
+    options = RunOptions(
+        out=out or _default_out(cfg), limit=limit, image_ids=_parse_ids(image_ids),
+        new_run=new_run, dry_run=dry_run, address=address, live=live,
+        verbose=logging.getLogger().level <= logging.INFO,
+    )
+    if dry_run:
+        from pipelines.estimate import estimate
+
+        plan = plan_run(cfg, options)
+        _report_dry_run(plan, estimate(plan, sample))
+        return
+    _report_run(generate_labels(cfg, options))
+
+
+@run_app.command("retry-failed")
+@handles_errors
+def run_retry_failed(
+    out: Annotated[Path, typer.Argument(help="The run folder of a generate-labels run.")],
+    set_: SetOpt = None,
+    address: AddressOpt = None,
+    live: Annotated[bool | None, typer.Option("--live/--no-live")] = None,
+) -> None:
+    """Re-run only the quarantined samples of a run (after fixing the images, a teacher, or
+    giving more memory). Uses the run's own config.toml; --set may change runtime settings
+    (batch sizes, devices, workers) but nothing that changes labels."""
+    from distill.config import load_config
+    from pipelines.generate_labels import RunOptions, generate_labels
+
+    cfg_file = out / "config.toml"
+    if not (out / "manifest.json").is_file() or not cfg_file.is_file():
+        raise DistillError(f"{out} is not a generate-labels run folder (no manifest.json and "
+                           "config.toml)")
+    cfg = load_config(None, [cfg_file], list(set_ or []))
+    options = RunOptions(out=out, retry_failed=True, address=address, live=live,
+                         verbose=logging.getLogger().level <= logging.INFO)
+    _report_run(generate_labels(cfg, options))
+
+
 @config_app.command("show")
 @handles_errors
 def config_show(

@@ -95,6 +95,7 @@ class TeacherConfig:
     device: str = _runtime("auto")
     batch_size: int = _runtime(8)
     num_gpus: float = _runtime(0.0)  # per actor; fractions share a GPU
+    num_cpus: float = _runtime(1.0)  # per actor (scaled down to fit a small local machine)
     concurrency: int = _runtime(1)  # actors in the pool
 
     def validate(self, role: str) -> None:
@@ -113,6 +114,7 @@ class TeacherConfig:
         _positive(f"teachers.{role}.concurrency", self.concurrency)
         if self.num_gpus < 0:
             raise ConfigError(f"teachers.{role}.num_gpus must be >= 0, got {self.num_gpus}")
+        _positive(f"teachers.{role}.num_cpus", self.num_cpus)
 
 
 @dataclass

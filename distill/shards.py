@@ -326,7 +326,12 @@ class ShardWriter:
         self._closed = False
 
     def write(self, sample: Sample) -> None:
-        self._buffer.append(encode_sample(sample, self.compress_level))
+        self.write_row(encode_sample(sample, self.compress_level))
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """Write a row already encoded by `encode_sample` (the pipeline encodes on its CPU
+        workers; the writer only appends)."""
+        self._buffer.append(row)
         if len(self._buffer) >= self.row_group_size:
             self._flush()
 

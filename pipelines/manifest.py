@@ -5,6 +5,7 @@ never leaves a half-written manifest."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from distill.atomic import atomic_write_bytes, file_sha256
+from distill.config import Config
 from distill.errors import DistillError, ShardError
 from distill.shards import shard_name
 
@@ -25,9 +27,12 @@ __all__ = [
     "ShardEntry",
     "check_fingerprint",
     "config_changes",
+    "label_fingerprint",
+    "label_view",
     "make_plan",
     "read_manifest",
     "shard_is_complete",
+    "teacher_additions",
     "write_manifest",
 ]
 
@@ -51,6 +56,9 @@ class ShardEntry:
     teachers: dict[str, str] = field(default_factory=dict)  # role → "done" | "pending"
     rows: int | None = None  # rows written (planned images minus quarantined ones)
     sha256: str | None = None  # of the committed file
+    # Work done on this shard, summed over runs: {"seconds": {stage: s}, "images": {stage: n},
+    # "oom_halvings": {role: n}}. Feeds summary.json's per-teacher images/s.
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def done(self, roles: list[str]) -> bool:
         return self.sha256 is not None and all(self.teachers.get(r) == "done" for r in roles)
@@ -65,6 +73,7 @@ class Manifest:
     config: dict[str, Any]  # the fingerprinted view of the config, to report what changed
     shard_size: int
     shards: list[ShardEntry]
+    selection: dict[str, Any] = field(default_factory=dict)  # --limit / --image-ids of the plan
     version: int = MANIFEST_VERSION
 
     def entry(self, name: str) -> ShardEntry:
@@ -114,6 +123,32 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += config_changes(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} → {new!r}"]
+
+
+def label_view(config: Config) -> dict[str, Any]:
+    """What a labelling run's output depends on: the label sections, with a disabled teacher
+    reduced to `{"enabled": False}` (its settings cannot change what is written)."""
+    view = config.fingerprint_view(LABEL_SECTIONS)
+    for role, teacher in view["teachers"].items():
+        if not teacher.get("enabled", True):
+            view["teachers"][role] = {"enabled": False}
+    return view
+
+
+def label_fingerprint(view: dict[str, Any]) -> str:
+    """Stable hash of a `label_view` (same scheme as `Config.fingerprint`)."""
+    blob = json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def teacher_additions(old: dict[str, Any], new: dict[str, Any]) -> list[str] | None:
+    """The roles `new` enables that `old` did not, when that is the *only* difference between
+    the two label views (adding a teacher to a finished run); None when anything else changed."""
+    old_t, new_t = old.get("teachers", {}), new.get("teachers", {})
+    added = [r for r, t in new_t.items()
+             if t.get("enabled", True) and not old_t.get(r, {}).get("enabled", False)]
+    rest = {**new, "teachers": {r: (old_t.get(r) if r in added else t) for r, t in new_t.items()}}
+    return added if rest == old else None
 
 
 def check_fingerprint(manifest: Manifest, fingerprint: str, view: dict[str, Any],

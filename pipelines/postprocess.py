@@ -14,7 +14,7 @@ from typing import Any
 from distill.coco import ImageRecord
 from distill.config import LabelsConfig
 from distill.labels.depth import normalize_depth, quantize_unit
-from distill.labels.glove import load_glove
+from distill.labels.glove import load_glove_words
 from distill.labels.groups import GroupTable, encode_group_mask
 from distill.labels.normals import encode_normals8, normals_from_unit
 from distill.labels.text import rasterize_polygons
@@ -22,7 +22,7 @@ from distill.labels.tokens import load_stop_words, tokenize
 from distill.shards import Sample
 from teachers.base import CaptionResult, DepthResult, PanopticResult, TextResult
 
-__all__ = ["LabelContext", "build_sample"]
+__all__ = ["LabelContext", "apply_outputs", "build_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,10 @@ class LabelContext:
 
     @classmethod
     def from_config(cls, labels: LabelsConfig) -> LabelContext:
-        glove = load_glove(labels.glove)
         return cls(
             groups=GroupTable.load(labels.group_overrides),
             stop_words=load_stop_words(labels.stop_words, labels.stop_words_file),
-            known_words=frozenset(glove.words),
+            known_words=load_glove_words(labels.glove),
             gradient_scale=labels.normals_gradient_scale,
             text_score_threshold=labels.text_score_threshold,
         )
@@ -65,6 +64,16 @@ def build_sample(
         height=height, image=image_bytes, coco_captions=list(record.captions),
         persons=list(record.persons),
     )
+    return apply_outputs(sample, outputs, ctx)
+
+
+def apply_outputs(sample: Sample, outputs: Mapping[str, Any], ctx: LabelContext) -> Sample:
+    """Fill `sample`'s label fields from teacher outputs (keyed by role), in place.
+
+    `sample` may already hold other teachers' labels (a teacher added to a finished run): the
+    group mask is then rebuilt from the stored class map and the stored or new text mask, so it
+    always reflects every teacher that ran."""
+    height, width = sample.height, sample.width
     depth = outputs.get("depth")
     if isinstance(depth, DepthResult):
         unit, sample.depth_min, sample.depth_max = normalize_depth(depth.depth)  # once for both
@@ -80,8 +89,10 @@ def build_sample(
     panoptic = outputs.get("panoptic")
     if isinstance(panoptic, PanopticResult):
         sample.panoptic, sample.segments = panoptic.class_map, list(panoptic.segments)
+    if sample.panoptic is not None and (isinstance(panoptic, PanopticResult)
+                                        or isinstance(text, TextResult)):
         # The group mask needs the class map; the Text bit joins when the text teacher ran.
-        sample.groups = encode_group_mask(ctx.groups, panoptic.class_map, sample.text_mask)
+        sample.groups = encode_group_mask(ctx.groups, sample.panoptic, sample.text_mask)
     caption = outputs.get("caption")
     if isinstance(caption, CaptionResult):
         sample.teacher_captions = [caption.caption]

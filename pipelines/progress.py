@@ -1,0 +1,143 @@
+"""Live progress for long runs: images/s and ETA per stage and overall, then a summary table.
+
+Stages report counts to a `ProgressBoard` (a zero-CPU Ray actor on the driver's node in a run;
+a plain object in tests); the driver polls it and draws a `rich` live table on a terminal, or a
+log line every `interval` seconds when stderr is not one (CI, `nohup`, a file).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ProgressBoard", "ProgressDisplay", "RateTracker", "format_duration"]
+
+
+class ProgressBoard:
+    """Counts per stage. Ray runs it as an actor (`ray.remote(ProgressBoard)`)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, stage: str, n: int) -> None:
+        self.counts[stage] = self.counts.get(stage, 0) + n
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "--:--"
+    seconds = round(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+@dataclass
+class RateTracker:
+    """Images/s over a sliding window (recent speed, not the average since start-up, which
+    model loading would drag down), and the ETA it implies."""
+
+    total: int
+    window_s: float = 30.0
+    history: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def update(self, done: int, now: float) -> None:
+        self.history.append((now, done))
+        while len(self.history) > 2 and now - self.history[0][0] > self.window_s:
+            self.history.popleft()
+
+    @property
+    def done(self) -> int:
+        return self.history[-1][1] if self.history else 0
+
+    @property
+    def rate(self) -> float | None:
+        if len(self.history) < 2:
+            return None
+        (t0, d0), (t1, d1) = self.history[0], self.history[-1]
+        return (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
+
+    @property
+    def eta(self) -> float | None:
+        remaining = max(0, self.total - self.done)
+        if remaining == 0:
+            return 0.0
+        rate = self.rate
+        return remaining / rate if rate else None
+
+
+class ProgressDisplay:
+    """Draws per-stage and overall progress. Use as a context manager; call `update` often."""
+
+    def __init__(self, stages: list[str], total: int, title: str = "generate-labels",
+                 interval: float = 10.0, live: bool | None = None) -> None:
+        self.stages = stages
+        self.total = total
+        self.title = title
+        self.interval = interval
+        self.trackers = {s: RateTracker(total) for s in [*stages, "written"]}
+        self.started = time.monotonic()
+        self._last_line = 0.0
+        self.live = sys.stderr.isatty() if live is None else live
+        self._live: Any = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(self._table(), console=Console(stderr=True), refresh_per_second=2,
+                              transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._table())
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def update(self, counts: dict[str, int], written: int) -> None:
+        now = time.monotonic()
+        for stage in self.stages:
+            self.trackers[stage].update(min(self.total, counts.get(stage, 0)), now)
+        self.trackers["written"].update(written, now)
+        if self._live is not None:
+            self._live.update(self._table())
+        elif now - self._last_line >= self.interval:
+            self._last_line = now
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def line(self) -> str:
+        """One log line: overall first, then each stage."""
+        parts = [self._cell("written")] + [self._cell(s) for s in self.stages]
+        elapsed = format_duration(time.monotonic() - self.started)
+        return f"[{self.title} {elapsed}] " + " | ".join(parts)
+
+    def _cell(self, name: str) -> str:
+        t = self.trackers[name]
+        rate = f"{t.rate:.2f}/s" if t.rate else "-/s"
+        return f"{name} {t.done}/{self.total} {rate} eta {format_duration(t.eta)}"
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"{self.title} — {format_duration(time.monotonic() - self.started)}",
+                      title_justify="left")
+        for col in ("stage", "images", "done", "images/s", "ETA"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for name in [*self.stages, "written"]:
+            t = self.trackers[name]
+            pct = 100.0 * t.done / self.total if self.total else 100.0
+            table.add_row(
+                "overall (written)" if name == "written" else name,
+                f"{t.done}/{self.total}", f"{pct:5.1f}%",
+                f"{t.rate:.2f}" if t.rate else "-", format_duration(t.eta),
+            )
+        return table

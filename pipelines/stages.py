@@ -1,0 +1,301 @@
+"""The generate-labels stages (DESIGN.md §1, §5) as plain functions over `Item`s.
+
+    decode (CPU task) → one stage per teacher (actor pool, GPU or CPU) → post-process (CPU task)
+
+Each stage takes a list of items and returns it, filling its part. A sample that fails gets a
+`Failure` (stage, error type, message) and is passed through untouched by the later stages, so a
+bad image never stops a batch. Nothing here imports Ray: `pipelines.generate_labels` wraps these
+functions in Ray Data operators, and the tests call them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.coco import ImageRecord, Problem
+from distill.config import DataConfig, LabelsConfig, TeacherConfig
+from distill.errors import DistillError
+from distill.images import decode_image
+from distill.shards import Sample, decode_row, encode_sample
+from pipelines.postprocess import LabelContext, apply_outputs, build_sample
+from pipelines.quarantine import Failure
+
+__all__ = [
+    "Item",
+    "TeacherStage",
+    "decode_items",
+    "is_out_of_memory",
+    "postprocess_items",
+    "predict_resilient",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Item:
+    """One image on its way through the stages."""
+
+    image_id: int
+    shard: str
+    split: str
+    roles: tuple[str, ...]  # the teachers this image still needs
+    file_name: str = ""
+    record: ImageRecord | None = None  # ground truth, for an image read from the dataset
+    problem: Problem | None = None  # the reader's reason when it could not use this image
+    shard_path: str | None = None  # a committed shard holding this image's row (add a teacher)
+    image: bytes | None = None  # the original encoded bytes
+    array: np.ndarray | None = None  # decoded RGB
+    row: dict[str, Any] | None = None  # the committed row being extended
+    outputs: dict[str, Any] = field(default_factory=dict)  # role → teacher result
+    seconds: dict[str, float] = field(default_factory=dict)  # stage → seconds spent on this image
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    halvings: dict[str, int] = field(default_factory=dict)  # role → OOM batch halvings seen
+    failure: Failure | None = None
+    encoded: dict[str, Any] | None = None  # the finished shard row
+
+    def fail(self, stage: str, error_type: str, message: str) -> None:
+        self.failure = Failure(self.image_id, self.file_name, self.shard, stage, error_type,
+                               message)
+        self.array, self.outputs, self.row = None, {}, None  # nothing more travels
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    message = str(exc).strip() or repr(exc)
+    return type(exc).__name__, message[:2000]
+
+
+# ---------------------------------------------------------------------------------------------
+# decode
+
+
+def _committed_rows(items: list[Item]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Rows of committed shards that items extend, read once per shard (row-group pruning on
+    the sorted image_id column keeps this to the row groups that hold them)."""
+    import pyarrow.parquet as pq
+
+    wanted: dict[str, list[int]] = {}
+    for item in items:
+        if item.shard_path is not None:
+            wanted.setdefault(item.shard_path, []).append(item.image_id)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for path, ids in wanted.items():
+        table = pq.read_table(path, filters=[("image_id", "in", ids)])
+        for row in table.to_pylist():
+            rows[(path, row["image_id"])] = row
+    return rows
+
+
+def decode_items(items: list[Item], data: DataConfig) -> list[Item]:
+    """Read each image's bytes (from the dataset, or from the committed shard row it extends)
+    and decode them to RGB. Unreadable, corrupt, oversized (decompression bomb) and too-small
+    images, and images whose size disagrees with their annotations, fail here."""
+    start = time.perf_counter()
+    try:
+        committed = _committed_rows(items)
+    except Exception as exc:  # the shard vanished or broke since it was planned
+        committed = {}
+        logger.warning("cannot read committed rows: %s", exc)
+    for item in items:
+        if not item.ok:
+            continue
+        if item.problem is not None:
+            item.fail("read", item.problem.error_type, item.problem.message)
+            continue
+        try:
+            if item.shard_path is not None:
+                row = committed.get((item.shard_path, item.image_id))
+                if row is None:
+                    raise FileNotFoundError(
+                        f"committed shard {Path(item.shard_path).name} has no row for image "
+                        f"{item.image_id}")
+                item.row, item.image = row, row["image"]
+            else:
+                assert item.record is not None
+                item.image = Path(item.record.path).read_bytes()
+            array = decode_image(item.image, data.max_image_pixels, data.min_image_side)
+        except (DistillError, OSError, ValueError) as exc:
+            item.fail("decode", *_describe(exc))
+            continue
+        record = item.record
+        h, w = array.shape[:2]
+        if record is not None and record.width and record.height and \
+                (w, h) != (record.width, record.height):
+            item.fail("decode", "SizeMismatch",
+                      f"the image is {w}x{h} but its annotations say {record.width}x"
+                      f"{record.height}; keypoints would not line up with the labels")
+            continue
+        item.array = array
+    _share_seconds(items, "decode", time.perf_counter() - start)
+    return items
+
+
+def _share_seconds(items: list[Item], stage: str, seconds: float) -> None:
+    live = [it for it in items if it.ok]
+    for item in live:
+        item.seconds[stage] = item.seconds.get(stage, 0.0) + seconds / len(live)
+
+
+# ---------------------------------------------------------------------------------------------
+# teachers
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (or other accelerator) out-of-memory, whatever wrapper raised it."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def predict_resilient(
+    predict: Callable[[list[np.ndarray]], list[Any]],
+    config: TeacherConfig,
+    images: list[np.ndarray],
+    on_halve: Callable[[int], None] | None = None,
+) -> list[Any]:
+    """`predict(images)` that survives what a long run meets:
+
+    - out of memory: `config.batch_size` (which the teacher reads per call) is halved and the
+      whole list retried, down to 1; the smaller size sticks for later batches;
+    - any other error, or OOM at batch size 1: each image is retried alone, so one bad image
+      costs only itself.
+
+    Returns one entry per image: the teacher's result, or the exception that image raised.
+    """
+    while True:
+        try:
+            results = predict(images)
+            if len(results) != len(images):
+                raise RuntimeError(f"teacher returned {len(results)} results for "
+                                   f"{len(images)} images")
+            return results
+        except Exception as exc:
+            if is_out_of_memory(exc) and config.batch_size > 1 and len(images) > 1:
+                _free_accelerator_memory()
+                config.batch_size = max(1, config.batch_size // 2)
+                logger.warning("out of memory; batch size halved to %d and retried",
+                               config.batch_size)
+                if on_halve is not None:
+                    on_halve(config.batch_size)
+                continue
+            if len(images) == 1:
+                return [exc]
+            logger.warning("a batch of %d failed (%s: %s); retrying image by image",
+                           len(images), type(exc).__name__, exc)
+            break
+    out: list[Any] = []
+    for image in images:
+        try:
+            out.append(predict([image])[0])
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                _free_accelerator_memory()
+            out.append(exc)
+    return out
+
+
+class TeacherStage:
+    """One teacher role as a stateful stage: the model loads once, then labels batches."""
+
+    def __init__(self, role: str, config: TeacherConfig, threads: int = 0) -> None:
+        import torch
+
+        from teachers.registry import create_teacher
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.role = role
+        self.config = dataclasses.replace(config)  # batch_size may shrink on OOM
+        self.teacher = create_teacher(role, self.config)
+        self.teacher.config = self.config
+        self.provenance = self.teacher.provenance.to_dict()
+        self.halvings = 0
+
+    def _halved(self, size: int) -> None:
+        self.halvings += 1
+
+    def __call__(self, items: list[Item]) -> list[Item]:
+        todo = [it for it in items if it.ok and self.role in it.roles and it.array is not None]
+        if not todo:
+            return items
+        before = self.halvings
+        start = time.perf_counter()
+        images = [it.array for it in todo if it.array is not None]  # all of them
+        results = predict_resilient(self.teacher.predict, self.config, images, self._halved)
+        per_image = (time.perf_counter() - start) / len(todo)
+        for item, result in zip(todo, results, strict=True):
+            if isinstance(result, BaseException):
+                item.fail(f"teacher:{self.role}", *_describe(result))
+                continue
+            item.outputs[self.role] = result
+            item.seconds[self.role] = per_image
+            item.provenance[self.role] = self.provenance
+            if self.halvings > before:
+                item.halvings[self.role] = self.halvings - before
+        return items
+
+
+# ---------------------------------------------------------------------------------------------
+# post-processing
+
+
+@functools.lru_cache(maxsize=4)
+def _context(labels_json: str) -> LabelContext:
+    """One `LabelContext` per worker process and labels config (GloVe words load once)."""
+    from distill.config import _build
+
+    return LabelContext.from_config(_build(LabelsConfig, json.loads(labels_json), "labels."))
+
+
+def labels_key(labels: LabelsConfig) -> str:
+    """A hashable form of the labels config, for `_context`'s cache."""
+    return json.dumps(dataclasses.asdict(labels), sort_keys=True)
+
+
+def postprocess_items(items: list[Item], labels: LabelsConfig) -> list[Item]:
+    """Teacher outputs → label arrays → the encoded shard row (PNG encoding happens here, on
+    the CPU workers, not in the single writer)."""
+    start = time.perf_counter()
+    ctx = _context(labels_key(labels))
+    for item in items:
+        if not item.ok:
+            continue
+        try:
+            assert item.array is not None and item.image is not None
+            h, w = item.array.shape[:2]
+            if item.row is not None:
+                sample: Sample = apply_outputs(decode_row(item.row), item.outputs, ctx)
+            else:
+                assert item.record is not None
+                sample = build_sample(item.record, item.split, item.image, (w, h), item.outputs,
+                                      ctx)
+            item.encoded = encode_sample(sample, labels.png_compress_level)
+        except Exception as exc:
+            item.fail("postprocess", *_describe(exc))
+            continue
+        item.array, item.outputs, item.row, item.record = None, {}, None, None
+    _share_seconds(items, "postprocess", time.perf_counter() - start)
+    return items

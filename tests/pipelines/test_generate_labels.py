@@ -1,0 +1,219 @@
+"""generate-labels end to end on Ray (the session's local instance): shards, manifest,
+quarantine, vocab, summary; resume, fingerprint refusal, adding a teacher, retry-failed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from distill.coco import open_dataset
+from distill.errors import DistillError
+from distill.shards import iter_samples, read_metadata
+from pipelines.finalize import read_vocabulary
+from pipelines.generate_labels import RunOptions, generate_labels, plan_run
+from pipelines.manifest import FingerprintMismatch, read_manifest
+from pipelines.quarantine import read_quarantine
+from tests.conftest import label_config, write_coco
+
+pytestmark = pytest.mark.slow
+
+IDS = [12, 3, 7, 1, 9, 5, 20]
+ROLES = ["depth", "panoptic", "text", "caption"]
+
+
+def _person(image_id: int, ann_id: int) -> dict:
+    kp = [0.0] * 51
+    kp[0:3] = [10 + image_id, 12, 2]
+    kp[18:21] = [22, 30, 1]
+    return {"id": ann_id, "image_id": image_id, "category_id": 1, "keypoints": kp,
+            "num_keypoints": 2, "bbox": [4, 5, 30, 35], "area": 900.0, "iscrowd": 0}
+
+
+@pytest.fixture(scope="module")
+def coco7(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("coco7") / "coco"
+    sizes = [(64, 48), (48, 64), (40, 40), (72, 40), (56, 56), (33, 45), (80, 60)]
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": w, "height": h}
+              for i, (w, h) in zip(IDS, sizes, strict=True)]
+    persons = [_person(7, 100), _person(7, 101), _person(20, 102)]
+    words = ["a dog on a red sofa", "two people riding horses", "a bus in the street"]
+    captions = [{"id": 1000 + k, "image_id": i, "caption": words[k % 3]}
+                for k, i in enumerate(IDS + IDS[:3])]
+    return write_coco(root, "val2017", images, persons, captions)
+
+
+@pytest.fixture(scope="module")
+def full_run(coco7, ray_address, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = generate_labels(label_config(coco7), RunOptions(out=out, live=False))
+    return out, result
+
+
+def _rows(out: Path) -> dict[int, object]:
+    samples = {}
+    for path in sorted((out / "shards").glob("*.parquet")):
+        for s in iter_samples(path):
+            assert s.image_id not in samples, f"image {s.image_id} is in two shards"
+            samples[s.image_id] = s
+    return samples
+
+
+def _same(a, b) -> None:
+    """Two decoded samples are equal in every column."""
+    for name in vars(a):
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray):
+            assert np.array_equal(x, y), name
+        elif name == "persons":
+            assert [p.keypoints.tolist() for p in x] == [p.keypoints.tolist() for p in y]
+        elif name == "text_regions":
+            assert [(r.points.tolist(), r.score) for r in x or []] == \
+                   [(r.points.tolist(), r.score) for r in y or []], name
+        else:
+            assert x == y, name
+
+
+def test_every_image_lands_in_one_row_with_every_column_decodable(full_run, coco7):
+    out, result = full_run
+    samples = _rows(out)
+    assert sorted(samples) == sorted(IDS)  # all good images written, none twice
+    assert read_quarantine(out / "quarantine.parquet") == []
+    truth = open_dataset(coco7, "val2017").by_id()
+    for image_id, s in samples.items():
+        rec = truth[image_id]
+        assert (s.width, s.height) == (rec.width, rec.height)
+        assert s.coco_captions == rec.captions
+        assert [p.keypoints.tolist() for p in s.persons] == \
+               [p.keypoints.tolist() for p in rec.persons]
+        assert s.image == rec.path.read_bytes()  # the original bytes: shards are self-contained
+        for name in ("depth16", "normals", "panoptic", "groups", "text_mask"):
+            assert getattr(s, name).shape[:2] == (s.height, s.width), name
+        assert s.depth16.dtype == np.uint16 and s.depth_max >= s.depth_min
+        assert s.teacher_captions and s.tokens is not None
+    # Plain pyarrow reads every shard; rows are sorted by id; small row groups.
+    for path in sorted((out / "shards").glob("*.parquet")):
+        table = pq.read_table(path)
+        ids = table.column("image_id").to_pylist()
+        assert ids == sorted(ids)
+        meta = read_metadata(path)
+        assert set(meta["provenance"]) == set(ROLES)
+        assert meta["fingerprint"] == result.plan.manifest.fingerprint
+        assert {"schema_version", "versions"} <= set(meta)
+    assert [p.name for p in sorted((out / "shards").glob("*.parquet"))] == [
+        "val2017-00000-of-00003.parquet", "val2017-00001-of-00003.parquet",
+        "val2017-00002-of-00003.parquet"]
+    # No temp files left behind.
+    assert not list((out / "shards").glob(".*"))
+
+
+def test_manifest_vocab_and_summary_describe_the_run(full_run):
+    out, _ = full_run
+    manifest = read_manifest(out / "manifest.json")
+    assert [e.image_ids for e in manifest.shards] == [[1, 3, 5], [7, 9, 12], [20]]
+    assert all(e.done(ROLES) and e.rows == len(e.image_ids) for e in manifest.shards)
+    vocab = read_vocabulary(out / "vocab.parquet")
+    all_tokens = [t for s in _rows(out).values() for t in s.tokens]
+    assert set(vocab.words) == set(all_tokens)
+    assert vocab.counts == sorted(vocab.counts, reverse=True)
+    assert np.abs(vocab.vectors).max() == pytest.approx(1.0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == {"planned": 7, "written": 7, "quarantined": 0,
+                                 "quarantined_in_plan": 0}
+    assert set(summary["teachers"]) == set(ROLES)
+    assert all(t["images"] == 7 and t["images_per_second"] > 0
+               for t in summary["teachers"].values())
+    assert summary["bytes"]["per_sample"]["image"] > 0
+    assert summary["shards"] == {"planned": 3, "complete": 3}
+
+
+def test_rerunning_the_same_command_skips_complete_shards(full_run, coco7):
+    out, _ = full_run
+    before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")}
+    again = generate_labels(label_config(coco7), RunOptions(out=out, live=False))
+    assert again.plan.jobs == [] and len(again.plan.skipped) == 3
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")} == before
+
+
+def test_a_damaged_shard_is_redone_and_nothing_else(full_run, coco7, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(full_run[0], out)
+    victim = out / "shards" / "val2017-00001-of-00003.parquet"
+    victim.write_bytes(victim.read_bytes()[:1000])  # a torn copy: footer unreadable
+    plan = plan_run(label_config(coco7), RunOptions(out=out, dry_run=True))
+    assert [j.entry.name for j in plan.jobs] == [victim.name]
+    assert len(plan.skipped) == 2
+
+
+def test_a_changed_config_is_refused_unless_new_run(full_run, coco7, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(full_run[0], out)
+    changed = label_config(coco7, "labels.text_score_threshold=0.7")
+    with pytest.raises(FingerprintMismatch, match=r"labels\.text_score_threshold: 0\.5 → 0\.7"):
+        plan_run(changed, RunOptions(out=out))
+    # Runtime-only settings (batch sizes, workers) are not part of a run's identity.
+    same = label_config(coco7, "teachers.depth.batch_size=1", "teachers.text.concurrency=2")
+    assert plan_run(same, RunOptions(out=out, dry_run=True)).jobs == []
+    with pytest.raises(FingerprintMismatch, match="--limit"):
+        plan_run(label_config(coco7), RunOptions(out=out, limit=2))
+    plan = plan_run(changed, RunOptions(out=out, new_run=True))
+    assert len(plan.jobs) == 3 and not list((out / "shards").glob("*.parquet"))
+    assert any("--new-run: cleared" in n for n in plan.notes)
+
+
+def test_adding_a_teacher_runs_only_that_teacher(full_run, coco7, tmp_path):
+    out = tmp_path / "out"
+    first = generate_labels(label_config(coco7, "teachers.caption.enabled=false"),
+                            RunOptions(out=out, live=False))
+    assert first.summary["stages"].keys() == {"decode", "depth", "panoptic", "text",
+                                              "postprocess"}
+    assert all(s.teacher_captions is None for s in _rows(out).values())
+    plan = plan_run(label_config(coco7), RunOptions(out=out, dry_run=True))
+    assert plan.added_roles == ["caption"]
+    assert plan.stage_names() == ["decode", "caption", "postprocess"]
+    assert {j.kind for j in plan.jobs} == {"add-teacher"}
+    second = generate_labels(label_config(coco7), RunOptions(out=out, live=False))
+    counts = {k: v["images"] for k, v in second.summary["stages"].items()}
+    assert counts == {"decode": 14, "depth": 7, "panoptic": 7, "text": 7, "caption": 7,
+                      "postprocess": 14}  # only caption ran again
+    # The result equals a run that had every teacher from the start.
+    full = _rows(full_run[0])
+    for image_id, sample in _rows(out).items():
+        _same(sample, full[image_id])
+    meta = read_metadata(out / "shards" / "val2017-00000-of-00003.parquet")
+    assert set(meta["provenance"]) == set(ROLES)
+    assert read_manifest(out / "manifest.json").fingerprint == full_run[1].plan.manifest.fingerprint
+
+
+def test_a_teacher_that_cannot_load_fails_the_run_clearly(coco7, ray_address, tmp_path):
+    cfg = label_config(coco7, "teachers.depth.variant=pretrained",
+                       f"teachers.depth.checkpoint={tmp_path / 'no-such-dav2'}")
+    with pytest.raises(DistillError, match="no-such-dav2"):
+        generate_labels(cfg, RunOptions(out=tmp_path / "out", live=False))
+    assert not list((tmp_path / "out" / "shards").glob("*.parquet"))
+
+
+@pytest.mark.shared
+def test_coco_mini_val_end_to_end(coco_mini, ray_address, tmp_path):
+    out = tmp_path / "out"
+    cfg = label_config(coco_mini, "shards.shard_size=32", "teachers.text.input_size=128")
+    result = generate_labels(cfg, RunOptions(out=out, live=False))
+    truth = open_dataset(coco_mini, "val2017")
+    samples = _rows(out)
+    failures = read_quarantine(out / "quarantine.parquet")
+    written, quarantined = set(samples), {f.image_id for f in failures}
+    assert not written & quarantined
+    assert written | quarantined == {r.image_id for r in truth.records}
+    assert len(samples) == len(truth.records) == 79
+    for record in truth.records:
+        s = samples[record.image_id]
+        assert s.coco_captions == record.captions
+        assert len(s.persons) == len(record.persons)
+        for got, want in zip(s.persons, record.persons, strict=True):
+            assert np.array_equal(got.keypoints, want.keypoints)
+            assert got.bbox == pytest.approx(want.bbox)
+    assert result.summary["shards"] == {"planned": 3, "complete": 3}
