@@ -44,7 +44,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb guard: {exc}") from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+        hint = "truncated or incomplete file: " if "truncated" in str(exc).lower() else ""
+        raise ImageDecodeError(
+            f"cannot decode image: {hint}{type(exc).__name__}: {exc}") from exc
     return img
 
 

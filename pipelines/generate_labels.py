@@ -127,6 +127,17 @@ def clear_run(out: Path) -> int:
     return len(files)
 
 
+def remove_stale_temps(out: Path) -> int:
+    """Temp files a killed run left behind (hidden names, never a final one). Only called while
+    holding the run lock, so no live writer owns them."""
+    stale = [*out.glob(".*.tmp-*"), *(out / "shards").glob(".*.tmp-*")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d temp file(s) left by an interrupted run", len(stale))
+    return len(stale)
+
+
 @contextmanager
 def run_lock(out: Path) -> Iterator[None]:
     """One writer per run folder: a second invocation on the same OUT fails fast."""
@@ -366,9 +377,13 @@ class TeacherOp:
 
 
 def _actor_cpus(config: Config, roles: list[str], cluster: ClusterInfo) -> dict[str, float]:
-    """CPUs per teacher actor. On a machine too small for every pool at its configured CPUs
-    (a laptop, CI), all are scaled down together, keeping one CPU for decode/post-process tasks:
-    otherwise Ray would wait forever for CPUs no node has."""
+    """CPUs per teacher actor. On a cluster too small for every pool at its configured CPUs
+    (a laptop, CI), all are scaled down together to half the cluster, leaving the rest to the
+    decode/post-process tasks: otherwise Ray would wait forever for CPUs no node has.
+
+    Scaled shares are rounded down to a power-of-two fraction (1/2, 1/4, ...). Shares like 0.75
+    fragment nodes: two of them leave 0.5 free on a 2-CPU node, and a 1-CPU task then fits on
+    no node even though the cluster as a whole has CPUs free."""
     teachers = config.teachers.roles()
     want = {r: teachers[r].num_cpus for r in roles}
     total = sum(want[r] * teachers[r].concurrency for r in roles)
@@ -376,9 +391,11 @@ def _actor_cpus(config: Config, roles: list[str], cluster: ClusterInfo) -> dict[
     if total <= room or total == 0:
         return want
     scale = room / total
-    logger.warning("teacher pools want %g CPUs, the cluster has %g: each actor gets %.2f of its "
-                   "configured CPUs so that every stage fits", total, cluster.cpus, scale)
-    return {r: round(want[r] * scale, 3) for r in roles}
+    out = {r: 2.0 ** math.floor(math.log2(want[r] * scale)) for r in roles}
+    logger.warning("teacher pools want %g CPUs, the cluster has %g: each actor gets %s CPUs so "
+                   "that every stage fits", total, cluster.cpus,
+                   ", ".join(f"{r} {c:g}" for r, c in out.items()))
+    return out
 
 
 def _check_gpus(config: Config, roles: list[str], cluster: ClusterInfo) -> None:
@@ -583,6 +600,7 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
     out = options.out
     started = time.monotonic()
     with run_lock(out):
+        remove_stale_temps(out)
         plan = plan_run(config, options)
         for note in plan.notes:
             logger.warning(note)

@@ -209,7 +209,10 @@ def predict_resilient(
     out: list[Any] = []
     for image in images:
         try:
-            out.append(predict([image])[0])
+            single = predict([image])
+            if len(single) != 1:
+                raise RuntimeError(f"teacher returned {len(single)} results for 1 image")
+            out.append(single[0])
         except Exception as exc:
             if is_out_of_memory(exc):
                 _free_accelerator_memory()

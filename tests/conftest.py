@@ -84,3 +84,53 @@ def label_config(root: Path, *overrides: str):
         f"data.root={root}", "teachers.text.input_size=160", "shards.shard_size=3",
         "teachers.depth.batch_size=2", *overrides,
     ])
+
+
+COCO7_IDS = [12, 3, 7, 1, 9, 5, 20]
+
+
+def _person(image_id: int, ann_id: int) -> dict:
+    kp = [0.0] * 51
+    kp[0:3] = [10 + image_id, 12, 2]
+    kp[18:21] = [22, 30, 1]
+    return {"id": ann_id, "image_id": image_id, "category_id": 1, "keypoints": kp,
+            "num_keypoints": 2, "bbox": [4, 5, 30, 35], "area": 900.0, "iscrowd": 0}
+
+
+def make_coco7(root: Path) -> Path:
+    """Seven images of mixed sizes (ids out of order), people on two, captions on all."""
+    sizes = [(64, 48), (48, 64), (40, 40), (72, 40), (56, 56), (33, 45), (80, 60)]
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": w, "height": h}
+              for i, (w, h) in zip(COCO7_IDS, sizes, strict=True)]
+    persons = [_person(7, 100), _person(7, 101), _person(20, 102)]
+    words = ["a dog on a red sofa", "two people riding horses", "a bus in the street"]
+    captions = [{"id": 1000 + k, "image_id": i, "caption": words[k % 3]}
+                for k, i in enumerate(COCO7_IDS + COCO7_IDS[:3])]
+    return write_coco(root, "val2017", images, persons, captions)
+
+
+def shard_rows(out: Path) -> dict[int, object]:
+    """Every decoded sample of a run folder by image id; fails if an id is in two shards."""
+    from distill.shards import iter_samples
+
+    samples = {}
+    for path in sorted((out / "shards").glob("*.parquet")):
+        for s in iter_samples(path):
+            assert s.image_id not in samples, f"image {s.image_id} is in two shards"
+            samples[s.image_id] = s
+    return samples
+
+
+def assert_same_sample(a, b) -> None:
+    """Two decoded samples are equal in every column."""
+    for name in vars(a):
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray):
+            assert np.array_equal(x, y), name
+        elif name == "persons":
+            assert [p.keypoints.tolist() for p in x] == [p.keypoints.tolist() for p in y]
+        elif name == "text_regions":
+            assert [(r.points.tolist(), r.score) for r in x or []] == \
+                   [(r.points.tolist(), r.score) for r in y or []], name
+        else:
+            assert x == y, name

@@ -13,38 +13,22 @@ import pytest
 
 from distill.coco import open_dataset
 from distill.errors import DistillError
-from distill.shards import iter_samples, read_metadata
+from distill.shards import read_metadata
 from pipelines.finalize import read_vocabulary
 from pipelines.generate_labels import RunOptions, generate_labels, plan_run
 from pipelines.manifest import FingerprintMismatch, read_manifest
 from pipelines.quarantine import read_quarantine
-from tests.conftest import label_config, write_coco
+from tests.conftest import COCO7_IDS as IDS
+from tests.conftest import assert_same_sample, label_config, make_coco7, shard_rows
 
 pytestmark = pytest.mark.slow
 
-IDS = [12, 3, 7, 1, 9, 5, 20]
 ROLES = ["depth", "panoptic", "text", "caption"]
-
-
-def _person(image_id: int, ann_id: int) -> dict:
-    kp = [0.0] * 51
-    kp[0:3] = [10 + image_id, 12, 2]
-    kp[18:21] = [22, 30, 1]
-    return {"id": ann_id, "image_id": image_id, "category_id": 1, "keypoints": kp,
-            "num_keypoints": 2, "bbox": [4, 5, 30, 35], "area": 900.0, "iscrowd": 0}
 
 
 @pytest.fixture(scope="module")
 def coco7(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("coco7") / "coco"
-    sizes = [(64, 48), (48, 64), (40, 40), (72, 40), (56, 56), (33, 45), (80, 60)]
-    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": w, "height": h}
-              for i, (w, h) in zip(IDS, sizes, strict=True)]
-    persons = [_person(7, 100), _person(7, 101), _person(20, 102)]
-    words = ["a dog on a red sofa", "two people riding horses", "a bus in the street"]
-    captions = [{"id": 1000 + k, "image_id": i, "caption": words[k % 3]}
-                for k, i in enumerate(IDS + IDS[:3])]
-    return write_coco(root, "val2017", images, persons, captions)
+    return make_coco7(tmp_path_factory.mktemp("coco7") / "coco")
 
 
 @pytest.fixture(scope="module")
@@ -54,33 +38,9 @@ def full_run(coco7, ray_address, tmp_path_factory):
     return out, result
 
 
-def _rows(out: Path) -> dict[int, object]:
-    samples = {}
-    for path in sorted((out / "shards").glob("*.parquet")):
-        for s in iter_samples(path):
-            assert s.image_id not in samples, f"image {s.image_id} is in two shards"
-            samples[s.image_id] = s
-    return samples
-
-
-def _same(a, b) -> None:
-    """Two decoded samples are equal in every column."""
-    for name in vars(a):
-        x, y = getattr(a, name), getattr(b, name)
-        if isinstance(x, np.ndarray):
-            assert np.array_equal(x, y), name
-        elif name == "persons":
-            assert [p.keypoints.tolist() for p in x] == [p.keypoints.tolist() for p in y]
-        elif name == "text_regions":
-            assert [(r.points.tolist(), r.score) for r in x or []] == \
-                   [(r.points.tolist(), r.score) for r in y or []], name
-        else:
-            assert x == y, name
-
-
 def test_every_image_lands_in_one_row_with_every_column_decodable(full_run, coco7):
     out, result = full_run
-    samples = _rows(out)
+    samples = shard_rows(out)
     assert sorted(samples) == sorted(IDS)  # all good images written, none twice
     assert read_quarantine(out / "quarantine.parquet") == []
     truth = open_dataset(coco7, "val2017").by_id()
@@ -117,7 +77,7 @@ def test_manifest_vocab_and_summary_describe_the_run(full_run):
     assert [e.image_ids for e in manifest.shards] == [[1, 3, 5], [7, 9, 12], [20]]
     assert all(e.done(ROLES) and e.rows == len(e.image_ids) for e in manifest.shards)
     vocab = read_vocabulary(out / "vocab.parquet")
-    all_tokens = [t for s in _rows(out).values() for t in s.tokens]
+    all_tokens = [t for s in shard_rows(out).values() for t in s.tokens]
     assert set(vocab.words) == set(all_tokens)
     assert vocab.counts == sorted(vocab.counts, reverse=True)
     assert np.abs(vocab.vectors).max() == pytest.approx(1.0)
@@ -171,7 +131,7 @@ def test_adding_a_teacher_runs_only_that_teacher(full_run, coco7, tmp_path):
                             RunOptions(out=out, live=False))
     assert first.summary["stages"].keys() == {"decode", "depth", "panoptic", "text",
                                               "postprocess"}
-    assert all(s.teacher_captions is None for s in _rows(out).values())
+    assert all(s.teacher_captions is None for s in shard_rows(out).values())
     plan = plan_run(label_config(coco7), RunOptions(out=out, dry_run=True))
     assert plan.added_roles == ["caption"]
     assert plan.stage_names() == ["decode", "caption", "postprocess"]
@@ -181,9 +141,9 @@ def test_adding_a_teacher_runs_only_that_teacher(full_run, coco7, tmp_path):
     assert counts == {"decode": 14, "depth": 7, "panoptic": 7, "text": 7, "caption": 7,
                       "postprocess": 14}  # only caption ran again
     # The result equals a run that had every teacher from the start.
-    full = _rows(full_run[0])
-    for image_id, sample in _rows(out).items():
-        _same(sample, full[image_id])
+    full = shard_rows(full_run[0])
+    for image_id, sample in shard_rows(out).items():
+        assert_same_sample(sample, full[image_id])
     meta = read_metadata(out / "shards" / "val2017-00000-of-00003.parquet")
     assert set(meta["provenance"]) == set(ROLES)
     assert read_manifest(out / "manifest.json").fingerprint == full_run[1].plan.manifest.fingerprint
@@ -203,7 +163,7 @@ def test_coco_mini_val_end_to_end(coco_mini, ray_address, tmp_path):
     cfg = label_config(coco_mini, "shards.shard_size=32", "teachers.text.input_size=128")
     result = generate_labels(cfg, RunOptions(out=out, live=False))
     truth = open_dataset(coco_mini, "val2017")
-    samples = _rows(out)
+    samples = shard_rows(out)
     failures = read_quarantine(out / "quarantine.parquet")
     written, quarantined = set(samples), {f.image_id for f in failures}
     assert not written & quarantined
