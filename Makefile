@@ -26,8 +26,11 @@ test-fast: setup
 demo: setup
 	$(BIN)/distill data make-demo $(DEMO)/coco
 	$(BIN)/distill data check $(DEMO)/coco --split val2017
-	$(BIN)/distill config show --preset demo --set data.root=$(DEMO)/coco > $(DEMO)/demo-config.toml
-	@echo "demo set: $(DEMO)/coco   resolved config: $(DEMO)/demo-config.toml"
+	$(BIN)/distill run generate-labels --preset demo --set data.root=$(DEMO)/coco --out $(DEMO)/run
+	@echo
+	@echo "shards:  $(DEMO)/run/shards/*.parquet   (one row per image; README 'Reading a shard')"
+	@echo "summary: $(DEMO)/run/summary.json   quarantine: $(DEMO)/run/quarantine.parquet"
+	@echo "look:    $(BIN)/python -c \"import pyarrow.parquet as pq; t = pq.read_table('$(DEMO)/run/shards/val2017-00000-of-00002.parquet'); print(t.select(['image_id', 'file_name', 'teacher_captions', 'tokens']).to_pandas())\""
 
 bench: setup
 	$(BIN)/python bench/run.py --out bench/results.json --summary bench/RESULTS.md

@@ -87,8 +87,7 @@ def ray_session(config: RayConfig, address: str | None = None,
         yield ClusterInfo("existing", cpus, gpus, nodes, started_here=False)
         return
     address = address or config.address or os.environ.get("RAY_ADDRESS") or ""
-    if not verbose:  # Ray's own INFO chatter; warnings and errors still show
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if not verbose:  # a warning on every start that token auth is on: it is, as it should be
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR)
     common: dict[str, Any] = {

@@ -392,7 +392,7 @@ def _actor_cpus(config: Config, roles: list[str], cluster: ClusterInfo) -> dict[
         return want
     scale = room / total
     out = {r: 2.0 ** math.floor(math.log2(want[r] * scale)) for r in roles}
-    logger.warning("teacher pools want %g CPUs, the cluster has %g: each actor gets %s CPUs so "
+    logger.info("teacher pools want %g CPUs, the cluster has %g: each actor gets %s CPUs so "
                    "that every stage fits", total, cluster.cpus,
                    ", ".join(f"{r} {c:g}" for r, c in out.items()))
     return out
@@ -531,11 +531,26 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
                           fn_kwargs={"labels": config.labels, "board": board}, num_cpus=1)
 
 
+def _quiet_ray_data_console() -> None:
+    """Ray Data prints its plan and a note that its progress bars are off (ours draw instead)
+    at INFO/WARNING on the console; its full debug log still goes to the session's ray-data.log.
+    Raise the console handlers to WARNING and drop that one note."""
+    def not_the_progress_note(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars disabled")
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+            handler.addFilter(not_the_progress_note)
+
+
 def _execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo) -> _Committer:
     import ray
     import ray.data
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    if not options.verbose:
+        _quiet_ray_data_console()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = options.verbose
     ctx.execution_options.preserve_order = True  # shards finish in order: bounded driver memory

@@ -69,3 +69,46 @@ def test_teachers_list_shows_every_backend_and_the_papers_choice():
                  "visiongpt2", "vit-gpt2"):
         assert name in out
     assert "depth-anything/Depth-Anything-V2-Large-hf" in out
+
+
+def test_generate_labels_help_shows_its_options_and_examples():
+    out = distill("run", "generate-labels", "--help").stdout
+    for opt in ("--shard-size", "--limit", "--image-ids", "--dry-run", "--new-run", "--address",
+                "--out", "distill run generate-labels --preset demo"):
+        assert opt in out
+    assert "quarantined" in distill("run", "retry-failed", "--help").stdout
+
+
+def test_dry_run_prints_the_plan_and_a_timed_estimate_and_writes_nothing(synthetic_coco,
+                                                                         tmp_path):
+    out = tmp_path / "run"
+    proc = distill("run", "generate-labels", "--preset", "demo", "--set",
+                   f"data.root={synthetic_coco}", "--set", "teachers.text.input_size=160",
+                   "--shard-size", "2", "--out", str(out), "--dry-run", "--sample", "1")
+    text = proc.stdout
+    assert "images planned: 3 in 2 shard(s) of up to 2" in text
+    assert "to do: 2 label (3 images)" in text
+    for stage in ("decode", "depth", "panoptic", "text", "caption", "postprocess"):
+        assert stage in text
+    assert "output: about" in text
+    assert not out.exists()
+
+
+def test_bad_run_requests_fail_with_a_clear_message(synthetic_coco, tmp_path):
+    common = ["run", "generate-labels", "--preset", "demo", "--set",
+              f"data.root={synthetic_coco}", "--out", str(tmp_path / "run"), "--dry-run"]
+    proc = distill(*common, "--image-ids", "1,77,78", check=False)
+    assert proc.returncode == 2 and "[77, 78]" in proc.stderr and "not in val2017" in proc.stderr
+    proc = distill(*common, "--image-ids", "one,two", check=False)
+    assert proc.returncode == 2 and "--image-ids wants integers" in proc.stderr
+    proc = distill("run", "retry-failed", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "not a generate-labels run folder" in proc.stderr
+
+
+def test_image_ids_from_a_file_restrict_the_plan(synthetic_coco, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("3\n1\n")
+    text = distill("run", "generate-labels", "--preset", "demo", "--set",
+                   f"data.root={synthetic_coco}", "--out", str(tmp_path / "run"), "--dry-run",
+                   "--sample", "0", "--image-ids", f"@{ids}").stdout
+    assert "images planned: 2 in 1 shard(s)" in text
