@@ -77,6 +77,10 @@ class DataConfig:
     min_image_side: int = 8  # smaller images are quarantined: no teacher can label them
 
     def validate(self) -> None:
+        # The split names the image folder and every shard file: no paths in it.
+        if not self.split or any(c in self.split for c in "/\\\0") or self.split in (".", ".."):
+            raise ConfigError(f"data.split = {self.split!r} must be a plain name such as "
+                              "'train2017' or 'val2017' (no path separators)")
         _positive("data.max_image_pixels", self.max_image_pixels)
         _positive("data.min_image_side", self.min_image_side)
 

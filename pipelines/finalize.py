@@ -105,6 +105,7 @@ def summarise_run(out: Path, manifest: Manifest, roles: list[str],
             halvings[role] += n
     failures = read_quarantine(out / "quarantine.parquet")
     planned = sum(len(e.image_ids) for e in manifest.shards)
+    in_plan = len({f.image_id for f in failures if f.shard})
     stages = {
         stage: {
             "images": int(images[stage]),
@@ -120,8 +121,12 @@ def summarise_run(out: Path, manifest: Manifest, roles: list[str],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "shards": {"planned": len(manifest.shards),
                    "complete": sum(1 for e in manifest.shards if e.done(roles))},
-        "images": {"planned": planned, "written": rows, "quarantined": len(failures),
-                   "quarantined_in_plan": len({f.image_id for f in failures if f.shard})},
+        "images": {"planned": planned, "written": rows,
+                   "quarantined": len({f.image_id for f in failures}),
+                   "quarantined_in_plan": in_plan,
+                   # planned images neither written nor quarantined: 0 once every shard is done
+                   "unaccounted": planned - rows - in_plan},
+        "quarantine_rows": len(failures),
         "quarantine": summarise(failures),
         "teachers": {r: stages[r] for r in roles if r in stages},
         "stages": stages,

@@ -210,13 +210,8 @@ def _open_manifest(config: Config, options: RunOptions, dataset: Dataset,
     view = label_view(config)
     fingerprint = label_fingerprint(view)
     path = out / "manifest.json"
-    if path.is_file() and options.new_run and not options.retry_failed:
-        if options.dry_run:
-            notes.append(f"--new-run would clear {len(run_folder_files(out))} file(s) in {out}")
-        else:
-            notes.append(f"--new-run: cleared {clear_run(out)} file(s) of the previous run in "
-                         f"{out}")
-    if path.is_file() and not (options.new_run and options.dry_run):
+    start_over = path.is_file() and options.new_run and not options.retry_failed
+    if path.is_file() and not start_over:
         manifest = read_manifest(path)
         if manifest.split != config.data.split:
             raise FingerprintMismatch(
@@ -242,11 +237,18 @@ def _open_manifest(config: Config, options: RunOptions, dataset: Dataset,
             if not options.dry_run:
                 write_manifest(path, manifest)
         return manifest, added
+    # A new plan. Everything that can refuse it is checked before an old run is cleared.
     ids = _select(dataset, options)
     manifest = Manifest(split=config.data.split, fingerprint=fingerprint, config=view,
                         shard_size=config.shards.shard_size,
                         shards=make_plan(ids, config.data.split, config.shards.shard_size),
                         selection=_selection(options))
+    if start_over:
+        if options.dry_run:
+            notes.append(f"--new-run would clear {len(run_folder_files(out))} file(s) in {out}")
+        else:
+            notes.append(f"--new-run: cleared {clear_run(out)} file(s) of the previous run in "
+                         f"{out}")
     if not options.dry_run:
         replace_failures(out / "quarantine.parquet", [""],
                          [p.image_id for p in dataset.problems], _unlisted_problems(dataset))
@@ -272,6 +274,21 @@ def _fresh_items(entry: ShardEntry, ids: list[int], dataset: Dataset, split: str
     return items
 
 
+def _accounted(path: Path, entry: ShardEntry, quarantined: dict[str, set[int]]) -> bool:
+    """A committed shard's rows plus its quarantined images must be exactly its planned images;
+    anything else (a commit interrupted between the shard and the quarantine, a file edited by
+    hand) sends the shard back to be labelled again."""
+    rows = pq.read_table(path, columns=["image_id"]).column("image_id").to_pylist()
+    seen = set(rows) | quarantined.get(entry.name, set())
+    if len(rows) == len(set(rows)) and seen == set(entry.image_ids):
+        return True
+    missing = sorted(set(entry.image_ids) - seen)
+    logger.warning("shard %s does not account for its planned images (missing %s, extra %s); "
+                   "it will be labelled again", entry.name, missing[:5],
+                   sorted(seen - set(entry.image_ids))[:5])
+    return False
+
+
 def plan_run(config: Config, options: RunOptions) -> RunPlan:
     """Decide what this invocation does: which shards are complete, which need labelling,
     which need only a newly added teacher, and (retry-failed) which samples to retry."""
@@ -281,12 +298,12 @@ def plan_run(config: Config, options: RunOptions) -> RunPlan:
     dataset = open_dataset(config.data.root, config.data.split)
     manifest, added = _open_manifest(config, options, dataset, notes)
     shard_dir = out / "shards"
-    failed: dict[str, list[int]] = {}
+    quarantined: dict[str, set[int]] = {}
+    failures = read_quarantine(out / "quarantine.parquet")
+    for f in failures:
+        quarantined.setdefault(f.shard, set()).add(f.image_id)
     if options.retry_failed:
-        for f in read_quarantine(out / "quarantine.parquet"):
-            if f.shard:
-                failed.setdefault(f.shard, []).append(f.image_id)
-        unlisted = sum(1 for f in read_quarantine(out / "quarantine.parquet") if not f.shard)
+        unlisted = sum(1 for f in failures if not f.shard)
         if unlisted:
             notes.append(f"{unlisted} quarantined annotation problem(s) name no image entry "
                          "(e.g. an unknown image id); fix the annotation files and start a "
@@ -295,37 +312,34 @@ def plan_run(config: Config, options: RunOptions) -> RunPlan:
     skipped: list[str] = []
     for entry in manifest.shards:
         path = shard_dir / entry.name
-        complete = shard_is_complete(path, entry)
-        missing_roles = [r for r in roles if entry.teachers.get(r) != "done"]
-        if complete and options.retry_failed:
-            retry = sorted(set(failed.get(entry.name, [])))
-            if missing_roles:
-                jobs.append(_extend_job(entry, path, manifest.split, missing_roles))
-            elif retry:
-                jobs.append(ShardJob(entry, _fresh_items(entry, retry, dataset, manifest.split,
-                                                         roles), keep_committed=True,
-                                     kind="retry"))
-            else:
-                skipped.append(entry.name)
-        elif complete and not missing_roles:
-            skipped.append(entry.name)
-        elif complete:
-            jobs.append(_extend_job(entry, path, manifest.split, missing_roles))
-        else:
-            entry.teachers = {}
+        complete = shard_is_complete(path, entry) and _accounted(path, entry, quarantined)
+        if not complete:
+            entry.teachers, entry.stats = {}, {}  # labelled again from scratch
             jobs.append(ShardJob(entry, _fresh_items(entry, entry.image_ids, dataset,
                                                      manifest.split, roles)))
+            continue
+        missing_roles = [r for r in roles if entry.teachers.get(r) != "done"]
+        retry = sorted(quarantined.get(entry.name, set())) if options.retry_failed else []
+        if not missing_roles and not retry:
+            skipped.append(entry.name)
+            continue
+        items = _fresh_items(entry, retry, dataset, manifest.split, roles)
+        if missing_roles:  # every committed row goes through the new teacher(s)
+            items += _extend_items(entry, path, manifest.split, missing_roles)
+        kind = "add-teacher" if missing_roles else "retry"
+        if missing_roles and retry:
+            kind = "add-teacher+retry"
+        # Retrying alone: the rows not retried stay as they are.
+        jobs.append(ShardJob(entry, items, keep_committed=not missing_roles, kind=kind))
     return RunPlan(out, config, manifest, roles, jobs, skipped, added, notes)
 
 
-def _extend_job(entry: ShardEntry, path: Path, split: str, roles: list[str]) -> ShardJob:
-    """A committed shard that a newly enabled teacher has not labelled: every row goes through
-    that teacher only (the image comes from the row itself)."""
+def _extend_items(entry: ShardEntry, path: Path, split: str, roles: list[str]) -> list[Item]:
+    """Items for every committed row of a shard, needing only `roles` (newly enabled teachers);
+    the image comes from the row itself."""
     meta = pq.read_table(path, columns=["image_id", "file_name"]).to_pylist()
-    items = [Item(image_id=r["image_id"], shard=entry.name, split=split,
-                  roles=tuple(roles), file_name=r["file_name"], shard_path=str(path))
-             for r in meta]
-    return ShardJob(entry, items, kind="add-teacher")
+    return [Item(image_id=r["image_id"], shard=entry.name, split=split, roles=tuple(roles),
+                 file_name=r["file_name"], shard_path=str(path)) for r in meta]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,6 +463,13 @@ class _Committer:
         self.shards_done = 0
         self.lock = threading.Lock()
 
+    def commit_empty(self) -> None:
+        """Jobs with nothing to send through the stages (a teacher added to a shard whose images
+        were all quarantined) commit at once."""
+        for name, n in self.expected.items():
+            if n == 0:
+                self.commit(self.jobs[name], [])
+
     def add(self, item: Item) -> None:
         bucket = self.got.setdefault(item.shard, [])
         bucket.append(item)
@@ -486,12 +507,14 @@ class _Committer:
             "shard": entry.name, "split": plan.manifest.split, "planned_images": entry.image_ids,
             "teachers": plan.roles, "oom_batch_halvings": stats["oom_halvings"],
         })
-        # 1. quarantine, 2. shard, 3. manifest: a crash between any two is redone on resume.
-        replace_failures(out / "quarantine.parquet", [entry.name], [it.image_id for it in items],
-                         failures)
+        # 1. shard, 2. quarantine, 3. manifest. A crash after 1 leaves a shard whose checksum
+        # the manifest does not know, so it is labelled again (and its quarantine rows replaced);
+        # a crash after 2 likewise. The quarantine never loses a row its shard does not have.
         with ShardWriter(path, meta, plan.config.shards.row_group_size) as writer:
             for row in rows:
                 writer.write_row(row)
+        replace_failures(out / "quarantine.parquet", [entry.name], [it.image_id for it in items],
+                         failures)
         entry.rows, entry.sha256 = len(rows), file_sha256(path)
         entry.teachers = {**entry.teachers, **{r: "done" for r in plan.roles}}
         entry.stats = stats
@@ -544,7 +567,8 @@ def _quiet_ray_data_console() -> None:
             handler.addFilter(not_the_progress_note)
 
 
-def _execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo) -> _Committer:
+def _execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
+             committer: _Committer) -> None:
     import ray
     import ray.data
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -558,7 +582,6 @@ def _execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo) -> _Commi
     here = ray.get_runtime_context().get_node_id()
     board: Any = ray.remote(num_cpus=0)(ProgressBoard).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
-    committer = _Committer(plan)
     total = plan.images_to_process
     display = ProgressDisplay(plan.stage_names(), total, live=options.live)
     stop = threading.Event()
@@ -592,12 +615,12 @@ def _execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo) -> _Commi
             poller.join()
             with suppress(Exception):
                 display.update(ray.get(board.snapshot.remote(), timeout=5), committer.written)
-            ray.kill(board)
+            with suppress(Exception):  # the cluster may be gone: keep the original error
+                ray.kill(board)
     if committer.got:
         left = {k: f"{len(v)}/{committer.expected[k]}" for k, v in committer.got.items()}
         raise DistillError(f"the pipeline ended with shards still missing images: {left}; "
                            "re-run the same command to finish them")
-    return committer
 
 
 @dataclass
@@ -621,18 +644,19 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
             logger.warning(note)
         (out / "config.toml").write_text(f"# resolved config of this run (label fingerprint "
                                          f"{plan.manifest.fingerprint})\n{dump_toml(config)}")
-        committer = None
-        if plan.jobs:
+        committer = _Committer(plan)
+        committer.commit_empty()
+        if plan.images_to_process:
             with ray_session(config.ray, options.address, options.verbose) as cluster:
-                committer = _execute(plan, options, cluster)
+                _execute(plan, options, cluster, committer)
         elapsed = time.monotonic() - started
-        processed = committer.written if committer else 0
+        processed = committer.written
         invocation = {
             "seconds": round(elapsed, 2),
             "images_processed": processed,
             "images_per_second": round(processed / elapsed, 3) if processed else None,
             "shards_skipped": len(plan.skipped),
-            "shards_written": committer.shards_done if committer else 0,
+            "shards_written": committer.shards_done,
             "added_teachers": plan.added_roles,
             "retry_failed": options.retry_failed,
         }
@@ -641,6 +665,5 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
                    if e.sha256 and (shard_dir / e.name).is_file()]
         write_vocabulary(out, written, config)
         summary = summarise_run(out, plan.manifest, plan.roles, invocation)
-    return RunResult(plan, summary, processed,
-                     committer.labelled if committer else 0,
-                     committer.quarantined if committer else 0, elapsed)
+    return RunResult(plan, summary, processed, committer.labelled, committer.quarantined,
+                     elapsed)

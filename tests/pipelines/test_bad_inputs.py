@@ -92,7 +92,8 @@ def test_bad_inputs_are_quarantined_and_retry_failed_redoes_only_them(tmp_path, 
     common = ["--preset", "demo", "--set", f"data.root={root}", "--set",
               "teachers.text.input_size=160", "--shard-size", "4", "--out", str(out),
               "--no-live"]
-    text = _invoke("run", "generate-labels", *common)
+    # The caption teacher joins later (below), after retry-failed.
+    text = _invoke("run", "generate-labels", *common, "--set", "teachers.caption.enabled=false")
     assert "quarantined" in text and "retry-failed" in text
 
     rows = _rows(out)
@@ -120,6 +121,8 @@ def test_bad_inputs_are_quarantined_and_retry_failed_redoes_only_them(tmp_path, 
     # Every planned image is in exactly one place.
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"]["written"] + summary["images"]["quarantined_in_plan"] == 11
+    assert summary["images"]["unaccounted"] == 0
+    assert summary["images"]["quarantined"] == 7  # images, however many rows name them
 
     # Fix two of them; retry-failed runs only the quarantined samples.
     split = root / "val2017"
@@ -137,3 +140,17 @@ def test_bad_inputs_are_quarantined_and_retry_failed_redoes_only_them(tmp_path, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["this_invocation"]["images_processed"] == 6  # the 6 quarantined in the plan
     assert summary["this_invocation"]["retry_failed"] is True
+
+    # Adding the caption teacher now runs it on every written row, including the shard whose
+    # images were all quarantined (it has no rows and commits at once).
+    _invoke("run", "generate-labels", *common)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["shards"] == {"planned": 3, "complete": 3}
+    assert summary["this_invocation"]["added_teachers"] == ["caption"]
+    assert summary["this_invocation"]["images_processed"] == len(after)
+    final = _rows(out)
+    assert sorted(final) == sorted(after)
+    assert all(s.teacher_captions for s in final.values())
+    for image_id, sample in after.items():  # the other teachers' labels are kept as they were
+        assert np.array_equal(final[image_id].depth16, sample.depth16)
+    assert {f.image_id for f in read_quarantine(out / "quarantine.parquet")} == left

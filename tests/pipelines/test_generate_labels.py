@@ -83,7 +83,7 @@ def test_manifest_vocab_and_summary_describe_the_run(full_run):
     assert np.abs(vocab.vectors).max() == pytest.approx(1.0)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == {"planned": 7, "written": 7, "quarantined": 0,
-                                 "quarantined_in_plan": 0}
+                                 "quarantined_in_plan": 0, "unaccounted": 0}
     assert set(summary["teachers"]) == set(ROLES)
     assert all(t["images"] == 7 and t["images_per_second"] > 0
                for t in summary["teachers"].values())
@@ -107,6 +107,25 @@ def test_a_damaged_shard_is_redone_and_nothing_else(full_run, coco7, tmp_path):
     plan = plan_run(label_config(coco7), RunOptions(out=out, dry_run=True))
     assert [j.entry.name for j in plan.jobs] == [victim.name]
     assert len(plan.skipped) == 2
+
+
+def test_a_shard_that_does_not_account_for_its_images_is_redone(full_run, coco7, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(full_run[0], out)
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["shards"][0]["image_ids"].append(2)  # planned, but neither written nor quarantined
+    (out / "manifest.json").write_text(json.dumps(doc))
+    plan = plan_run(label_config(coco7), RunOptions(out=out, dry_run=True))
+    assert [j.entry.name for j in plan.jobs] == ["val2017-00000-of-00003.parquet"]
+
+
+def test_new_run_checks_the_new_request_before_clearing_the_old_run(full_run, coco7, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(full_run[0], out)
+    before = sorted(p.name for p in out.rglob("*") if p.is_file())
+    with pytest.raises(DistillError, match=r"\[999\]"):
+        plan_run(label_config(coco7), RunOptions(out=out, new_run=True, image_ids=[999]))
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == before
 
 
 def test_a_changed_config_is_refused_unless_new_run(full_run, coco7, tmp_path):
