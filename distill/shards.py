@@ -40,6 +40,7 @@ __all__ = [
     "iter_samples",
     "library_versions",
     "make_metadata",
+    "open_shard",
     "parse_shard_name",
     "read_metadata",
     "read_shard",
@@ -387,17 +388,25 @@ def _open(path: Path) -> pq.ParquetFile:
         raise ShardError(f"shard {path} is not a readable Parquet file: {exc}") from exc
 
 
-def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Read a shard, checking its schema against the one distill writes."""
+def open_shard(path: str | Path) -> pq.ParquetFile:
+    """Open a shard reading only its footer, checking it is Parquet with the distill schema;
+    every error names the file."""
     path = Path(path)
     pf = _open(path)
-    missing = [f.name for f in SCHEMA if f.name not in pf.schema_arrow.names]
+    names = pf.schema_arrow.names
+    missing = [f.name for f in SCHEMA if f.name not in names]
     if missing:
         raise ShardError(f"shard {path} does not have the distill schema: missing {missing}")
     for f in SCHEMA:
         got = pf.schema_arrow.field(f.name).type
         if got != f.type:
             raise ShardError(f"shard {path}: column {f.name!r} is {got}, expected {f.type}")
+    return pf
+
+
+def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a shard, checking its schema against the one distill writes."""
+    pf = open_shard(path)
     try:
         return pf.read(columns=columns)
     except (OSError, pa.ArrowException) as exc:

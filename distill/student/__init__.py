@@ -1,0 +1,1 @@
+"""The Y-MAP-Net student (DESIGN.md §6): model, data, training."""

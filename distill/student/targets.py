@@ -1,0 +1,197 @@
+"""One shard sample → the student's input and uint8 targets (DESIGN.md §6; paper §3.5, §3.6).
+
+Order of work: decode, letterbox everything to S×S, apply the augmentation geometry to the
+image, the dense maps and the keypoints alike, then render heatmaps and PAFs from the moved
+keypoints at the output resolution (a rendered heatmap is never resampled), then the
+photometric augmentation. Targets are uint8 in the order of `distill.student.layout`; 0 is
+"no label" (letterbox padding, absent masks) and maps to −1 on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from distill.config import AugmentConfig, HeatmapScheduleConfig
+from distill.images import decode_image
+from distill.labels.depth import DEPTH_LEVELS
+from distill.labels.groups import TEXT_GROUP, decode_group_mask
+from distill.labels.keypoints import NUM_JOINTS, render_heatmaps, render_pafs
+from distill.labels.letterbox import Letterbox
+from distill.labels.tokens import Vocabulary, token_targets
+from distill.shards import Sample
+from distill.student import layout
+from distill.student.augment import Affine, augment_pixels, sample_pan_zoom, warp
+
+__all__ = [
+    "PRESENT_KEYS",
+    "Example",
+    "build_example",
+    "heatmap_schedule",
+]
+
+logger = logging.getLogger(__name__)
+
+# Modalities in the order of the `present` flags (the loss gains' order, train.loss_gains).
+PRESENT_KEYS: tuple[str, ...] = ("tokens", *layout.MODALITIES)
+
+
+def heatmap_schedule(epoch: int, cfg: HeatmapScheduleConfig) -> tuple[float, float]:
+    """(joint Gaussian size, PAF line width) at `epoch`: both shrink by one step (one pixel)
+    every `cfg.step_epochs` epochs, from their start values, and stop at their end values."""
+    steps = max(epoch, 0) // cfg.step_epochs
+    joint = max(cfg.joint_size_start - steps, cfg.joint_size_end)
+    paf = max(cfg.paf_width_start - steps, cfg.paf_width_end)
+    return float(joint), float(paf)
+
+
+@dataclass
+class Example:
+    """One training example, ready to become tensors."""
+
+    image_id: int
+    image: np.ndarray  # uint8 (3, S, S)
+    target: np.ndarray  # uint8 (44, S, S), layout order
+    tokens: np.ndarray  # float32 (max_tokens, D)
+    has_person: bool
+    present: dict[str, bool]  # PRESENT_KEYS → whether that modality has a label to learn from
+    keypoints: np.ndarray  # float32 (people, 17, 3) in output pixels, after augmentation
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(44,) bool: the target channels whose modality is present."""
+        out = np.zeros(layout.CHANNELS, bool)
+        for name, channels in layout.MODALITIES.items():
+            out[channels] = self.present[name]
+        return out
+
+    def present_vector(self) -> np.ndarray:
+        """The `present` flags as a (len(PRESENT_KEYS),) bool array."""
+        return np.array([self.present[k] for k in PRESENT_KEYS], bool)
+
+
+def _to_u8(unit: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _letterboxed(sample: Sample, lb: Letterbox) -> dict[str, np.ndarray]:
+    """Every dense label the sample has, letterboxed; plus `content`, 1 on the image area."""
+    ones = np.ones((sample.height, sample.width), np.uint8)
+    maps = {"content": lb.label_map(ones)}
+    if sample.depth16 is not None:
+        maps["depth"] = lb.float_map(sample.depth16.astype(np.float32))  # bilinear, 0..65535
+    if sample.normals is not None:
+        maps["normals"] = lb.image(sample.normals)  # bilinear on the stored 8-bit encoding
+    if sample.text_mask is not None:
+        maps["text"] = lb.label_map(sample.text_mask.astype(np.uint8))
+    if sample.groups is not None:
+        maps["groups"] = lb.label_map(sample.groups)  # nearest: bits must not blend
+    return maps
+
+
+def _warp_maps(maps: dict[str, np.ndarray], affine: Affine) -> dict[str, np.ndarray]:
+    content = maps["content"]
+    out = {"content": warp(content, affine, "nearest")}
+    for name in ("depth", "normals"):
+        if name in maps:
+            out[name] = warp(maps[name], affine, "bilinear", mask=content)
+    for name in ("text", "groups"):
+        if name in maps:
+            out[name] = warp(maps[name], affine, "nearest")
+    return out
+
+
+def _people(sample: Sample) -> np.ndarray:
+    if not sample.persons:
+        return np.zeros((0, NUM_JOINTS, 3), np.float32)
+    return np.stack([np.asarray(p.keypoints, np.float32) for p in sample.persons])
+
+
+def _tokens(sample: Sample, vocab: Vocabulary | None, max_tokens: int,
+            token_dim: int) -> np.ndarray:
+    if vocab is None:
+        return np.zeros((max_tokens, token_dim), np.float32)
+    if not sample.tokens:
+        return np.zeros((max_tokens, vocab.dim), np.float32)
+    return token_targets(sample.tokens, vocab, max_tokens)
+
+
+def _assemble(maps: dict[str, np.ndarray], kp: np.ndarray, size: int,
+              schedule: tuple[float, float]) -> np.ndarray:
+    target = np.zeros((layout.CHANNELS, size, size), np.uint8)
+    joint_size, paf_width = schedule
+    target[layout.JOINTS] = _to_u8(render_heatmaps(kp, size, size, joint_size))
+    target[layout.PAFS] = _to_u8(render_pafs(kp, size, size, paf_width))
+    if "depth" in maps:
+        # Stored depth is relative inverse depth spread over 0..65535: near is already high.
+        target[layout.DEPTH] = _to_u8(maps["depth"] / DEPTH_LEVELS)[None]
+    if "normals" in maps:
+        target[layout.NORMALS] = maps["normals"].transpose(2, 0, 1)
+    if "text" in maps:
+        target[layout.TEXT] = (maps["text"] > 0)[None].astype(np.uint8) * 255
+    if "groups" in maps:
+        bits = decode_group_mask(maps["groups"])
+        classes = [k for k in range(len(bits)) if k != TEXT_GROUP]
+        target[layout.GROUPS] = bits[classes].astype(np.uint8) * 255
+    return target
+
+
+def build_example(
+    sample: Sample,
+    size: int,
+    vocab: Vocabulary | None,
+    max_tokens: int,
+    epoch_schedule: tuple[float, float],
+    rng: np.random.Generator | None,
+    augment: AugmentConfig | None,
+    token_dim: int = 0,
+) -> Example:
+    """Decode, letterbox, augment (when both `rng` and `augment` are given) and encode one sample.
+
+    `epoch_schedule` is `heatmap_schedule(epoch, ...)`. Tokens are `token_targets` of the
+    sample's tokens, zeros when it has none; with no `vocab` they are zeros of width
+    `token_dim`. A teacher column the sample lacks leaves its channels 0 and its `present` flag
+    False. When augmentation replaces a person-free image by noise, its targets become empty
+    (no joints, text, objects or words) and depth and normals, which noise has none of, are
+    marked absent.
+    """
+    rgb = decode_image(sample.image)
+    lb = Letterbox.fit(sample.width, sample.height, size)
+    image = lb.image(rgb)
+    kp = lb.keypoints(_people(sample))
+    maps = _letterboxed(sample, lb)
+    has_person = bool(sample.persons)
+    present = {
+        "tokens": vocab is not None and sample.tokens is not None,
+        "joints": True,
+        "pafs": True,
+        "depth": sample.depth16 is not None,
+        "normals": sample.normals is not None,
+        "text": sample.text_mask is not None,
+        "segmentation": sample.groups is not None,
+    }
+    replaced = False
+    if rng is not None and augment is not None:
+        affine = sample_pan_zoom(kp, size, augment, rng)
+        if affine is not None:
+            image = warp(image, affine, "bilinear")
+            maps = _warp_maps(maps, affine)
+            kp = affine.keypoints(kp, size)
+        image, replaced = augment_pixels(image, augment, rng, has_person)
+    target = _assemble(maps, kp, size, epoch_schedule)
+    tokens = _tokens(sample, vocab, max_tokens, token_dim)
+    if replaced:
+        target[layout.DEPTH.start:] = 0  # noise has no depth, normals, text or objects
+        tokens[:] = 0.0
+        present["depth"] = present["normals"] = False
+    return Example(
+        image_id=int(sample.image_id),
+        image=np.ascontiguousarray(image.transpose(2, 0, 1)),
+        target=target,
+        tokens=tokens,
+        has_person=has_person,
+        present=present,
+        keypoints=kp,
+    )
