@@ -27,7 +27,13 @@ demo: setup
 	$(BIN)/distill data make-demo $(DEMO)/coco
 	$(BIN)/distill data check $(DEMO)/coco --split val2017
 	$(BIN)/distill run generate-labels --preset demo --set data.root=$(DEMO)/coco --out $(DEMO)/run
+	@if [ -d $(DEMO)/student/checkpoints/last ]; then \
+		echo "student already trained: $(DEMO)/student (train more with --resume --epochs N)"; \
+	else \
+		$(BIN)/distill run train-student --preset demo --shards $(DEMO)/run/shards --out $(DEMO)/student; \
+	fi
 	@echo
+	@echo "student: $(DEMO)/student/checkpoints/{last,best}/model.safetensors   metrics: $(DEMO)/student/metrics.jsonl"
 	@echo "shards:  $(DEMO)/run/shards/*.parquet   (one row per image; README 'Reading a shard')"
 	@echo "summary: $(DEMO)/run/summary.json   quarantine: $(DEMO)/run/quarantine.parquet"
 	@echo "look:    $(BIN)/python -c \"import pyarrow.parquet as pq; t = pq.read_table('$(DEMO)/run/shards/val2017-00000-of-00002.parquet'); print(t.select(['image_id', 'file_name', 'teacher_captions', 'tokens']).to_pandas())\""

@@ -291,6 +291,71 @@ def run_retry_failed(
     _report_run(generate_labels(cfg, options))
 
 
+@run_app.command("train-student")
+@handles_errors
+def run_train_student(
+    shards: Annotated[Path, typer.Option(
+        help="Label shards to train on: a generate-labels run's shards/ folder (its "
+        "vocab.parquet beside it gives the token targets).")],
+    val_shards: Annotated[Path | None, typer.Option(
+        help="Shards to validate on each epoch (early stopping watches their loss).")] = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: train.epochs).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Samples per step and worker (default: train.batch_size).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run folder: checkpoints/, metrics.jsonl, config.toml. Default: "
+        "runs/<preset>/student.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from OUT/checkpoints/last exactly where it stopped.")] = False,
+    num_workers: Annotated[int, typer.Option(
+        help="Ray Train workers (DDP). 0 trains in this process.")] = 0,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Ray Train worker.")] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per Ray Train worker.")] = 1.0,
+    device: Annotated[str, typer.Option(
+        help="Local training device: auto (CUDA when present), cpu, cuda, cuda:1.")] = "auto",
+    address: AddressOpt = None,
+) -> None:
+    """Train the Y-MAP-Net student on label shards (resumable; local or Ray Train).
+
+    \b
+    Examples:
+      distill run train-student --preset demo --shards demo-data/run/shards
+      distill run train-student -c paper-run.toml --shards /runs/coco-train/shards \\
+          --val-shards /runs/coco-val/shards --out /runs/student --num-workers 4 --gpus-per-worker 1
+      distill run train-student --preset demo --shards demo-data/run/shards --resume
+    """
+    from distill.config import load_config
+    from distill.student.train import TrainOptions, train_student
+
+    overrides = list(set_ or [])
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    if batch_size is not None:
+        overrides.append(f"train.batch_size={batch_size}")
+    cfg = load_config(preset, config, overrides)
+    options = TrainOptions(shards=shards, val_shards=val_shards,
+                           out=out or Path("runs") / cfg.preset / "student", resume=resume,
+                           device=device)
+    if num_workers > 0:
+        from pipelines.train_student import train_on_ray
+
+        metrics = train_on_ray(cfg, options, num_workers, gpus_per_worker, cpus_per_worker,
+                               address)
+        typer.echo(f"Ray Train finished: epoch {metrics.get('epoch')}, loss "
+                   f"{metrics.get('loss')}; checkpoints in {options.out / 'checkpoints'}")
+        return
+    last = train_student(cfg, options)
+    if last:
+        joints = last["train"].get("hdm@0.1/joints")
+        typer.echo(f"epoch {last['epoch']}: loss {last['train'].get('loss', float('nan')):.4f}"
+                   + (f", HDM@0.1 joints {joints:.3f}" if joints is not None else ""))
+    typer.echo(f"checkpoints: {options.out / 'checkpoints'}   metrics: "
+               f"{options.out / 'metrics.jsonl'}")
+
+
 @config_app.command("show")
 @handles_errors
 def config_show(

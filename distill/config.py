@@ -44,6 +44,7 @@ __all__ = [
     "config_to_dict",
     "dump_toml",
     "load_config",
+    "load_config_dict",
     "parse_override",
 ]
 
@@ -524,6 +525,13 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict of a config dataclass."""
     return dataclasses.asdict(config)
+
+
+def load_config_dict(doc: dict[str, Any]) -> Config:
+    """The inverse of `config_to_dict` (checked and validated like a loaded file)."""
+    config = _build(Config, dict(doc), "")
+    config.validate()
+    return config
 
 
 def dump_toml(config: Config) -> str:

@@ -134,3 +134,15 @@ def assert_same_sample(a, b) -> None:
                    [(r.points.tolist(), r.score) for r in y or []], name
         else:
             assert x == y, name
+
+
+@pytest.fixture(scope="session")
+def labelled_coco7(tmp_path_factory, ray_address):
+    """`make_coco7` labelled once per session by the real pipeline (tiny teachers, real CRAFT):
+    (dataset root, run folder, RunResult). Tests must not modify the run folder."""
+    from pipelines.generate_labels import RunOptions, generate_labels
+
+    root = make_coco7(tmp_path_factory.mktemp("coco7") / "coco")
+    out = tmp_path_factory.mktemp("labelled") / "out"
+    result = generate_labels(label_config(root), RunOptions(out=out, live=False))
+    return root, out, result

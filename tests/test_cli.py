@@ -112,3 +112,10 @@ def test_image_ids_from_a_file_restrict_the_plan(synthetic_coco, tmp_path):
                    f"data.root={synthetic_coco}", "--out", str(tmp_path / "run"), "--dry-run",
                    "--sample", "0", "--image-ids", f"@{ids}").stdout
     assert "images planned: 2 in 1 shard(s)" in text
+
+
+def test_train_student_help_shows_local_and_ray_options():
+    out = distill("run", "train-student", "--help").stdout
+    for opt in ("--shards", "--val-shards", "--epochs", "--batch-size", "--out", "--resume",
+                "--num-workers", "--gpus-per-worker", "--address"):
+        assert opt in out

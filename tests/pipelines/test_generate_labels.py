@@ -19,7 +19,7 @@ from pipelines.generate_labels import RunOptions, generate_labels, plan_run
 from pipelines.manifest import FingerprintMismatch, read_manifest
 from pipelines.quarantine import read_quarantine
 from tests.conftest import COCO7_IDS as IDS
-from tests.conftest import assert_same_sample, label_config, make_coco7, shard_rows
+from tests.conftest import assert_same_sample, label_config, shard_rows
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +27,13 @@ ROLES = ["depth", "panoptic", "text", "caption"]
 
 
 @pytest.fixture(scope="module")
-def coco7(tmp_path_factory) -> Path:
-    return make_coco7(tmp_path_factory.mktemp("coco7") / "coco")
+def coco7(labelled_coco7) -> Path:
+    return labelled_coco7[0]
 
 
 @pytest.fixture(scope="module")
-def full_run(coco7, ray_address, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "out"
-    result = generate_labels(label_config(coco7), RunOptions(out=out, live=False))
-    return out, result
+def full_run(labelled_coco7):
+    return labelled_coco7[1], labelled_coco7[2]
 
 
 def test_every_image_lands_in_one_row_with_every_column_decodable(full_run, coco7):
