@@ -122,3 +122,15 @@ def test_two_ray_train_workers_complete_an_epoch_and_resume(labelled_coco7, tmp_
                            cpus_per_worker=0.5)
     assert metrics["epoch"] == 1
     assert [m["epoch"] for m in _metrics(out)] == [0, 1]
+
+
+def test_validation_shards_are_scored_each_epoch_unaugmented(labelled_coco7, tmp_path):
+    shards = labelled_coco7[1] / "shards"
+    train_student(_config("train.epochs=2"),
+                  TrainOptions(shards=shards, val_shards=shards, out=tmp_path / "run",
+                               progress=False))
+    log = _metrics(tmp_path / "run")
+    assert [m["epoch"] for m in log] == [0, 1]
+    for m in log:
+        assert {"loss", "hdm@0.1/joints", "mse/depth"} <= set(m["val"])
+        assert m["best"] == min(x["val"]["loss"] for x in log[: m["epoch"] + 1])
