@@ -7,8 +7,16 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_bytes", "commit", "file_sha256", "fsync_dir", "temp_path"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_table",
+    "commit",
+    "file_sha256",
+    "fsync_dir",
+    "temp_path",
+]
 
 
 def temp_path(final: Path) -> Path:
@@ -45,6 +53,16 @@ def atomic_write_bytes(final: str | Path, data: bytes) -> Path:
         return commit(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_table(final: str | Path, table: Any) -> Path:
+    """Write a small pyarrow Table as one Parquet file, atomically (quarantine, vocabulary)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return atomic_write_bytes(final, sink.getvalue().to_pybytes())
 
 
 def file_sha256(path: str | Path) -> str:

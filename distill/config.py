@@ -43,6 +43,7 @@ __all__ = [
     "available_presets",
     "config_to_dict",
     "dump_toml",
+    "hash_view",
     "load_config",
     "load_config_dict",
     "parse_override",
@@ -332,9 +333,7 @@ class Config:
         `sections` restricts it, e.g. ("data", "teachers", "labels", "shards") for labelling.
         Same config → same hash in any process: canonical JSON, sorted keys, sha256.
         """
-        blob = json.dumps(self.fingerprint_view(sections), sort_keys=True,
-                          separators=(",", ":"), ensure_ascii=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return hash_view(self.fingerprint_view(sections))
 
     def fingerprint_view(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The nested dict the fingerprint hashes (a run manifest keeps it, to say what
@@ -343,6 +342,12 @@ class Config:
         if sections is not None:
             doc = {k: v for k, v in doc.items() if k in sections}
         return doc
+
+
+def hash_view(view: dict[str, Any]) -> str:
+    """The fingerprint of a config view: sha256 of canonical JSON (sorted keys), 16 hex digits."""
+    blob = json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _positive(name: str, value: float) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -173,24 +173,38 @@ def _png(sample: Sample, name: str, array: np.ndarray | None, level: int) -> byt
     return encode_png(array, level)
 
 
-def encode_sample(sample: Sample, compress_level: int = 1) -> dict[str, Any]:
-    """A `Sample` → a dict of Python values matching `SCHEMA` (one row)."""
-    text = None if sample.text_mask is None else sample.text_mask.astype(np.uint8) * 255
-    return {
+# PNG columns: (the name errors use, the Sample field). Encoding them is the costly part.
+_PNG_COLUMNS = {
+    "depth_png": ("depth", "depth16"),
+    "normals_png": ("normals", "normals"),
+    "panoptic_png": ("panoptic", "panoptic"),
+    "groups_png": ("groups", "groups"),
+    "text_png": ("text mask", "text_mask"),
+}
+
+
+def encode_sample(sample: Sample, compress_level: int = 1,
+                  columns: Collection[str] | None = None) -> dict[str, Any]:
+    """A `Sample` → a dict of Python values matching `SCHEMA` (one row). With `columns`, only
+    those are encoded (a teacher added to a stored row re-encodes only what it changed)."""
+    wanted = set(SCHEMA.names) if columns is None else set(columns)
+    row: dict[str, Any] = {}
+    for column in wanted & _PNG_COLUMNS.keys():
+        label, attr = _PNG_COLUMNS[column]
+        array = getattr(sample, attr)
+        if attr == "text_mask" and array is not None:
+            array = array.astype(np.uint8) * 255
+        row[column] = _png(sample, label, array, compress_level)
+    row.update({  # cheap: always built, then filtered
         "image_id": sample.image_id,
         "file_name": sample.file_name,
         "split": sample.split,
         "width": sample.width,
         "height": sample.height,
         "image": sample.image,
-        "depth_png": _png(sample, "depth", sample.depth16, compress_level),
         "depth_min": sample.depth_min,
         "depth_max": sample.depth_max,
-        "normals_png": _png(sample, "normals", sample.normals, compress_level),
-        "panoptic_png": _png(sample, "panoptic", sample.panoptic, compress_level),
         "segments": None if sample.segments is None else [vars(s) for s in sample.segments],
-        "groups_png": _png(sample, "groups", sample.groups, compress_level),
-        "text_png": _png(sample, "text mask", text, compress_level),
         "text_regions": None if sample.text_regions is None else [
             {"points": np.asarray(r.points, np.float32).reshape(-1).tolist(), "score": r.score}
             for r in sample.text_regions
@@ -208,7 +222,11 @@ def encode_sample(sample: Sample, compress_level: int = 1) -> dict[str, Any]:
             }
             for p in sample.persons
         ],
-    }
+    })
+    unknown = wanted - set(SCHEMA.names)
+    if unknown:
+        raise ShardError(f"not shard columns: {sorted(unknown)}")
+    return {name: row[name] for name in SCHEMA.names if name in wanted}  # schema order
 
 
 def _unpng(value: bytes | None) -> np.ndarray | None:

@@ -31,7 +31,6 @@ class ClusterInfo:
     cpus: float
     gpus: float
     nodes: int
-    started_here: bool
 
 
 def cluster_resources() -> tuple[float, float, int]:
@@ -84,7 +83,7 @@ def ray_session(config: RayConfig, address: str | None = None,
 
     if ray.is_initialized():
         cpus, gpus, nodes = cluster_resources()
-        yield ClusterInfo("existing", cpus, gpus, nodes, started_here=False)
+        yield ClusterInfo("existing", cpus, gpus, nodes)
         return
     address = address or config.address or os.environ.get("RAY_ADDRESS") or ""
     if not verbose:  # a warning on every start that token auth is on: it is, as it should be
@@ -110,6 +109,6 @@ def ray_session(config: RayConfig, address: str | None = None,
         cpus, gpus, nodes = cluster_resources()
         logger.info("Ray at %s: %d node(s), %g CPUs, %g GPUs", address or "local", nodes, cpus,
                     gpus)
-        yield ClusterInfo(address or "local", cpus, gpus, nodes, started_here=True)
+        yield ClusterInfo(address or "local", cpus, gpus, nodes)
     finally:
         ray.shutdown()

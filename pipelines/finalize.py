@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.atomic import atomic_write_bytes
+from distill.atomic import atomic_write_bytes, atomic_write_table
 from distill.config import Config
 from distill.labels.glove import load_glove
 from distill.labels.tokens import Vocabulary, build_vocabulary
@@ -24,12 +24,6 @@ from pipelines.manifest import Manifest
 from pipelines.quarantine import read_quarantine, summarise
 
 __all__ = ["column_bytes", "read_vocabulary", "summarise_run", "write_vocabulary"]
-
-
-def _parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata(metadata), sink)
-    return bytes(sink.getvalue().to_pybytes())
 
 
 def write_vocabulary(out: Path, shard_paths: list[Path], config: Config) -> Vocabulary | None:
@@ -55,7 +49,7 @@ def write_vocabulary(out: Path, shard_paths: list[Path], config: Config) -> Voca
     })
     meta = {"distill.scale": json.dumps(vocab.scale), "distill.glove": config.labels.glove,
             "distill.captions": json.dumps(len(token_lists))}
-    atomic_write_bytes(out / "vocab.parquet", _parquet_bytes(table, meta))
+    atomic_write_table(out / "vocab.parquet", table.replace_schema_metadata(meta))
     return vocab
 
 

@@ -5,7 +5,6 @@ never leaves a half-written manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from distill.atomic import atomic_write_bytes, file_sha256
-from distill.config import Config
+from distill.config import Config, hash_view
 from distill.errors import DistillError, ShardError
 from distill.shards import shard_name
 
@@ -137,8 +136,7 @@ def label_view(config: Config) -> dict[str, Any]:
 
 def label_fingerprint(view: dict[str, Any]) -> str:
     """Stable hash of a `label_view` (same scheme as `Config.fingerprint`)."""
-    blob = json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hash_view(view)
 
 
 def teacher_additions(old: dict[str, Any], new: dict[str, Any]) -> list[str] | None:

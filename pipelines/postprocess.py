@@ -7,7 +7,7 @@ Pure label math over `distill.labels`; no Ray, no torch. The generate-labels gra
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,23 @@ from distill.labels.tokens import load_stop_words, tokenize
 from distill.shards import Sample
 from teachers.base import CaptionResult, DepthResult, PanopticResult, TextResult
 
-__all__ = ["LabelContext", "apply_outputs", "build_sample"]
+__all__ = ["ROLE_COLUMNS", "LabelContext", "apply_outputs", "build_sample", "changed_columns"]
 
 logger = logging.getLogger(__name__)
+
+
+# The shard columns each teacher's output decides (the group mask needs panoptic and text).
+ROLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "depth": ("depth_png", "depth_min", "depth_max", "normals_png"),
+    "panoptic": ("panoptic_png", "segments", "groups_png"),
+    "text": ("text_png", "text_regions", "groups_png"),
+    "caption": ("teacher_captions", "tokens"),
+}
+
+
+def changed_columns(roles: Iterable[str]) -> set[str]:
+    """The columns that `apply_outputs` rewrites for these roles."""
+    return {c for r in roles for c in ROLE_COLUMNS[r]}
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.atomic import atomic_write_bytes
+from distill.atomic import atomic_write_table
 from distill.errors import ShardError
 
 __all__ = ["QUARANTINE_SCHEMA", "Failure", "read_quarantine", "replace_failures", "summarise"]
@@ -64,9 +64,7 @@ def replace_failures(path: str | Path, shards: Iterable[str], image_ids: Iterabl
     kept = [f for f in read_quarantine(path) if not (f.shard in shards and f.image_id in ids)]
     rows = sorted([*kept, *failures], key=lambda f: (f.image_id, f.stage, f.message))
     table = pa.Table.from_pylist([asdict(f) for f in rows], schema=QUARANTINE_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    atomic_write_table(path, table)
     return rows
 
 

@@ -27,7 +27,7 @@ from distill.config import DataConfig, LabelsConfig, TeacherConfig
 from distill.errors import DistillError
 from distill.images import decode_image
 from distill.shards import Sample, decode_row, encode_sample
-from pipelines.postprocess import LabelContext, apply_outputs, build_sample
+from pipelines.postprocess import LabelContext, apply_outputs, build_sample, changed_columns
 from pipelines.quarantine import Failure
 
 __all__ = [
@@ -232,12 +232,11 @@ class TeacherStage:
             torch.set_num_threads(threads)
         self.role = role
         self.config = dataclasses.replace(config)  # batch_size may shrink on OOM
-        self.teacher = create_teacher(role, self.config)
-        self.teacher.config = self.config
+        self.teacher = create_teacher(role, self.config)  # reads config.batch_size per call
         self.provenance = self.teacher.provenance.to_dict()
         self.halvings = 0
 
-    def _halved(self, size: int) -> None:
+    def _halved(self, size: int) -> None:  # `size`: the new batch size (logged by the caller)
         self.halvings += 1
 
     def __call__(self, items: list[Item]) -> list[Item]:
@@ -289,13 +288,15 @@ def postprocess_items(items: list[Item], labels: LabelsConfig) -> list[Item]:
         try:
             assert item.array is not None and item.image is not None
             h, w = item.array.shape[:2]
-            if item.row is not None:
+            if item.row is not None:  # a stored row: re-encode only what the new teachers set
                 sample: Sample = apply_outputs(decode_row(item.row), item.outputs, ctx)
+                item.encoded = {**item.row, **encode_sample(
+                    sample, labels.png_compress_level, changed_columns(item.outputs))}
             else:
                 assert item.record is not None
                 sample = build_sample(item.record, item.split, item.image, (w, h), item.outputs,
                                       ctx)
-            item.encoded = encode_sample(sample, labels.png_compress_level)
+                item.encoded = encode_sample(sample, labels.png_compress_level)
         except Exception as exc:
             item.fail("postprocess", *_describe(exc))
             continue

@@ -18,6 +18,7 @@ from distill.shards import (
     Segment,
     ShardWriter,
     TextRegion,
+    encode_sample,
     iter_samples,
     make_metadata,
     parse_shard_name,
@@ -156,3 +157,13 @@ def test_shard_names_round_trip():
         parse_shard_name("train2017.parquet")
     with pytest.raises(ValueError):
         shard_name("x", 3, 3)
+
+
+def test_encoding_only_some_columns_gives_the_same_values():
+    sample = make_sample(3)
+    full = encode_sample(sample)
+    part = encode_sample(sample, columns=["text_png", "tokens", "groups_png"])
+    assert list(part) == ["groups_png", "text_png", "tokens"]  # schema order
+    assert all(part[k] == full[k] for k in part)
+    with pytest.raises(ShardError, match="not shard columns"):
+        encode_sample(sample, columns=["depth"])

@@ -27,7 +27,7 @@ from distill.labels.tokens import Vocabulary
 from distill.shards import decode_row, open_shard
 from distill.student.targets import PRESENT_KEYS, build_example, heatmap_schedule
 
-__all__ = ["ShardStream", "Unit", "open_checked", "resolve_shards"]
+__all__ = ["ShardStream", "Unit", "resolve_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ def resolve_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
     if not paths:
         raise ShardError("no shards given: pass a folder of *.parquet shards or a list of files")
     return paths
-
-
-def open_checked(path: Path) -> pq.ParquetFile:
-    """Open a shard, checking that it is Parquet and has the distill schema (footer only)."""
-    return open_shard(path)
 
 
 class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
@@ -104,7 +99,7 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
         # Footers only: checks every shard up front and remembers its row-group sizes.
         self.group_rows: list[list[int]] = []
         for path in self.paths:
-            meta = open_checked(path).metadata
+            meta = open_shard(path).metadata
             self.group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
 
     def set_epoch(self, epoch: int) -> None:
@@ -144,7 +139,7 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
         for f, g in units:
             path = self.paths[f]
             if f not in files:
-                files[f] = open_checked(path)
+                files[f] = open_shard(path)
             try:
                 table = files[f].read_row_group(g)
             except (OSError, pa.ArrowException) as exc:

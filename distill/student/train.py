@@ -128,26 +128,26 @@ def to_unit(target: torch.Tensor) -> torch.Tensor:
 
 def compute_loss(outputs: dict[str, torch.Tensor], target: torch.Tensor, tokens: torch.Tensor,
                  present: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor,
-                                                                  dict[str, float]]:
+                                                                  dict[str, torch.Tensor]]:
     """Σ g_i · MSE_i; each modality's MSE over the samples that have its label. `target` is the
     uint8 batch, `present` (B, len(PRESENT_KEYS)) bool."""
     maps = outputs["maps"].float()
     truth = to_unit(target)
     gains = cfg.loss_gains
     total = maps.new_zeros(())
-    parts: dict[str, float] = {}
+    parts: dict[str, torch.Tensor] = {}  # detached, left on the device
     for name, channels in layout.MODALITIES.items():
         have = present[:, PRESENT_KEYS.index(name)]
         if not bool(have.any()):
             continue
         mse = torch.mean((maps[have, channels] - truth[have, channels]) ** 2)
         total = total + getattr(gains, name) * mse
-        parts[name] = float(mse.detach())
+        parts[name] = mse.detach()
     have = present[:, PRESENT_KEYS.index("tokens")]
     if bool(have.any()):
         mse = torch.mean((outputs["tokens"].float()[have] - tokens[have]) ** 2)
         total = total + gains.tokens * mse
-        parts["tokens"] = float(mse.detach())
+        parts["tokens"] = mse.detach()
     return total, parts
 
 
@@ -157,18 +157,21 @@ def hdm(pred: torch.Tensor, truth: torch.Tensor, threshold: float) -> torch.Tens
 
 
 class _Meter:
-    """Sums of per-batch metrics, averaged at the end of an epoch."""
+    """Sums of per-batch metrics, averaged at the end of an epoch. Values may be tensors on the
+    device: they are summed there and read back once, not once per step (no per-step syncs)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, name: str, value: float, n: int = 1) -> None:
+    def add(self, name: str, value: float | torch.Tensor, n: int = 1) -> None:
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float()
         self.sums[name] = self.sums.get(name, 0.0) + value * n
         self.counts[name] = self.counts.get(name, 0) + n
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums)}
+        return {k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)}
 
 
 @torch.no_grad()
@@ -182,8 +185,8 @@ def _measure(meter: _Meter, outputs: dict[str, torch.Tensor], target: torch.Tens
             continue
         p, t = maps[have, channels], truth[have, channels]
         for th in HDM_THRESHOLDS:
-            meter.add(f"hdm@{th}/{name}", float(hdm(p, t, th)), n)
-        meter.add(f"mse/{name}", float(torch.mean((p - t) ** 2)), n)
+            meter.add(f"hdm@{th}/{name}", hdm(p, t, th), n)
+        meter.add(f"mse/{name}", torch.mean((p - t) ** 2), n)
     have = present[:, PRESENT_KEYS.index("tokens")]
     if bool(have.any()):
         p, t = outputs["tokens"].float()[have], tokens[have]
@@ -192,7 +195,7 @@ def _measure(meter: _Meter, outputs: dict[str, torch.Tensor], target: torch.Tens
         for i in range(t.shape[1]):
             k = int(nonzero[:, i].sum())
             if k:
-                meter.add(f"token_cosine/{i + 1}", float(cos[nonzero[:, i], i].mean()), k)
+                meter.add(f"token_cosine/{i + 1}", cos[nonzero[:, i], i].mean(), k)
 
 
 def _rows_per_rank(stream: ShardStream) -> list[int]:
@@ -259,7 +262,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg: TrainConfig,
                device: torch.device, optimizer: torch.optim.Optimizer | None,
-               on_step: Callable[[int, float], None] | None = None) -> dict[str, float]:
+               on_step: Callable[[int, torch.Tensor], None] | None = None) -> dict[str, float]:
     """One pass: trains when `optimizer` is given, else evaluates. Returns mean metrics."""
     meter = _Meter()
     amp = _autocast_dtype(cfg, device)
@@ -280,12 +283,12 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg:
             loss.backward()
             optimizer.step()
         n = image.shape[0]
-        meter.add("loss", float(loss.detach()), n)
+        meter.add("loss", loss, n)
         for name, value in parts.items():
             meter.add(f"loss/{name}", value, n)
         _measure(meter, outputs, target, tokens, present)
         if on_step is not None:
-            on_step(n, float(loss.detach()))
+            on_step(n, loss.detach())
     return meter.means()
 
 
@@ -416,14 +419,20 @@ class _Progress:
         self.task = self.bar.add_task("train-student", total=epochs * samples_per_epoch,
                                       rate="-", loss="-")
         self.started = time.monotonic()
+        self.shown = 0.0
         self.done = 0
 
-    def step(self, n: int, loss: float) -> None:
+    def step(self, n: int, loss: torch.Tensor) -> None:
         if self.bar is None:
             return
         self.done += n
-        rate = self.done / max(1e-9, time.monotonic() - self.started)
-        self.bar.update(self.task, advance=n, rate=f"{rate:.1f}", loss=f"{loss:.4f}")
+        now = time.monotonic()
+        if now - self.shown < 0.5:  # reading the loss waits for the device: twice a second
+            self.bar.update(self.task, advance=n)
+            return
+        self.shown = now
+        rate = self.done / max(1e-9, now - self.started)
+        self.bar.update(self.task, advance=n, rate=f"{rate:.1f}", loss=f"{float(loss):.4f}")
 
     def epoch_done(self, metrics: dict[str, Any]) -> None:
         hdm_joints = metrics["train"].get("hdm@0.1/joints")

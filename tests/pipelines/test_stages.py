@@ -338,15 +338,15 @@ def _pool_cpus(config, cpus: dict[str, float]) -> float:
 
 def test_actor_cpus_scale_down_to_half_a_small_cluster_and_stay_on_a_big_one():
     config = load_config("demo")  # four teachers, 1 CPU x 1 actor each
-    small = _actor_cpus(config, ROLES, ClusterInfo("local", 2, 0, 1, True))
+    small = _actor_cpus(config, ROLES, ClusterInfo("local", 2, 0, 1))
     assert small == {r: 0.25 for r in ROLES}
     assert _pool_cpus(config, small) <= 1.0  # one of the 2 CPUs stays for decode/post-process
-    big = _actor_cpus(config, ROLES, ClusterInfo("local", 16, 0, 1, True))
+    big = _actor_cpus(config, ROLES, ClusterInfo("local", 16, 0, 1))
     assert big == {r: 1.0 for r in ROLES}
     # Pools larger than half of a mid-size cluster scale together, keeping their ratio.
     wide = load_config("demo", overrides=["teachers.depth.num_cpus=4",
                                           "teachers.panoptic.concurrency=4"])
-    mid = _actor_cpus(wide, ["depth", "panoptic"], ClusterInfo("local", 8, 0, 1, True))
+    mid = _actor_cpus(wide, ["depth", "panoptic"], ClusterInfo("local", 8, 0, 1))
     assert mid["depth"] == pytest.approx(4 * mid["panoptic"], abs=1e-3)
     assert _pool_cpus(wide, mid) == pytest.approx(4.0, abs=1e-3)
 
@@ -356,7 +356,7 @@ def test_actor_cpus_never_exceed_the_room_they_were_scaled_to():
         "teachers.depth.concurrency=2", "teachers.panoptic.concurrency=2",
         "teachers.text.concurrency=2"])
     roles = ["depth", "panoptic", "text"]
-    cpus = _actor_cpus(config, roles, ClusterInfo("local", 2, 0, 1, True))
+    cpus = _actor_cpus(config, roles, ClusterInfo("local", 2, 0, 1))
     assert _pool_cpus(config, cpus) <= 1.0, cpus
 
 
@@ -365,11 +365,11 @@ def test_too_few_gpus_is_a_config_error_locally_and_a_warning_remotely(caplog):
     roles = ["depth", "caption"]
     for address in ("local", "existing"):
         with pytest.raises(ConfigError, match=r"need 1 GPUs .* has 0"):
-            _check_gpus(config, roles, ClusterInfo(address, 2, 0, 1, address == "local"))
-    _check_gpus(config, roles, ClusterInfo("local", 2, 1, 1, True))  # enough: no error
-    _check_gpus(config, ["caption"], ClusterInfo("local", 2, 0, 1, True))  # depth not running
+            _check_gpus(config, roles, ClusterInfo(address, 2, 0, 1))
+    _check_gpus(config, roles, ClusterInfo("local", 2, 1, 1))  # enough: no error
+    _check_gpus(config, ["caption"], ClusterInfo("local", 2, 0, 1))  # depth not running
     with caplog.at_level(logging.WARNING, logger="pipelines.generate_labels"):
-        _check_gpus(config, roles, ClusterInfo("ray://head:10001", 8, 0, 2, False))
+        _check_gpus(config, roles, ClusterInfo("ray://head:10001", 8, 0, 2))
     assert any("need 1 GPUs" in r.getMessage() and "autoscaler" in r.getMessage()
                for r in caplog.records)
 
