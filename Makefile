@@ -32,7 +32,10 @@ demo: setup
 	else \
 		$(BIN)/distill run train-student --preset demo --shards $(DEMO)/run/shards --out $(DEMO)/student; \
 	fi
+	$(BIN)/distill show $(DEMO)/run/shards/val2017-00000-of-00002.parquet --row 0 --out $(DEMO)/row0.png
 	@echo
+	@echo "picture: $(DEMO)/row0.png   (distill show SHARD --row i; add --checkpoint $(DEMO)/student for the student beside)"
+	@echo "judge:   $(BIN)/distill inspect $(DEMO)/run;  $(BIN)/distill run evaluate --checkpoint $(DEMO)/student --shards $(DEMO)/run/shards"
 	@echo "student: $(DEMO)/student/checkpoints/{last,best}/model.safetensors   metrics: $(DEMO)/student/metrics.jsonl"
 	@echo "shards:  $(DEMO)/run/shards/*.parquet   (one row per image; README 'Reading a shard')"
 	@echo "summary: $(DEMO)/run/summary.json   quarantine: $(DEMO)/run/quarantine.parquet"

@@ -4,10 +4,11 @@ happen inside commands so that `--help` stays fast."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -441,6 +442,294 @@ def teachers_list() -> None:
                 status = "ready with a weights path (no wheel)"
             mark = paper[role].checkpoint if paper[role].backend == name else ""
             typer.echo(f"{role:<9} {name:<18} {status:<34} {mark}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeing and judging results: evaluate, predict, show, inspect, audit
+
+CheckpointOpt = Annotated[
+    Path,
+    typer.Option("--checkpoint", "-k", help="A train-student run folder (its best checkpoint, "
+                 "else last), a checkpoint folder, or its model.safetensors."),
+]
+DeviceOpt = Annotated[
+    str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1.")]
+VocabOpt = Annotated[
+    Path | None,
+    typer.Option(help="vocab.parquet to decode tokens with (default: the student run's own)."),
+]
+
+
+@contextlib.contextmanager
+def _bar(total: int, description: str, unit: str, enabled: bool = True) -> Iterator[
+        Callable[[int], None]]:
+    """A progress bar with done/total, rate and ETA; yields `advance(n)`."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s")
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                  TimeRemainingColumn(), transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.update(task, advance=n)
+
+
+def _device(name: str) -> str:
+    from distill.student.train import resolve_device
+
+    return str(resolve_device(name))
+
+
+@run_app.command("evaluate")
+@handles_errors
+def run_evaluate(
+    checkpoint: CheckpointOpt,
+    shards: Annotated[Path, typer.Option(
+        help="Label shards to score on (a generate-labels run's shards/ folder or one shard); "
+        "usually a held-out split.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="JSON report (default: evaluation.json in the student run folder).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N rows.")] = None,
+    pose: Annotated[bool, typer.Option(
+        "--pose/--no-pose", help="Decode people and score COCO keypoint AP.")] = True,
+    workers: Annotated[int, typer.Option(help="DataLoader workers decoding shards.")] = 0,
+    device: DeviceOpt = "auto",
+    vocab: VocabOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Score a student against its teachers' labels: the paper's Table 2 (HDM at T = 0.1, 0.3,
+    0.5, 0.8 and MSE per modality), cosine similarity per token position, and COCO keypoint AP
+    (OKS) of the people decoded from its joints and PAFs.
+
+    \b
+    Examples:
+      distill run evaluate --checkpoint demo-data/student --shards demo-data/run/shards
+      distill run evaluate -k /runs/student/checkpoints/best --shards /runs/coco-val/shards
+    """
+    import json
+
+    from rich.console import Console
+
+    from distill.atomic import atomic_write_bytes
+    from distill.shards import open_shard
+    from distill.student.data import resolve_shards
+    from distill.student.evaluate import evaluate, format_evaluation
+    from distill.student.predict import load_student
+
+    dev = _device(device)
+    student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
+    total = sum(open_shard(p).metadata.num_rows for p in resolve_shards(shards))
+    total = min(total, limit) if limit is not None else total
+    with _bar(total, "evaluate", "images", sys.stderr.isatty()) as advance:
+        report = evaluate(student.model, student.config, shards, vocab=student.vocab,
+                          epoch=student.epoch, device=dev, batch_size=batch_size,
+                          workers=workers, limit=limit, pose=pose, progress=advance)
+    report = {"checkpoint": str(student.checkpoint), "shards": str(shards), **report}
+    path = out or student.checkpoint.parent.parent / "evaluation.json"
+    atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
+    console = Console()
+    for renderable in format_evaluation(report):
+        console.print(renderable)
+    typer.echo(f"report: {path}")
+
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _image_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not files:
+            raise DistillError(f"{path} has no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+        return files
+    raise DistillError(f"{path} does not exist")
+
+
+@app.command("predict")
+@handles_errors
+def predict(
+    images: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for <image>.png panels and predictions.json.")] = Path(
+        "predictions"),
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
+    refine: Annotated[bool, typer.Option(
+        "--refine/--no-refine", help="Refine depth from the predicted normals (paper §3.2).")
+    ] = True,
+    sheets: Annotated[bool, typer.Option(
+        "--sheets/--no-sheets", help="Draw a PNG panel per image.")] = True,
+    device: DeviceOpt = "auto",
+    vocab: VocabOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run a trained student on images: depth (refined from its normals), normals, text, class
+    groups, people (joints + PAFs decoded) and caption words. Writes a PNG panel per image and
+    predictions.json (people, words, timings), and reports frames per second.
+
+    \b
+    Examples:
+      distill predict demo-data/coco/val2017 --checkpoint demo-data/student --out demo-data/pred
+      distill predict photo.jpg -k /runs/student --device cuda --set predict.refine_iterations=0
+    """
+    import json
+    import time
+
+    import numpy as np
+
+    from distill.atomic import atomic_write_bytes
+    from distill.images import decode_image
+    from distill.student.predict import Predictor, describe, load_student
+    from distill.viz import contact_sheet, save_sheet
+
+    files = _image_files(images)
+    dev = _device(device)
+    student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
+    predictor = Predictor(student, dev, refine=refine, full_maps=sheets)
+    out.mkdir(parents=True, exist_ok=True)
+    size = student.config.student.input_size
+    predictor.predict([np.zeros((size, size, 3), np.uint8)])  # warm-up: not timed
+    records: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    predict_seconds = 0.0
+    started = time.perf_counter()
+    with _bar(len(files), "predict", "images", sys.stderr.isatty()) as advance:
+        for k in range(0, len(files), batch_size):
+            chunk, rgbs = [], []
+            for f in files[k:k + batch_size]:
+                try:
+                    rgbs.append(decode_image(f.read_bytes()))
+                    chunk.append(f)
+                except (DistillError, OSError) as exc:
+                    failed.append({"image": str(f), "error": f"{type(exc).__name__}: {exc}"})
+            t0 = time.perf_counter()
+            results = predictor.predict(rgbs)
+            predict_seconds += time.perf_counter() - t0
+            for f, rgb, result in zip(chunk, rgbs, results, strict=True):
+                record = describe(result, str(f))
+                if sheets:
+                    sheet = contact_sheet(rgb, result.labels, title=f"student: {f.name}")
+                    record["panel"] = str(out / f"{f.stem}.png")
+                    save_sheet(sheet, out / f"{f.stem}.png")
+                records.append(record)
+            advance(len(files[k:k + batch_size]))
+    wall = time.perf_counter() - started
+    forward = sum(r["timings_ms"]["forward"] for r in records) / 1e3
+    fps = {
+        "model": round(len(records) / forward, 2) if forward else None,
+        "predict": round(len(records) / predict_seconds, 2) if predict_seconds else None,
+        "end_to_end": round(len(records) / wall, 2) if wall else None,
+    }
+    doc = {"checkpoint": str(student.checkpoint), "device": dev, "batch_size": batch_size,
+           "refine": refine, "frames_per_second": fps, "images": records, "failed": failed}
+    atomic_write_bytes(out / "predictions.json", (json.dumps(doc, indent=1) + "\n").encode())
+    typer.echo(f"{len(records)} image(s) on {dev}: {fps['model']} frames/s model only, "
+               f"{fps['predict']} with refinement and decoding, {fps['end_to_end']} end to end "
+               "(reading, drawing and writing included)")
+    for item in failed:
+        typer.echo(f"  failed {item['image']}: {item['error']}")
+    typer.echo(f"outputs: {out}/  (predictions.json" + (", <image>.png panels)" if sheets else ")"))
+
+
+@app.command("show")
+@handles_errors
+def show(
+    shard: Annotated[Path, typer.Argument(help="A label shard (.parquet).")],
+    row: Annotated[int, typer.Option("--row", "-r", help="Row index in the shard.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("show.png"),
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", "-k", help="Also run this student on the image and draw its output "
+        "beside the teacher labels.")] = None,
+    device: DeviceOpt = "auto",
+    width: Annotated[int, typer.Option(help="Width of one panel in pixels.")] = 320,
+) -> None:
+    """Draw one sample as a contact sheet: image, depth, normals, class groups (legend), text
+    mask, joints and PAFs over the image, captions and tokens — the picture to look at before
+    trusting a run. With --checkpoint, the student's prediction sits below each teacher panel.
+
+    \b
+    Examples:
+      distill show demo-data/run/shards/val2017-00000-of-00002.parquet --row 2 --out row2.png
+      distill show SHARD --row 0 --checkpoint demo-data/student --out compare.png
+    """
+    from distill.images import decode_image
+    from distill.shards import decode_row
+    from distill.student.labels import labels_from_sample
+    from distill.viz import contact_sheet, read_row, save_sheet
+
+    sample = decode_row(read_row(shard, row))
+    rgb = decode_image(sample.image)
+    compare = None
+    if checkpoint is not None:
+        from distill.student.predict import Predictor, load_student
+
+        dev = _device(device)
+        compare = Predictor(load_student(checkpoint, dev), dev).predict([rgb])[0].labels
+    sheet = contact_sheet(rgb, labels_from_sample(sample), compare=compare, panel_width=width,
+                          title=f"{shard.name} row {row} · image {sample.image_id} "
+                          f"({sample.file_name})")
+    save_sheet(sheet, out)
+    typer.echo(f"wrote {out} ({sheet.width}x{sheet.height})")
+
+
+@app.command("inspect")
+@handles_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(
+        help="A generate-labels run folder, a shards folder or one shard.")],
+    sample_rows: Annotated[int | None, typer.Option(
+        help="Decode only the first N rows for the pixel statistics (default: all).")] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the report as JSON.")] = None,
+) -> None:
+    """Summarise labels: schema, rows, shards done/pending, every teacher's provenance, the
+    quarantine, and QA statistics (class-group pixel shares, empty-caption and empty-token
+    rates, depth range, bytes per sample per column)."""
+    import json
+
+    from distill.atomic import atomic_write_bytes
+    from pipelines.inspect import format_inspect, inspect_path
+
+    report = inspect_path(path, sample_rows=sample_rows)
+    typer.echo(format_inspect(report))
+    if json_out is not None:
+        atomic_write_bytes(json_out, (json.dumps(report, indent=1, default=str) + "\n").encode())
+        typer.echo(f"report: {json_out}")
+
+
+@run_app.command("audit")
+@handles_errors
+def run_audit(
+    out: Annotated[Path, typer.Argument(help="A generate-labels run folder.")],
+    limit: Annotated[int | None, typer.Option(min=0, help="Audit only the first N rows.")
+                     ] = None,
+) -> None:
+    """Measure the teachers against COCO ground truth where COCO has it: the panoptic teacher's
+    Persons/Vehicles/Animals groups against the instance masks (IoU), the caption teacher's
+    tokens against the five human captions. Writes OUT/audit.json and prints a table."""
+    from pipelines.audit import audit_run, format_audit
+
+    report = audit_run(out, limit=limit, progress=sys.stderr.isatty())
+    typer.echo(format_audit(report))
+    typer.echo(f"report: {out / 'audit.json'}")
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "HeatmapScheduleConfig",
     "LabelsConfig",
     "LossGainsConfig",
+    "PredictConfig",
     "RayConfig",
     "ShardsConfig",
     "StudentConfig",
@@ -310,6 +311,30 @@ class TrainConfig:
 
 
 @dataclass
+class PredictConfig:
+    """Inference extras for `distill predict` and `distill run evaluate` (DESIGN.md §6)."""
+
+    # Iterative depth refinement from the predicted normals (paper §3.2).
+    refine_iterations: int = 35
+    refine_alpha: float = 0.01
+    refine_far: float = 0.1  # depth (near = 1) below which pixels are far: not refined
+    # Token decoding (paper §3.4): a vector whose norm is below this fraction of the median
+    # vocabulary norm is "no word"; a nearest word below this cosine similarity is dropped.
+    token_min_norm: float = 0.3
+    token_min_similarity: float = 0.5
+    # Pose decoding (distill.student.pose).
+    peak_threshold: float = 0.3
+    paf_threshold: float = 0.3
+
+    def validate(self) -> None:
+        if self.refine_iterations < 0:
+            raise ConfigError(f"predict.refine_iterations must be >= 0, got "
+                              f"{self.refine_iterations}")
+        for name in ("refine_alpha", "peak_threshold", "paf_threshold"):
+            _positive(f"predict.{name}", getattr(self, name))
+
+
+@dataclass
 class Config:
     """Everything a run needs. `distill config show` prints it resolved."""
 
@@ -320,11 +345,12 @@ class Config:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
         for section in (self.data, self.teachers, self.labels, self.shards, self.student,
-                        self.train):
+                        self.train, self.predict):
             section.validate()
 
     def fingerprint(self, sections: tuple[str, ...] | None = None) -> str:

@@ -37,6 +37,7 @@ from distill.errors import ConfigError, DistillError
 from distill.labels.tokens import Vocabulary
 from distill.student import layout
 from distill.student.data import ShardStream
+from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
 from distill.student.model import build_student
 from distill.student.targets import PRESENT_KEYS
 
@@ -52,9 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-HDM_THRESHOLDS = (0.1, 0.3, 0.5, 0.8)
-
 
 @dataclass
 class TrainOptions:
@@ -91,18 +89,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def find_vocabulary(options: TrainOptions) -> Vocabulary | None:
-    """`vocab.parquet` of the labelling run (beside its shards folder), or None without one."""
-    from pipelines.finalize import read_vocabulary
-
+def vocabulary_path(options: TrainOptions) -> Path | None:
+    """`--vocab`, else `vocab.parquet` of the labelling run (beside its shards folder)."""
     candidates = [options.vocab] if options.vocab else [
         options.shards.parent / "vocab.parquet", options.shards / "vocab.parquet"]
     for path in candidates:
         if path is not None and path.is_file():
-            return read_vocabulary(path)
+            return path
     if options.vocab:
         raise DistillError(f"vocabulary {options.vocab} does not exist")
     return None
+
+
+def find_vocabulary(options: TrainOptions) -> Vocabulary | None:
+    """The vocabulary the token targets come from, or None without one."""
+    from pipelines.finalize import read_vocabulary
+
+    path = vocabulary_path(options)
+    return read_vocabulary(path) if path is not None else None
 
 
 def learning_rate(epoch: int, cfg: TrainConfig) -> float:
@@ -119,11 +123,6 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     if cfg.mixed_precision == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
-
-
-def to_unit(target: torch.Tensor) -> torch.Tensor:
-    """uint8 targets → [-1, 1] floats, on whatever device they are (DESIGN §6)."""
-    return target.float() / 127.5 - 1.0
 
 
 def compute_loss(outputs: dict[str, torch.Tensor], target: torch.Tensor, tokens: torch.Tensor,
@@ -149,53 +148,6 @@ def compute_loss(outputs: dict[str, torch.Tensor], target: torch.Tensor, tokens:
         total = total + gains.tokens * mse
         parts["tokens"] = mse.detach()
     return total, parts
-
-
-def hdm(pred: torch.Tensor, truth: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Fraction of values with |y_true − y_pred| ≤ T on [0, 1]-scaled maps (paper Table 2)."""
-    return ((pred - truth).abs() / 2.0 <= threshold).float().mean()
-
-
-class _Meter:
-    """Sums of per-batch metrics, averaged at the end of an epoch. Values may be tensors on the
-    device: they are summed there and read back once, not once per step (no per-step syncs)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Any] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, name: str, value: float | torch.Tensor, n: int = 1) -> None:
-        if isinstance(value, torch.Tensor):
-            value = value.detach().float()
-        self.sums[name] = self.sums.get(name, 0.0) + value * n
-        self.counts[name] = self.counts.get(name, 0) + n
-
-    def means(self) -> dict[str, float]:
-        return {k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)}
-
-
-@torch.no_grad()
-def _measure(meter: _Meter, outputs: dict[str, torch.Tensor], target: torch.Tensor,
-             tokens: torch.Tensor, present: torch.Tensor) -> None:
-    maps, truth = outputs["maps"].float(), to_unit(target)
-    for name, channels in layout.MODALITIES.items():
-        have = present[:, PRESENT_KEYS.index(name)]
-        n = int(have.sum())
-        if n == 0:
-            continue
-        p, t = maps[have, channels], truth[have, channels]
-        for th in HDM_THRESHOLDS:
-            meter.add(f"hdm@{th}/{name}", hdm(p, t, th), n)
-        meter.add(f"mse/{name}", torch.mean((p - t) ** 2), n)
-    have = present[:, PRESENT_KEYS.index("tokens")]
-    if bool(have.any()):
-        p, t = outputs["tokens"].float()[have], tokens[have]
-        nonzero = t.abs().sum(-1) > 0  # positions with a word
-        cos = torch.nn.functional.cosine_similarity(p, t, dim=-1)
-        for i in range(t.shape[1]):
-            k = int(nonzero[:, i].sum())
-            if k:
-                meter.add(f"token_cosine/{i + 1}", cos[nonzero[:, i], i].mean(), k)
 
 
 def _rows_per_rank(stream: ShardStream) -> list[int]:
@@ -264,7 +216,7 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg:
                device: torch.device, optimizer: torch.optim.Optimizer | None,
                on_step: Callable[[int, torch.Tensor], None] | None = None) -> dict[str, float]:
     """One pass: trains when `optimizer` is given, else evaluates. Returns mean metrics."""
-    meter = _Meter()
+    meter = Meter()
     amp = _autocast_dtype(cfg, device)
     model.train(optimizer is not None)
     for step, batch in enumerate(loader):
@@ -286,7 +238,7 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg:
         meter.add("loss", loss, n)
         for name, value in parts.items():
             meter.add(f"loss/{name}", value, n)
-        _measure(meter, outputs, target, tokens, present)
+        measure(meter, outputs, target, tokens, present)
         if on_step is not None:
             on_step(n, loss.detach())
     return meter.means()
@@ -322,6 +274,9 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
     if session.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(dump_toml(config))
+        vocab_file = vocabulary_path(options)
+        if vocab_file is not None:  # predict and evaluate decode tokens with the same words
+            atomic_write_bytes(out / "vocab.parquet", vocab_file.read_bytes())
     restore = session.restore_from
     if restore is None and not options.resume and (out / "checkpoints" / "last").is_dir():
         raise DistillError(f"{out} already has a checkpoint; pass --resume to continue it or "

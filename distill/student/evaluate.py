@@ -1,0 +1,207 @@
+"""`distill run evaluate`: the student against its teachers' labels — the paper's Table 2 (HDM at
+T = 0.1, 0.3, 0.5, 0.8 and MSE per modality, cosine similarity per token position), plus COCO
+keypoint AP of the people decoded from its joints and PAFs against the shards' COCO ground truth.
+
+Targets are built exactly as training builds them (no augmentation), with the heatmap sizes of
+the epoch the checkpoint ended, and scored with the same `distill.student.metrics.measure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from distill.coco import Person
+from distill.config import Config
+from distill.errors import DistillError
+from distill.labels.letterbox import Letterbox
+from distill.labels.tokens import Vocabulary
+from distill.shards import read_shard
+from distill.student import layout
+from distill.student.data import ShardStream, resolve_shards
+from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
+from distill.student.pose import decode_people, keypoint_ap, to_coco_results
+
+__all__ = ["PAPER_TABLE2", "evaluate", "format_evaluation"]
+
+logger = logging.getLogger(__name__)
+
+# Paper Table 2 (student vs teachers, HDM@0.1) and the token cosines of §4 (DESIGN.md §7).
+PAPER_TABLE2: dict[str, Any] = {
+    "hdm@0.1": {"joints": 0.95, "pafs": 0.96, "depth": 0.27, "normals": 0.53, "text": 0.94,
+                "segmentation": 0.91},
+    "token_cosine": [0.59, 0.62, 0.64, 0.64, 0.53, 0.27, 0.08, 0.01],
+}
+
+Model = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+@dataclass
+class _Truth:
+    """What COCO keypoint AP needs of one image."""
+
+    image_id: int
+    width: int
+    height: int
+    persons: list[Person]
+
+
+def _ground_truth(paths: list[Path]) -> dict[int, _Truth]:
+    out: dict[int, _Truth] = {}
+    for path in paths:
+        table = read_shard(path, columns=["image_id", "width", "height", "persons"])
+        for row in table.to_pylist():
+            persons = [Person(np.asarray(p["keypoints"], np.float32).reshape(-1, 3),
+                              tuple(p["bbox"]), float(p["area"]), bool(p["iscrowd"]),
+                              int(p["num_keypoints"])) for p in row["persons"] or []]
+            out[int(row["image_id"])] = _Truth(int(row["image_id"]), int(row["width"]),
+                                               int(row["height"]), persons)
+    return out
+
+
+def _batches(loader: DataLoader[Any], limit: int | None) -> Iterator[dict[str, torch.Tensor]]:
+    seen = 0
+    for batch in loader:
+        if limit is not None and seen >= limit:
+            return
+        if limit is not None and seen + len(batch["image_id"]) > limit:
+            keep = limit - seen
+            batch = {k: v[:keep] for k, v in batch.items()}
+        seen += len(batch["image_id"])
+        yield batch
+
+
+@torch.no_grad()
+def evaluate(
+    model: Model,
+    config: Config,
+    shards: Path,
+    *,
+    vocab: Vocabulary | None,
+    epoch: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+    workers: int = 0,
+    limit: int | None = None,
+    pose: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Score `model` on every row of `shards` (or the first `limit`). Returns the report dict.
+
+    `model` maps (B, 3, S, S) images in [-1, 1] to {"maps": (B, 44, S, S) in [-1, 1],
+    "tokens": (B, T, D)} — a `YMapNet` or anything shaped like one. `epoch` picks the heatmap
+    sizes of the targets (those the checkpoint was trained on at that epoch).
+    """
+    device = torch.device(device)
+    student = config.student
+    token_dim = vocab.dim if vocab is not None else student.token_dim
+    paths = resolve_shards(shards)
+    stream = ShardStream(paths, student.input_size, vocab, config.train, train=False,
+                         max_tokens=student.num_tokens, token_dim=token_dim)
+    stream.set_epoch(epoch)
+    truth = _ground_truth(paths) if pose else {}
+    loader: DataLoader[Any] = DataLoader(stream, batch_size=batch_size, num_workers=workers)
+    meter = Meter()
+    results: list[dict[str, Any]] = []
+    rows = 0
+    seen: list[int] = []
+    started = time.monotonic()
+    model_seconds = 0.0
+    for batch in _batches(loader, limit):
+        image = to_unit(batch["image"].to(device))
+        t0 = time.perf_counter()
+        outputs = model(image)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        model_seconds += time.perf_counter() - t0
+        outputs = {k: v.float() for k, v in outputs.items()}
+        measure(meter, outputs, batch["target"].to(device), batch["tokens"].to(device),
+                batch["present"].to(device))
+        if pose:
+            maps = ((outputs["maps"][:, : layout.PAFS.stop] + 1) / 2).cpu().numpy()
+            for i, image_id in enumerate(batch["image_id"].tolist()):
+                seen.append(image_id)
+                gt = truth[image_id]
+                people = decode_people(maps[i, layout.JOINTS], maps[i, layout.PAFS],
+                                       peak_threshold=config.predict.peak_threshold,
+                                       paf_threshold=config.predict.paf_threshold)
+                lb = Letterbox.fit(gt.width, gt.height, student.input_size)
+                results.extend(to_coco_results(people, image_id, lb))
+        rows += len(batch["image_id"])
+        if progress is not None:
+            progress(len(batch["image_id"]))
+    if rows == 0:
+        raise DistillError(f"{shards}: no rows to evaluate")
+    metrics = meter.means()
+    report: dict[str, Any] = {
+        "rows": rows,
+        "epoch": epoch,
+        "heatmaps": dict(zip(("joint_size", "paf_width"), _schedule(config, epoch), strict=True)),
+        "table2": {
+            name: {**{f"hdm@{t}": metrics.get(f"hdm@{t}/{name}") for t in HDM_THRESHOLDS},
+                   "mse": metrics.get(f"mse/{name}")}
+            for name in layout.MODALITIES
+        },
+        "token_cosine": [metrics.get(f"token_cosine/{i + 1}") for i in range(student.num_tokens)],
+        "paper": PAPER_TABLE2,
+        "seconds": round(time.monotonic() - started, 3),
+        "model_images_per_second": round(rows / model_seconds, 2) if model_seconds else None,
+    }
+    if pose:
+        report["pose"] = keypoint_ap([truth[i] for i in seen], results)
+    return report
+
+
+def _schedule(config: Config, epoch: int) -> tuple[float, float]:
+    from distill.student.targets import heatmap_schedule
+
+    return heatmap_schedule(epoch, config.train.heatmaps)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_evaluation(report: dict[str, Any]) -> list[Any]:
+    """Rich renderables: Table 2 (with the paper's HDM@0.1 beside), token cosines, pose AP."""
+    from rich.table import Table
+
+    table = Table(title=f"student vs teachers on {report['rows']} images (paper Table 2)",
+                  title_justify="left")
+    table.add_column("modality")
+    for t in HDM_THRESHOLDS:
+        table.add_column(f"HDM@{t}", justify="right")
+    table.add_column("MSE", justify="right")
+    table.add_column("paper HDM@0.1", justify="right")
+    for name, row in report["table2"].items():
+        table.add_row(name, *[_fmt(row[f"hdm@{t}"]) for t in HDM_THRESHOLDS],
+                      _fmt(row["mse"], 4), _fmt(report["paper"]["hdm@0.1"].get(name), 2))
+    tokens = Table(title="token cosine similarity per position", title_justify="left")
+    tokens.add_column("")
+    cos = report["token_cosine"]
+    for i in range(len(cos)):
+        tokens.add_column(str(i + 1), justify="right")
+    tokens.add_row("student", *[_fmt(c, 2) for c in cos])
+    paper = report["paper"]["token_cosine"]
+    tokens.add_row("paper", *[_fmt(paper[i], 2) if i < len(paper) else "-"
+                              for i in range(len(cos))])
+    out: list[Any] = [table, tokens]
+    if "pose" in report:
+        p = report["pose"]
+        pose = Table(title="people from joints + PAFs vs COCO ground truth (OKS)",
+                     title_justify="left")
+        for col in ("AP", "AP50", "AP75", "AR", "ground-truth people", "detections"):
+            pose.add_column(col, justify="right")
+        pose.add_row(_fmt(p.get("AP")), _fmt(p.get("AP50")), _fmt(p.get("AP75")),
+                     _fmt(p.get("AR")), str(int(p.get("gt_persons", 0))),
+                     str(int(p.get("detections", 0))))
+        out.append(pose)
+    return out

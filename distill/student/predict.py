@@ -1,0 +1,336 @@
+"""Running a trained student on images: load a checkpoint, letterbox, forward, then the paper's
+inference extras (DESIGN.md §6): iterative depth refinement from the predicted normals (§3.2),
+token decoding to words (§3.4) and people from joints + PAFs (`distill.student.pose`).
+
+Outputs come back as `distill.student.labels.Labels` at the image's original resolution, the
+same form as a shard row's teacher labels, so `distill show` can put them side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distill.config import Config, PredictConfig, load_config
+from distill.errors import DistillError
+from distill.labels.letterbox import Letterbox
+from distill.labels.tokens import Vocabulary
+from distill.student import layout
+from distill.student.labels import Labels
+from distill.student.model import YMapNet, build_student
+from distill.student.pose import DecodedPerson, decode_people
+
+__all__ = [
+    "LoadedStudent",
+    "Prediction",
+    "Predictor",
+    "Word",
+    "decode_tokens",
+    "find_checkpoint",
+    "load_student",
+    "refine_depth",
+]
+
+logger = logging.getLogger(__name__)
+
+# Gradients steeper than this (unit depth per pixel) are depth edges the normals cannot
+# express; their pull is capped so 35 iterations do not smear an occlusion boundary.
+_EDGE_CAP = 0.02
+_MIN_NZ = 0.05  # normals this close to the image plane would ask for unbounded slopes
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class LoadedStudent:
+    model: YMapNet
+    config: Config
+    vocab: Vocabulary | None
+    checkpoint: Path  # the checkpoint folder
+    epoch: int  # the epoch the checkpoint ended (drives the heatmap sizes it was trained on)
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint folder from what a user passes: a train-student run folder (its best
+    checkpoint, else its last), a checkpoint folder, or its model.safetensors."""
+    path = Path(path)
+    if path.is_file() and path.name == "model.safetensors":
+        path = path.parent
+    if (path / "model.safetensors").is_file():
+        return path
+    for name in ("best", "last"):
+        if (path / "checkpoints" / name / "model.safetensors").is_file():
+            return path / "checkpoints" / name
+    raise DistillError(f"{path} holds no student checkpoint: pass a train-student run folder, "
+                       "its checkpoints/best (or last) folder, or a model.safetensors file")
+
+
+def _run_folder(checkpoint: Path) -> Path:
+    # OUT/checkpoints/<name>/ → OUT
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+
+
+def load_student(path: Path, device: str | torch.device = "cpu", *, vocab: Path | None = None,
+                 overrides: list[str] | None = None) -> LoadedStudent:
+    """The student of a train-student run, in eval mode, with its config and vocabulary.
+
+    The config is the run's `config.toml` (with `overrides`, e.g. predict.* settings); the
+    vocabulary is `vocab` or the run's `vocab.parquet` (copied there by train-student).
+    """
+    from distill.student.train import load_checkpoint
+    from pipelines.finalize import read_vocabulary
+
+    checkpoint = find_checkpoint(path)
+    run = _run_folder(checkpoint)
+    cfg_file = run / "config.toml"
+    if not cfg_file.is_file():
+        raise DistillError(f"{checkpoint} has no config.toml in its run folder {run}; the "
+                           "student's shape is read from it")
+    config = load_config(None, [cfg_file], list(overrides or []))
+    vocab_file = vocab or (run / "vocab.parquet")
+    if vocab is not None and not vocab.is_file():
+        raise DistillError(f"vocabulary {vocab} does not exist")
+    words = read_vocabulary(vocab_file) if vocab_file.is_file() else None
+    weights, state = load_checkpoint(checkpoint)
+    vocab_size = len(words.words) if words is not None else 0
+    model = build_student(config.student, vocab_size, device)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise DistillError(f"{checkpoint} does not fit the student described by {cfg_file}: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    model.eval()
+    return LoadedStudent(model, config, words, checkpoint, int(state.get("epoch", 0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth refinement (paper §3.2)
+
+
+def refine_depth(depth: torch.Tensor, normals: torch.Tensor, *, iterations: int = 35,
+                 alpha: float = 0.01, far: float = 0.1, gradient_scale: float = 255.0,
+                 edge_cap: float = _EDGE_CAP) -> torch.Tensor:
+    """Pull a depth map towards the surface its predicted normals describe (paper §3.2).
+
+    `depth` (B, 1, H, W) relative inverse depth in [0, 1] (near = 1); `normals` (B, 3, H, W)
+    in the label convention of `distill.labels.normals` (n ∝ (−s·∂D/∂x, −s·∂D/∂y, 1) with s =
+    `gradient_scale` per pixel of this map). Each of `iterations` steps measures the depth's
+    gradients G, compares them with the gradients the normals ask for (the paper's Δ, taken in
+    gradient space: Δ = G(N) − G(D)) and moves the depth by α along the divergence of Δ — a
+    gradient step on Σ‖Δ‖², which changes the gradients the paper's Δ measures. Far pixels
+    (depth < `far`) are masked out: neither updated nor pulled on. Differences steeper than
+    `edge_cap` are depth edges the normals cannot express and pull with at most that much.
+    """
+    if depth.ndim != 4 or depth.shape[1] != 1 or normals.shape[1] != 3:
+        raise ValueError(f"refine_depth wants (B, 1, H, W) depth and (B, 3, H, W) normals, got "
+                         f"{tuple(depth.shape)} and {tuple(normals.shape)}")
+    d = depth.float().clone()
+    n = F.normalize(normals.float(), dim=1)
+    nz = n[:, 2:3].clamp(min=_MIN_NZ)
+    want_x = -n[:, 0:1] / (nz * gradient_scale)  # the slopes the normals describe
+    want_y = -n[:, 1:2] / (nz * gradient_scale)
+    # Forward differences live between pixel p and p + 1: the wanted slope there is the mean.
+    want_x = (want_x[..., :, 1:] + want_x[..., :, :-1]) / 2
+    want_y = (want_y[..., 1:, :] + want_y[..., :-1, :]) / 2
+    near = d >= far
+    edge_x = (near[..., :, 1:] & near[..., :, :-1]).float()
+    edge_y = (near[..., 1:, :] & near[..., :-1, :]).float()
+    for _ in range(iterations):
+        delta_x = ((d[..., :, 1:] - d[..., :, :-1]) - want_x).clamp(-edge_cap, edge_cap) * edge_x
+        delta_y = ((d[..., 1:, :] - d[..., :-1, :]) - want_y).clamp(-edge_cap, edge_cap) * edge_y
+        # ∂/∂d of ½Σ Δ²: each difference pushes its right/lower pixel by −Δ and left/upper by +Δ.
+        step = torch.zeros_like(d)
+        step[..., :, 1:] += delta_x
+        step[..., :, :-1] -= delta_x
+        step[..., 1:, :] += delta_y
+        step[..., :-1, :] -= delta_y
+        d = torch.where(near, d - alpha * step, d)
+    return d.clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token decoding (paper §3.4)
+
+
+@dataclass
+class Word:
+    position: int  # 0-based token position
+    word: str
+    similarity: float  # cosine with the output vector
+
+
+def decode_tokens(tokens: np.ndarray, vocab: Vocabulary, *, min_norm: float = 0.3,
+                  min_similarity: float = 0.5) -> list[Word]:
+    """The student's (T, D) token vectors → words, the paper's three steps: a vector whose norm
+    is below `min_norm` × the median vocabulary norm is "no word"; otherwise the vocabulary word
+    of highest cosine similarity; dropped when that similarity is below `min_similarity`."""
+    if not vocab.words:
+        return []
+    tokens = np.asarray(tokens, np.float32)
+    if tokens.ndim != 2 or tokens.shape[1] != vocab.dim:
+        raise DistillError(f"tokens of shape {tokens.shape} do not match the {vocab.dim}-d "
+                           "vocabulary")
+    vocab_norms = np.linalg.norm(vocab.vectors, axis=1)
+    norms = np.linalg.norm(tokens, axis=1)
+    cos = (tokens @ vocab.vectors.T) / (norms[:, None] * vocab_norms[None, :] + 1e-12)
+    floor = min_norm * float(np.median(vocab_norms))
+    out: list[Word] = []
+    for i in range(len(tokens)):
+        if norms[i] < floor:
+            continue
+        best = int(np.argmax(cos[i]))
+        if cos[i, best] >= min_similarity:
+            out.append(Word(i, vocab.words[best], float(cos[i, best])))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The predictor
+
+
+@dataclass
+class Prediction:
+    labels: Labels  # at the original resolution
+    words: list[Word]
+    people: list[DecodedPerson]  # keypoints in original pixels
+    timings: dict[str, float] = field(default_factory=dict)  # ms per image for each step
+    maps: np.ndarray | None = None  # (44, S, S) in [0, 1], the letterboxed output (refined)
+
+
+def _unletterbox(maps: torch.Tensor, lb: Letterbox) -> torch.Tensor:
+    """(C, S, S) → (C, H, W): the image area cut out and resized back to the original size."""
+    crop = maps[:, lb.pad_y:lb.pad_y + lb.new_h, lb.pad_x:lb.pad_x + lb.new_w]
+    return F.interpolate(crop[None], size=(lb.src_h, lb.src_w), mode="bilinear",
+                         align_corners=False)[0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Predictor:
+    """Batches of RGB images → `Prediction`s. Settings come from `config.predict`."""
+
+    def __init__(self, student: LoadedStudent, device: str | torch.device = "cpu",
+                 *, refine: bool = True, full_maps: bool = True) -> None:
+        self.student = student
+        self.device = torch.device(device)
+        self.model = student.model.to(self.device).eval()
+        self.size = student.config.student.input_size
+        self.settings: PredictConfig = student.config.predict
+        self.refine = refine
+        self.full_maps = full_maps  # also return every map at the original resolution
+        self.gradient_scale = student.config.labels.normals_gradient_scale
+
+    @torch.no_grad()
+    def forward(self, images: list[np.ndarray]) -> tuple[dict[str, torch.Tensor],
+                                                         list[Letterbox], float]:
+        """Letterbox and run the model; (outputs with maps in [0, 1], letterboxes, ms)."""
+        boxes = [Letterbox.fit(img.shape[1], img.shape[0], self.size) for img in images]
+        batch = np.stack([lb.image(img) for lb, img in zip(boxes, images, strict=True)])
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        _sync(self.device)
+        started = time.perf_counter()
+        out = self.model(x)
+        _sync(self.device)
+        ms = (time.perf_counter() - started) * 1e3
+        return {k: (v.float() + 1) / 2 if k == "maps" else v.float() for k, v in out.items()}, \
+            boxes, ms
+
+    @torch.no_grad()
+    def refine_batch(self, maps: torch.Tensor, boxes: list[Letterbox]) -> torch.Tensor:
+        """The depth channel of (B, 44, S, S) unit maps, refined from the normals channels."""
+        s = self.settings
+        scale = torch.tensor([lb.scale for lb in boxes], device=maps.device).view(-1, 1, 1, 1)
+        normals = maps[:, layout.NORMALS] * 2 - 1
+        # Labels measure slopes per ORIGINAL pixel; one output pixel spans 1/scale of them.
+        refined = [refine_depth(maps[i:i + 1, layout.DEPTH], normals[i:i + 1],
+                                iterations=s.refine_iterations, alpha=s.refine_alpha,
+                                far=s.refine_far,
+                                gradient_scale=self.gradient_scale * float(scale[i]))
+                   for i in range(maps.shape[0])]
+        return torch.cat(refined)
+
+    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        """RGB uint8 (H, W, 3) images → one `Prediction` each."""
+        if not images:
+            return []
+        outputs, boxes, forward_ms = self.forward(images)
+        maps = outputs["maps"]
+        raw_depth = maps[:, layout.DEPTH].clone()
+        started = time.perf_counter()
+        if self.refine:
+            maps[:, layout.DEPTH] = self.refine_batch(maps, boxes)
+        _sync(self.device)
+        refine_ms = (time.perf_counter() - started) * 1e3
+        tokens = outputs["tokens"].cpu().numpy()
+        maps_np = maps.cpu().numpy()
+        results = []
+        for i, lb in enumerate(boxes):
+            t0 = time.perf_counter()
+            words = decode_tokens(tokens[i], self.student.vocab,
+                                  min_norm=self.settings.token_min_norm,
+                                  min_similarity=self.settings.token_min_similarity) \
+                if self.student.vocab is not None else []
+            t1 = time.perf_counter()
+            people = decode_people(maps_np[i, layout.JOINTS], maps_np[i, layout.PAFS],
+                                   peak_threshold=self.settings.peak_threshold,
+                                   paf_threshold=self.settings.paf_threshold)
+            for person in people:
+                present = person.keypoints[:, 2] > 0
+                person.keypoints[present, :2] = lb.inverse_points(person.keypoints[present, :2])
+            t2 = time.perf_counter()
+            labels = self._labels(maps[i], raw_depth[i], lb, people, words)
+            t3 = time.perf_counter()
+            timings = {"forward": forward_ms / len(images), "refine": refine_ms / len(images),
+                       "tokens": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3,
+                       "unletterbox": (t3 - t2) * 1e3}
+            results.append(Prediction(labels, words, people, timings, maps_np[i]))
+        return results
+
+    def _labels(self, maps: torch.Tensor, raw_depth: torch.Tensor, lb: Letterbox,
+                people: list[DecodedPerson], words: list[Word]) -> Labels:
+        full = _unletterbox(maps if self.full_maps else maps[layout.DEPTH.start:], lb)
+        full_raw = _unletterbox(raw_depth, lb)[0].cpu().numpy()
+        base = 0 if self.full_maps else layout.DEPTH.start
+        arr = full.cpu().numpy()
+
+        def ch(s: slice) -> np.ndarray:
+            return arr[s.start - base:s.stop - base]
+
+        normals = np.moveaxis(ch(layout.NORMALS) * 2 - 1, 0, -1)
+        normals /= np.linalg.norm(normals, axis=-1, keepdims=True) + 1e-6
+        kp = (np.stack([p.keypoints for p in people]).astype(np.float32) if people
+              else np.zeros((0, 17, 3), np.float32))
+        return Labels(
+            source="student", width=lb.src_w, height=lb.src_h,
+            depth=ch(layout.DEPTH)[0], normals=normals, text=ch(layout.TEXT)[0],
+            groups=ch(layout.GROUPS),
+            joints=ch(layout.JOINTS) if self.full_maps else None,
+            pafs=ch(layout.PAFS) if self.full_maps else None,
+            people=kp, words=[w.word for w in words], depth_raw=full_raw,
+        )
+
+
+def describe(prediction: Prediction, name: str) -> dict[str, Any]:
+    """The JSON record of one prediction: people, words and timings."""
+    return {
+        "image": name,
+        "width": prediction.labels.width,
+        "height": prediction.labels.height,
+        "people": [{"keypoints": [round(float(v), 2) for v in p.keypoints.reshape(-1)],
+                    "score": round(float(p.score), 4)} for p in prediction.people],
+        "words": [{"position": w.position, "word": w.word, "similarity": round(w.similarity, 4)}
+                  for w in prediction.words],
+        "timings_ms": {k: round(v, 3) for k, v in prediction.timings.items()},
+    }

@@ -1,0 +1,527 @@
+"""`distill inspect OUT_OR_SHARD`: what a labelling run (or a folder of shards, or one shard)
+holds, read mostly from Parquet footers.
+
+From footers alone (cheap at any size): the schema and whether it is distill's, rows in total and
+per shard, compressed bytes per sample per column, and every teacher's provenance. From the run
+folder: shards done and pending (the manifest) and the quarantine summary. From the data: QA
+statistics (caption and token emptiness, depth range, people per image, text-pixel and class-group
+pixel shares) over all rows or over the first `sample_rows` of them, because decoding the PNGs of
+a big run is slow; the report says how many rows they cover.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from distill.errors import ShardError
+from distill.images import decode_png
+from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP, decode_group_mask
+from distill.shards import SCHEMA, read_metadata
+from pipelines.manifest import Manifest, read_manifest, shard_is_complete
+from pipelines.quarantine import read_quarantine, summarise
+
+__all__ = ["QA_COLUMNS", "RUN_FILES", "format_inspect", "inspect_path", "shard_paths"]
+
+# Files of a run folder besides its shards (pipelines/finalize.py, generate_labels.py).
+RUN_FILES = ("config.toml", "manifest.json", "quarantine.parquet", "vocab.parquet", "summary.json")
+# Columns the QA statistics read.
+QA_COLUMNS = ("width", "height", "depth_min", "depth_max", "groups_png", "text_png",
+              "teacher_captions", "tokens", "persons")
+_NOT_SHARDS = {"quarantine.parquet", "vocab.parquet"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the shards
+
+
+def shard_paths(path: Path) -> tuple[str, Path, list[Path]]:
+    """(kind, shards folder, shard files) of a run folder, a folder of shards or one shard.
+
+    A run folder has `manifest.json` or a `shards/` folder; any other folder is taken as a
+    folder of shards (every visible `*.parquet` but a quarantine or vocabulary file)."""
+    path = Path(path)
+    if path.is_file():
+        return "shard", path.parent, [path]
+    if not path.is_dir():
+        raise ShardError(f"{path} does not exist: give a run folder, a shards folder or a shard")
+    if (path / "manifest.json").is_file() or (path / "shards").is_dir():
+        folder, kind = path / "shards", "run"
+    else:
+        folder, kind = path, "shards"
+    files = sorted(p for p in folder.glob("*.parquet")
+                   if not p.name.startswith(".") and p.name not in _NOT_SHARDS) \
+        if folder.is_dir() else []
+    if kind == "shards" and not files:
+        raise ShardError(f"{path} has no shards (*.parquet) and no manifest.json; give a run "
+                         "folder, a shards folder or a shard")
+    return kind, folder, files
+
+
+# ---------------------------------------------------------------------------------------------
+# Footers: rows, schema, bytes, provenance
+
+
+def _schema_diff(schema: pa.Schema) -> list[str]:
+    """How a shard's columns differ from distill's SCHEMA (names and types)."""
+    out = []
+    for f in SCHEMA:
+        if f.name not in schema.names:
+            out.append(f"missing column {f.name}")
+        elif schema.field(f.name).type != f.type:
+            out.append(f"{f.name} is {schema.field(f.name).type}, expected {f.type}")
+    out += [f"extra column {n}" for n in schema.names if n not in SCHEMA.names]
+    return out
+
+
+def _footer(path: Path) -> dict[str, Any]:
+    """One shard's footer facts; an unreadable file gives {"name", "error"}."""
+    try:
+        pf = pq.ParquetFile(path)
+        meta = pf.metadata
+        schema = pf.schema_arrow
+    except Exception as exc:  # any unreadable footer is reported, not raised
+        return {"name": path.name, "path": str(path), "error": f"{type(exc).__name__}: {exc}"}
+    columns: dict[str, int] = {}
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            top = col.path_in_schema.split(".")[0]
+            columns[top] = columns.get(top, 0) + col.total_compressed_size
+    try:
+        distill_meta = read_metadata(path)
+    except (ShardError, ValueError) as exc:
+        distill_meta = {"error": str(exc)}
+    return {
+        "name": path.name, "path": str(path), "rows": meta.num_rows,
+        "row_groups": meta.num_row_groups, "file_bytes": path.stat().st_size,
+        "schema": [(f.name, str(f.type)) for f in schema], "schema_diff": _schema_diff(schema),
+        "column_bytes": columns, "metadata": distill_meta,
+    }
+
+
+def _provenance(footers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every teacher's provenance over the shards: one entry per distinct provenance, with the
+    shards that carry it (a run whose shards disagree shows it)."""
+    teachers: dict[str, list[dict[str, Any]]] = {}
+    fingerprints: Counter[str] = Counter()
+    versions: dict[str, dict[str, Any]] = {}
+    schema_versions: Counter[str] = Counter()
+    for f in footers:
+        meta = f.get("metadata") or {}
+        if "fingerprint" in meta:
+            fingerprints[str(meta["fingerprint"])] += 1
+        if "schema_version" in meta:
+            schema_versions[str(meta["schema_version"])] += 1
+        if meta.get("versions"):
+            versions.setdefault(json.dumps(meta["versions"], sort_keys=True), meta["versions"])
+        for role, prov in sorted((meta.get("provenance") or {}).items()):
+            entries = teachers.setdefault(role, [])
+            for entry in entries:
+                if entry["provenance"] == prov:
+                    entry["shards"].append(f["name"])
+                    break
+            else:
+                entries.append({"provenance": prov, "shards": [f["name"]]})
+    return {
+        "label_fingerprints": dict(fingerprints),
+        "schema_versions": dict(schema_versions),
+        "library_versions": list(versions.values()),
+        "teachers": teachers,
+        "shards_without_provenance": [f["name"] for f in footers
+                                      if not (f.get("metadata") or {}).get("provenance")],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folder: manifest and quarantine
+
+
+def _roles(manifest: Manifest) -> list[str]:
+    """The teachers the run enabled (disabled ones are `{"enabled": false}` in the manifest)."""
+    teachers = manifest.config.get("teachers", {})
+    return [r for r, t in teachers.items() if isinstance(t, dict) and t.get("enabled", True)]
+
+
+def _progress(manifest: Manifest, folder: Path, footers: dict[str, dict[str, Any]],
+              verify: bool) -> dict[str, Any]:
+    """Planned shards, which are done (committed with every enabled teacher, the file's row
+    count equal to the manifest's, and with `verify` its checksum too) and why the rest are
+    pending."""
+    roles = _roles(manifest)
+    shards = []
+    for entry in manifest.shards:
+        footer = footers.get(entry.name)
+        missing = [r for r in roles if entry.teachers.get(r) != "done"]
+        if entry.sha256 is None or entry.rows is None:
+            status, why = "pending", "not committed"
+        elif footer is None:
+            status, why = "pending", "committed but the file is missing"
+        elif "error" in footer:
+            status, why = "pending", "the file is unreadable"
+        elif footer["rows"] != entry.rows:
+            status, why = "pending", f"file has {footer['rows']} rows, manifest says {entry.rows}"
+        elif missing:
+            status, why = "pending", "teachers to add: " + ", ".join(missing)
+        elif verify and not shard_is_complete(folder / entry.name, entry):
+            status, why = "pending", "checksum differs from the manifest"
+        else:
+            status, why = "done", ""
+        shards.append({"name": entry.name, "status": status, "reason": why,
+                       "planned_images": len(entry.image_ids), "rows": entry.rows,
+                       "teachers_pending": missing})
+    planned = {e.name for e in manifest.shards}
+    return {
+        "split": manifest.split, "fingerprint": manifest.fingerprint, "teachers": roles,
+        "shard_size": manifest.shard_size, "selection": manifest.selection,
+        "planned": len(manifest.shards),
+        "done": sum(1 for s in shards if s["status"] == "done"),
+        "pending": [s["name"] for s in shards if s["status"] != "done"],
+        "planned_images": sum(len(e.image_ids) for e in manifest.shards),
+        "checksums_verified": verify,
+        "shards": shards,
+        "unplanned": sorted(n for n in footers if n not in planned),
+    }
+
+
+def _quarantine(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    failures = read_quarantine(path)
+    return {
+        "rows": len(failures),
+        "images": len({f.image_id for f in failures}),
+        "by_stage": dict(Counter(f.stage for f in failures).most_common()),
+        "by_type": dict(Counter(f.error_type for f in failures).most_common()),
+        "by_stage_type": summarise(failures),
+        "by_reason": dict(Counter(f"{f.stage}/{f.error_type}: {f.message}"
+                                  for f in failures).most_common()),
+        "by_shard": dict(Counter(f.shard or "(no shard)" for f in failures).most_common()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# QA statistics over the rows
+
+
+def _iter_tables(paths: list[Path], columns: list[str],
+                 limit: int | None) -> Iterator[pa.Table]:
+    """Row groups of the shards (only `columns`), cut after `limit` rows in all."""
+    left = limit
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        for g in range(pf.metadata.num_row_groups):
+            if left is not None and left <= 0:
+                return
+            table = pf.read_row_group(g, columns=columns)
+            if left is not None:
+                table = table.slice(0, left)
+                left -= table.num_rows
+            yield table
+
+
+def _range(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    arr = np.asarray(values, np.float64)
+    return {"min": float(arr.min()), "max": float(arr.max()), "mean": float(arr.mean())}
+
+
+def _qa(paths: list[Path], sample_rows: int | None) -> dict[str, Any]:
+    """Statistics over the first `sample_rows` rows (all when None), in shard order."""
+    rows = 0
+    caption_rows = empty_captions = empty_tokens = 0
+    depth_min: list[float] = []
+    depth_max: list[float] = []
+    people: list[int] = []
+    group_pixels = np.zeros(NUM_GROUPS, np.int64)
+    void_pixels = groups_total = group_rows = 0
+    text_pixels = text_total = text_rows = 0
+    for table in _iter_tables(paths, list(QA_COLUMNS), sample_rows):
+        rows += table.num_rows
+        captions = table.column("teacher_captions").to_pylist()
+        tokens = table.column("tokens").to_pylist()
+        for caps, toks in zip(captions, tokens, strict=True):
+            if caps is None:  # the caption teacher did not run on this row
+                continue
+            caption_rows += 1
+            empty_captions += not any(c and c.strip() for c in caps)
+            empty_tokens += not toks
+        lo = table.column("depth_min").to_pylist()
+        hi = table.column("depth_max").to_pylist()
+        depth_min += [v for v in lo if v is not None]
+        depth_max += [v for v in hi if v is not None]
+        people += pc.fill_null(pc.list_value_length(table.column("persons")), 0).to_pylist()
+        for png in table.column("groups_png").to_pylist():
+            if png is None:
+                continue
+            mask = decode_png(png)
+            group_rows += 1
+            groups_total += mask.size
+            bits = decode_group_mask(mask)
+            group_pixels += bits.reshape(NUM_GROUPS, -1).sum(axis=1, dtype=np.int64)
+            void_pixels += int((mask & ((1 << TEXT_GROUP) - 1) == 0).sum())
+        for png in table.column("text_png").to_pylist():
+            if png is None:
+                continue
+            mask = decode_png(png)
+            text_rows += 1
+            text_total += mask.size
+            text_pixels += int((mask > 0).sum())
+    people_arr = np.asarray(people, np.int64)
+    return {
+        "rows": rows,
+        "sampled": sample_rows is not None,
+        "captions": {
+            "rows_with_caption_teacher": caption_rows,
+            "empty_caption_rate": empty_captions / caption_rows if caption_rows else None,
+            "empty_token_rate": empty_tokens / caption_rows if caption_rows else None,
+            "empty_captions": empty_captions, "empty_tokens": empty_tokens,
+        },
+        "depth": {
+            "rows_with_depth": len(depth_min),
+            "fraction_with_depth": len(depth_min) / rows if rows else None,
+            "depth_min": _range(depth_min), "depth_max": _range(depth_max),
+        },
+        "people": {
+            "total": int(people_arr.sum()),
+            "per_image": float(people_arr.mean()) if rows else None,
+            "max": int(people_arr.max()) if rows else None,
+            "images_with_people": int((people_arr > 0).sum()),
+        },
+        "pixels": {
+            "rows": rows,
+            "rows_with_groups": group_rows,
+            "group_shares": {name: (int(n) / groups_total if groups_total else None)
+                             for name, n in zip(GROUP_NAMES, group_pixels, strict=True)},
+            "no_class_group_share": void_pixels / groups_total if groups_total else None,
+            "rows_with_text": text_rows,
+            "text_share": text_pixels / text_total if text_total else None,
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def inspect_path(path: Path, *, sample_rows: int | None = None,
+                 verify_checksums: bool = False) -> dict[str, Any]:
+    """Inspect a run folder, a folder of shards or one shard (see the module docstring).
+
+    `sample_rows` limits the QA statistics to the first N rows (in shard order); everything
+    else reads footers only. `verify_checksums` also hashes each done shard against the
+    manifest (reads every byte)."""
+    if sample_rows is not None and sample_rows < 0:
+        raise ValueError(f"sample_rows must be >= 0, got {sample_rows}")
+    path = Path(path)
+    kind, folder, files = shard_paths(path)
+    footers = [_footer(p) for p in files]
+    readable = [f for f in footers if "error" not in f]
+    if kind == "shard" and not readable:
+        raise ShardError(f"shard {path} is not a readable Parquet file: {footers[0]['error']}")
+    total = sum(f["rows"] for f in readable)
+    column_bytes: dict[str, int] = {}
+    for f in readable:
+        for col, n in f["column_bytes"].items():
+            column_bytes[col] = column_bytes.get(col, 0) + n
+    first = readable[0] if readable else None
+    report: dict[str, Any] = {
+        "path": str(path),
+        "kind": kind,
+        "shards_folder": str(folder),
+        "shards": [{k: f[k] for k in ("name", "rows", "row_groups", "file_bytes")}
+                   | {"schema_matches": not f["schema_diff"]} if "error" not in f
+                   else {"name": f["name"], "error": f["error"]} for f in footers],
+        "rows": {"total": total, "per_shard": {f["name"]: f["rows"] for f in readable}},
+        "schema": None if first is None else {
+            "from": first["name"],
+            "columns": dict(first["schema"]),
+            "matches": not first["schema_diff"],
+            "differences": first["schema_diff"],
+            "shards_not_matching": [f["name"] for f in readable if f["schema_diff"]],
+        },
+        "bytes": {
+            "total": sum(column_bytes.values()),
+            "files": sum(f["file_bytes"] for f in readable),
+            "per_column": column_bytes,
+            "per_sample": {c: n / total for c, n in column_bytes.items()} if total else {},
+        },
+        "provenance": _provenance(readable),
+        "progress": None,
+        "quarantine": None,
+        "files": None,
+    }
+    if kind == "run":
+        report["files"] = {name: (path / name).is_file() for name in RUN_FILES}
+        if (path / "manifest.json").is_file():
+            manifest = read_manifest(path / "manifest.json")
+            report["progress"] = _progress(manifest, folder, {f["name"]: f for f in footers},
+                                           verify_checksums)
+        report["quarantine"] = _quarantine(path / "quarantine.parquet")
+    good = [Path(f["path"]) for f in readable if not f["schema_diff"]]
+    report["qa"] = _qa(good, sample_rows)
+    report["qa"]["shards_skipped"] = [f["name"] for f in footers
+                                      if "error" in f or f.get("schema_diff")]
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def _teacher_line(role: str, prov: dict[str, Any], shards: int, of: int) -> str:
+    weights = prov.get("weights_sha256") or {}
+    w = ", ".join(f"{k} {v[:12]}" for k, v in sorted(weights.items())) or "none (not pretrained)"
+    return (f"  {role:<9} {prov.get('backend', '?')} · {prov.get('variant', '?')} · checkpoint "
+            f"{prov.get('checkpoint') or '-'} @ {prov.get('revision') or '-'} · "
+            f"{prov.get('dtype', '?')} on {prov.get('device', '?')} · weights {w}"
+            + (f"  ({shards}/{of} shards)" if shards != of else ""))
+
+
+def format_inspect(report: dict[str, Any]) -> str:
+    """The report of `inspect_path` as plain text, one section per topic."""
+    out: list[str] = []
+    add = out.append
+    kinds = {"run": "run folder", "shards": "folder of shards", "shard": "one shard"}
+    add(f"{report['path']} ({kinds[report['kind']]})")
+    rows = report["rows"]
+    shards = report["shards"]
+    add("")
+    progress = report.get("progress")
+    if progress:
+        add(f"Shards: {progress['planned']} planned, {progress['done']} done, "
+            f"{len(progress['pending'])} pending · split {progress['split']} · "
+            f"{progress['planned_images']} images planned · teachers "
+            f"{', '.join(progress['teachers']) or '-'}")
+        status = {s["name"]: s for s in progress["shards"]}
+    else:
+        add(f"Shards: {len(shards)}")
+        status = {}
+    width = max([len(s["name"]) for s in shards] + [len(n) for n in status] + [10])
+    for s in shards:
+        st = status.get(s["name"])
+        if "error" in s:
+            add(f"  {s['name']:<{width}}  unreadable: {s['error']}")
+            continue
+        tag = "" if st is None else st["status"] + (f" ({st['reason']})" if st["reason"] else "")
+        if progress and st is None:
+            tag = "not in the manifest's plan"
+        schema = "" if s["schema_matches"] else "  SCHEMA DIFFERS"
+        add(f"  {s['name']:<{width}}  {s['rows']:>7} rows  {_size(s['file_bytes']):>10}  "
+            f"{tag}{schema}".rstrip())
+    for name, st in status.items():
+        if name not in rows["per_shard"] and not any(s["name"] == name for s in shards):
+            add(f"  {name:<{width}}  {'-':>7}       {'':>10}  {st['status']} ({st['reason']})")
+    add(f"Rows: {rows['total']} in {len(rows['per_shard'])} readable shard(s)")
+
+    schema = report["schema"]
+    add("")
+    if schema is None:
+        add("Schema: no readable shard")
+    else:
+        verdict = ("matches distill's shard schema" if schema["matches"]
+                   else "DIFFERS from distill's shard schema: " + "; ".join(schema["differences"]))
+        add(f"Schema (from {schema['from']}): {verdict}")
+        if schema["shards_not_matching"]:
+            add(f"  shards that differ: {', '.join(schema['shards_not_matching'])}")
+        cw = max(len(c) for c in schema["columns"])
+        for col, typ in schema["columns"].items():
+            add(f"  {col:<{cw}}  {typ}")
+
+    prov = report["provenance"]
+    add("")
+    fps = ", ".join(prov["label_fingerprints"]) or "none recorded"
+    add(f"Teachers (from shard metadata) · label fingerprint {fps}")
+    n_shards = len(rows["per_shard"])
+    if not prov["teachers"]:
+        add("  no teacher provenance recorded")
+    for role, entries in prov["teachers"].items():
+        for entry in entries:
+            add(_teacher_line(role, entry["provenance"], len(entry["shards"]), n_shards))
+    for versions in prov["library_versions"]:
+        add("  libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    if prov["shards_without_provenance"]:
+        add(f"  no provenance in: {', '.join(prov['shards_without_provenance'])}")
+
+    q = report.get("quarantine")
+    if report["kind"] == "run":
+        add("")
+        if q is None:
+            add("Quarantine: no quarantine.parquet")
+        elif not q["rows"]:
+            add("Quarantine: empty")
+        else:
+            add(f"Quarantine: {q['rows']} failure(s) of {q['images']} image(s)")
+            add("  by stage: " + ", ".join(f"{k} {v}" for k, v in q["by_stage"].items()))
+            add("  by type:  " + ", ".join(f"{k} {v}" for k, v in q["by_type"].items()))
+            add("  reasons:")
+            for i, (reason, n) in enumerate(q["by_reason"].items()):
+                if i == 10:
+                    add(f"    … {len(q['by_reason']) - 10} more")
+                    break
+                add(f"    {n:>5} × {reason if len(reason) < 140 else reason[:139] + '…'}")
+
+    qa = report["qa"]
+    add("")
+    cover = f"the first {qa['rows']} rows" if qa["sampled"] else f"all {qa['rows']} rows"
+    add(f"QA statistics over {cover} (of {rows['total']})"
+        + (f"; skipped shards: {', '.join(qa['shards_skipped'])}" if qa["shards_skipped"] else ""))
+    c = qa["captions"]
+    add(f"  captions: {c['rows_with_caption_teacher']} rows with the caption teacher · empty "
+        f"caption {_pct(c['empty_caption_rate'])} · empty tokens {_pct(c['empty_token_rate'])}")
+    d = qa["depth"]
+    add(f"  depth: {d['rows_with_depth']} rows ({_pct(d['fraction_with_depth'])})")
+    for key in ("depth_min", "depth_max"):
+        r = d[key]
+        if r:
+            add(f"    {key}: min {_num(r['min'])} · max {_num(r['max'])} · mean {_num(r['mean'])}")
+    p = qa["people"]
+    add(f"  people per image: mean {_num(p['per_image'])} · max {p['max']} · "
+        f"{p['images_with_people']} images with people · {p['total']} people")
+    px = qa["pixels"]
+    add(f"  text pixels: {_pct(px['text_share'])} (over {px['rows_with_text']} rows with a text "
+        "label)")
+    add(f"  class groups, share of pixels (over {px['rows_with_groups']} rows with groups; a "
+        "pixel can be in a class group and Text):")
+    for name, share in px["group_shares"].items():
+        bar = "" if share is None else "█" * round(share * 40)
+        add(f"    {name:<11} {_pct(share):>8}  {bar}")
+    add(f"    {'(none)':<11} {_pct(px['no_class_group_share']):>8}  pixels in no class group")
+
+    b = report["bytes"]
+    add("")
+    add(f"Bytes per sample (compressed column chunks ÷ {rows['total']} rows): "
+        f"{_size(b['total'] / rows['total']) if rows['total'] else 'n/a'} in all")
+    for col, n in sorted(b["per_sample"].items(), key=lambda kv: -kv[1]):
+        add(f"  {col:<17} {_size(n):>10}")
+    if report.get("files"):
+        missing = [k for k, v in report["files"].items() if not v]
+        add("")
+        add("Run files: " + ("all present" if not missing else "missing " + ", ".join(missing)))
+    return "\n".join(out)

@@ -1,0 +1,274 @@
+"""`distill inspect`: every number in the report equals the same quantity counted directly with
+pyarrow / PIL on a small run folder built here (two committed shards, one planned but not
+written, a quarantine), for a run folder, a folder of shards and one shard."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from distill.atomic import file_sha256
+from distill.config import load_config
+from distill.errors import ShardError
+from distill.labels.groups import GROUP_NAMES
+from distill.shards import ShardWriter, make_metadata
+from pipelines.finalize import column_bytes
+from pipelines.inspect import format_inspect, inspect_path
+from pipelines.manifest import Manifest, label_fingerprint, label_view, make_plan, write_manifest
+from pipelines.quarantine import Failure, replace_failures
+from tests.test_viz import make_labelled_sample
+
+IDS = list(range(1, 11))  # planned; 4 per shard → 3 shards, the last not written
+QUARANTINED = {3: ("decode", "ImageDecodeError", "cannot decode image: truncated"),
+               8: ("read", "FileNotFoundError", "file missing")}
+
+
+def provenance(role: str, checkpoint: str) -> dict:
+    return {"role": role, "backend": f"{role}-net", "variant": "pretrained",
+            "checkpoint": checkpoint, "revision": "main", "weights_sha256": {"w.pt": "ab" * 32},
+            "dtype": "float32", "device": "cpu", "input_size": 64, "versions": {}, "extra": {}}
+
+
+def samples_for(ids: list[int]) -> list:
+    out = []
+    for i in ids:
+        if i == 1:  # everything, two people
+            s = make_labelled_sample(i, people=2)
+        elif i == 2:  # empty caption, no tokens, no depth
+            s = make_labelled_sample(i, depth=False, caption_text="", tokens=[])
+        elif i == 4:  # caption teacher did not run (null captions); no groups; portrait
+            s = make_labelled_sample(i, w=48, h=80, caption=False, groups=False, people=0)
+        elif i == 5:  # a caption but every word filtered out
+            s = make_labelled_sample(i, caption_text="a an the", tokens=[], text=False)
+        else:
+            s = make_labelled_sample(i, w=100, h=60, people=i % 3, void_sign=i == 6)
+        out.append(s)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("inspect") / "out"
+    config = load_config("demo", overrides=["teachers.text.enabled=false"])
+    view = label_view(config)
+    fp = label_fingerprint(view)
+    plan = make_plan(IDS, "val2017", 4)
+    manifest = Manifest("val2017", fp, view, 4, plan)
+    roles = ["depth", "panoptic", "caption"]
+    for k, entry in enumerate(plan[:2]):
+        ids = [i for i in entry.image_ids if i not in QUARANTINED]
+        prov = {"depth": provenance("depth", "depth-v1" if k == 0 else "depth-v2"),
+                "caption": provenance("caption", "cap")}
+        meta = make_metadata(fp, prov, extra={"shard": entry.name, "teachers": roles})
+        path = out / "shards" / entry.name
+        with ShardWriter(path, meta, row_group_size=2) as writer:
+            for s in samples_for(ids):
+                writer.write(s)
+        entry.rows, entry.sha256 = len(ids), file_sha256(path)
+        # shard 1 had the caption teacher added to the plan but not yet run on it
+        entry.teachers = {r: "done" for r in (roles if k == 0 else roles[:2])}
+        failures = [Failure(i, f"{i:012d}.jpg", entry.name, *QUARANTINED[i])
+                    for i in entry.image_ids if i in QUARANTINED]
+        replace_failures(out / "quarantine.parquet", [entry.name], entry.image_ids, failures)
+    # an annotation problem naming no shard, and a second failure of image 8's kind
+    replace_failures(out / "quarantine.parquet", [""], [99],
+                     [Failure(99, "", "", "read", "FileNotFoundError", "file missing")])
+    write_manifest(out / "manifest.json", manifest)
+    (out / "config.toml").write_text("# test\n")
+    return out
+
+
+def shard_files(run: Path) -> list[Path]:
+    return sorted((run / "shards").glob("*.parquet"))
+
+
+def test_rows_schema_and_bytes_match_the_files(run):
+    report = inspect_path(run)
+    files = shard_files(run)
+    assert report["kind"] == "run"
+    per_shard = {p.name: pq.read_table(p).num_rows for p in files}
+    assert per_shard == {"val2017-00000-of-00003.parquet": 3, "val2017-00001-of-00003.parquet": 3}
+    assert report["rows"]["per_shard"] == per_shard
+    assert report["rows"]["total"] == sum(per_shard.values()) == 6
+    schema = report["schema"]
+    assert schema["matches"] and not schema["differences"]
+    table = pq.read_table(files[0])
+    assert schema["columns"] == {f.name: str(f.type) for f in table.schema}
+    totals, rows = column_bytes(files)
+    assert rows == 6
+    assert report["bytes"]["per_column"] == totals
+    assert report["bytes"]["per_sample"] == pytest.approx({c: n / 6 for c, n in totals.items()})
+    assert report["bytes"]["total"] == sum(totals.values())
+    assert report["bytes"]["per_sample"]["image"] > report["bytes"]["per_sample"]["width"]
+
+
+def test_done_and_pending_come_from_the_manifest(run):
+    progress = inspect_path(run)["progress"]
+    assert progress["planned"] == 3 and progress["done"] == 1
+    assert sorted(progress["teachers"]) == ["caption", "depth", "panoptic"]  # text is off
+    status = {s["name"]: s for s in progress["shards"]}
+    assert status["val2017-00000-of-00003.parquet"]["status"] == "done"
+    assert status["val2017-00001-of-00003.parquet"]["teachers_pending"] == ["caption"]
+    assert status["val2017-00002-of-00003.parquet"]["reason"] == "not committed"
+    assert progress["pending"] == ["val2017-00001-of-00003.parquet",
+                                   "val2017-00002-of-00003.parquet"]
+    assert progress["planned_images"] == len(IDS)
+    verified = inspect_path(run, verify_checksums=True)["progress"]
+    assert verified["done"] == 1 and verified["checksums_verified"]
+
+
+def test_quarantine_counts(run):
+    q = inspect_path(run)["quarantine"]
+    rows = pq.read_table(run / "quarantine.parquet").to_pylist()
+    assert q["rows"] == len(rows) == 3
+    assert q["images"] == len({r["image_id"] for r in rows}) == 3
+    assert q["by_stage"] == dict(Counter(r["stage"] for r in rows)) == {"decode": 1, "read": 2}
+    assert q["by_type"] == dict(Counter(r["error_type"] for r in rows))
+    assert q["by_stage_type"] == {"read/FileNotFoundError": 2, "decode/ImageDecodeError": 1}
+    assert q["by_reason"] == {"read/FileNotFoundError: file missing": 2,
+                              "decode/ImageDecodeError: cannot decode image: truncated": 1}
+    assert q["by_shard"]["(no shard)"] == 1
+
+
+def test_provenance_of_every_teacher(run):
+    prov = inspect_path(run)["provenance"]
+    fps = {pq.ParquetFile(p).schema_arrow.metadata[b"distill.fingerprint"] for p in
+           shard_files(run)}
+    assert len(fps) == 1
+    assert list(prov["label_fingerprints"]) == [fps.pop().decode().strip('"')]
+    assert set(prov["teachers"]) == {"depth", "caption"}
+    (cap,) = prov["teachers"]["caption"]
+    assert cap["provenance"] == provenance("caption", "cap") and len(cap["shards"]) == 2
+    depth = prov["teachers"]["depth"]  # the two shards disagree: both variants are listed
+    assert [e["provenance"]["checkpoint"] for e in depth] == ["depth-v1", "depth-v2"]
+    assert [e["shards"] for e in depth] == [["val2017-00000-of-00003.parquet"],
+                                            ["val2017-00001-of-00003.parquet"]]
+
+
+def _direct_qa(files: list[Path], limit: int | None) -> dict:
+    """The QA numbers recomputed straight from the columns, PNGs decoded with PIL."""
+    table = pa.concat_tables([pq.read_table(p) for p in files])
+    if limit is not None:
+        table = table.slice(0, limit)
+    rows = table.to_pylist()
+    with_caption = [r for r in rows if r["teacher_captions"] is not None]
+    group_counts = np.zeros(len(GROUP_NAMES))
+    pixels = 0
+    void = 0
+    text_px = text_total = 0
+    for r in rows:
+        if r["groups_png"] is not None:
+            g = np.asarray(Image.open(io.BytesIO(r["groups_png"])), np.int64)
+            pixels += g.size
+            for k in range(len(GROUP_NAMES)):
+                group_counts[k] += ((g >> k) & 1).sum()
+            void += ((g & 0x3FF) == 0).sum()
+        if r["text_png"] is not None:
+            t = np.asarray(Image.open(io.BytesIO(r["text_png"])))
+            text_px += (t == 255).sum()
+            text_total += t.size
+    depth_min = pc.drop_null(table.column("depth_min"))
+    return {
+        "rows": len(rows),
+        "caption_rows": len(with_caption),
+        "empty_caption": sum(1 for r in with_caption
+                             if not any(c.strip() for c in r["teacher_captions"])),
+        "empty_tokens": sum(1 for r in with_caption if not r["tokens"]),
+        "shares": dict(zip(GROUP_NAMES, group_counts / pixels, strict=True)),
+        "void": void / pixels,
+        "text": text_px / text_total,
+        "depth_rows": len(depth_min),
+        "depth_min": pc.min_max(depth_min).as_py(),
+        "depth_max_mean": pc.mean(table.column("depth_max")).as_py(),
+        "people": [len(r["persons"]) for r in rows],
+    }
+
+
+@pytest.mark.parametrize("limit", [None, 3])
+def test_qa_statistics_match_a_direct_count(run, limit):
+    qa = inspect_path(run, sample_rows=limit)["qa"]
+    want = _direct_qa(shard_files(run), limit)
+    assert qa["rows"] == qa["pixels"]["rows"] == want["rows"] == (6 if limit is None else 3)
+    assert qa["sampled"] == (limit is not None)
+    c = qa["captions"]
+    assert c["rows_with_caption_teacher"] == want["caption_rows"]
+    assert c["empty_caption_rate"] == pytest.approx(want["empty_caption"] / want["caption_rows"])
+    assert c["empty_token_rate"] == pytest.approx(want["empty_tokens"] / want["caption_rows"])
+    if limit is None:  # image 2 has an empty caption; 2 and 5 have no tokens; 4 no caption
+        assert (c["empty_captions"], c["empty_tokens"], want["caption_rows"]) == (1, 2, 5)
+    shares = qa["pixels"]["group_shares"]
+    assert list(shares) == list(GROUP_NAMES)
+    assert shares == pytest.approx(want["shares"])
+    assert shares["Persons"] > 0 and shares["Animals"] == 0
+    assert qa["pixels"]["no_class_group_share"] == pytest.approx(want["void"])
+    assert (qa["pixels"]["no_class_group_share"] > 0) == (limit is None)  # image 6's sign
+    assert qa["pixels"]["text_share"] == pytest.approx(want["text"])
+    d = qa["depth"]
+    assert d["rows_with_depth"] == want["depth_rows"]
+    assert d["fraction_with_depth"] == pytest.approx(want["depth_rows"] / want["rows"])
+    assert (d["depth_min"]["min"], d["depth_min"]["max"]) == (
+        want["depth_min"]["min"], want["depth_min"]["max"])
+    assert d["depth_max"]["mean"] == pytest.approx(want["depth_max_mean"])
+    p = qa["people"]
+    assert p["total"] == sum(want["people"]) and p["max"] == max(want["people"])
+    assert p["per_image"] == pytest.approx(np.mean(want["people"]))
+    assert p["images_with_people"] == sum(1 for n in want["people"] if n)
+
+
+def test_text_report_states_each_section(run):
+    text = format_inspect(inspect_path(run, sample_rows=3))
+    assert "(run folder)" in text
+    assert "3 planned, 1 done, 2 pending" in text
+    assert "teachers to add: caption" in text and "not committed" in text
+    assert "matches distill's shard schema" in text
+    assert "depth-v1" in text and "depth-v2" in text
+    assert "Quarantine: 3 failure(s) of 3 image(s)" in text
+    assert "2 × read/FileNotFoundError: file missing" in text
+    assert "QA statistics over the first 3 rows (of 6)" in text
+    assert "Persons" in text and "Bytes per sample" in text
+
+
+def test_a_shards_folder_and_a_single_shard(run, tmp_path):
+    folder = inspect_path(run / "shards")
+    assert folder["kind"] == "shards" and folder["progress"] is None
+    assert folder["quarantine"] is None and folder["rows"]["total"] == 6
+    one = shard_files(run)[1]
+    single = inspect_path(one)
+    assert single["kind"] == "shard"
+    assert single["rows"] == {"total": 3, "per_shard": {one.name: 3}}
+    assert single["qa"]["rows"] == 3
+    assert "(one shard)" in format_inspect(single)
+    with pytest.raises(ShardError, match="does not exist"):
+        inspect_path(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ShardError, match="no shards"):
+        inspect_path(tmp_path / "empty")
+
+
+def test_a_foreign_or_broken_file_is_reported_not_fatal(run, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = shard_files(run)[0]
+    (folder / good.name).write_bytes(good.read_bytes())
+    (folder / "broken.parquet").write_bytes(b"not parquet at all")
+    pq.write_table(pa.table({"image_id": [1, 2], "extra": ["a", "b"]}), folder / "other.parquet")
+    report = inspect_path(folder)
+    by_name = {s["name"]: s for s in report["shards"]}
+    assert "error" in by_name["broken.parquet"]
+    assert by_name["other.parquet"]["schema_matches"] is False
+    assert report["rows"]["total"] == 3 + 2
+    assert report["qa"]["rows"] == 3  # only the distill shard is read for QA
+    assert set(report["qa"]["shards_skipped"]) == {"broken.parquet", "other.parquet"}
+    assert report["schema"]["shards_not_matching"] == ["other.parquet"]
+    text = format_inspect(report)
+    assert "unreadable" in text and "SCHEMA DIFFERS" in text
+    with pytest.raises(ShardError, match="not a readable Parquet"):
+        inspect_path(folder / "broken.parquet")
