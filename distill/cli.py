@@ -504,11 +504,13 @@ def run_evaluate(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="JSON report (default: evaluation.json in the student run folder).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
-    limit: Annotated[int | None, typer.Option(help="Score only the first N rows.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="Score only the first N rows (in file order when --workers 0).")] = None,
     pose: Annotated[bool, typer.Option(
         "--pose/--no-pose", help="Decode people and score COCO keypoint AP.")] = True,
-    workers: Annotated[int, typer.Option(help="DataLoader workers decoding shards.")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers decoding shards.")
+                       ] = 0,
     device: DeviceOpt = "auto",
     vocab: VocabOpt = None,
     set_: SetOpt = None,
@@ -530,10 +532,16 @@ def run_evaluate(
     from distill.shards import open_shard
     from distill.student.data import resolve_shards
     from distill.student.evaluate import evaluate, format_evaluation
-    from distill.student.predict import load_student
+    from distill.student.predict import load_student, run_folder
 
     dev = _device(device)
     student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
+    if student.vocab is None and vocab is None:  # as training found it: beside the shards
+        beside = (shards if shards.is_dir() else shards.parent).parent / "vocab.parquet"
+        if beside.is_file():
+            student = load_student(checkpoint, dev, vocab=beside, overrides=list(set_ or []))
+        else:
+            logger.warning("no vocabulary for %s: token cosines are not scored", checkpoint)
     total = sum(open_shard(p).metadata.num_rows for p in resolve_shards(shards))
     total = min(total, limit) if limit is not None else total
     with _bar(total, "evaluate", "images", sys.stderr.isatty()) as advance:
@@ -541,7 +549,7 @@ def run_evaluate(
                           epoch=student.epoch, device=dev, batch_size=batch_size,
                           workers=workers, limit=limit, pose=pose, progress=advance)
     report = {"checkpoint": str(student.checkpoint), "shards": str(shards), **report}
-    path = out or student.checkpoint.parent.parent / "evaluation.json"
+    path = out or run_folder(student.checkpoint) / "evaluation.json"
     atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
     console = Console()
     for renderable in format_evaluation(report):
@@ -571,7 +579,7 @@ def predict(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Folder for <image>.png panels and predictions.json.")] = Path(
         "predictions"),
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 1,
     refine: Annotated[bool, typer.Option(
         "--refine/--no-refine", help="Refine depth from the predicted normals (paper §3.2).")
     ] = True,
@@ -594,6 +602,7 @@ def predict(
     import time
 
     import numpy as np
+    from PIL import Image
 
     from distill.atomic import atomic_write_bytes
     from distill.images import decode_image
@@ -603,7 +612,9 @@ def predict(
     files = _image_files(images)
     dev = _device(device)
     student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
-    predictor = Predictor(student, dev, refine=refine, full_maps=sheets)
+    # Maps come back at most 1024 px on a side (the panels are 320 px wide; a 12 MP photo at full
+    # size would cost GBs); people and words are not affected.
+    predictor = Predictor(student, dev, refine=refine, full_maps=sheets, display_max=1024)
     out.mkdir(parents=True, exist_ok=True)
     size = student.config.student.input_size
     predictor.predict([np.zeros((size, size, 3), np.uint8)])  # warm-up: not timed
@@ -626,9 +637,14 @@ def predict(
             for f, rgb, result in zip(chunk, rgbs, results, strict=True):
                 record = describe(result, str(f))
                 if sheets:
-                    sheet = contact_sheet(rgb, result.labels, title=f"student: {f.name}")
-                    record["panel"] = str(out / f"{f.stem}.png")
-                    save_sheet(sheet, out / f"{f.stem}.png")
+                    shown = rgb
+                    if (result.labels.width, result.labels.height) != rgb.shape[1::-1]:
+                        shown = np.asarray(Image.fromarray(rgb).resize(
+                            (result.labels.width, result.labels.height), Image.Resampling.BILINEAR))
+                    sheet = contact_sheet(shown, result.labels, title=f"student: {f.name}")
+                    panel = out / f"{f.name}.png"  # a.jpg → a.jpg.png: never an input's name
+                    record["panel"] = str(panel)
+                    save_sheet(sheet, panel)
                 records.append(record)
             advance(len(files[k:k + batch_size]))
     wall = time.perf_counter() - started
@@ -659,7 +675,8 @@ def show(
         "--checkpoint", "-k", help="Also run this student on the image and draw its output "
         "beside the teacher labels.")] = None,
     device: DeviceOpt = "auto",
-    width: Annotated[int, typer.Option(help="Width of one panel in pixels.")] = 320,
+    width: Annotated[int, typer.Option(min=96, help="Width of one panel in pixels.")] = 320,
+    set_: SetOpt = None,
 ) -> None:
     """Draw one sample as a contact sheet: image, depth, normals, class groups (legend), text
     mask, joints and PAFs over the image, captions and tokens — the picture to look at before
@@ -682,7 +699,8 @@ def show(
         from distill.student.predict import Predictor, load_student
 
         dev = _device(device)
-        compare = Predictor(load_student(checkpoint, dev), dev).predict([rgb])[0].labels
+        student = load_student(checkpoint, dev, overrides=list(set_ or []))
+        compare = Predictor(student, dev).predict([rgb])[0].labels
     sheet = contact_sheet(rgb, labels_from_sample(sample), compare=compare, panel_width=width,
                           title=f"{shard.name} row {row} · image {sample.image_id} "
                           f"({sample.file_name})")
@@ -696,7 +714,7 @@ def inspect(
     path: Annotated[Path, typer.Argument(
         help="A generate-labels run folder, a shards folder or one shard.")],
     sample_rows: Annotated[int | None, typer.Option(
-        help="Decode only the first N rows for the pixel statistics (default: all).")] = None,
+        min=1, help="Decode only the first N rows for the pixel statistics (default: all).")] = None,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the report as JSON.")] = None,
 ) -> None:

@@ -28,7 +28,7 @@ from distill.shards import read_shard
 from distill.student import layout
 from distill.student.data import ShardStream, resolve_shards
 from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
-from distill.student.pose import decode_people, keypoint_ap, to_coco_results
+from distill.student.pose import decode_letterboxed, keypoint_ap, to_coco_results
 
 __all__ = ["PAPER_TABLE2", "evaluate", "format_evaluation"]
 
@@ -130,10 +130,10 @@ def evaluate(
             for i, image_id in enumerate(batch["image_id"].tolist()):
                 seen.append(image_id)
                 gt = truth[image_id]
-                people = decode_people(maps[i, layout.JOINTS], maps[i, layout.PAFS],
-                                       peak_threshold=config.predict.peak_threshold,
-                                       paf_threshold=config.predict.paf_threshold)
                 lb = Letterbox.fit(gt.width, gt.height, student.input_size)
+                people = decode_letterboxed(maps[i, layout.JOINTS], maps[i, layout.PAFS], lb,
+                                            peak_threshold=config.predict.peak_threshold,
+                                            paf_threshold=config.predict.paf_threshold)
                 results.extend(to_coco_results(people, image_id, lb))
         rows += len(batch["image_id"])
         if progress is not None:
@@ -150,6 +150,8 @@ def evaluate(
                    "mse": metrics.get(f"mse/{name}")}
             for name in layout.MODALITIES
         },
+        "mse_scale": "maps in [-1, 1], as the training loss sees them (4x the [0, 1] MSE)",
+        "token_cosine_over": "token positions that have a word in the target",
         "token_cosine": [metrics.get(f"token_cosine/{i + 1}") for i in range(student.num_tokens)],
         "paper": PAPER_TABLE2,
         "seconds": round(time.monotonic() - started, 3),

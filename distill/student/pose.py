@@ -74,6 +74,7 @@ from distill.labels.letterbox import Letterbox
 __all__ = [
     "DecodedPerson",
     "GroundTruthImage",
+    "decode_letterboxed",
     "decode_people",
     "find_peaks",
     "keypoint_ap",
@@ -646,6 +647,21 @@ def decode_people(
     return out
 
 
+def decode_letterboxed(joints: np.ndarray, pafs: np.ndarray, letterbox: Letterbox,
+                       **options: Any) -> list[DecodedPerson]:
+    """`decode_people` on maps of a letterboxed image, looking only inside the image area (the
+    padding holds no people; peaks there would map outside the image). People stay in the
+    letterbox frame: map them back with `to_coco_results` or `letterbox.inverse_points`."""
+    lb = letterbox
+    inside = (slice(None), slice(lb.pad_y, lb.pad_y + lb.new_h),
+              slice(lb.pad_x, lb.pad_x + lb.new_w))
+    j = np.zeros_like(joints, dtype=np.float32)
+    p = np.zeros_like(pafs, dtype=np.float32)
+    j[inside] = joints[inside]
+    p[inside] = pafs[inside]
+    return decode_people(j, p, **options)
+
+
 # --- COCO results and AP -----------------------------------------------------------------------
 
 
@@ -680,14 +696,15 @@ def keypoint_ap(
     results: Sequence[dict[str, Any]],
     *,
     min_visible: int = 5,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """COCO OKS keypoint AP of `results` (see `to_coco_results`) against the images' persons.
 
     Crowd persons and persons with fewer than `min_visible` labelled joints (v > 0) are ignored:
     they are given `iscrowd = 1`, which pycocotools turns into `ignore` (its `_prepare` rewrites
     `ignore` from `iscrowd`), so they need not be found and a detection matched to one is neither
     a true nor a false positive. Returns AP, AP50, AP75, APm, APl, AR (also AR50, AR75, ARm,
-    ARl), all 0.0 when undefined (no detections, or no ground truth in that area range), plus
+    ARl), None when no ground-truth person counts, 0.0 for no detections or no ground truth in
+    an area range, plus
     `gt_persons` (persons that count) and `detections`.
     """
     from pycocotools.coco import COCO
@@ -716,13 +733,15 @@ def keypoint_ap(
                 "area": area,
                 "iscrowd": int(ignored),
             })
-    stats = dict.fromkeys(_AP_NAMES, 0.0)
+    stats: dict[str, float | None] = dict.fromkeys(_AP_NAMES, 0.0)
     stats.update(gt_persons=float(counted), detections=float(len(results)))
     known = {img["id"] for img in gt_images}
     unknown = sorted({int(r["image_id"]) for r in results} - known)
     if unknown:
         raise LabelError(f"results for image ids not in the ground truth: {unknown[:10]}")
-    if not results or not counted:
+    if not counted:  # nothing to find: AP is undefined, not zero
+        return {**stats, **dict.fromkeys(_AP_NAMES)}
+    if not results:
         return stats
 
     with contextlib.redirect_stdout(io.StringIO()):

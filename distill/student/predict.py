@@ -25,7 +25,7 @@ from distill.labels.tokens import Vocabulary
 from distill.student import layout
 from distill.student.labels import Labels
 from distill.student.model import YMapNet, build_student
-from distill.student.pose import DecodedPerson, decode_people
+from distill.student.pose import DecodedPerson, decode_letterboxed
 
 __all__ = [
     "LoadedStudent",
@@ -36,6 +36,7 @@ __all__ = [
     "find_checkpoint",
     "load_student",
     "refine_depth",
+    "run_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class LoadedStudent:
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint folder from what a user passes: a train-student run folder (its best
     checkpoint, else its last), a checkpoint folder, or its model.safetensors."""
-    path = Path(path)
+    path = Path(path).resolve()
     if path.is_file() and path.name == "model.safetensors":
         path = path.parent
     if (path / "model.safetensors").is_file():
@@ -74,8 +75,9 @@ def find_checkpoint(path: Path) -> Path:
                        "its checkpoints/best (or last) folder, or a model.safetensors file")
 
 
-def _run_folder(checkpoint: Path) -> Path:
-    # OUT/checkpoints/<name>/ → OUT
+def run_folder(checkpoint: Path) -> Path:
+    """The train-student run folder of a checkpoint folder (OUT/checkpoints/<name> → OUT); a
+    flat folder holding the model and config.toml is its own run folder."""
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
 
 
@@ -90,7 +92,7 @@ def load_student(path: Path, device: str | torch.device = "cpu", *, vocab: Path 
     from pipelines.finalize import read_vocabulary
 
     checkpoint = find_checkpoint(path)
-    run = _run_folder(checkpoint)
+    run = run_folder(checkpoint)
     cfg_file = run / "config.toml"
     if not cfg_file.is_file():
         raise DistillError(f"{checkpoint} has no config.toml in its run folder {run}; the "
@@ -206,11 +208,10 @@ class Prediction:
     maps: np.ndarray | None = None  # (44, S, S) in [0, 1], the letterboxed output (refined)
 
 
-def _unletterbox(maps: torch.Tensor, lb: Letterbox) -> torch.Tensor:
-    """(C, S, S) → (C, H, W): the image area cut out and resized back to the original size."""
+def _unletterbox(maps: torch.Tensor, lb: Letterbox, size: tuple[int, int]) -> torch.Tensor:
+    """(C, S, S) → (C, h, w): the image area cut out and resized to `size` (h, w)."""
     crop = maps[:, lb.pad_y:lb.pad_y + lb.new_h, lb.pad_x:lb.pad_x + lb.new_w]
-    return F.interpolate(crop[None], size=(lb.src_h, lb.src_w), mode="bilinear",
-                         align_corners=False)[0]
+    return F.interpolate(crop[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def _sync(device: torch.device) -> None:
@@ -222,14 +223,18 @@ class Predictor:
     """Batches of RGB images → `Prediction`s. Settings come from `config.predict`."""
 
     def __init__(self, student: LoadedStudent, device: str | torch.device = "cpu",
-                 *, refine: bool = True, full_maps: bool = True) -> None:
+                 *, refine: bool = True, full_maps: bool = True,
+                 display_max: int | None = None) -> None:
         self.student = student
         self.device = torch.device(device)
         self.model = student.model.to(self.device).eval()
         self.size = student.config.student.input_size
         self.settings: PredictConfig = student.config.predict
         self.refine = refine
-        self.full_maps = full_maps  # also return every map at the original resolution
+        self.full_maps = full_maps  # also return the joint and PAF maps
+        # Labels' maps at most this many pixels on the long side (None: the original size);
+        # people in `Prediction.people` are always in original pixels.
+        self.display_max = display_max
         self.gradient_scale = student.config.labels.normals_gradient_scale
 
     @torch.no_grad()
@@ -283,9 +288,9 @@ class Predictor:
                                   min_similarity=self.settings.token_min_similarity) \
                 if self.student.vocab is not None else []
             t1 = time.perf_counter()
-            people = decode_people(maps_np[i, layout.JOINTS], maps_np[i, layout.PAFS],
-                                   peak_threshold=self.settings.peak_threshold,
-                                   paf_threshold=self.settings.paf_threshold)
+            people = decode_letterboxed(maps_np[i, layout.JOINTS], maps_np[i, layout.PAFS], lb,
+                                        peak_threshold=self.settings.peak_threshold,
+                                        paf_threshold=self.settings.paf_threshold)
             for person in people:
                 present = person.keypoints[:, 2] > 0
                 person.keypoints[present, :2] = lb.inverse_points(person.keypoints[present, :2])
@@ -298,27 +303,37 @@ class Predictor:
             results.append(Prediction(labels, words, people, timings, maps_np[i]))
         return results
 
+    def display_size(self, lb: Letterbox) -> tuple[int, int]:
+        """(width, height) of the Labels' maps for an image of the letterbox's source size."""
+        w, h = lb.src_w, lb.src_h
+        if self.display_max is None or max(w, h) <= self.display_max:
+            return w, h
+        f = self.display_max / max(w, h)
+        return max(1, round(w * f)), max(1, round(h * f))
+
     def _labels(self, maps: torch.Tensor, raw_depth: torch.Tensor, lb: Letterbox,
                 people: list[DecodedPerson], words: list[Word]) -> Labels:
-        full = _unletterbox(maps if self.full_maps else maps[layout.DEPTH.start:], lb)
-        full_raw = _unletterbox(raw_depth, lb)[0].cpu().numpy()
-        base = 0 if self.full_maps else layout.DEPTH.start
-        arr = full.cpu().numpy()
+        w, h = self.display_size(lb)
+        first = 0 if self.full_maps else layout.DEPTH.start
+        arr = _unletterbox(torch.cat([maps[first:], raw_depth]), lb, (h, w)).cpu().numpy()
 
         def ch(s: slice) -> np.ndarray:
-            return arr[s.start - base:s.stop - base]
+            return arr[s.start - first:s.stop - first]
 
         normals = np.moveaxis(ch(layout.NORMALS) * 2 - 1, 0, -1)
         normals /= np.linalg.norm(normals, axis=-1, keepdims=True) + 1e-6
         kp = (np.stack([p.keypoints for p in people]).astype(np.float32) if people
               else np.zeros((0, 17, 3), np.float32))
+        if (w, h) != (lb.src_w, lb.src_h):  # people into the display frame
+            kp[..., 0] *= w / lb.src_w
+            kp[..., 1] *= h / lb.src_h
         return Labels(
-            source="student", width=lb.src_w, height=lb.src_h,
+            source="student", width=w, height=h,
             depth=ch(layout.DEPTH)[0], normals=normals, text=ch(layout.TEXT)[0],
             groups=ch(layout.GROUPS),
             joints=ch(layout.JOINTS) if self.full_maps else None,
             pafs=ch(layout.PAFS) if self.full_maps else None,
-            people=kp, words=[w.word for w in words], depth_raw=full_raw,
+            people=kp, words=[w.word for w in words], depth_raw=arr[-1],
         )
 
 
