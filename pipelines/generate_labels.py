@@ -412,6 +412,17 @@ def _actor_cpus(config: Config, roles: list[str], cluster: ClusterInfo) -> dict[
     return out
 
 
+def _task_cpus(config: Config, roles: list[str], cpus: dict[str, float]) -> float:
+    """CPUs per decode / post-process task: 1, unless the actor shares were scaled down to fit a
+    small cluster. Then the smallest share: scaled actors can leave every node a fraction of a
+    CPU free (1-CPU nodes each holding two 0.25 actors), where a 1-CPU task would wait forever;
+    power-of-two shares leave free room in multiples of the smallest one, so such a task fits
+    wherever anything is free."""
+    teachers = config.teachers.roles()
+    scaled = [c for r, c in cpus.items() if r in roles and c < teachers[r].num_cpus]
+    return min([1.0, *scaled])
+
+
 def _check_gpus(config: Config, roles: list[str], cluster: ClusterInfo) -> None:
     teachers = config.teachers.roles()
     need = sum(teachers[r].num_gpus * teachers[r].concurrency for r in roles)
@@ -527,12 +538,13 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
 
     config = plan.config
     items = [it for job in plan.jobs for it in job.items]
+    stage_roles = plan.stage_names()[1:-1]
+    cpus = _actor_cpus(config, stage_roles, cluster)
+    tasks = _task_cpus(config, stage_roles, cpus)
     ds: Any = ray.data.from_items([{"item": pickle.dumps(it, protocol=5)} for it in items],
                              override_num_blocks=max(1, math.ceil(len(items) / DECODE_BATCH)))
     ds = ds.map_batches(_decode_op, batch_size=DECODE_BATCH, batch_format="numpy",
-                        fn_kwargs={"data": config.data, "board": board}, num_cpus=1)
-    stage_roles = plan.stage_names()[1:-1]
-    cpus = _actor_cpus(config, stage_roles, cluster)
+                        fn_kwargs={"data": config.data, "board": board}, num_cpus=tasks)
     _check_gpus(config, stage_roles, cluster)
     teachers = config.teachers.roles()
     for role in stage_roles:
@@ -545,7 +557,7 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
             num_cpus=cpus[role], num_gpus=t.num_gpus or None,
         )
     return ds.map_batches(_postprocess_op, batch_size=DECODE_BATCH, batch_format="numpy",
-                          fn_kwargs={"labels": config.labels, "board": board}, num_cpus=1)
+                          fn_kwargs={"labels": config.labels, "board": board}, num_cpus=tasks)
 
 
 def _quiet_ray_data_console() -> None:

@@ -18,7 +18,7 @@ from distill.config import DataConfig, TeacherConfig, load_config
 from distill.errors import ConfigError, DistillError
 from distill.shards import decode_row
 from pipelines.cluster import ClusterInfo
-from pipelines.generate_labels import _actor_cpus, _check_gpus, _unwrap
+from pipelines.generate_labels import _actor_cpus, _check_gpus, _task_cpus, _unwrap
 from pipelines.manifest import label_fingerprint, label_view, teacher_additions
 from pipelines.quarantine import Failure
 from pipelines.stages import (
@@ -349,6 +349,17 @@ def test_actor_cpus_scale_down_to_half_a_small_cluster_and_stay_on_a_big_one():
     mid = _actor_cpus(wide, ["depth", "panoptic"], ClusterInfo("local", 8, 0, 1))
     assert mid["depth"] == pytest.approx(4 * mid["panoptic"], abs=1e-3)
     assert _pool_cpus(wide, mid) == pytest.approx(4.0, abs=1e-3)
+
+
+def test_tasks_fit_in_what_scaled_actors_leave_free_on_one_cpu_nodes():
+    """Two 1-CPU nodes with 0.25-CPU actors can each keep 0.5 free: a 1-CPU decode task would
+    never be placed (the 2-node bench run hung like that). Tasks take the smallest share."""
+    config = load_config("demo")
+    one_node = _actor_cpus(config, ROLES, ClusterInfo("local", 1, 0, 1))
+    assert _pool_cpus(config, one_node) <= 0.5
+    assert _task_cpus(config, ROLES, one_node) == min(one_node.values()) < 1.0
+    big = _actor_cpus(config, ROLES, ClusterInfo("local", 16, 0, 1))
+    assert _task_cpus(config, ROLES, big) == 1.0
 
 
 def test_actor_cpus_never_exceed_the_room_they_were_scaled_to():
