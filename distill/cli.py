@@ -624,23 +624,26 @@ def predict(
     started = time.perf_counter()
     with _bar(len(files), "predict", "images", sys.stderr.isatty()) as advance:
         for k in range(0, len(files), batch_size):
-            chunk, rgbs = [], []
+            chunk, inputs, datas = [], [], []
+            t0 = time.perf_counter()
             for f in files[k:k + batch_size]:
                 try:
-                    rgbs.append(decode_image(f.read_bytes()))
+                    data = f.read_bytes()
+                    inputs.extend(predictor.letterbox_encoded([data]))  # as training sees it
                     chunk.append(f)
+                    datas.append(data)
                 except (DistillError, OSError) as exc:
                     failed.append({"image": str(f), "error": f"{type(exc).__name__}: {exc}"})
-            t0 = time.perf_counter()
-            results = predictor.predict(rgbs)
+            results = predictor.predict_letterboxed(inputs)
             predict_seconds += time.perf_counter() - t0
-            for f, rgb, result in zip(chunk, rgbs, results, strict=True):
+            for f, data, result in zip(chunk, datas, results, strict=True):
                 record = describe(result, str(f))
                 if sheets:
-                    shown = rgb
-                    if (result.labels.width, result.labels.height) != rgb.shape[1::-1]:
-                        shown = np.asarray(Image.fromarray(rgb).resize(
-                            (result.labels.width, result.labels.height), Image.Resampling.BILINEAR))
+                    wh = (result.labels.width, result.labels.height)
+                    shown = decode_image(data, at_least=wh)
+                    if shown.shape[1::-1] != wh:
+                        shown = np.asarray(Image.fromarray(shown).resize(
+                            wh, Image.Resampling.BILINEAR))
                     sheet = contact_sheet(shown, result.labels, title=f"student: {f.name}")
                     panel = out / f"{f.name}.png"  # a.jpg → a.jpg.png: never an input's name
                     record["panel"] = str(panel)
@@ -658,7 +661,8 @@ def predict(
            "refine": refine, "frames_per_second": fps, "images": records, "failed": failed}
     atomic_write_bytes(out / "predictions.json", (json.dumps(doc, indent=1) + "\n").encode())
     typer.echo(f"{len(records)} image(s) on {dev}: {fps['model']} frames/s model only, "
-               f"{fps['predict']} with refinement and decoding, {fps['end_to_end']} end to end "
+               f"{fps['predict']} with reading, letterboxing, refinement and decoding, "
+               f"{fps['end_to_end']} end to end "
                "(reading, drawing and writing included)")
     for item in failed:
         typer.echo(f"  failed {item['image']}: {item['error']}")
@@ -700,7 +704,7 @@ def show(
 
         dev = _device(device)
         student = load_student(checkpoint, dev, overrides=list(set_ or []))
-        compare = Predictor(student, dev).predict([rgb])[0].labels
+        compare = Predictor(student, dev).predict_encoded([sample.image])[0].labels
     sheet = contact_sheet(rgb, labels_from_sample(sample), compare=compare, panel_width=width,
                           title=f"{shard.name} row {row} · image {sample.image_id} "
                           f"({sample.file_name})")

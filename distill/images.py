@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: bytes, max_pixels: int, min_side: int = 0,
+          draft: tuple[int, int] | None = None) -> Image.Image:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; we refuse at the limit itself.
@@ -38,6 +39,13 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
                     f"decompression bomb guard: {w}x{h} = {w * h} pixels exceeds "
                     f"data.max_image_pixels = {max_pixels}"
                 )
+            if min(w, h) < min_side:
+                raise ImageDecodeError(
+                    f"image is {w}x{h}; sides shorter than data.min_image_side = {min_side} "
+                    "pixels cannot be labelled"
+                )
+            if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+                img.draft(img.mode, draft)  # DCT-domain downscale, never below `draft`
             img.load()
     except ImageDecodeError:
         raise
@@ -60,7 +68,8 @@ def image_size(data: bytes, max_pixels: int = 89_478_485) -> tuple[int, int]:
 
 
 def decode_image(
-    data: bytes, max_pixels: int = 89_478_485, min_side: int = 8
+    data: bytes, max_pixels: int = 89_478_485, min_side: int = 8,
+    at_least: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decode JPEG/PNG/... bytes to an RGB uint8 array (H, W, 3).
 
@@ -68,14 +77,12 @@ def decode_image(
     bits); an alpha channel is composited over black, the letterbox padding colour. Raises
     `ImageDecodeError` with the reason for empty, truncated or corrupt data, images larger than
     `max_pixels` (decompression bombs) and images with a side shorter than `min_side`.
+
+    `at_least` (width, height): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT
+    domain (libjpeg's scaled decoding, several times faster) as long as the result is at least
+    that large — for a caller that shrinks the image anyway. Other formats decode in full.
     """
-    img = _open(data, max_pixels)
-    w, h = img.size
-    if min(w, h) < min_side:
-        raise ImageDecodeError(
-            f"image is {w}x{h}; sides shorter than data.min_image_side = {min_side} "
-            "pixels cannot be labelled"
-        )
+    img = _open(data, max_pixels, min_side, at_least)
     if img.mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.uint32)
         shift = 8 if arr.max(initial=0) < 65536 else 24

@@ -117,6 +117,21 @@ class Letterbox:
         )
         return self._canvas(rgb, resized, 0)
 
+    def image_scaled(self, rgb: np.ndarray) -> np.ndarray:
+        """`image` of the source decoded at a reduced scale (a JPEG's DCT-scaled decode): the
+        same content box, resized from the smaller array. Pixel centres line up because a
+        1/k-scale pixel covers k×k source pixels."""
+        h, w = rgb.shape[:2]
+        if (h, w) == (self.src_h, self.src_w):
+            return self.image(rgb)
+        if rgb.dtype != np.uint8 or abs(w / self.src_w - h / self.src_h) > 2.0 / min(w, h):
+            raise LabelError(f"a {w}x{h} uint8 image is not a reduced {self.src_w}x{self.src_h} "
+                             "source")
+        resized = np.asarray(
+            Image.fromarray(rgb).resize((self.new_w, self.new_h), Image.Resampling.BILINEAR)
+        )
+        return self._canvas(rgb, resized, 0)
+
     def float_map(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Bilinear resize of an (H, W) float map (e.g. depth)."""
         self._check(values)

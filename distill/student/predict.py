@@ -26,6 +26,7 @@ from distill.student import layout
 from distill.student.labels import Labels
 from distill.student.model import YMapNet, build_student
 from distill.student.pose import DecodedPerson, decode_letterboxed
+from distill.student.targets import student_image
 
 __all__ = [
     "LoadedStudent",
@@ -237,12 +238,22 @@ class Predictor:
         self.display_max = display_max
         self.gradient_scale = student.config.labels.normals_gradient_scale
 
-    @torch.no_grad()
-    def forward(self, images: list[np.ndarray]) -> tuple[dict[str, torch.Tensor],
-                                                         list[Letterbox], float]:
-        """Letterbox and run the model; (outputs with maps in [0, 1], letterboxes, ms)."""
+    def letterbox(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, Letterbox]]:
+        """Decoded RGB images → (letterboxed S×S uint8 image, its letterbox) each."""
         boxes = [Letterbox.fit(img.shape[1], img.shape[0], self.size) for img in images]
-        batch = np.stack([lb.image(img) for lb, img in zip(boxes, images, strict=True)])
+        return [(lb.image(img), lb) for lb, img in zip(boxes, images, strict=True)]
+
+    def letterbox_encoded(self, data: list[bytes]) -> list[tuple[np.ndarray, Letterbox]]:
+        """Encoded images → inputs exactly as training builds them (`student_image`)."""
+        return [student_image(d, self.size) for d in data]
+
+    @torch.no_grad()
+    def forward(self, inputs: list[tuple[np.ndarray, Letterbox]]) -> tuple[
+            dict[str, torch.Tensor], list[Letterbox], float]:
+        """Run the model on letterboxed inputs; (outputs with maps in [0, 1], letterboxes,
+        ms)."""
+        boxes = [lb for _, lb in inputs]
+        batch = np.stack([img for img, _ in inputs])
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         _sync(self.device)
         started = time.perf_counter()
@@ -268,9 +279,18 @@ class Predictor:
 
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
         """RGB uint8 (H, W, 3) images → one `Prediction` each."""
-        if not images:
+        return self.predict_letterboxed(self.letterbox(images))
+
+    def predict_encoded(self, data: list[bytes]) -> list[Prediction]:
+        """Encoded image files → one `Prediction` each, the student seeing them exactly as in
+        training (a JPEG decoded at its DCT scale, then letterboxed)."""
+        return self.predict_letterboxed(self.letterbox_encoded(data))
+
+    def predict_letterboxed(self, inputs: list[tuple[np.ndarray, Letterbox]]) -> list[Prediction]:
+        """Letterboxed inputs (`letterbox`, `letterbox_encoded`) → one `Prediction` each."""
+        if not inputs:
             return []
-        outputs, boxes, forward_ms = self.forward(images)
+        outputs, boxes, forward_ms = self.forward(inputs)
         maps = outputs["maps"]
         raw_depth = maps[:, layout.DEPTH].clone()
         started = time.perf_counter()
@@ -297,7 +317,7 @@ class Predictor:
             t2 = time.perf_counter()
             labels = self._labels(maps[i], raw_depth[i], lb, people, words)
             t3 = time.perf_counter()
-            timings = {"forward": forward_ms / len(images), "refine": refine_ms / len(images),
+            timings = {"forward": forward_ms / len(inputs), "refine": refine_ms / len(inputs),
                        "tokens": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3,
                        "unletterbox": (t3 - t2) * 1e3}
             results.append(Prediction(labels, words, people, timings, maps_np[i]))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distill.config import AugmentConfig, HeatmapScheduleConfig
-from distill.images import decode_image
+from distill.images import decode_image, image_size
 from distill.labels.depth import DEPTH_LEVELS
 from distill.labels.groups import TEXT_GROUP, decode_group_mask
 from distill.labels.keypoints import NUM_JOINTS, render_heatmaps, render_pafs
@@ -30,6 +30,7 @@ __all__ = [
     "Example",
     "build_example",
     "heatmap_schedule",
+    "student_image",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,8 +73,26 @@ class Example:
         return np.array([self.present[k] for k in PRESENT_KEYS], bool)
 
 
+def student_image(data: bytes, size: int, width: int | None = None,
+                  height: int | None = None) -> tuple[np.ndarray, Letterbox]:
+    """How the student sees an encoded image, in training and in `distill predict` alike: the
+    uint8 (S, S, 3) letterbox and its `Letterbox`. A JPEG is decoded at the smallest DCT scale
+    (1/2, 1/4, 1/8) still larger than the letterboxed content — several times faster than a
+    full decode, and the resize from there is smaller too. `width`/`height` are the file's
+    size when known (read from its header otherwise)."""
+    if width is None or height is None:
+        width, height = image_size(data)
+    lb = Letterbox.fit(width, height, size)
+    return lb.image_scaled(decode_image(data, at_least=(lb.new_w, lb.new_h))), lb
+
+
 def _to_u8(unit: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+    """[0, 1] → uint8, rounded half up, clipped. In place on one float32 copy: this runs on
+    ~2M values per example and was the loader's second cost after PNG/JPEG decoding."""
+    scaled = np.multiply(unit, 255.0, dtype=np.float32)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    scaled += 0.5
+    return scaled.astype(np.uint8)
 
 
 def _letterboxed(sample: Sample, lb: Letterbox) -> dict[str, np.ndarray]:
@@ -157,9 +176,7 @@ def build_example(
     (no joints, text, objects or words) and depth and normals, which noise has none of, are
     marked absent.
     """
-    rgb = decode_image(sample.image)
-    lb = Letterbox.fit(sample.width, sample.height, size)
-    image = lb.image(rgb)
+    image, lb = student_image(sample.image, size, sample.width, sample.height)
     kp = lb.keypoints(_people(sample))
     maps = _letterboxed(sample, lb)
     has_person = bool(sample.persons)

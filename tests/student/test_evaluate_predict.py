@@ -154,11 +154,9 @@ def test_people_decoded_from_perfect_maps_score_high_ap_in_original_pixels(peopl
 
     predictor = Predictor(LoadedStudent(oracle, config, None, shards, 400),  # type: ignore[arg-type]
                           refine=False, full_maps=False)
-    from distill.images import decode_image
-
     results = []
     for r in records:
-        (pred,) = predictor.predict([decode_image(r.path.read_bytes())])
+        (pred,) = predictor.predict_encoded([r.path.read_bytes()])
         for person in pred.people:
             kp = person.keypoints[person.keypoints[:, 2] > 0]
             assert (kp[:, 0] >= -0.5).all() and (kp[:, 0] <= r.width - 0.5).all()

@@ -139,3 +139,36 @@ def test_augmented_dense_maps_keep_padding_unlabelled(seed):
     assert text.any() and not text.all()
     for c in (30, 31, 32, 36):
         assert np.array_equal(ex.target[c] > 0, text)
+
+
+def test_student_image_decodes_jpegs_at_dct_scale_without_moving_content():
+    """A JPEG is decoded at a reduced DCT scale for the student; the letterbox it yields puts
+    every feature where the full-resolution path does (a marker to within a pixel) and looks
+    the same (mean difference of a few levels)."""
+    import io
+
+    from PIL import Image
+
+    from distill.images import decode_image
+    from distill.labels.letterbox import Letterbox
+    from distill.student.targets import student_image
+
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(110, 20, (480, 640, 3)), 0, 255).astype(np.uint8)
+    img[300:316, 500:516] = 255  # a marker centred at x = 507.5, y = 307.5
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    data = buf.getvalue()
+    assert decode_image(data, at_least=(256, 192)).shape[:2] == (240, 320)  # 1/2 scale
+    fast, lb = student_image(data, 256)
+    full = Letterbox.fit(640, 480, 256).image(decode_image(data))
+    assert fast.shape == full.shape == (256, 256, 3)
+
+    def centre(a: np.ndarray) -> np.ndarray:
+        ys, xs = np.nonzero(a.mean(-1) > 200)
+        return np.array([xs.mean(), ys.mean()])
+
+    expected = lb.points(np.array([507.5, 307.5]))
+    assert np.abs(centre(fast) - expected).max() < 1.0
+    assert np.abs(centre(fast) - centre(full)).max() < 1.0
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() < 6
