@@ -313,3 +313,17 @@ def test_real_instances_against_a_panoptic_style_rasterisation(coco_mini, tmp_pa
     assert cap["rows_compared"] == 12 and cap["tokenizer"]["glove_filter"] is True
     assert 0.45 < cap["human_held_out"]["precision"] < 0.7
     assert cap["teacher"]["precision"] < 0.15
+
+
+def test_teacher_scored_like_a_held_out_human_uses_four_references():
+    """The like-for-like teacher score averages over the 4-reference subsets: a caption equal
+    to one human's is perfect against all five but not against the four others."""
+    from pipelines.audit import score_caption, score_like_held_out
+
+    humans = [{"dog", "sofa"}, {"dog", "couch"}, {"puppy", "sofa"}]
+    teacher = {"dog", "couch"}
+    assert score_caption(teacher, humans)["precision"] == 1.0
+    fair = score_like_held_out(teacher, humans)
+    # leave out 1: {dog, couch} ⊆ {dog, couch, puppy, sofa} → 1; leave out 2: {dog} of 2 → 0.5;
+    # leave out 3: 1.0. Mean 2.5 / 3.
+    assert fair["precision"] == pytest.approx(2.5 / 3)
