@@ -42,7 +42,7 @@ demo: setup
 	@echo "look:    $(BIN)/python -c \"import pyarrow.parquet as pq; t = pq.read_table('$(DEMO)/run/shards/val2017-00000-of-00002.parquet'); print(t.select(['image_id', 'file_name', 'teacher_captions', 'tokens']).to_pandas())\""
 
 bench: setup
-	$(BIN)/python bench/run.py --out bench/results.json --summary bench/RESULTS.md
+	$(BIN)/python -m bench.run --out bench/results.json --summary bench/RESULTS.md
 
 lint: setup
 	$(BIN)/ruff check distill teachers pipelines tests bench

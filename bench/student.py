@@ -1,0 +1,154 @@
+"""Student-side benchmarks: the training loader per CPU core, and the student's forward and
+training throughput (tiny on a CPU; the paper preset in bf16/fp16, channels-last and compiled
+on a GPU)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bench_loader", "bench_student", "student_throughput"]
+
+
+def _median_seconds(fn: Callable[[], Any], repeat: int, sync: Callable[[], None]) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_loader(shards: Path, repeat: int, size: int = 256) -> dict[str, Any]:
+    """Training examples per second on ONE core (this process, torch and numpy on one thread):
+    shard row → decoded image and labels → letterbox → full augmentation → heatmaps and PAFs →
+    uint8 tensors; and the same rows' bare JPEG decode, for the ratio."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from distill.config import load_config
+    from distill.images import decode_image
+    from distill.student.data import ShardStream
+    from pipelines.finalize import read_vocabulary
+
+    torch.set_num_threads(1)
+    cfg = load_config("demo").train
+    vocab_file = shards.parent / "vocab.parquet"
+    vocab = read_vocabulary(vocab_file) if vocab_file.is_file() else None
+    stream = ShardStream(shards, size, vocab, cfg, train=True, shuffle_buffer=1,
+                         token_dim=vocab.dim if vocab else 50)
+    rows = stream.count_rows()
+    images = [b for p in sorted(shards.glob("*.parquet"))
+              for b in pq.read_table(p, columns=["image"]).column("image").to_pylist()]
+    epoch = [0]
+
+    def loader() -> None:
+        stream.set_epoch(epoch[0])  # new augmentation draws every pass
+        epoch[0] += 1
+        for _ in stream:
+            pass
+
+    def decode() -> None:
+        for data in images:
+            decode_image(data)
+
+    t_loader = _median_seconds(loader, repeat, lambda: None)
+    t_decode = _median_seconds(decode, repeat, lambda: None)
+    return {
+        "rows": rows,
+        "size": size,
+        "samples_per_second_per_core": rows / t_loader,
+        "jpeg_decode_per_second_per_core": len(images) / t_decode,
+        "ratio_to_jpeg_decode": t_loader / t_decode,
+        "note": "one process, torch.set_num_threads(1); augmentation at the paper's "
+                "probabilities; heatmaps at the schedule's start size (23 px joints, 6 px PAFs)",
+    }
+
+
+def student_throughput(preset: str, device: str, batches: tuple[int, ...], *,
+                       dtype: str = "float32", channels_last: bool = False,
+                       compile_model: bool = False, train_batch: int | None = None,
+                       repeat: int = 5) -> dict[str, Any]:
+    """Forward images/s at each batch size and (optionally) training samples/s at
+    `train_batch`, for the `preset` student at 256×256 on `device`."""
+    import torch
+
+    from distill.config import load_config
+    from distill.student.model import build_student
+    from distill.student.train import compute_loss
+
+    cfg = load_config("paper" if preset == "paper" else "demo")
+    scfg = cfg.student
+    dev = torch.device(device)
+    model = build_student(scfg, 0, dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = {"float32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    runner: Any = torch.compile(model) if compile_model else model
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    size = scfg.input_size
+    out: dict[str, Any] = {"preset": preset, "device": device, "dtype": dtype,
+                           "channels_last": channels_last, "compiled": compile_model,
+                           "parameters": sum(p.numel() for p in model.parameters())}
+
+    def batch_of(n: int) -> torch.Tensor:
+        x = torch.rand(n, 3, size, size, device=dev) * 2 - 1
+        return x.to(memory_format=torch.channels_last) if channels_last else x
+
+    model.eval()
+    for n in batches:
+        x = batch_of(n)
+
+        @torch.inference_mode()
+        def forward(x: torch.Tensor = x) -> None:
+            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                runner(x)
+
+        seconds = _median_seconds(forward, repeat, sync)
+        out[f"forward_batch{n}_images_per_second"] = n / seconds
+    if train_batch:
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        x = batch_of(train_batch)
+        target = torch.randint(0, 256, (train_batch, 44, size, size), dtype=torch.uint8,
+                               device=dev)
+        tokens = torch.zeros(train_batch, scfg.num_tokens, scfg.token_dim, device=dev)
+        present = torch.ones(train_batch, 7, dtype=torch.bool, device=dev)
+        scaler = torch.amp.GradScaler(enabled=dtype == "fp16")
+
+        def step() -> None:
+            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+                loss, _ = compute_loss(runner(x), target, tokens, present, cfg.train)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        seconds = _median_seconds(step, max(2, repeat // 2), sync)
+        out[f"train_batch{train_batch}_samples_per_second"] = train_batch / seconds
+    return out
+
+
+def bench_student(repeat: int) -> dict[str, Any]:
+    import torch
+
+    cpu = student_throughput("tiny", "cpu", (1, 30), repeat=repeat, train_batch=30)
+    if not torch.cuda.is_available():
+        return {"cpu": cpu, "gpu": "no GPU on this machine"}
+    gpu = []
+    for dtype in ("bf16", "fp16"):
+        for compiled in (False, True):
+            try:
+                gpu.append(student_throughput("paper", "cuda", (1, 30), dtype=dtype,
+                                              channels_last=True, compile_model=compiled,
+                                              train_batch=30, repeat=repeat))
+            except Exception as exc:  # a row says why it is missing
+                gpu.append({"preset": "paper", "dtype": dtype, "compiled": compiled,
+                            "error": f"{type(exc).__name__}: {exc}"[:300]})
+    return {"cpu": cpu, "gpu": gpu, "gpu_name": torch.cuda.get_device_name(0)}
