@@ -81,6 +81,7 @@ def student_throughput(preset: str, device: str, batches: tuple[int, ...], *,
 
     from distill.config import load_config
     from distill.student.model import build_student
+    from distill.student.targets import PRESENT_KEYS
     from distill.student.train import compute_loss
 
     cfg = load_config("paper" if preset == "paper" else "demo")
@@ -119,7 +120,7 @@ def student_throughput(preset: str, device: str, batches: tuple[int, ...], *,
         target = torch.randint(0, 256, (train_batch, 44, size, size), dtype=torch.uint8,
                                device=dev)
         tokens = torch.zeros(train_batch, scfg.num_tokens, scfg.token_dim, device=dev)
-        present = torch.ones(train_batch, 7, dtype=torch.bool, device=dev)
+        present = torch.ones(train_batch, len(PRESENT_KEYS), dtype=torch.bool, device=dev)
         scaler = torch.amp.GradScaler(enabled=dtype == "fp16")
 
         def step() -> None:

@@ -557,16 +557,15 @@ def run_evaluate(
     typer.echo(f"report: {path}")
 
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
 def _image_files(path: Path) -> list[Path]:
+    from distill.coco import IMAGE_SUFFIXES
+
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise DistillError(f"{path} has no images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+            raise DistillError(f"{path} has no images ({', '.join(IMAGE_SUFFIXES)})")
         return files
     raise DistillError(f"{path} does not exist")
 
@@ -691,13 +690,10 @@ def show(
       distill show demo-data/run/shards/val2017-00000-of-00002.parquet --row 2 --out row2.png
       distill show SHARD --row 0 --checkpoint demo-data/student --out compare.png
     """
-    from distill.images import decode_image
     from distill.shards import decode_row
-    from distill.student.labels import labels_from_sample
-    from distill.viz import contact_sheet, read_row, save_sheet
+    from distill.viz import read_row, save_sheet, sheet_for_sample
 
     sample = decode_row(read_row(shard, row))
-    rgb = decode_image(sample.image)
     compare = None
     if checkpoint is not None:
         from distill.student.predict import Predictor, load_student
@@ -705,9 +701,9 @@ def show(
         dev = _device(device)
         student = load_student(checkpoint, dev, overrides=list(set_ or []))
         compare = Predictor(student, dev).predict_encoded([sample.image])[0].labels
-    sheet = contact_sheet(rgb, labels_from_sample(sample), compare=compare, panel_width=width,
-                          title=f"{shard.name} row {row} · image {sample.image_id} "
-                          f"({sample.file_name})")
+    sheet = sheet_for_sample(sample, compare=compare, panel_width=width,
+                             title=f"{shard.name} row {row} · image {sample.image_id} "
+                             f"({sample.file_name})")
     save_sheet(sheet, out)
     typer.echo(f"wrote {out} ({sheet.width}x{sheet.height})")
 

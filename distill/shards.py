@@ -233,8 +233,13 @@ def _unpng(value: bytes | None) -> np.ndarray | None:
     return None if value is None else decode_png(value)
 
 
+_NULL_ROW: dict[str, Any] = dict.fromkeys(SCHEMA.names)
+
+
 def decode_row(row: dict[str, Any]) -> Sample:
-    """One row (as from `Table.to_pylist()`) → `Sample`."""
+    """One row (as from `Table.to_pylist()`) → `Sample`. A row read with only some columns
+    decodes too: the columns it lacks are None (no PNG is decoded for them)."""
+    row = {**_NULL_ROW, **row}
     text = _unpng(row["text_png"])
     return Sample(
         image_id=row["image_id"],

@@ -25,7 +25,7 @@ from distill.atomic import atomic_write_bytes
 from distill.errors import LabelError, ShardError
 from distill.images import decode_image
 from distill.labels.keypoints import LIMBS, NUM_JOINTS, render_heatmaps, render_pafs
-from distill.shards import decode_row, open_shard
+from distill.shards import Sample, decode_row, open_shard
 from distill.student.labels import CLASS_GROUPS, Labels, labels_from_sample
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "read_row",
     "save_sheet",
     "sheet_for_row",
+    "sheet_for_sample",
     "sheet_layout",
 ]
 
@@ -642,11 +643,17 @@ def sheet_for_row(shard_path: str | Path, row: int, *, compare: Labels | None = 
                   title: str | None = None, panel_width: int = 320) -> Image.Image:
     """The contact sheet of one shard row's teacher labels (and optionally a `compare`)."""
     sample = decode_row(read_row(shard_path, row))
-    image = decode_image(sample.image)
     if title is None:
         title = f"{sample.file_name} · image {sample.image_id} · {Path(shard_path).name} row {row}"
-    return contact_sheet(image, labels_from_sample(sample), compare=compare, title=title,
-                         panel_width=panel_width)
+    return sheet_for_sample(sample, compare=compare, title=title, panel_width=panel_width)
+
+
+def sheet_for_sample(sample: Sample, *, compare: Labels | None = None, title: str = "",
+                     panel_width: int = 320) -> Image.Image:
+    """The contact sheet of a decoded shard row's teacher labels (and optionally a
+    `compare`)."""
+    return contact_sheet(decode_image(sample.image), labels_from_sample(sample),
+                         compare=compare, title=title, panel_width=panel_width)
 
 
 def save_sheet(sheet: Image.Image, out: str | Path) -> Path:

@@ -38,7 +38,7 @@ from distill.errors import ConfigError, ShardError, UnsafePathError
 from distill.labels.glove import load_glove_words
 from distill.labels.groups import GROUP_NAMES, GroupTable, decode_group_mask
 from distill.labels.tokens import load_stop_words, tokenize
-from distill.shards import SCHEMA, Sample, decode_row, open_shard, read_metadata
+from distill.shards import Sample, decode_row, open_shard, read_metadata
 
 __all__ = [
     "AUDIT_GROUPS",
@@ -56,7 +56,6 @@ AUDIT_GROUPS = ("Persons", "Vehicles", "Animals")  # the groups COCO's 80 things
 CAPTION_METRICS = ("precision", "recall_union", "recall_each")
 # Only these columns are read; the rest of a row (image bytes, depth, ...) is never decoded.
 _COLUMNS = ["image_id", "width", "height", "groups_png", "teacher_captions", "coco_captions"]
-_NULL_ROW = dict.fromkeys(SCHEMA.names)
 _LOG_EVERY_S = 10.0
 
 
@@ -398,7 +397,7 @@ def _iter_rows(paths: list[Path], limit: int | None) -> Iterator[Sample]:
                     if limit is not None and seen >= limit:
                         return
                     seen += 1
-                    yield decode_row({**_NULL_ROW, **row})
+                    yield decode_row(row)
         except (OSError, pa.ArrowException) as exc:
             raise ShardError(f"shard {path} cannot be read: {exc}") from exc
 

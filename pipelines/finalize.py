@@ -23,7 +23,8 @@ from distill.labels.tokens import Vocabulary, build_vocabulary
 from pipelines.manifest import Manifest
 from pipelines.quarantine import read_quarantine, summarise
 
-__all__ = ["column_bytes", "read_vocabulary", "summarise_run", "write_vocabulary"]
+__all__ = ["column_bytes", "footer_column_bytes", "read_vocabulary", "summarise_run",
+           "write_vocabulary"]
 
 
 def write_vocabulary(out: Path, shard_paths: list[Path], config: Config) -> Vocabulary | None:
@@ -64,6 +65,17 @@ def read_vocabulary(path: str | Path) -> Vocabulary:
                       vectors.reshape(len(words), dim), json.loads(meta[b"distill.scale"]))
 
 
+def footer_column_bytes(meta: pq.FileMetaData) -> dict[str, int]:
+    """Compressed bytes per top-level column of one Parquet file, from its footer."""
+    totals: dict[str, int] = defaultdict(int)
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            totals[col.path_in_schema.split(".")[0]] += col.total_compressed_size
+    return dict(totals)
+
+
 def column_bytes(shard_paths: list[Path]) -> tuple[dict[str, int], int]:
     """Compressed bytes per top-level column over all shards, and the row count."""
     totals: dict[str, int] = defaultdict(int)
@@ -71,11 +83,8 @@ def column_bytes(shard_paths: list[Path]) -> tuple[dict[str, int], int]:
     for path in shard_paths:
         meta = pq.ParquetFile(path).metadata
         rows += meta.num_rows
-        for g in range(meta.num_row_groups):
-            group = meta.row_group(g)
-            for c in range(group.num_columns):
-                col = group.column(c)
-                totals[col.path_in_schema.split(".")[0]] += col.total_compressed_size
+        for name, n in footer_column_bytes(meta).items():
+            totals[name] += n
     return dict(totals), rows
 
 

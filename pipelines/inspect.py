@@ -26,6 +26,7 @@ from distill.errors import ShardError
 from distill.images import decode_png
 from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP, decode_group_mask
 from distill.shards import SCHEMA, read_metadata
+from pipelines.finalize import footer_column_bytes
 from pipelines.manifest import Manifest, read_manifest, shard_is_complete
 from pipelines.quarantine import read_quarantine, summarise
 
@@ -90,13 +91,7 @@ def _footer(path: Path) -> dict[str, Any]:
         schema = pf.schema_arrow
     except Exception as exc:  # any unreadable footer is reported, not raised
         return {"name": path.name, "path": str(path), "error": f"{type(exc).__name__}: {exc}"}
-    columns: dict[str, int] = {}
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        for c in range(group.num_columns):
-            col = group.column(c)
-            top = col.path_in_schema.split(".")[0]
-            columns[top] = columns.get(top, 0) + col.total_compressed_size
+    columns = footer_column_bytes(meta)
     try:
         distill_meta = read_metadata(path)
     except (ShardError, ValueError) as exc:

@@ -112,6 +112,9 @@ class Letterbox:
         self._check(rgb)
         if rgb.dtype != np.uint8:
             raise LabelError(f"letterbox.image takes uint8 RGB, got {rgb.dtype}")
+        return self._rgb_canvas(rgb)
+
+    def _rgb_canvas(self, rgb: np.ndarray) -> np.ndarray:
         resized = np.asarray(
             Image.fromarray(rgb).resize((self.new_w, self.new_h), Image.Resampling.BILINEAR)
         )
@@ -127,10 +130,7 @@ class Letterbox:
         if rgb.dtype != np.uint8 or abs(w / self.src_w - h / self.src_h) > 2.0 / min(w, h):
             raise LabelError(f"a {w}x{h} uint8 image is not a reduced {self.src_w}x{self.src_h} "
                              "source")
-        resized = np.asarray(
-            Image.fromarray(rgb).resize((self.new_w, self.new_h), Image.Resampling.BILINEAR)
-        )
-        return self._canvas(rgb, resized, 0)
+        return self._rgb_canvas(rgb)
 
     def float_map(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Bilinear resize of an (H, W) float map (e.g. depth)."""

@@ -11,20 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from distill.coco import Person
 from distill.config import Config
 from distill.errors import DistillError
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary
-from distill.shards import read_shard
+from distill.shards import Sample, decode_row, read_shard
 from distill.student import layout
 from distill.student.data import ShardStream, resolve_shards
 from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
@@ -44,27 +41,11 @@ PAPER_TABLE2: dict[str, Any] = {
 Model = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
-@dataclass
-class _Truth:
-    """What COCO keypoint AP needs of one image."""
-
-    image_id: int
-    width: int
-    height: int
-    persons: list[Person]
-
-
-def _ground_truth(paths: list[Path]) -> dict[int, _Truth]:
-    out: dict[int, _Truth] = {}
-    for path in paths:
-        table = read_shard(path, columns=["image_id", "width", "height", "persons"])
-        for row in table.to_pylist():
-            persons = [Person(np.asarray(p["keypoints"], np.float32).reshape(-1, 3),
-                              tuple(p["bbox"]), float(p["area"]), bool(p["iscrowd"]),
-                              int(p["num_keypoints"])) for p in row["persons"] or []]
-            out[int(row["image_id"])] = _Truth(int(row["image_id"]), int(row["width"]),
-                                               int(row["height"]), persons)
-    return out
+def _ground_truth(paths: list[Path]) -> dict[int, Sample]:
+    """Each row's size and COCO people (only those columns are read), by image id."""
+    columns = ["image_id", "width", "height", "persons"]
+    return {int(s.image_id): s for path in paths
+            for s in map(decode_row, read_shard(path, columns=columns).to_pylist())}
 
 
 def _batches(loader: DataLoader[Any], limit: int | None) -> Iterator[dict[str, torch.Tensor]]:
