@@ -107,8 +107,8 @@ def bench_pipeline(work: Path, copies: int, repeat: int) -> dict[str, Any]:
     model) cancel, as they do over a real split."""
     import ray
 
+    from distill.shards import column_bytes
     from pipelines.cluster import start_local_ray
-    from pipelines.finalize import column_bytes
 
     root = replicated_demo(work / "coco", copies)
     many = replicated_demo(work / "coco4x", 4 * copies)

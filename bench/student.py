@@ -34,8 +34,8 @@ def bench_loader(shards: Path, repeat: int, size: int = 256) -> dict[str, Any]:
 
     from distill.config import load_config
     from distill.images import decode_image
+    from distill.labels.tokens import read_vocabulary
     from distill.student.data import ShardStream
-    from pipelines.finalize import read_vocabulary
 
     torch.set_num_threads(1)
     cfg = load_config("demo").train

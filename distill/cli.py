@@ -117,14 +117,15 @@ def _parse_ids(text: str | None) -> list[int] | None:
         raise DistillError(f"--image-ids wants integers like 139,285 or @file.txt: {exc}") from exc
 
 
-def _default_out(cfg: Any) -> Path:
-    return Path("runs") / cfg.preset / cfg.data.split
+def _default_out(cfg: Any) -> str:
+    return str(Path("runs") / cfg.preset / cfg.data.split)
 
 
 OutOpt = Annotated[
-    Path | None,
-    typer.Option("--out", "-o", help="Run folder (shards, manifest, quarantine, vocab, summary). "
-                 "Default: runs/<preset>/<split>. Re-running into the same folder resumes."),
+    str | None,
+    typer.Option("--out", "-o", help="Run folder (shards, manifest, quarantine, vocab, summary): "
+                 "a path or a URI (s3://bucket/run). Default: runs/<preset>/<split>. Re-running "
+                 "into the same folder resumes."),
 ]
 AddressOpt = Annotated[
     str | None,
@@ -139,7 +140,7 @@ def _report_run(result: Any) -> None:
 
     summary, plan = result.summary, result.plan
     console = Console(stderr=False)
-    table = Table(title=f"generate-labels: {plan.out}", title_justify="left")
+    table = Table(title=f"generate-labels: {plan.run}", title_justify="left")
     for col in ("stage", "images", "compute s", "images/s per worker"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for stage, row in summary["stages"].items():
@@ -160,9 +161,9 @@ def _report_run(result: Any) -> None:
     for reason, n in list(summary["quarantine"].items())[:8]:
         typer.echo(f"  quarantined {reason}: {n}")
     if images["quarantined"]:
-        typer.echo(f"  details: {plan.out / 'quarantine.parquet'}; after fixing, "
-                   f"`distill run retry-failed {plan.out}` re-runs only those")
-    typer.echo(f"shards: {plan.out / 'shards'}   summary: {plan.out / 'summary.json'}")
+        typer.echo(f"  details: {plan.run.quarantine}; after fixing, "
+                   f"`distill run retry-failed {plan.run}` re-runs only those")
+    typer.echo(f"shards: {plan.run.shards}   summary: {plan.run.summary}")
 
 
 def _report_dry_run(plan: Any, est: Any) -> None:
@@ -176,7 +177,7 @@ def _report_dry_run(plan: Any, est: Any) -> None:
     kinds: dict[str, int] = {}
     for job in plan.jobs:
         kinds[job.kind] = kinds.get(job.kind, 0) + 1
-    typer.echo(f"plan for {plan.out} (label fingerprint {m.fingerprint}, split {m.split})")
+    typer.echo(f"plan for {plan.run} (label fingerprint {m.fingerprint}, split {m.split})")
     typer.echo(f"  images planned: {planned} in {len(m.shards)} shard(s) of up to "
                f"{m.shard_size}; teachers: {', '.join(plan.roles)}")
     typer.echo(f"  complete: {len(plan.skipped)} shard(s); to do: "
@@ -271,7 +272,8 @@ def run_generate_labels(
 @run_app.command("retry-failed")
 @handles_errors
 def run_retry_failed(
-    out: Annotated[Path, typer.Argument(help="The run folder of a generate-labels run.")],
+    out: Annotated[str, typer.Argument(help="The run folder of a generate-labels run (a path or "
+                                     "a URI).")],
     set_: SetOpt = None,
     address: AddressOpt = None,
     live: Annotated[bool | None, typer.Option("--live/--no-live")] = None,
@@ -280,13 +282,14 @@ def run_retry_failed(
     giving more memory). Uses the run's own config.toml; --set may change runtime settings
     (batch sizes, devices, workers) but nothing that changes labels."""
     from distill.config import load_config
+    from distill.runfolder import LabelRun
     from pipelines.generate_labels import RunOptions, generate_labels
 
-    cfg_file = out / "config.toml"
-    if not (out / "manifest.json").is_file() or not cfg_file.is_file():
+    run = LabelRun(out)
+    if not run.is_run() or not run.config.is_file():
         raise DistillError(f"{out} is not a generate-labels run folder (no manifest.json and "
                            "config.toml)")
-    cfg = load_config(None, [cfg_file], list(set_ or []))
+    cfg = load_config(None, [run.config], list(set_ or []))
     options = RunOptions(out=out, retry_failed=True, address=address, live=live,
                          verbose=logging.getLogger().level <= logging.INFO)
     _report_run(generate_labels(cfg, options))
@@ -295,10 +298,10 @@ def run_retry_failed(
 @run_app.command("train-student")
 @handles_errors
 def run_train_student(
-    shards: Annotated[Path, typer.Option(
-        help="Label shards to train on: a generate-labels run's shards/ folder (its "
-        "vocab.parquet beside it gives the token targets).")],
-    val_shards: Annotated[Path | None, typer.Option(
+    shards: Annotated[str, typer.Option(
+        help="Label shards to train on: a generate-labels run folder, its shards/ folder, a "
+        "glob or one shard; paths or URIs (the run's vocab.parquet gives the token targets).")],
+    val_shards: Annotated[str | None, typer.Option(
         help="Shards to validate on each epoch (early stopping watches their loss).")] = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
@@ -306,9 +309,9 @@ def run_train_student(
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: train.epochs).")] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Samples per step and worker (default: train.batch_size).")] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Run folder: checkpoints/, metrics.jsonl, config.toml. Default: "
-        "runs/<preset>/student.")] = None,
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", help="Run folder: checkpoints/, metrics.jsonl, config.toml; a path or a "
+        "URI. Default: runs/<preset>/student.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from OUT/checkpoints/last exactly where it stopped.")] = False,
     num_workers: Annotated[int, typer.Option(
@@ -329,6 +332,7 @@ def run_train_student(
       distill run train-student --preset demo --shards demo-data/run/shards --resume
     """
     from distill.config import load_config
+    from distill.runfolder import StudentRun
     from distill.student.train import TrainOptions, train_student
 
     overrides = list(set_ or [])
@@ -338,7 +342,7 @@ def run_train_student(
         overrides.append(f"train.batch_size={batch_size}")
     cfg = load_config(preset, config, overrides)
     options = TrainOptions(shards=shards, val_shards=val_shards,
-                           out=out or Path("runs") / cfg.preset / "student", resume=resume,
+                           out=out or str(Path("runs") / cfg.preset / "student"), resume=resume,
                            device=device)
     if num_workers > 0:
         from pipelines.train_student import train_on_ray
@@ -346,15 +350,15 @@ def run_train_student(
         metrics = train_on_ray(cfg, options, num_workers, gpus_per_worker, cpus_per_worker,
                                address)
         typer.echo(f"Ray Train finished: epoch {metrics.get('epoch')}, loss "
-                   f"{metrics.get('loss')}; checkpoints in {options.out / 'checkpoints'}")
+                   f"{metrics.get('loss')}; checkpoints in {StudentRun(options.out).checkpoint('last').parent}")
         return
     last = train_student(cfg, options)
     if last:
         joints = last["train"].get("hdm@0.1/joints")
         typer.echo(f"epoch {last['epoch']}: loss {last['train'].get('loss', float('nan')):.4f}"
                    + (f", HDM@0.1 joints {joints:.3f}" if joints is not None else ""))
-    typer.echo(f"checkpoints: {options.out / 'checkpoints'}   metrics: "
-               f"{options.out / 'metrics.jsonl'}")
+    run = StudentRun(options.out)
+    typer.echo(f"checkpoints: {run.checkpoint('last').parent}   metrics: {run.metrics}")
 
 
 @config_app.command("show")
@@ -386,7 +390,8 @@ def config_presets() -> None:
 @data_app.command("check")
 @handles_errors
 def data_check(
-    root: Annotated[Path, typer.Argument(help="A COCO 2017 folder or a plain image folder.")],
+    root: Annotated[str, typer.Argument(help="A COCO 2017 folder or a plain image folder (a path "
+                                        "or a URI).")],
     split: Annotated[str, typer.Option(help="Split name, e.g. train2017 or val2017.")] = "val2017",
 ) -> None:
     """Read a dataset the way generate-labels will and summarise it: records, people,
@@ -448,14 +453,14 @@ def teachers_list() -> None:
 # Seeing and judging results: evaluate, predict, show, inspect, audit
 
 CheckpointOpt = Annotated[
-    Path,
+    str,
     typer.Option("--checkpoint", "-k", help="A train-student run folder (its best checkpoint, "
                  "else last), a checkpoint folder, or its model.safetensors."),
 ]
 DeviceOpt = Annotated[
     str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1.")]
 VocabOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(help="vocab.parquet to decode tokens with (default: the student run's own)."),
 ]
 
@@ -498,10 +503,10 @@ def _device(name: str) -> str:
 @handles_errors
 def run_evaluate(
     checkpoint: CheckpointOpt,
-    shards: Annotated[Path, typer.Option(
-        help="Label shards to score on (a generate-labels run's shards/ folder or one shard); "
-        "usually a held-out split.")],
-    out: Annotated[Path | None, typer.Option(
+    shards: Annotated[str, typer.Option(
+        help="Label shards to score on (a generate-labels run folder, its shards/ folder, a "
+        "glob or one shard; paths or URIs); usually a held-out split.")],
+    out: Annotated[str | None, typer.Option(
         "--out", "-o", help="JSON report (default: evaluation.json in the student run folder).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
@@ -528,17 +533,18 @@ def run_evaluate(
 
     from rich.console import Console
 
-    from distill.atomic import atomic_write_bytes
+    from distill.runfolder import find_label_run, resolve_shards
     from distill.shards import open_shard
-    from distill.student.data import resolve_shards
+    from distill.storage import atomic_write_bytes
     from distill.student.evaluate import evaluate, format_evaluation
     from distill.student.predict import load_student, run_folder
 
     dev = _device(device)
     student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
-    if student.vocab is None and vocab is None:  # as training found it: beside the shards
-        beside = (shards if shards.is_dir() else shards.parent).parent / "vocab.parquet"
-        if beside.is_file():
+    labels = find_label_run(shards)
+    if student.vocab is None and vocab is None:  # as training found it: the labelling run's
+        beside = labels.vocab if labels is not None else None
+        if beside is not None and beside.is_file():
             student = load_student(checkpoint, dev, vocab=beside, overrides=list(set_ or []))
         else:
             logger.warning("no vocabulary for %s: token cosines are not scored", checkpoint)
@@ -603,8 +609,8 @@ def predict(
     import numpy as np
     from PIL import Image
 
-    from distill.atomic import atomic_write_bytes
     from distill.images import decode_image
+    from distill.storage import atomic_write_bytes
     from distill.student.predict import Predictor, describe, load_student
     from distill.viz import contact_sheet, save_sheet
 
@@ -671,10 +677,11 @@ def predict(
 @app.command("show")
 @handles_errors
 def show(
-    shard: Annotated[Path, typer.Argument(help="A label shard (.parquet).")],
-    row: Annotated[int, typer.Option("--row", "-r", help="Row index in the shard.")] = 0,
+    shard: Annotated[str, typer.Argument(help="A label shard (.parquet), or a run folder / shards "
+                                       "folder (rows counted across its shards in order).")],
+    row: Annotated[int, typer.Option("--row", "-r", help="Row index in the shard(s).")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("show.png"),
-    checkpoint: Annotated[Path | None, typer.Option(
+    checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", "-k", help="Also run this student on the image and draw its output "
         "beside the teacher labels.")] = None,
     device: DeviceOpt = "auto",
@@ -693,7 +700,8 @@ def show(
     from distill.shards import decode_row
     from distill.viz import read_row, save_sheet, sheet_for_sample
 
-    sample = decode_row(read_row(shard, row))
+    where, data = read_row(shard, row)
+    sample = decode_row(data)
     compare = None
     if checkpoint is not None:
         from distill.student.predict import Predictor, load_student
@@ -702,7 +710,7 @@ def show(
         student = load_student(checkpoint, dev, overrides=list(set_ or []))
         compare = Predictor(student, dev).predict_encoded([sample.image])[0].labels
     sheet = sheet_for_sample(sample, compare=compare, panel_width=width,
-                             title=f"{shard.name} row {row} · image {sample.image_id} "
+                             title=f"{where} · image {sample.image_id} "
                              f"({sample.file_name})")
     save_sheet(sheet, out)
     typer.echo(f"wrote {out} ({sheet.width}x{sheet.height})")
@@ -711,8 +719,8 @@ def show(
 @app.command("inspect")
 @handles_errors
 def inspect(
-    path: Annotated[Path, typer.Argument(
-        help="A generate-labels run folder, a shards folder or one shard.")],
+    path: Annotated[str, typer.Argument(
+        help="A generate-labels run folder, a shards folder or one shard (a path or a URI).")],
     sample_rows: Annotated[int | None, typer.Option(
         min=1, help="Decode only the first N rows for the pixel statistics (default: all).")] = None,
     json_out: Annotated[Path | None, typer.Option(
@@ -723,8 +731,8 @@ def inspect(
     rates, depth range, bytes per sample per column)."""
     import json
 
-    from distill.atomic import atomic_write_bytes
-    from pipelines.inspect import format_inspect, inspect_path
+    from distill.inspect import format_inspect, inspect_path
+    from distill.storage import atomic_write_bytes
 
     report = inspect_path(path, sample_rows=sample_rows)
     typer.echo(format_inspect(report))
@@ -736,18 +744,19 @@ def inspect(
 @run_app.command("audit")
 @handles_errors
 def run_audit(
-    out: Annotated[Path, typer.Argument(help="A generate-labels run folder.")],
+    out: Annotated[str, typer.Argument(help="A generate-labels run folder (a path or a URI).")],
     limit: Annotated[int | None, typer.Option(min=0, help="Audit only the first N rows.")
                      ] = None,
 ) -> None:
     """Measure the teachers against COCO ground truth where COCO has it: the panoptic teacher's
     Persons/Vehicles/Animals groups against the instance masks (IoU), the caption teacher's
     tokens against the five human captions. Writes OUT/audit.json and prints a table."""
-    from pipelines.audit import audit_run, format_audit
+    from distill.audit import audit_run, format_audit
+    from distill.runfolder import LabelRun
 
     report = audit_run(out, limit=limit, progress=sys.stderr.isatty())
     typer.echo(format_audit(report))
-    typer.echo(f"report: {out / 'audit.json'}")
+    typer.echo(f"report: {LabelRun(out).audit}")
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """Dataset reader: a COCO 2017 folder (images + keypoint and caption annotations) or a plain
 folder of images, into image records. Samples that cannot be used become `Problem`s, not errors.
+The root may be a local path or a URI (`s3://bucket/coco`): the image folder is listed once,
+and images are read later, by whichever node decodes them (`distill.storage`).
 """
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +19,7 @@ import numpy as np
 
 from distill.errors import DatasetLayoutError, UnsafePathError
 from distill.labels.keypoints import NUM_JOINTS
+from distill.storage import Location, StorageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -58,7 +62,7 @@ class ImageRecord:
 
     image_id: int
     file_name: str  # as in the annotations, relative to the image folder
-    path: Path  # resolved, inside the dataset root
+    path: str  # resolved, inside the dataset root: a local path or a URI
     width: int | None = None  # from the annotations; None for plain folders
     height: int | None = None
     persons: list[Person] = field(default_factory=list)
@@ -79,10 +83,10 @@ class Problem:
 class Dataset:
     """The records of one split, sorted by image id, plus the problems met reading it."""
 
-    root: Path
+    root: Location
     split: str
     kind: Literal["coco", "folder"]
-    image_dir: Path
+    image_dir: Location
     records: list[ImageRecord]
     problems: list[Problem]
 
@@ -90,30 +94,41 @@ class Dataset:
         return {r.image_id: r for r in self.records}
 
 
-def resolve_inside(root: Path, name: str) -> Path:
-    """`root / name`, refusing names that escape `root` (absolute paths, `..`, symlinks out)."""
+def resolve_inside(root: str | Path | Location, name: str) -> str:
+    """`root / name`, refusing names that escape `root` (absolute paths, `..`, and on a local
+    disk symlinks out). Returns a local path or a URI."""
     if not name or "\x00" in name:
         raise UnsafePathError(f"file name {name!r} is empty or contains NUL")
-    if os.path.isabs(name) or name.startswith(("/", "\\")):
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or "://" in name:
         raise UnsafePathError(f"file name {name!r} is absolute; it must be relative to {root}")
-    base = os.path.realpath(root)
+    loc = Location(root)
+    if not loc.is_local:  # no symlinks on object stores: a lexical check is the whole check
+        target = posixpath.normpath(posixpath.join(loc.path, name.replace("\\", "/")))
+        if not (target + "/").startswith(loc.path.rstrip("/") + "/") or target == loc.path:
+            raise UnsafePathError(f"file name {name!r} resolves to {target}, outside {loc}")
+        return f"{loc.scheme}://{target}"
+    base = os.path.realpath(loc.path)
     target = os.path.realpath(os.path.join(base, name))
     if os.path.commonpath([base, target]) != base:
         raise UnsafePathError(f"file name {name!r} resolves to {target}, outside {base}")
-    return Path(target)
+    return target
 
 
-def open_dataset(root: str | Path, split: str) -> Dataset:
+def open_dataset(root: str | Path | Location, split: str) -> Dataset:
     """Read `root` as a COCO folder (when it has `annotations/`) or as a plain image folder."""
-    root = Path(root)
-    if not root.is_dir():
+    try:
+        loc = Location(root)
+        is_dir = loc.is_dir()
+    except StorageError as exc:
+        raise DatasetLayoutError(f"dataset root {str(root)!r} cannot be read: {exc}") from exc
+    if not is_dir:
         raise DatasetLayoutError(f"dataset root {str(root)!r} is not a folder.\n{COCO_LAYOUT}")
-    if (root / "annotations").is_dir():
-        return _read_coco(root, split)
-    return _read_folder(root, split)
+    if (loc / "annotations").is_dir():
+        return _read_coco(loc, split)
+    return _read_folder(loc, split)
 
 
-def _image_dir(root: Path, split: str) -> Path:
+def _image_dir(root: Location, split: str) -> Location:
     for candidate in (root / split, root / "images" / split):
         if candidate.is_dir():
             return candidate
@@ -123,13 +138,12 @@ def _image_dir(root: Path, split: str) -> Path:
     )
 
 
-def _load_json(path: Path) -> dict[str, Any]:
+def _load_json(path: Location) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetLayoutError(f"missing annotation file {path}.\n{COCO_LAYOUT}")
     try:
-        with path.open("rb") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError) as exc:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, StorageError) as exc:
         raise DatasetLayoutError(f"cannot read annotation file {path}: {exc}") from exc
     if not isinstance(doc, dict) or "images" not in doc or "annotations" not in doc:
         raise DatasetLayoutError(
@@ -138,7 +152,7 @@ def _load_json(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _read_coco(root: Path, split: str) -> Dataset:
+def _read_coco(root: Location, split: str) -> Dataset:
     ann_dir = root / "annotations"
     kp_path = ann_dir / f"person_keypoints_{split}.json"
     cap_path = ann_dir / f"captions_{split}.json"
@@ -149,6 +163,7 @@ def _read_coco(root: Path, split: str) -> Dataset:
         )
     image_dir = _image_dir(root, split)
     kp_doc, cap_doc = _load_json(kp_path), _load_json(cap_path)
+    present = _listing(image_dir)
 
     problems: list[Problem] = []
     images: dict[int, dict[str, Any]] = {}
@@ -176,7 +191,7 @@ def _read_coco(root: Path, split: str) -> Dataset:
     records = []
     for image_id in sorted(images):
         img = images[image_id]
-        record = _record(image_dir, image_id, str(img.get("file_name", "")), problems)
+        record = _record(image_dir, image_id, str(img.get("file_name", "")), problems, present)
         if record is None:
             continue
         record.width, record.height = img.get("width"), img.get("height")
@@ -211,33 +226,44 @@ def _person(ann: dict[str, Any]) -> Person:
     )
 
 
+def _listing(image_dir: Location) -> set[str] | None:
+    """Names of the files directly in an object-store image folder (one listing instead of a
+    request per image); None on a local disk, where each file is checked as it is resolved."""
+    return None if image_dir.is_local else {f.name for f in image_dir.files()}
+
+
 def _record(
-    image_dir: Path, image_id: int, file_name: str, problems: list[Problem]
+    image_dir: Location, image_id: int, file_name: str, problems: list[Problem],
+    present: set[str] | None = None,
 ) -> ImageRecord | None:
     try:
         path = resolve_inside(image_dir, file_name)
     except UnsafePathError as exc:
         problems.append(Problem(image_id, "read", "UnsafePathError", str(exc)))
         return None
-    if not path.is_file():
+    if present is not None and "/" not in file_name.strip("/"):
+        exists = file_name in present
+    else:
+        exists = Location(path).is_file()
+    if not exists:
         problems.append(Problem(image_id, "read", "FileNotFoundError", f"{path} does not exist"))
         return None
     return ImageRecord(image_id=image_id, file_name=file_name, path=path)
 
 
-def _read_folder(root: Path, split: str) -> Dataset:
+def _read_folder(root: Location, split: str) -> Dataset:
     image_dir = root / split if split and (root / split).is_dir() else root
-    names = sorted(
-        p.name for p in image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    names = [f.name for f in image_dir.files() if f.suffix.lower() in IMAGE_SUFFIXES]
     if not names:
         raise DatasetLayoutError(
             f"{image_dir} has no annotations/ folder and no images "
             f"({', '.join(IMAGE_SUFFIXES)}).\n{COCO_LAYOUT}"
         )
     problems: list[Problem] = []
+    present = _listing(image_dir)
     records = [
-        r for r in (_record(image_dir, i, n, problems) for i, n in zip(_folder_ids(names), names, strict=True))
+        r for r in (_record(image_dir, i, n, problems, present)
+                    for i, n in zip(_folder_ids(names), names, strict=True))
         if r is not None
     ]
     records.sort(key=lambda r: r.image_id)

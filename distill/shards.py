@@ -7,10 +7,13 @@ PNG and image columns and numpy for the rest (see README.md, "Reading a shard").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Collection, Iterator
+import sys
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -22,11 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill import __version__
-from distill.atomic import commit, temp_path
 from distill.coco import Person
 from distill.errors import ShardError
 from distill.images import decode_png, encode_png
 from distill.labels.keypoints import NUM_JOINTS
+from distill.storage import AtomicOutput, Location, StorageError, atomic_output
 
 __all__ = [
     "SCHEMA",
@@ -35,8 +38,10 @@ __all__ = [
     "Segment",
     "ShardWriter",
     "TextRegion",
+    "column_bytes",
     "decode_row",
     "encode_sample",
+    "footer_column_bytes",
     "iter_samples",
     "library_versions",
     "make_metadata",
@@ -306,9 +311,9 @@ def make_metadata(
     return {f"{META_PREFIX}{k}": json.dumps(v, sort_keys=True) for k, v in meta.items()}
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
+def read_metadata(path: str | Path | Location) -> dict[str, Any]:
     """The distill metadata of a shard, decoded (reads only the footer)."""
-    schema = _open(Path(path)).schema_arrow
+    schema = _open(Location(path)).schema_arrow
     raw = schema.metadata or {}
     out = {}
     for key, value in raw.items():
@@ -325,28 +330,36 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 class ShardWriter:
     """Writes one shard so that it appears under its final name only when complete.
 
-    Rows go to a hidden temp file beside the target (same filesystem); `close()` flushes,
-    fsyncs, renames it into place and fsyncs the folder. An exception inside the `with` block
-    (or `abort()`) deletes the temp file: a crash never leaves a partial file under a final name.
+    Rows stream into a hidden temp file (or object) beside the target through
+    `distill.storage.atomic_output`; `close()` finishes the file and commits it (rename on a
+    disk, completed upload + server-side move on an object store). An exception inside the
+    `with` block (or `abort()`) drops the temp: a crash never leaves a partial file under a
+    final name. `sha256` and `size` of the committed file are known without reading it back.
     """
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | Location,
         metadata: dict[str, str],
         row_group_size: int = 64,
         compress_level: int = 1,
     ) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = temp_path(self.path)
+        self.path = Location(path)
         self.row_group_size = row_group_size
         self.compress_level = compress_level
         self.rows = 0
+        self.sha256 = ""
+        self.size = 0
         self._buffer: list[dict[str, Any]] = []
-        self._writer = pq.ParquetWriter(
-            self.tmp, SCHEMA.with_metadata(metadata), compression="zstd"
-        )
+        self._output = atomic_output(self.path)
+        sink: AtomicOutput = self._output.__enter__()
+        self._sink = sink
+        try:
+            self._writer = pq.ParquetWriter(sink.stream, SCHEMA.with_metadata(metadata),
+                                            compression="zstd")
+        except BaseException:
+            self._output.__exit__(*sys.exc_info())
+            raise
         self._closed = False
 
     def write(self, sample: Sample) -> None:
@@ -366,14 +379,20 @@ class ShardWriter:
             self.rows += len(self._buffer)
             self._buffer = []
 
-    def close(self) -> Path:
-        """Finish the file and move it to its final name; returns that path."""
+    def close(self) -> Location:
+        """Finish the file and move it to its final name; returns that location. A failure
+        here (a full disk, a lost connection) drops the temp and raises."""
         if self._closed:
             return self.path
-        self._flush()
-        self._writer.close()
-        commit(self.tmp, self.path)
         self._closed = True
+        try:
+            self._flush()
+            self._writer.close()
+        except BaseException:
+            self._output.__exit__(*sys.exc_info())
+            raise
+        self._output.__exit__(None, None, None)
+        self.sha256, self.size = self._sink.sha256, self._sink.size
         logger.debug("committed %s (%d rows)", self.path, self.rows)
         return self.path
 
@@ -383,9 +402,11 @@ class ShardWriter:
             return
         self._closed = True
         try:
-            self._writer.close()
+            with contextlib.suppress(Exception):
+                self._writer.close()
         finally:
-            self.tmp.unlink(missing_ok=True)
+            with contextlib.suppress(_Abort):
+                self._output.__exit__(_Abort, _Abort(), None)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -402,19 +423,47 @@ class ShardWriter:
             self.abort()
 
 
-def _open(path: Path) -> pq.ParquetFile:
-    if not path.is_file():
-        raise ShardError(f"shard {path} does not exist")
+class _Abort(Exception):
+    """Thrown into the atomic output to drop it."""
+
+
+def footer_column_bytes(meta: pq.FileMetaData) -> dict[str, int]:
+    """Compressed bytes per top-level column of one Parquet file, from its footer."""
+    totals: dict[str, int] = defaultdict(int)
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            totals[col.path_in_schema.split(".")[0]] += col.total_compressed_size
+    return dict(totals)
+
+
+def column_bytes(shard_paths: Iterable[str | Path | Location]) -> tuple[dict[str, int], int]:
+    """Compressed bytes per top-level column over all shards, and the row count."""
+    totals: dict[str, int] = defaultdict(int)
+    rows = 0
+    for path in shard_paths:
+        meta = _open(Location(path)).metadata
+        rows += meta.num_rows
+        for name, n in footer_column_bytes(meta).items():
+            totals[name] += n
+    return dict(totals), rows
+
+
+def _open(path: Location) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path.open_input())
+    except StorageError as exc:
+        raise ShardError(f"shard {path} does not exist" if "does not exist" in str(exc)
+                         else str(exc)) from exc
     except (OSError, pa.ArrowException) as exc:
         raise ShardError(f"shard {path} is not a readable Parquet file: {exc}") from exc
 
 
-def open_shard(path: str | Path) -> pq.ParquetFile:
+def open_shard(path: str | Path | Location) -> pq.ParquetFile:
     """Open a shard reading only its footer, checking it is Parquet with the distill schema;
     every error names the file."""
-    path = Path(path)
+    path = Location(path)
     pf = _open(path)
     names = pf.schema_arrow.names
     missing = [f.name for f in SCHEMA if f.name not in names]
@@ -427,7 +476,7 @@ def open_shard(path: str | Path) -> pq.ParquetFile:
     return pf
 
 
-def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+def read_shard(path: str | Path | Location, columns: list[str] | None = None) -> pa.Table:
     """Read a shard, checking its schema against the one distill writes."""
     pf = open_shard(path)
     try:
@@ -436,7 +485,7 @@ def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
         raise ShardError(f"shard {path} cannot be read: {exc}") from exc
 
 
-def iter_samples(path: str | Path) -> Iterator[Sample]:
+def iter_samples(path: str | Path | Location) -> Iterator[Sample]:
     """Decoded samples of a shard, one row group at a time."""
     table = read_shard(path)
     for batch in table.to_batches():

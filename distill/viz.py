@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from distill.atomic import atomic_write_bytes
 from distill.errors import LabelError, ShardError
 from distill.images import decode_image
 from distill.labels.keypoints import LIMBS, NUM_JOINTS, render_heatmaps, render_pafs
 from distill.shards import Sample, decode_row, open_shard
+from distill.storage import atomic_write_bytes
 from distill.student.labels import CLASS_GROUPS, Labels, labels_from_sample
 
 __all__ = [
@@ -619,30 +619,35 @@ def _title(painter: _Painter, labels: Labels, compare: Labels | None, title: str
 # Shard rows
 
 
-def read_row(shard_path: str | Path, row: int) -> dict[str, object]:
-    """Row `row` (0-based) of a shard as a dict of Python values, reading one row group."""
-    path = Path(shard_path)
-    pf = open_shard(path)
-    total = pf.metadata.num_rows
-    if not 0 <= row < total:
-        last = f"0..{total - 1}" if total else "none"
-        raise ShardError(f"row {row} is out of range: shard {path} has {total} rows "
-                         f"(valid rows: {last})")
-    start = 0
-    for g in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
-        if row < start + n:
-            table = pf.read_row_group(g)
-            rows: list[dict[str, object]] = table.slice(row - start, 1).to_pylist()
-            return rows[0]
-        start += n
-    raise ShardError(f"shard {path}: row groups hold fewer rows than its footer says")
+def read_row(shards: str | Path, row: int) -> tuple[str, dict[str, object]]:
+    """Row `row` (0-based) of a shard — or of a run / shards folder, counting rows across its
+    shards in order — as (where, a dict of Python values), reading one row group."""
+    from distill.runfolder import resolve_shards
+
+    files = resolve_shards(shards)
+    start = 0  # rows in the shards before this one
+    for path in files:
+        pf = open_shard(path)
+        total = pf.metadata.num_rows
+        if row < start + total:
+            local, first = row - start, 0
+            for g in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if local < first + n:
+                    table = pf.read_row_group(g)
+                    rows: list[dict[str, object]] = table.slice(local - first, 1).to_pylist()
+                    return f"{path.name} row {local}", rows[0]
+                first += n
+            raise ShardError(f"shard {path}: row groups hold fewer rows than its footer says")
+        start += total
+    last = f"0..{start - 1}" if start else "none"
+    raise ShardError(f"row {row} is out of range: {shards} has {start} rows (valid rows: {last})")
 
 
 def sheet_for_row(shard_path: str | Path, row: int, *, compare: Labels | None = None,
                   title: str | None = None, panel_width: int = 320) -> Image.Image:
     """The contact sheet of one shard row's teacher labels (and optionally a `compare`)."""
-    sample = decode_row(read_row(shard_path, row))
+    sample = decode_row(read_row(shard_path, row)[1])
     if title is None:
         title = f"{sample.file_name} · image {sample.image_id} · {Path(shard_path).name} row {row}"
     return sheet_for_sample(sample, compare=compare, title=title, panel_width=panel_width)

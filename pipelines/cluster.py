@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from typing import Any
 from distill.config import RayConfig
 from distill.errors import DistillError
 
-__all__ = ["ClusterInfo", "cluster_resources", "loopback_only", "ray_session", "start_local_ray"]
+__all__ = ["ClusterInfo", "cluster_resources", "loopback_only", "ray_session", "start_local_ray",
+           "unwrap_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +114,24 @@ def ray_session(config: RayConfig, address: str | None = None,
         yield ClusterInfo(address or "local", cpus, gpus, nodes)
     finally:
         ray.shutdown()
+
+
+_OUR_ERROR = re.compile(r"(?:distill|teachers|pipelines)(?:\.\w+)*\.(\w+(?:Error|Mismatch)): (.+)")
+
+
+def unwrap_error(exc: BaseException) -> DistillError | None:
+    """The project's own error inside a Ray error chain (e.g. a teacher that cannot load).
+    Ray keeps the original exception for task errors; for an actor that died in `__init__` only
+    its traceback text survives, so the last line naming one of our errors is used."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, DistillError):
+            return cur
+        stack += [getattr(cur, "cause", None), cur.__cause__, cur.__context__]
+    found = _OUR_ERROR.findall(str(exc))
+    return DistillError(found[-1][1].strip()) if found else None

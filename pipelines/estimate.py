@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distill.errors import DistillError
-from pipelines.generate_labels import RunPlan
+from pipelines.plan import RunPlan
 from pipelines.stages import Item, TeacherStage, decode_items, postprocess_items
 
 __all__ = ["Estimate", "estimate"]

@@ -9,92 +9,49 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.atomic import atomic_write_bytes, atomic_write_table
 from distill.config import Config
 from distill.labels.glove import load_glove
-from distill.labels.tokens import Vocabulary, build_vocabulary
-from pipelines.manifest import Manifest
-from pipelines.quarantine import read_quarantine, summarise
+from distill.labels.tokens import Vocabulary, build_vocabulary, write_vocabulary_file
+from distill.manifest import Manifest
+from distill.quarantine import read_quarantine, summarise
+from distill.runfolder import LabelRun
+from distill.shards import column_bytes
+from distill.storage import Location, atomic_write_bytes
 
-__all__ = ["column_bytes", "footer_column_bytes", "read_vocabulary", "summarise_run",
-           "write_vocabulary"]
+__all__ = ["summarise_run", "write_vocabulary"]
 
 
-def write_vocabulary(out: Path, shard_paths: list[Path], config: Config) -> Vocabulary | None:
+def write_vocabulary(out: LabelRun, shard_paths: list[Location],
+                     config: Config) -> Vocabulary | None:
     """The top `labels.vocab_size` caption tokens over all shards, with counts and GloVe vectors
     (one scalar scale, DESIGN.md §4), as `OUT/vocab.parquet`: columns rank, word, count, vector.
     None when no shard has tokens (the caption teacher is off)."""
     token_lists: list[list[str]] = []
     for path in shard_paths:
-        column = pq.read_table(path, columns=["tokens"]).column("tokens").to_pylist()
+        column = pq.read_table(path.open_input(), columns=["tokens"]).column(
+            "tokens").to_pylist()
         token_lists.extend(t for t in column if t)
     if not token_lists:
         return None
     words = {w for tokens in token_lists for w in tokens}
     glove = load_glove(config.labels.glove, restrict=words)
     vocab = build_vocabulary(token_lists, glove, config.labels.vocab_size)
-    dim = vocab.vectors.shape[1] if len(vocab.words) else glove.dim
-    table = pa.table({
-        "rank": pa.array(range(len(vocab.words)), pa.int32()),
-        "word": pa.array(vocab.words, pa.string()),
-        "count": pa.array(vocab.counts, pa.int64()),
-        "vector": pa.FixedSizeListArray.from_arrays(
-            pa.array(vocab.vectors.reshape(-1), pa.float32()), dim),
-    })
-    meta = {"distill.scale": json.dumps(vocab.scale), "distill.glove": config.labels.glove,
+    meta = {"distill.glove": config.labels.glove,
             "distill.captions": json.dumps(len(token_lists))}
-    atomic_write_table(out / "vocab.parquet", table.replace_schema_metadata(meta))
+    write_vocabulary_file(out.vocab, vocab, glove.dim, meta)
     return vocab
 
 
-def read_vocabulary(path: str | Path) -> Vocabulary:
-    """`vocab.parquet` back into a `Vocabulary`."""
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32)
-    words = table.column("word").to_pylist()
-    dim = table.schema.field("vector").type.list_size
-    return Vocabulary(words, table.column("count").to_pylist(),
-                      vectors.reshape(len(words), dim), json.loads(meta[b"distill.scale"]))
-
-
-def footer_column_bytes(meta: pq.FileMetaData) -> dict[str, int]:
-    """Compressed bytes per top-level column of one Parquet file, from its footer."""
-    totals: dict[str, int] = defaultdict(int)
-    for g in range(meta.num_row_groups):
-        group = meta.row_group(g)
-        for c in range(group.num_columns):
-            col = group.column(c)
-            totals[col.path_in_schema.split(".")[0]] += col.total_compressed_size
-    return dict(totals)
-
-
-def column_bytes(shard_paths: list[Path]) -> tuple[dict[str, int], int]:
-    """Compressed bytes per top-level column over all shards, and the row count."""
-    totals: dict[str, int] = defaultdict(int)
-    rows = 0
-    for path in shard_paths:
-        meta = pq.ParquetFile(path).metadata
-        rows += meta.num_rows
-        for name, n in footer_column_bytes(meta).items():
-            totals[name] += n
-    return dict(totals), rows
-
-
-def summarise_run(out: Path, manifest: Manifest, roles: list[str],
+def summarise_run(out: LabelRun, manifest: Manifest, roles: list[str],
                   invocation: dict[str, Any]) -> dict[str, Any]:
     """`OUT/summary.json`: images done and quarantined, per-stage images/s (compute time per
     image, summed over every run on this folder), bytes per sample per column."""
-    shard_dir = out / "shards"
-    paths = [shard_dir / e.name for e in manifest.shards if e.sha256 and
-             (shard_dir / e.name).is_file()]
+    present = {f.name for f in out.shards.files("*.parquet")}
+    paths = [out.shard(e.name) for e in manifest.shards if e.sha256 and e.name in present]
     totals, rows = column_bytes(paths)
     seconds: dict[str, float] = defaultdict(float)
     images: dict[str, float] = defaultdict(float)
@@ -106,7 +63,7 @@ def summarise_run(out: Path, manifest: Manifest, roles: list[str],
             images[stage] += n
         for role, n in entry.stats.get("oom_halvings", {}).items():
             halvings[role] += n
-    failures = read_quarantine(out / "quarantine.parquet")
+    failures = read_quarantine(out.quarantine)
     planned = sum(len(e.image_ids) for e in manifest.shards)
     in_plan = len({f.image_id for f in failures if f.shard})
     stages = {
@@ -139,5 +96,5 @@ def summarise_run(out: Path, manifest: Manifest, roles: list[str],
                   if rows else {}},
         "this_invocation": invocation,
     }
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(out.summary, json.dumps(summary, indent=1).encode())
     return summary

@@ -26,9 +26,10 @@ from distill.coco import ImageRecord, Problem
 from distill.config import DataConfig, LabelsConfig, TeacherConfig
 from distill.errors import DistillError
 from distill.images import decode_image
+from distill.quarantine import Failure
 from distill.shards import Sample, decode_row, encode_sample
+from distill.storage import Location
 from pipelines.postprocess import LabelContext, apply_outputs, build_sample, changed_columns
-from pipelines.quarantine import Failure
 
 __all__ = [
     "Item",
@@ -126,7 +127,7 @@ def decode_items(items: list[Item], data: DataConfig) -> list[Item]:
                 item.row, item.image = row, row["image"]
             else:
                 assert item.record is not None
-                item.image = Path(item.record.path).read_bytes()
+                item.image = Location(item.record.path).read_bytes()
             array = decode_image(item.image, data.max_image_pixels, data.min_image_side)
         except (DistillError, OSError, ValueError) as exc:
             item.fail("decode", *_describe(exc))

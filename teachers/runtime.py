@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from distill.atomic import file_sha256
+from distill.storage import file_sha256
 from distill.config import TeacherConfig
 from distill.shards import library_versions
 from teachers.base import Provenance, TeacherError

@@ -1,8 +1,12 @@
-"""Shared fixtures: the ../shared data (tests skip without it) and a synthetic COCO folder."""
+"""Shared fixtures: the ../shared data (tests skip without it), a synthetic COCO folder, one
+local Ray per session, and an S3-compatible test server on 127.0.0.1 (moto)."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +15,70 @@ from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COCO_MINI = SHARED / "data" / "coco-mini"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The S3 test server's address is fixed before anything starts, so that every process of the
+# session — Ray workers started later, CLI subprocesses — finds it through the standard
+# environment, as a user's would. The server itself starts only when a test asks for it.
+S3_ENDPOINT = f"http://127.0.0.1:{_free_port()}"
+os.environ.update({
+    "AWS_ENDPOINT_URL": S3_ENDPOINT,
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+})
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> str:
+    """moto's S3 server on 127.0.0.1 for the session (skips when moto is not installed)."""
+    server_mod = pytest.importorskip("moto.server")
+    port = int(S3_ENDPOINT.rsplit(":", 1)[1])
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield S3_ENDPOINT
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A fresh bucket per test, as `s3://NAME`."""
+    import boto3
+
+    name = f"t-{secrets.token_hex(6)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+def upload_folder(local: Path, uri: str) -> str:
+    """Copy a local folder (e.g. a COCO layout) to `uri` on the object store; returns `uri`."""
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    client = boto3.client("s3")
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            key = "/".join(p for p in (prefix, path.relative_to(local).as_posix()) if p)
+            client.upload_file(str(path), bucket, key)
+    return uri
+
+
+def s3_keys(uri: str) -> list[str]:
+    """Every key under `uri` (relative to it), sorted."""
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
+    return sorted(o["Key"][len(prefix) + 1 if prefix else 0:]
+                  for page in pages for o in page.get("Contents", []))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ def test_synthetic_coco_records_sorted_with_people_and_captions(synthetic_coco):
     ds = open_dataset(synthetic_coco, "val2017")
     assert ds.kind == "coco" and [r.image_id for r in ds.records] == [1, 2, 3]
     r1 = ds.records[0]
-    assert (r1.width, r1.height) == (40, 30) and r1.path.is_file()
+    assert (r1.width, r1.height) == (40, 30) and Path(r1.path).is_file()
     assert r1.captions == ["A man riding a horse.", "A person on a brown horse."]
     (p,) = r1.persons
     assert p.keypoints.shape == (17, 3) and p.keypoints[0].tolist() == [10, 12, 2]

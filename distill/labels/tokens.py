@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +19,10 @@ __all__ = [
     "Vocabulary",
     "build_vocabulary",
     "load_stop_words",
+    "read_vocabulary",
     "token_targets",
     "tokenize",
+    "write_vocabulary_file",
 ]
 
 # Fig. 5 of the paper. `s` is what is left of "'s" once words are split on non-alphanumerics.
@@ -108,3 +112,41 @@ def token_targets(tokens: list[str], vocab: Vocabulary, max_tokens: int = 8) -> 
     if kept:
         out[: len(kept)] = vocab.vectors[kept]
     return out
+
+
+# `vocab.parquet` (DESIGN.md §4): columns rank, word, count, vector (GloVe, scaled); the scale
+# and the GloVe file it came from in the file metadata.
+
+
+def write_vocabulary_file(path: Any, vocab: Vocabulary, dim: int,
+                          meta: Mapping[str, str] | None = None) -> None:
+    """Write `vocab` as `vocab.parquet` at `path` (a local path or URI), atomically."""
+    import pyarrow as pa
+
+    from distill.storage import atomic_write_table
+
+    dim = vocab.dim if len(vocab.words) else dim
+    table = pa.table({
+        "rank": pa.array(range(len(vocab.words)), pa.int32()),
+        "word": pa.array(vocab.words, pa.string()),
+        "count": pa.array(vocab.counts, pa.int64()),
+        "vector": pa.FixedSizeListArray.from_arrays(
+            pa.array(vocab.vectors.reshape(-1), pa.float32()), dim),
+    })
+    full = {"distill.scale": json.dumps(vocab.scale), **(meta or {})}
+    atomic_write_table(path, table.replace_schema_metadata(full))
+
+
+def read_vocabulary(path: Any) -> Vocabulary:
+    """`vocab.parquet` (a local path or URI) back into a `Vocabulary`."""
+    import pyarrow.parquet as pq
+
+    from distill.storage import Location
+
+    table = pq.read_table(Location(path).open_input())
+    meta = table.schema.metadata or {}
+    vectors = np.asarray(table.column("vector").combine_chunks().flatten(), np.float32)
+    words = table.column("word").to_pylist()
+    dim = table.schema.field("vector").type.list_size
+    return Vocabulary(words, table.column("count").to_pylist(),
+                      vectors.reshape(len(words), dim), json.loads(meta[b"distill.scale"]))

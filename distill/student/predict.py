@@ -89,8 +89,8 @@ def load_student(path: Path, device: str | torch.device = "cpu", *, vocab: Path 
     The config is the run's `config.toml` (with `overrides`, e.g. predict.* settings); the
     vocabulary is `vocab` or the run's `vocab.parquet` (copied there by train-student).
     """
+    from distill.labels.tokens import read_vocabulary
     from distill.student.train import load_checkpoint
-    from pipelines.finalize import read_vocabulary
 
     checkpoint = find_checkpoint(path)
     run = run_folder(checkpoint)

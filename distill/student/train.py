@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from distill.atomic import atomic_write_bytes
 from distill.config import Config, TrainConfig, dump_toml
 from distill.errors import ConfigError, DistillError
 from distill.labels.tokens import Vocabulary
+from distill.storage import atomic_write_bytes
 from distill.student import layout
 from distill.student.data import ShardStream
 from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
@@ -103,7 +103,7 @@ def vocabulary_path(options: TrainOptions) -> Path | None:
 
 def find_vocabulary(options: TrainOptions) -> Vocabulary | None:
     """The vocabulary the token targets come from, or None without one."""
-    from pipelines.finalize import read_vocabulary
+    from distill.labels.tokens import read_vocabulary
 
     path = vocabulary_path(options)
     return read_vocabulary(path) if path is not None else None

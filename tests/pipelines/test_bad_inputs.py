@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from distill.cli import app
+from distill.quarantine import read_quarantine
 from distill.shards import iter_samples
-from pipelines.quarantine import read_quarantine
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from distill.manifest import read_manifest
 from pipelines.generate_labels import RunOptions, generate_labels
-from pipelines.manifest import read_manifest
 from tests.conftest import assert_same_sample, label_config, make_coco7, shard_rows
 
 pytestmark = pytest.mark.slow

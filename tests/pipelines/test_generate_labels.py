@@ -13,11 +13,11 @@ import pytest
 
 from distill.coco import open_dataset
 from distill.errors import DistillError
+from distill.labels.tokens import read_vocabulary
+from distill.manifest import FingerprintMismatch, read_manifest
+from distill.quarantine import read_quarantine
 from distill.shards import read_metadata
-from pipelines.finalize import read_vocabulary
 from pipelines.generate_labels import RunOptions, generate_labels, plan_run
-from pipelines.manifest import FingerprintMismatch, read_manifest
-from pipelines.quarantine import read_quarantine
 from tests.conftest import COCO7_IDS as IDS
 from tests.conftest import assert_same_sample, label_config, shard_rows
 
@@ -48,7 +48,7 @@ def test_every_image_lands_in_one_row_with_every_column_decodable(full_run, coco
         assert s.coco_captions == rec.captions
         assert [p.keypoints.tolist() for p in s.persons] == \
                [p.keypoints.tolist() for p in rec.persons]
-        assert s.image == rec.path.read_bytes()  # the original bytes: shards are self-contained
+        assert s.image == Path(rec.path).read_bytes()  # the original bytes: shards are self-contained
         for name in ("depth16", "normals", "panoptic", "groups", "text_mask"):
             assert getattr(s, name).shape[:2] == (s.height, s.width), name
         assert s.depth16.dtype == np.uint16 and s.depth_max >= s.depth_min

@@ -16,11 +16,14 @@ from PIL import Image
 from distill.coco import ImageRecord, Problem
 from distill.config import DataConfig, TeacherConfig, load_config
 from distill.errors import ConfigError, DistillError
+from distill.manifest import label_fingerprint, label_view, teacher_additions
+from distill.quarantine import Failure
 from distill.shards import decode_row
 from pipelines.cluster import ClusterInfo
-from pipelines.generate_labels import _actor_cpus, _check_gpus, _task_cpus, _unwrap
-from pipelines.manifest import label_fingerprint, label_view, teacher_additions
-from pipelines.quarantine import Failure
+from pipelines.cluster import unwrap_error as _unwrap
+from pipelines.sizing import actor_cpus as _actor_cpus
+from pipelines.sizing import check_gpus as _check_gpus
+from pipelines.sizing import task_cpus as _task_cpus
 from pipelines.stages import (
     Item,
     TeacherStage,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill.atomic import atomic_write_table
 from distill.errors import ShardError
+from distill.storage import Location, atomic_write_table
 
 __all__ = ["QUARANTINE_SCHEMA", "Failure", "read_quarantine", "replace_failures", "summarise"]
 
@@ -43,23 +43,23 @@ class Failure:
     message: str
 
 
-def read_quarantine(path: str | Path) -> list[Failure]:
+def read_quarantine(path: str | Path | Location) -> list[Failure]:
     """The failures recorded so far (none when the file does not exist yet)."""
-    path = Path(path)
+    path = Location(path)
     if not path.is_file():
         return []
     try:
-        rows = pq.read_table(path).to_pylist()
+        rows = pq.read_table(path.open_input()).to_pylist()
     except (OSError, pa.ArrowException) as exc:
         raise ShardError(f"cannot read quarantine file {path}: {exc}") from exc
     return [Failure(**row) for row in rows]
 
 
-def replace_failures(path: str | Path, shards: Iterable[str], image_ids: Iterable[int],
+def replace_failures(path: str | Path | Location, shards: Iterable[str], image_ids: Iterable[int],
                      failures: Iterable[Failure]) -> list[Failure]:
     """Drop the recorded failures of `image_ids` in `shards` (they were just processed again),
     add `failures`, and rewrite the file atomically. Returns the whole new list."""
-    path = Path(path)
+    path = Location(path)
     shards, ids = set(shards), set(image_ids)
     kept = [f for f in read_quarantine(path) if not (f.shard in shards and f.image_id in ids)]
     rows = sorted([*kept, *failures], key=lambda f: (f.image_id, f.stage, f.message))

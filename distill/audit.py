@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from distill.atomic import atomic_write_bytes
 from distill.coco import resolve_inside
 from distill.config import Config, LabelsConfig, load_config
 from distill.errors import ConfigError, ShardError, UnsafePathError
@@ -39,6 +38,7 @@ from distill.labels.glove import load_glove_words
 from distill.labels.groups import GROUP_NAMES, GroupTable, decode_group_mask
 from distill.labels.tokens import load_stop_words, tokenize
 from distill.shards import Sample, decode_row, open_shard, read_metadata
+from distill.storage import atomic_write_bytes
 
 __all__ = [
     "AUDIT_GROUPS",

@@ -15,15 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from distill.atomic import file_sha256
 from distill.config import load_config
 from distill.errors import ShardError
+from distill.inspect import format_inspect, inspect_path
 from distill.labels.groups import GROUP_NAMES
-from distill.shards import ShardWriter, make_metadata
-from pipelines.finalize import column_bytes
-from pipelines.inspect import format_inspect, inspect_path
-from pipelines.manifest import Manifest, label_fingerprint, label_view, make_plan, write_manifest
-from pipelines.quarantine import Failure, replace_failures
+from distill.manifest import Manifest, label_fingerprint, label_view, make_plan, write_manifest
+from distill.quarantine import Failure, replace_failures
+from distill.shards import ShardWriter, column_bytes, make_metadata
+from distill.storage import file_sha256
 from tests.test_viz import make_labelled_sample
 
 IDS = list(range(1, 11))  # planned; 4 per shard → 3 shards, the last not written

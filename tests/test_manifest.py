@@ -6,11 +6,9 @@ import os
 
 import pytest
 
-from distill.atomic import atomic_write_bytes, file_sha256
 from distill.config import load_config
 from distill.errors import ShardError
-from distill.shards import ShardWriter, make_metadata
-from pipelines.manifest import (
+from distill.manifest import (
     LABEL_SECTIONS,
     FingerprintMismatch,
     Manifest,
@@ -20,6 +18,8 @@ from pipelines.manifest import (
     shard_is_complete,
     write_manifest,
 )
+from distill.shards import ShardWriter, make_metadata
+from distill.storage import atomic_write_bytes, file_sha256
 from tests.test_shards import make_sample
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from distill.atomic import atomic_write_bytes, file_sha256
 from distill.config import Config, hash_view
 from distill.errors import DistillError, ShardError
 from distill.shards import shard_name
+from distill.storage import Location, atomic_write_bytes, file_sha256
 
 __all__ = [
     "LABEL_SECTIONS",
@@ -55,6 +55,7 @@ class ShardEntry:
     teachers: dict[str, str] = field(default_factory=dict)  # role → "done" | "pending"
     rows: int | None = None  # rows written (planned images minus quarantined ones)
     sha256: str | None = None  # of the committed file
+    size: int | None = None  # bytes of the committed file
     # Work done on this shard, summed over runs: {"seconds": {stage: s}, "images": {stage: n},
     # "oom_halvings": {role: n}}. Feeds summary.json's per-teacher images/s.
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -95,16 +96,16 @@ def make_plan(image_ids: list[int], split: str, shard_size: int) -> list[ShardEn
     ]
 
 
-def write_manifest(path: str | Path, manifest: Manifest) -> None:
+def write_manifest(path: str | Path | Location, manifest: Manifest) -> None:
     """Atomically (re)write the manifest."""
     data = json.dumps(asdict(manifest), indent=1, sort_keys=True).encode()
     atomic_write_bytes(path, data)
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    path = Path(path)
+def read_manifest(path: str | Path | Location) -> Manifest:
+    path = Location(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise ShardError(f"cannot read run manifest {path}: {exc}") from exc
     if doc.get("version") != MANIFEST_VERSION:
@@ -150,7 +151,7 @@ def teacher_additions(old: dict[str, Any], new: dict[str, Any]) -> list[str] | N
 
 
 def check_fingerprint(manifest: Manifest, fingerprint: str, view: dict[str, Any],
-                      folder: Path) -> None:
+                      folder: object) -> None:
     """Refuse to continue a run with a different config, naming what changed."""
     if manifest.fingerprint == fingerprint:
         return
@@ -163,13 +164,16 @@ def check_fingerprint(manifest: Manifest, fingerprint: str, view: dict[str, Any]
     )
 
 
-def shard_is_complete(path: Path, entry: ShardEntry) -> bool:
+def shard_is_complete(path: Location, entry: ShardEntry) -> bool:
     """A committed shard counts as done only if its file exists, its footer reads, and its row
-    count and checksum equal the manifest's."""
+    count and checksum equal the manifest's. On an object store the size stands in for the
+    checksum (objects appear only whole, and hashing would download every shard on every
+    resume); the sha256 is still recorded, for `--verify-shards` and for users."""
+    path = Location(path)
     if entry.sha256 is None or entry.rows is None or not path.is_file():
         return False
     try:
-        rows = pq.ParquetFile(path).metadata.num_rows
+        rows = pq.ParquetFile(path.open_input()).metadata.num_rows
     except Exception as exc:  # any unreadable footer means "not done"
         logger.warning("shard %s has an unreadable footer (%s); it will be rewritten", path, exc)
         return False
@@ -177,7 +181,11 @@ def shard_is_complete(path: Path, entry: ShardEntry) -> bool:
         logger.warning("shard %s has %d rows, the manifest says %d; it will be rewritten",
                        path, rows, entry.rows)
         return False
-    if file_sha256(path) != entry.sha256:
+    if not path.is_local and entry.size is not None:
+        same = path.size() == entry.size
+    else:
+        same = file_sha256(path) == entry.sha256
+    if not same:
         logger.warning("shard %s does not match its manifest checksum; it will be rewritten", path)
         return False
     return True

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from distill.audit import audit_run, format_audit, score_caption, score_held_out_humans
 from distill.config import dump_toml, load_config
 from distill.labels.groups import GROUP_NAMES, VOID, GroupTable, encode_group_mask
 from distill.shards import Sample, ShardWriter, make_metadata, shard_name
-from pipelines.audit import audit_run, format_audit, score_caption, score_held_out_humans
 
 H, W = 30, 40
 PERSON, CAR, TRUCK, DOG, CHAIR = 1, 3, 8, 18, 62  # COCO ids: Persons, Vehicles x2, Animals, Furniture
@@ -318,7 +318,7 @@ def test_real_instances_against_a_panoptic_style_rasterisation(coco_mini, tmp_pa
 def test_teacher_scored_like_a_held_out_human_uses_four_references():
     """The like-for-like teacher score averages over the 4-reference subsets: a caption equal
     to one human's is perfect against all five but not against the four others."""
-    from pipelines.audit import score_caption, score_like_held_out
+    from distill.audit import score_caption, score_like_held_out
 
     humans = [{"dog", "sofa"}, {"dog", "couch"}, {"puppy", "sofa"}]
     teacher = {"dog", "couch"}

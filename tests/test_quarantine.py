@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill.errors import ShardError
-from pipelines.quarantine import Failure, read_quarantine, replace_failures, summarise
+from distill.quarantine import Failure, read_quarantine, replace_failures, summarise
 
 COLUMNS = ["image_id", "file_name", "shard", "stage", "error_type", "message"]
 

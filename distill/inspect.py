@@ -25,10 +25,9 @@ import pyarrow.parquet as pq
 from distill.errors import ShardError
 from distill.images import decode_png
 from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP, decode_group_mask
-from distill.shards import SCHEMA, read_metadata
-from pipelines.finalize import footer_column_bytes
-from pipelines.manifest import Manifest, read_manifest, shard_is_complete
-from pipelines.quarantine import read_quarantine, summarise
+from distill.manifest import Manifest, read_manifest, shard_is_complete
+from distill.quarantine import read_quarantine, summarise
+from distill.shards import SCHEMA, footer_column_bytes, read_metadata
 
 __all__ = ["QA_COLUMNS", "RUN_FILES", "format_inspect", "inspect_path", "shard_paths"]
 

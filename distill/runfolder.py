@@ -1,0 +1,523 @@
+"""Run folders (DESIGN.md §5): the one owner of what a label run and a student run hold.
+
+Every file name of a run folder, shard discovery for every command that takes shards, the
+single-writer lock, temp names and their clean-up, and what distill may delete live here; no
+other module spells a run file's name. Run folders may be local paths or URIs
+(`distill.storage`).
+
+Ownership. A folder is a label run when it holds distill's `manifest.json`, a student run when
+it holds distill's `run.json` (kind "student"). distill writes into a folder only when it is
+its own kind of run, or empty, or new; it deletes only the files a run recorded as its own
+(the fixed run files, the shards its manifest planned, and temp names of those), never
+anything else under the run's folder or prefix.
+
+One writer per run. On a local disk the lock is `fcntl.flock` on `RUN/.lock` (released by the
+kernel when the writer dies). Object stores have no locks, so the writer holds a *lease*:
+`RUN/.lease.json`, created with a conditional write (S3 `If-None-Match: *`, which a second
+creator loses with 412), renewed every TTL/3 with `If-Match` on its own ETag, and deleted on
+exit. A writer that dies stops renewing: the next run takes the lease over once it has expired
+(TTL, default 60 s, `DISTILL_LEASE_SECONDS`), or at once when the holder was a process on the
+same host that no longer exists. A writer that fails to renew (someone took the lease over)
+stops before its next commit. Clock skew between writers shortens or lengthens the wait but
+never lets two writers commit: the takeover itself is conditional on the ETag it read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from distill.errors import DistillError, ShardError
+from distill.storage import Location, StorageError, atomic_write_bytes, is_temp_name
+
+__all__ = [
+    "CONFIG",
+    "MANIFEST",
+    "QUARANTINE",
+    "SUMMARY",
+    "VOCAB",
+    "LabelRun",
+    "RunLocked",
+    "StudentRun",
+    "find_label_run",
+    "resolve_shards",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.parquet"
+VOCAB = "vocab.parquet"
+SUMMARY = "summary.json"
+CONFIG = "config.toml"
+AUDIT = "audit.json"
+SHARDS = "shards"
+LOCK = ".lock"
+LEASE = ".lease.json"
+RUN_MARKER = "run.json"  # a student run's ownership mark
+METRICS = "metrics.jsonl"
+EVALUATION = "evaluation.json"
+CHECKPOINTS = "checkpoints"
+_GLOB = set("*?[")
+
+
+class RunLocked(DistillError):
+    """Another distill process is writing to the same run folder."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Ownership
+
+
+def _leftovers(root: Location, ours: set[str]) -> list[str]:
+    """What `root` holds besides distill's own bookkeeping (names of files and folders)."""
+    found = []
+    for child in root.iterdir():
+        name = child.name
+        if name in ours or is_temp_name(name):
+            continue
+        if name == SHARDS and child.is_dir() and not child.iterdir():
+            continue
+        found.append(name + ("/" if child.is_dir() else ""))
+    return found
+
+
+def _refuse_foreign(root: Location, what: str, marker: str, ours: set[str]) -> None:
+    """Refuse to write a run into a folder that holds somebody else's files."""
+    if root.is_file():
+        raise StorageError(f"--out {root} is a file, not a folder; choose a folder for the {what}")
+    found = _leftovers(root, ours)
+    if found:
+        shown = ", ".join(found[:6]) + (" …" if len(found) > 6 else "")
+        raise DistillError(
+            f"--out {root} is not empty and is not a distill {what} (no {marker}): it holds "
+            f"{shown}. distill never writes into a folder it did not make; choose an empty or "
+            "new folder")
+
+
+class _RunFolder:
+    """Shared by label and student runs: the root, the lock, what is ours."""
+
+    kind = ""
+    marker = ""
+    fixed: tuple[str, ...] = ()
+
+    def __init__(self, root: str | os.PathLike[str] | Location) -> None:
+        self.root = Location(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def file(self, name: str) -> Location:
+        return self.root / name
+
+    def is_run(self) -> bool:
+        return (self.root / self.marker).is_file()
+
+    def check_target(self) -> None:
+        """Before a first write: the folder is new, empty, or already this kind of run."""
+        if self.is_run():
+            return
+        _refuse_foreign(self.root, self.kind, self.marker, {LOCK, LEASE})
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[Lease]:
+        """Hold the single-writer lock (or lease) for the duration of the block. A folder this
+        call created is removed again when nothing but the lock was written into it."""
+        existed = self.root.is_local and self.root.exists()
+        lease = _local_lock(self.root) if self.root.is_local else _object_lease(self.root)
+        try:
+            yield lease
+        finally:
+            lease.release()
+            if self.root.is_local and not existed:
+                _remove_if_only_lock(self.root)
+
+
+def _remove_if_only_lock(root: Location) -> None:
+    path = root.as_path()
+    with contextlib.suppress(OSError):
+        names = {p.name for p in path.iterdir()}
+        if names <= {LOCK}:
+            (path / LOCK).unlink(missing_ok=True)
+            path.rmdir()
+
+
+class LabelRun(_RunFolder):
+    """A generate-labels run folder."""
+
+    kind = "label run folder"
+    marker = MANIFEST
+    fixed = (MANIFEST, QUARANTINE, VOCAB, SUMMARY, CONFIG, AUDIT)
+
+    @property
+    def manifest(self) -> Location:
+        return self.root / MANIFEST
+
+    @property
+    def quarantine(self) -> Location:
+        return self.root / QUARANTINE
+
+    @property
+    def vocab(self) -> Location:
+        return self.root / VOCAB
+
+    @property
+    def summary(self) -> Location:
+        return self.root / SUMMARY
+
+    @property
+    def config(self) -> Location:
+        return self.root / CONFIG
+
+    @property
+    def audit(self) -> Location:
+        return self.root / AUDIT
+
+    @property
+    def shards(self) -> Location:
+        return self.root / SHARDS
+
+    def shard(self, name: str) -> Location:
+        return self.root / SHARDS / name
+
+    def write_config(self, text: str) -> None:
+        atomic_write_bytes(self.config, text.encode())
+
+    def own_files(self, shard_names: Sequence[str]) -> list[Location]:
+        """Existing files this run wrote: the fixed run files, the planned shards, and temp
+        names of any of them. Nothing else in the folder is distill's."""
+        shard_set = set(shard_names)
+        files = [self.root / n for n in self.fixed if (self.root / n).is_file()]
+        files += [f for f in self.root.files(".*") if is_temp_name(f.name) in self.fixed]
+        for f in self.shards.files():
+            if f.name in shard_set or is_temp_name(f.name) in shard_set:
+                files.append(f)
+        return files
+
+    def clear(self, shard_names: Sequence[str]) -> int:
+        """`--new-run`: remove exactly this run's own files; returns how many."""
+        files = self.own_files(shard_names)
+        for f in files:
+            f.delete()
+        return len(files)
+
+    def remove_stale_temps(self, shard_names: Sequence[str]) -> int:
+        """Temp files a killed run left behind under our names (also unfinished multipart
+        uploads on S3). Only called while holding the lock, so no live writer owns them."""
+        finals = set(self.fixed) | set(shard_names)
+        stale = [f for f in [*self.root.files(".*"), *self.shards.files(".*")]
+                 if is_temp_name(f.name) in finals]
+        for f in stale:
+            f.delete()
+        stale_uploads = _abort_uploads(self.root, finals) if self.root.scheme == "s3" else 0
+        if stale or stale_uploads:
+            logger.info("removed %d temp file(s) and %d unfinished upload(s) left by an "
+                        "interrupted run", len(stale), stale_uploads)
+        return len(stale) + stale_uploads
+
+    def committed_shards(self) -> list[Location]:
+        """The shards the manifest records as committed, in plan order."""
+        doc = _read_json(self.manifest)
+        return [self.shard(s["name"]) for s in doc.get("shards", []) if s.get("sha256")]
+
+
+class StudentRun(_RunFolder):
+    """A train-student run folder."""
+
+    kind = "student run folder"
+    marker = RUN_MARKER
+    fixed = (RUN_MARKER, CONFIG, METRICS, SUMMARY, VOCAB, EVALUATION)
+
+    @property
+    def config(self) -> Location:
+        return self.root / CONFIG
+
+    @property
+    def metrics(self) -> Location:
+        return self.root / METRICS
+
+    @property
+    def summary(self) -> Location:
+        return self.root / SUMMARY
+
+    @property
+    def vocab(self) -> Location:
+        return self.root / VOCAB
+
+    @property
+    def evaluation(self) -> Location:
+        return self.root / EVALUATION
+
+    def checkpoint(self, which: str) -> Location:
+        """`checkpoints/last` or `checkpoints/best`."""
+        return self.root / CHECKPOINTS / which
+
+    def mark(self) -> None:
+        """Claim the folder as a student run (written before anything else)."""
+        if not self.is_run():
+            atomic_write_bytes(self.root / RUN_MARKER,
+                               json.dumps({"kind": "student", "by": "distill"}).encode())
+
+    @classmethod
+    def holding(cls, path: Location) -> StudentRun | None:
+        """The student run a checkpoint folder or file sits in, if any."""
+        for up in (path, path.parent, path.parent.parent, path.parent.parent.parent):
+            if (up / CONFIG).is_file() and ((up / RUN_MARKER).is_file() or
+                                            (up / CHECKPOINTS).is_dir()):
+                return cls(up)
+        return None
+
+
+def _read_json(loc: Location) -> dict[str, Any]:
+    try:
+        doc = json.loads(loc.read_bytes())
+    except (OSError, ValueError, StorageError) as exc:
+        raise ShardError(f"cannot read {loc}: {exc}") from exc
+    return doc if isinstance(doc, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard discovery: one rule for every command that takes shards
+
+
+def find_label_run(spec: str | os.PathLike[str] | Location) -> LabelRun | None:
+    """The label run a run folder, its shards folder or one of its shards belongs to."""
+    loc = Location(spec)
+    for up in (loc, loc.parent, loc.parent.parent):
+        run = LabelRun(up)
+        if run.is_run() and (up == loc or loc in (run.shards, *run.shards.files())):
+            return run
+    return None
+
+
+def resolve_shards(spec: str | os.PathLike[str] | Location |
+                   Sequence[str | os.PathLike[str] | Location]) -> list[Location]:
+    """Shard files from what a user passes to --shards (or `show`, `inspect`, `evaluate`):
+
+    - a label run folder, or its `shards/` folder: the shards its manifest records as committed
+      (a user's own files beside them are not shards of the run);
+    - any other folder: its `*.parquet` files, sorted;
+    - a glob (`runs/a/shards/val2017-0000*.parquet`, `s3://b/run/shards/*.parquet`): the
+      matching files, sorted;
+    - one file, or a list of any of these, in order.
+    Local paths and URIs alike; an empty result is an error naming what was looked at."""
+    if not isinstance(spec, (str, os.PathLike, Location)):
+        found = [p for s in spec for p in resolve_shards(s)]
+        if not found:
+            raise ShardError("no shards given: pass a run folder, a shards folder, a glob or "
+                             "shard files")
+        return found
+    text = str(spec)
+    if _GLOB & set(os.path.basename(text)):
+        folder = Location(os.path.dirname(text) or ".")
+        found = folder.files(os.path.basename(text))
+        if not found:
+            raise ShardError(f"no shard matches {text}")
+        return found
+    loc = Location(spec)
+    if loc.is_file():
+        return [loc]
+    if not loc.is_dir():
+        raise ShardError(f"{loc} does not exist (expected a run folder, a shards folder, a glob "
+                         "or a .parquet shard)")
+    run = find_label_run(loc)
+    if run is not None:
+        found = run.committed_shards()
+        if not found:
+            raise ShardError(f"run {run} has no committed shards yet")
+        return found
+    found = loc.files("*.parquet")
+    if not found:
+        raise ShardError(f"no *.parquet shards in {loc}")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per run
+
+
+@dataclass
+class Lease:
+    """The writer's hold on a run folder; `check()` before every commit."""
+
+    where: str
+    release_fn: Any = None
+    lost: str = ""
+
+    def check(self) -> None:
+        if self.lost:
+            raise RunLocked(f"lost the write lease on {self.where}: {self.lost}; stopped before "
+                            "committing more. Re-run the same command to resume")
+
+    def release(self) -> None:
+        if self.release_fn is not None:
+            fn, self.release_fn = self.release_fn, None
+            fn()
+
+
+def _local_lock(root: Location) -> Lease:
+    import fcntl
+
+    path = root.as_path()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fh = (path / LOCK).open("a+")
+    except OSError as exc:
+        raise StorageError(f"cannot write to {root}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.close()
+        raise RunLocked(f"another distill run is writing to {root}; wait for it or use another "
+                        "--out") from exc
+
+    def release() -> None:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+    return Lease(str(root), release)
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("DISTILL_LEASE_SECONDS", "60"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _s3_client() -> Any:
+    try:
+        import boto3
+    except ImportError as exc:
+        raise DistillError("writing a run to s3:// needs boto3 for its write lease "
+                           "(pip install 'distill[s3]')") from exc
+    return boto3.client("s3")
+
+
+def _object_lease(root: Location) -> Lease:
+    if root.scheme != "s3":
+        raise DistillError(
+            f"cannot write a run to {root}: distill keeps one writer per run on object stores "
+            "with conditional writes, which it implements for s3:// (AWS S3 and S3-compatible "
+            "stores). Reading runs from any pyarrow filesystem works; write this run to a local "
+            "path or s3://")
+    return _S3Lease(root).acquire()
+
+
+class _S3Lease:
+    """`RUN/.lease.json` on S3, held with conditional writes (see the module docstring)."""
+
+    def __init__(self, root: Location) -> None:
+        self.root = root
+        self.bucket, _, prefix = root.path.partition("/")
+        self.key = f"{prefix}/{LEASE}" if prefix else LEASE
+        self.ttl = lease_seconds()
+        self.token = secrets.token_hex(8)
+        self.client = _s3_client()
+        self.etag = ""
+        self.lease = Lease(str(root))
+        self.stop = threading.Event()
+
+    def _body(self) -> bytes:
+        now = time.time()
+        return json.dumps({"token": self.token, "host": socket.gethostname(),
+                           "pid": os.getpid(), "renewed": now,
+                           "expires": now + self.ttl}).encode()
+
+    def _put(self, **cond: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            r = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
+                                       ContentType="application/json", **cond)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return None
+            if code in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId"):
+                raise StorageError(f"cannot write to {self.root}: {code}") from exc
+            raise
+        return str(r["ETag"])
+
+    def acquire(self) -> Lease:
+        etag = self._put(IfNoneMatch="*")
+        if etag is None:
+            r = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            held = json.loads(r["Body"].read() or b"{}")
+            dead_here = held.get("host") == socket.gethostname() and \
+                not _pid_alive(int(held.get("pid", 0)))
+            expired = time.time() > float(held.get("expires", 0))
+            if not (dead_here or expired):
+                left = float(held.get("expires", 0)) - time.time()
+                raise RunLocked(
+                    f"another distill run (host {held.get('host')}, pid {held.get('pid')}) holds "
+                    f"the write lease on {self.root} for {left:.0f} s more and renews it while it "
+                    "runs; wait for it or use another --out")
+            etag = self._put(IfMatch=str(r["ETag"]))
+            if etag is None:
+                raise RunLocked(f"another distill run took over the write lease on {self.root} "
+                                "at the same moment; wait for it or use another --out")
+            logger.info("took over the %s write lease of %s (pid %s on %s)",
+                        "expired" if expired else "dead", self.root, held.get("pid"),
+                        held.get("host"))
+        self.etag = etag
+        self.lease.release_fn = self.release
+        threading.Thread(target=self._renew, name="lease", daemon=True).start()
+        return self.lease
+
+    def _renew(self) -> None:
+        while not self.stop.wait(self.ttl / 3):
+            try:
+                etag = self._put(IfMatch=self.etag)
+            except Exception as exc:  # a network blip: try again before the lease runs out
+                logger.warning("could not renew the write lease on %s: %s", self.root, exc)
+                continue
+            if etag is None:
+                self.lease.lost = "another writer took it over"
+                return
+            self.etag = etag
+
+    def release(self) -> None:
+        self.stop.set()
+        if self.lease.lost:
+            return
+        with contextlib.suppress(Exception):
+            r = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            if json.loads(r["Body"].read()).get("token") == self.token:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+
+def _abort_uploads(root: Location, finals: set[str]) -> int:
+    """Abort unfinished multipart uploads of temp objects under `root` (a SIGKILLed upload)."""
+    try:
+        client = _s3_client()
+        bucket, _, prefix = root.path.partition("/")
+        uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    except Exception as exc:
+        logger.debug("cannot list multipart uploads of %s: %s", root, exc)
+        return 0
+    n = 0
+    for up in uploads:
+        if is_temp_name(up["Key"].rsplit("/", 1)[-1]) in finals:
+            with contextlib.suppress(Exception):
+                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"],
+                                              UploadId=up["UploadId"])
+                n += 1
+    return n

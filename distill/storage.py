@@ -1,0 +1,388 @@
+"""Where bytes live: local paths and URIs (`s3://`, `gs://`, `hdfs://`, `file://`) behind one
+small path type, and the one commit protocol every file distill writes goes through.
+
+A `Location` is a file or folder on a pyarrow filesystem (`pyarrow.fs`); pyarrow rather than
+fsspec because pyarrow already reads and writes every shard, its S3/GCS/HDFS clients are in the
+wheel we depend on, and it reads endpoints and credentials from the standard environment
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, the GCS default credentials), so nothing
+secret ever passes through distill's config, manifest or logs.
+
+Commit protocol (`atomic_output`): bytes go to a hidden temp name beside the final one
+(`.NAME.tmp-PID-HEX`, which no `*.parquet` / `*.json` pattern matches), then
+- on a local disk: fsync, `os.replace`, fsync the folder;
+- on an object store: the temp object is completed (a single PUT or a completed multipart
+  upload), then moved — a server-side copy, so the final key appears only whole — and the temp
+  deleted. A killed writer can leave a temp object or an unfinished multipart upload under a
+  temp name, never a partial object under a final name; the run-folder owner removes those on
+  resume (`distill.runfolder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import re
+import secrets
+from collections.abc import Iterator
+from fnmatch import fnmatch
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from distill.errors import DistillError
+
+__all__ = [
+    "Location",
+    "StorageError",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_table",
+    "file_sha256",
+    "is_temp_name",
+    "temp_name",
+]
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+_MANGLED = re.compile(rf"^({'|'.join(REMOTE_SCHEMES)}):/([^/].*)$", re.IGNORECASE)
+_TEMP_RE = re.compile(r"^\.(?P<final>.+)\.tmp-\d+-[0-9a-f]{8}$")
+
+
+class StorageError(DistillError):
+    """A file or folder cannot be read or written (names the location and the cause)."""
+
+
+@lru_cache(maxsize=32)
+def _filesystem(scheme: str, authority: str) -> pafs.FileSystem:
+    """One client per bucket / namenode per process (building an S3 client resolves the
+    bucket's region, a round trip)."""
+    try:
+        fs, _ = pafs.FileSystem.from_uri(f"{scheme}://{authority}/")
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StorageError(f"cannot open {scheme}://{authority}: {exc}") from exc
+    return fs
+
+
+_LOCAL = pafs.LocalFileSystem()
+
+
+class Location:
+    """A file or folder given as a local path or a URI; behaves like a small `pathlib.Path`.
+
+    `str(loc)` is what a person reads (the path or the URI), `loc.path` what the filesystem
+    takes. Pickles as its URI, so Ray tasks rebuild the client on their own node.
+    """
+
+    __slots__ = ("path", "scheme")
+
+    def __init__(self, spec: str | os.PathLike[str] | Location) -> None:
+        if isinstance(spec, Location):
+            self.scheme, self.path = spec.scheme, spec.path
+            return
+        text = os.fspath(spec)
+        m = _MANGLED.match(text)
+        if m:  # `Path("s3://b/k")` collapses the double slash: undo it
+            text = f"{m[1]}://{m[2]}"
+        if not text:
+            raise StorageError("an empty path was given")
+        parts = urlsplit(text)
+        scheme = parts.scheme.lower()
+        if scheme == "file":
+            self.scheme, self.path = "", os.path.abspath(parts.path)
+        elif scheme in REMOTE_SCHEMES:
+            if not parts.netloc:
+                raise StorageError(f"{text!r} names no bucket or host: write it as "
+                                   f"{scheme}://BUCKET/path")
+            key = posixpath.normpath("/" + parts.path).lstrip("/") if parts.path.strip("/") \
+                else ""
+            self.scheme = "gs" if scheme == "gcs" else scheme
+            self.path = f"{parts.netloc}/{key}".rstrip("/")
+        elif len(scheme) > 1 and "://" in text:
+            raise StorageError(f"{text!r}: unknown scheme {scheme!r}; use a local path or one "
+                               f"of file://, {', '.join(s + '://' for s in REMOTE_SCHEMES)}")
+        else:
+            self.scheme, self.path = "", os.path.abspath(os.path.expanduser(text))
+
+    # -- names ----------------------------------------------------------------------------
+
+    @property
+    def is_local(self) -> bool:
+        return not self.scheme
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        if self.is_local:
+            return _LOCAL
+        return _filesystem(self.scheme, self.path.split("/", 1)[0])
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path) if self.scheme else os.path.basename(self.path)
+
+    @property
+    def suffix(self) -> str:
+        return os.path.splitext(self.name)[1]
+
+    @property
+    def parent(self) -> Location:
+        if self.is_local:
+            return Location(os.path.dirname(self.path))
+        head = posixpath.dirname(self.path)
+        return _remote(self.scheme, head or self.path)
+
+    def __truediv__(self, name: str) -> Location:
+        if self.is_local:
+            return Location(os.path.join(self.path, name))
+        return _remote(self.scheme, posixpath.normpath(f"{self.path}/{name}"))
+
+    def with_name(self, name: str) -> Location:
+        return self.parent / name
+
+    def as_path(self) -> Path:
+        """The local path (for code that needs one: fcntl, PIL on a file name)."""
+        if not self.is_local:
+            raise StorageError(f"{self} is not on a local disk")
+        return Path(self.path)
+
+    def __str__(self) -> str:
+        return self.path if self.is_local else f"{self.scheme}://{self.path}"
+
+    def __repr__(self) -> str:
+        return f"Location({str(self)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and (self.scheme, self.path) == (other.scheme,
+                                                                            other.path)
+
+    def __hash__(self) -> int:
+        return hash((self.scheme, self.path))
+
+    def __lt__(self, other: Location) -> bool:
+        return str(self) < str(other)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Location, (str(self),))
+
+    # -- queries --------------------------------------------------------------------------
+
+    def _info(self) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(self.path)
+        except (pa.ArrowException, OSError) as exc:
+            raise StorageError(f"cannot reach {self}: {exc}") from exc
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def size(self) -> int:
+        info = self._info()
+        if info.type != pafs.FileType.File:
+            raise StorageError(f"{self} is not a file")
+        return int(info.size or 0)
+
+    def iterdir(self) -> list[Location]:
+        """Direct children, sorted by name ([] when the folder does not exist)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except (pa.ArrowException, OSError) as exc:
+            raise StorageError(f"cannot list {self}: {exc}") from exc
+        kids = [self / posixpath.basename(i.path.rstrip("/")) for i in infos]
+        return sorted(kids)
+
+    def files(self, pattern: str = "*") -> list[Location]:
+        """Regular files directly under this folder whose name matches `pattern`, sorted."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        except (pa.ArrowException, OSError) as exc:
+            raise StorageError(f"cannot list {self}: {exc}") from exc
+        names = [posixpath.basename(i.path.rstrip("/")) for i in infos
+                 if i.type == pafs.FileType.File]
+        return sorted(self / n for n in names if fnmatch(n, pattern))
+
+    # -- reading --------------------------------------------------------------------------
+
+    def open_input(self) -> pa.NativeFile:
+        """A random-access reader (what `pyarrow.parquet.ParquetFile` takes)."""
+        try:
+            return self.fs.open_input_file(self.path)
+        except FileNotFoundError as exc:
+            raise StorageError(f"{self} does not exist") from exc
+        except (pa.ArrowException, OSError) as exc:
+            raise StorageError(f"cannot read {self}: {exc}") from exc
+
+    def read_bytes(self) -> bytes:
+        if self.is_local:
+            return Path(self.path).read_bytes()  # errors keep their errno for the caller
+        with self.open_input() as fh:
+            return fh.read()
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def mkdir(self) -> None:
+        """Create this folder and its parents (object stores have no folders: a no-op)."""
+        if self.is_local:
+            os.makedirs(self.path, exist_ok=True)
+
+    def delete(self) -> None:
+        """Remove this file; a missing one is fine."""
+        if self.is_local:
+            Path(self.path).unlink(missing_ok=True)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path)
+
+    def write_bytes(self, data: bytes) -> None:
+        atomic_write_bytes(self, data)
+
+
+def _remote(scheme: str, path: str) -> Location:
+    loc = Location.__new__(Location)
+    loc.scheme, loc.path = scheme, path
+    return loc
+
+
+def temp_name(final: str) -> str:
+    """A hidden temp name for `final` that no `*.parquet` / `*.json` glob matches."""
+    return f".{final}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def is_temp_name(name: str, final: str | None = None) -> str | None:
+    """The final name a temp name stands for (and, with `final`, only if it is that one)."""
+    m = _TEMP_RE.match(name)
+    if m is None or (final is not None and m["final"] != final):
+        return None
+    return m["final"]
+
+
+class _HashingSink:
+    """A binary sink that hashes what passes through (sha256 without reading the file back)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.hash, self.written, self.closed = raw, hashlib.sha256(), 0, False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.hash.update(view)
+        self.raw.write(view)
+        self.written += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.written
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True  # the owner (atomic_output) closes the raw stream
+
+
+class AtomicOutput:
+    """The sink `atomic_output` yields: write to it; `sha256` and `size` are final once the
+    block exits without error."""
+
+    def __init__(self, sink: _HashingSink) -> None:
+        self._sink = sink
+        self.sha256 = ""
+        self.size = 0
+
+    @property
+    def stream(self) -> BinaryIO:
+        return self._sink  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOutput]:
+    """Write `final` so that it appears only complete (see the module docstring); an exception
+    inside the block leaves the old file (or none) and no temp behind."""
+    loc = Location(final)
+    tmp = loc.with_name(temp_name(loc.name))
+    try:
+        loc.parent.mkdir()
+        raw: Any = open(tmp.path, "wb") if loc.is_local else loc.fs.open_output_stream(tmp.path)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot write {loc}: {exc}") from exc
+    sink = _HashingSink(raw)
+    out = AtomicOutput(sink)
+    ok = False
+    try:
+        yield out
+        out.sha256, out.size = sink.hash.hexdigest(), sink.written
+        if loc.is_local:
+            raw.flush()
+            os.fsync(raw.fileno())
+            raw.close()
+            os.replace(tmp.path, loc.path)
+            _fsync_dir(loc.parent.path)
+        else:
+            raw.close()  # the temp object is complete only now
+            loc.fs.move(tmp.path, loc.path)
+        ok = True
+    finally:
+        if not ok:
+            with contextlib.suppress(Exception):
+                raw.close()
+            with contextlib.suppress(Exception):
+                tmp.delete()
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(final: str | os.PathLike[str] | Location, data: bytes) -> Location:
+    """Write `data` to `final` through a temp; a crash leaves the old file or none."""
+    with atomic_output(final) as out:
+        out.stream.write(data)
+    return Location(final)
+
+
+def atomic_write_table(final: str | os.PathLike[str] | Location, table: Any) -> Location:
+    """A small pyarrow Table as one Parquet file, atomically (quarantine, vocabulary)."""
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return atomic_write_bytes(final, sink.getvalue().to_pybytes())
+
+
+def file_sha256(path: str | os.PathLike[str] | Location) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    loc = Location(path)
+    h = hashlib.sha256()
+    if loc.is_local:
+        with open(loc.path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    with loc.open_input() as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

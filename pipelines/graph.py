@@ -1,0 +1,174 @@
+"""The Ray Data graph of generate-labels: decode (CPU tasks) → one actor pool per enabled
+teacher → post-process (CPU tasks) → the driver, which hands each finished item to the
+`Committer`. The stages themselves are Ray-free (`pipelines.stages`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import threading
+from contextlib import suppress
+from typing import Any
+
+import numpy as np
+
+from distill.config import TeacherConfig
+from distill.errors import DistillError
+from pipelines.cluster import ClusterInfo, unwrap_error
+from pipelines.commit import Committer
+from pipelines.plan import RunOptions, RunPlan
+from pipelines.progress import ProgressBoard, ProgressDisplay
+from pipelines.sizing import actor_cpus, check_gpus, task_cpus
+from pipelines.stages import Item, TeacherStage, decode_items, postprocess_items
+
+__all__ = ["DECODE_BATCH", "TeacherOp", "execute"]
+
+logger = logging.getLogger(__name__)
+
+DECODE_BATCH = 8  # images per decode / post-process task
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Data operators (module-level so Ray can pickle them by reference)
+
+
+def _load(batch: dict[str, np.ndarray]) -> list[Item]:
+    return [pickle.loads(b) for b in batch["item"]]
+
+
+def _dump(items: list[Item]) -> dict[str, np.ndarray]:
+    out = np.empty(len(items), dtype=object)
+    out[:] = [pickle.dumps(it, protocol=5) for it in items]
+    return {"item": out}
+
+
+def _report(board: Any, stage: str, n: int) -> None:
+    if board is not None:
+        try:
+            board.add.remote(stage, n)
+        except Exception:  # progress is best effort; never fail a batch over it
+            logger.debug("progress report failed", exc_info=True)
+
+
+def _decode_op(batch: dict[str, np.ndarray], data: Any, board: Any) -> dict[str, np.ndarray]:
+    items = decode_items(_load(batch), data)
+    _report(board, "decode", len(items))
+    return _dump(items)
+
+
+def _postprocess_op(batch: dict[str, np.ndarray], labels: Any,
+                    board: Any) -> dict[str, np.ndarray]:
+    items = postprocess_items(_load(batch), labels)
+    _report(board, "postprocess", len(items))
+    return _dump(items)
+
+
+class TeacherOp:
+    """A teacher stage as a Ray Data actor: the model loads once per actor."""
+
+    def __init__(self, role: str, config: TeacherConfig, threads: int, board: Any) -> None:
+        self.stage = TeacherStage(role, config, threads)
+        self.board = board
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = self.stage(_load(batch))
+        _report(self.board, self.stage.role, len(items))
+        return _dump(items)
+
+
+def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
+    import ray.data
+
+    config = plan.config
+    items = [it for job in plan.jobs for it in job.items]
+    stage_roles = plan.stage_names()[1:-1]
+    cpus = actor_cpus(config, stage_roles, cluster)
+    tasks = task_cpus(config, stage_roles, cpus)
+    ds: Any = ray.data.from_items([{"item": pickle.dumps(it, protocol=5)} for it in items],
+                             override_num_blocks=max(1, math.ceil(len(items) / DECODE_BATCH)))
+    ds = ds.map_batches(_decode_op, batch_size=DECODE_BATCH, batch_format="numpy",
+                        fn_kwargs={"data": config.data, "board": board}, num_cpus=tasks)
+    check_gpus(config, stage_roles, cluster)
+    teachers = config.teachers.roles()
+    for role in stage_roles:
+        t = teachers[role]
+        ds = ds.map_batches(
+            TeacherOp, batch_size=t.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=t.concurrency),
+            fn_constructor_kwargs={"role": role, "config": t,
+                                   "threads": max(1, int(cpus[role])), "board": board},
+            num_cpus=cpus[role], num_gpus=t.num_gpus or None,
+        )
+    return ds.map_batches(_postprocess_op, batch_size=DECODE_BATCH, batch_format="numpy",
+                          fn_kwargs={"labels": config.labels, "board": board}, num_cpus=tasks)
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data prints its plan and a note that its progress bars are off (ours draw instead)
+    at INFO/WARNING on the console; its full debug log still goes to the session's ray-data.log.
+    Raise the console handlers to WARNING and drop that one note."""
+    def not_the_progress_note(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars disabled")
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+            handler.addFilter(not_the_progress_note)
+
+
+def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
+            committer: Committer) -> None:
+    """Run the graph over the plan's jobs, committing shards as they complete."""
+    import ray
+    import ray.data
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not options.verbose:
+        _quiet_ray_data_console()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = options.verbose
+    ctx.execution_options.preserve_order = True  # shards finish in order: bounded driver memory
+    ctx.actor_init_max_retries = 0  # a teacher that cannot load fails the run at once, clearly
+    here = ray.get_runtime_context().get_node_id()
+    board: Any = ray.remote(num_cpus=0)(ProgressBoard).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+    total = plan.images_to_process
+    display = ProgressDisplay(plan.stage_names(), total, live=options.live)
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.5):
+            try:
+                counts = ray.get(board.snapshot.remote(), timeout=5)
+            except Exception:
+                continue
+            display.update(counts, committer.written)
+
+    with display:
+        poller = threading.Thread(target=poll, name="progress", daemon=True)
+        poller.start()
+        try:
+            ds = _build_dataset(plan, cluster, board)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy",
+                                         prefetch_batches=2):
+                for item in _load(batch):
+                    committer.add(item)
+        except DistillError:
+            raise
+        except Exception as exc:
+            inner = unwrap_error(exc)
+            if inner is not None:
+                raise type(inner)(str(inner)) from exc
+            raise
+        finally:
+            stop.set()
+            poller.join()
+            with suppress(Exception):
+                display.update(ray.get(board.snapshot.remote(), timeout=5), committer.written)
+            with suppress(Exception):  # the cluster may be gone: keep the original error
+                ray.kill(board)
+    if committer.got:
+        left = {k: f"{len(v)}/{committer.expected[k]}" for k, v in committer.got.items()}
+        raise DistillError(f"the pipeline ended with shards still missing images: {left}; "
+                           "re-run the same command to finish them")

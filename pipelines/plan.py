@@ -1,0 +1,287 @@
+"""What one generate-labels invocation does (DESIGN.md §5): the plan of a run folder (images
+sorted by id → shards, `manifest.json`) read back or made, and per shard whether it is complete,
+needs labelling, needs only a newly enabled teacher, or (retry-failed) needs its quarantined
+samples again. Planning reads the dataset and the run folder; it starts nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from distill.coco import Dataset, Problem, open_dataset
+from distill.config import Config
+from distill.errors import ConfigError
+from distill.manifest import (
+    FingerprintMismatch,
+    Manifest,
+    ShardEntry,
+    check_fingerprint,
+    label_fingerprint,
+    label_view,
+    make_plan,
+    read_manifest,
+    shard_is_complete,
+    teacher_additions,
+    write_manifest,
+)
+from distill.quarantine import Failure, read_quarantine, replace_failures
+from distill.runfolder import LabelRun
+from distill.storage import Location
+from pipelines.stages import Item
+
+__all__ = ["RunOptions", "RunPlan", "ShardJob", "plan_run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    """What one invocation asks for, beyond the config."""
+
+    out: str | os.PathLike[str] | Location  # a local path or a URI
+    limit: int | None = None
+    image_ids: list[int] | None = None
+    new_run: bool = False
+    retry_failed: bool = False
+    dry_run: bool = False  # plan only: nothing is written
+    address: str | None = None
+    live: bool | None = None  # live table (None: when stderr is a terminal)
+    verbose: bool = False
+
+
+@dataclass
+class ShardJob:
+    """The work one shard needs in this invocation."""
+
+    entry: ShardEntry
+    items: list[Item]
+    keep_committed: bool = False  # retry-failed: the shard's other rows are kept as they are
+    kind: str = "label"  # label | add-teacher | retry
+
+
+@dataclass
+class RunPlan:
+    run: LabelRun
+    config: Config
+    manifest: Manifest
+    roles: list[str]  # enabled teachers
+    jobs: list[ShardJob]
+    skipped: list[str] = field(default_factory=list)  # complete shards
+    added_roles: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images_to_process(self) -> int:
+        return sum(len(j.items) for j in self.jobs)
+
+    def stage_names(self) -> list[str]:
+        needed = {r for j in self.jobs for it in j.items for r in it.roles}
+        return ["decode", *[r for r in self.roles if r in needed], "postprocess"]
+
+
+def _enabled_roles(config: Config) -> list[str]:
+    roles = [r for r, t in config.teachers.roles().items() if t.enabled]
+    if not roles:
+        raise ConfigError("every teacher is disabled (teachers.<role>.enabled = false); enable "
+                          "at least one of depth, panoptic, text, caption")
+    return roles
+
+
+def _select(dataset: Dataset, options: RunOptions) -> list[int]:
+    """Planned image ids: every image entry of the split (also those the reader could not use:
+    they get a slot and a quarantine row, and retry-failed can pick them up once fixed),
+    restricted by --image-ids, then --limit."""
+    ids = sorted({r.image_id for r in dataset.records} |
+                 {p.image_id for p in dataset.problems if p.error_type != "UnknownImageId"})
+    if options.image_ids is not None:
+        wanted = set(options.image_ids)
+        unknown = sorted(wanted - set(ids))
+        if unknown:
+            raise ConfigError(
+                f"{len(unknown)} of the requested --image-ids are not in {dataset.split}: "
+                f"{unknown[:10]}{' …' if len(unknown) > 10 else ''}")
+        ids = [i for i in ids if i in wanted]
+    if options.limit is not None:
+        if options.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {options.limit}")
+        ids = ids[:options.limit]
+    if not ids:
+        raise ConfigError(f"no images to label in {dataset.root} split {dataset.split}")
+    return ids
+
+
+def _selection(options: RunOptions) -> dict[str, Any]:
+    return {"limit": options.limit,
+            "image_ids": sorted(options.image_ids) if options.image_ids is not None else None}
+
+
+def _unlisted_problems(dataset: Dataset) -> list[Failure]:
+    """Annotation problems that name no image entry (e.g. an unknown image id): quarantined
+    once, at planning, in no shard."""
+    return [Failure(p.image_id, "", "", p.stage, p.error_type, p.message)
+            for p in dataset.problems if p.error_type == "UnknownImageId"]
+
+
+def _open_manifest(run: LabelRun, config: Config, options: RunOptions, dataset: Dataset,
+                   notes: list[str]) -> tuple[Manifest, list[str]]:
+    """The run's manifest: read and checked when resuming, else planned and written."""
+    view = label_view(config)
+    fingerprint = label_fingerprint(view)
+    exists = run.is_run()
+    start_over = exists and options.new_run and not options.retry_failed
+    if exists and not start_over:
+        manifest = read_manifest(run.manifest)
+        if manifest.split != config.data.split:
+            raise FingerprintMismatch(
+                f"{run} holds a run over split {manifest.split!r}, not {config.data.split!r}; "
+                "choose another --out or pass --new-run")
+        if not options.retry_failed and manifest.selection != _selection(options):
+            raise FingerprintMismatch(
+                f"{run} was planned with {manifest.selection}, this run asks for "
+                f"{_selection(options)}; re-run with the same --limit/--image-ids, choose "
+                "another --out, or pass --new-run")
+        added: list[str] = []
+        if manifest.fingerprint != fingerprint:
+            found = teacher_additions(manifest.config, view)
+            if not found:
+                check_fingerprint(manifest, fingerprint, view, run)  # raises, naming changes
+            added = found or []
+            notes.append(f"teacher(s) {', '.join(added)} added to a planned run: only they run "
+                         "on the shards already written")
+            manifest.fingerprint, manifest.config = fingerprint, view
+            for entry in manifest.shards:
+                for role in added:
+                    entry.teachers[role] = "pending"
+            if not options.dry_run:
+                write_manifest(run.manifest, manifest)
+        return manifest, added
+    # A new plan. Everything that can refuse it is checked before an old run is cleared.
+    run.check_target()
+    ids = _select(dataset, options)
+    manifest = Manifest(split=config.data.split, fingerprint=fingerprint, config=view,
+                        shard_size=config.shards.shard_size,
+                        shards=make_plan(ids, config.data.split, config.shards.shard_size),
+                        selection=_selection(options))
+    if start_over:
+        old = _planned_names(run)
+        if options.dry_run:
+            notes.append(f"--new-run would clear {len(run.own_files(old))} file(s) of the "
+                         f"previous run in {run}")
+        else:
+            notes.append(f"--new-run: cleared {run.clear(old)} file(s) of the previous run in "
+                         f"{run}")
+    if not options.dry_run:
+        write_manifest(run.manifest, manifest)  # first: from here on the folder is a run
+    return manifest, []
+
+
+def _planned_names(run: LabelRun) -> list[str]:
+    """The shard names an existing run's manifest planned (what --new-run may remove)."""
+    try:
+        return [e.name for e in read_manifest(run.manifest).shards]
+    except Exception as exc:  # an unreadable manifest: clear only the fixed run files
+        logger.warning("cannot read the previous plan (%s); its shards are left in place", exc)
+        return []
+
+
+def _record_unlisted(run: LabelRun, dataset: Dataset) -> None:
+    """Quarantine annotation problems that name no image entry (idempotent: every planning
+    rewrites them, so a crash between the manifest and this write loses nothing)."""
+    replace_failures(run.quarantine, [""], [p.image_id for p in dataset.problems],
+                     _unlisted_problems(dataset))
+
+
+def _fresh_items(entry: ShardEntry, ids: list[int], dataset: Dataset, split: str,
+                 roles: list[str]) -> list[Item]:
+    records = dataset.by_id()
+    problems: dict[int, Problem] = {}
+    for p in dataset.problems:
+        problems.setdefault(p.image_id, p)
+    items = []
+    for image_id in ids:
+        record = records.get(image_id)
+        problem = None if record is not None else problems.get(image_id) or Problem(
+            image_id, "read", "MissingImage",
+            f"image {image_id} was planned but {dataset.root} split {split} no longer lists it")
+        items.append(Item(image_id=image_id, shard=entry.name, split=split, roles=tuple(roles),
+                          file_name=record.file_name if record else "", record=record,
+                          problem=problem))
+    return items
+
+
+def _accounted(path: Location, entry: ShardEntry, quarantined: dict[str, set[int]]) -> bool:
+    """A committed shard's rows plus its quarantined images must be exactly its planned images;
+    anything else (a commit interrupted between the shard and the quarantine, a file edited by
+    hand) sends the shard back to be labelled again."""
+    rows = pq.read_table(path.open_input(), columns=["image_id"]).column(
+        "image_id").to_pylist()
+    seen = set(rows) | quarantined.get(entry.name, set())
+    if len(rows) == len(set(rows)) and seen == set(entry.image_ids):
+        return True
+    missing = sorted(set(entry.image_ids) - seen)
+    logger.warning("shard %s does not account for its planned images (missing %s, extra %s); "
+                   "it will be labelled again", entry.name, missing[:5],
+                   sorted(seen - set(entry.image_ids))[:5])
+    return False
+
+
+def plan_run(config: Config, options: RunOptions) -> RunPlan:
+    """Decide what this invocation does: which shards are complete, which need labelling,
+    which need only a newly added teacher, and (retry-failed) which samples to retry."""
+    run = LabelRun(options.out)
+    roles = _enabled_roles(config)
+    notes: list[str] = []
+    dataset = open_dataset(config.data.root, config.data.split)
+    manifest, added = _open_manifest(run, config, options, dataset, notes)
+    if not options.dry_run:
+        _record_unlisted(run, dataset)
+    quarantined: dict[str, set[int]] = {}
+    failures = read_quarantine(run.quarantine)
+    for f in failures:
+        quarantined.setdefault(f.shard, set()).add(f.image_id)
+    if options.retry_failed:
+        unlisted = sum(1 for f in failures if not f.shard)
+        if unlisted:
+            notes.append(f"{unlisted} quarantined annotation problem(s) name no image entry "
+                         "(e.g. an unknown image id); fix the annotation files and start a "
+                         "--new-run to include them")
+    jobs: list[ShardJob] = []
+    skipped: list[str] = []
+    present = {f.name for f in run.shards.files("*.parquet")}  # one listing, not one per shard
+    for entry in manifest.shards:
+        path = run.shard(entry.name)
+        complete = entry.name in present and shard_is_complete(path, entry) and \
+            _accounted(path, entry, quarantined)
+
+        if not complete:
+            entry.teachers, entry.stats = {}, {}  # labelled again from scratch
+            jobs.append(ShardJob(entry, _fresh_items(entry, entry.image_ids, dataset,
+                                                     manifest.split, roles)))
+            continue
+        missing_roles = [r for r in roles if entry.teachers.get(r) != "done"]
+        retry = sorted(quarantined.get(entry.name, set())) if options.retry_failed else []
+        if not missing_roles and not retry:
+            skipped.append(entry.name)
+            continue
+        items = _fresh_items(entry, retry, dataset, manifest.split, roles)
+        if missing_roles:  # every committed row goes through the new teacher(s)
+            items += _extend_items(entry, path, manifest.split, missing_roles)
+        kind = "add-teacher" if missing_roles else "retry"
+        if missing_roles and retry:
+            kind = "add-teacher+retry"
+        # Retrying alone: the rows not retried stay as they are.
+        jobs.append(ShardJob(entry, items, keep_committed=not missing_roles, kind=kind))
+    return RunPlan(run, config, manifest, roles, jobs, skipped, added, notes)
+
+
+def _extend_items(entry: ShardEntry, path: Location, split: str,
+                  roles: list[str]) -> list[Item]:
+    """Items for every committed row of a shard, needing only `roles` (newly enabled teachers);
+    the image comes from the row itself."""
+    meta = pq.read_table(path.open_input(), columns=["image_id", "file_name"]).to_pylist()
+    return [Item(image_id=r["image_id"], shard=entry.name, split=split, roles=tuple(roles),
+                 file_name=r["file_name"], shard_path=str(path)) for r in meta]

@@ -1,0 +1,60 @@
+"""Fitting the teacher pools to a Ray cluster: CPUs per actor and per CPU task, and a check
+that the GPUs the pools ask for exist."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from distill.config import Config
+from distill.errors import ConfigError
+from pipelines.cluster import ClusterInfo
+
+__all__ = ["actor_cpus", "check_gpus", "task_cpus"]
+
+logger = logging.getLogger(__name__)
+
+
+def actor_cpus(config: Config, roles: list[str], cluster: ClusterInfo) -> dict[str, float]:
+    """CPUs per teacher actor. On a cluster too small for every pool at its configured CPUs
+    (a laptop, CI), all are scaled down together to half the cluster, leaving the rest to the
+    decode/post-process tasks: otherwise Ray would wait forever for CPUs no node has.
+
+    Scaled shares are rounded down to a power-of-two fraction (1/2, 1/4, ...). Shares like 0.75
+    fragment nodes: two of them leave 0.5 free on a 2-CPU node, and a 1-CPU task then fits on
+    no node even though the cluster as a whole has CPUs free."""
+    teachers = config.teachers.roles()
+    want = {r: teachers[r].num_cpus for r in roles}
+    total = sum(want[r] * teachers[r].concurrency for r in roles)
+    room = min(cluster.cpus - 1.0, cluster.cpus / 2) if cluster.cpus > 2 else cluster.cpus / 2
+    if total <= room or total == 0:
+        return want
+    scale = room / total
+    out = {r: 2.0 ** math.floor(math.log2(want[r] * scale)) for r in roles}
+    logger.info("teacher pools want %g CPUs, the cluster has %g: each actor gets %s CPUs so "
+                   "that every stage fits", total, cluster.cpus,
+                   ", ".join(f"{r} {c:g}" for r, c in out.items()))
+    return out
+
+
+def task_cpus(config: Config, roles: list[str], cpus: dict[str, float]) -> float:
+    """CPUs per decode / post-process task: 1, unless the actor shares were scaled down to fit a
+    small cluster. Then the smallest share: scaled actors can leave every node a fraction of a
+    CPU free (1-CPU nodes each holding two 0.25 actors), where a 1-CPU task would wait forever;
+    power-of-two shares leave free room in multiples of the smallest one, so such a task fits
+    wherever anything is free."""
+    teachers = config.teachers.roles()
+    scaled = [c for r, c in cpus.items() if r in roles and c < teachers[r].num_cpus]
+    return min([1.0, *scaled])
+
+
+def check_gpus(config: Config, roles: list[str], cluster: ClusterInfo) -> None:
+    teachers = config.teachers.roles()
+    need = sum(teachers[r].num_gpus * teachers[r].concurrency for r in roles)
+    if need > cluster.gpus + 1e-9:
+        msg = (f"the teacher pools need {need:g} GPUs (num_gpus x concurrency) but the cluster "
+               f"has {cluster.gpus:g}; lower teachers.<role>.num_gpus / concurrency (fractions "
+               "share a GPU), or join a cluster with GPUs via --address")
+        if cluster.address in ("local", "existing"):
+            raise ConfigError(msg)
+        logger.warning("%s (waiting for an autoscaler to add them)", msg)
