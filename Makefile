@@ -47,6 +47,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check distill teachers pipelines tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(DEMO) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -9,9 +9,12 @@ Two checks, one pass over the shards:
 * the caption teacher's words against the five human captions, with a human caption held out
   against the others as the yardstick.
 
-A run folder needs only `OUT/config.toml` (for `data.root`, `data.split` and the `labels.*`
-token rule) and `OUT/shards/*.parquet`; the manifest, quarantine and vocabulary are not read.
-A relative `data.root` is resolved from the working directory, as the labelling run did.
+A run folder needs only its resolved config (for `data.root`, `data.split` and the `labels.*`
+token rule) and its shards (the committed ones of a run with a manifest, else every `*.parquet`
+of its shards folder; `distill.runfolder` owns both the names and the rule); the quarantine and
+vocabulary are not read. The run folder and `data.root` may be local paths or URIs
+(`s3://…`); a relative `data.root` is resolved from the working directory, as the labelling run
+did.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ import contextlib
 import io
 import json
 import logging
+import os
 import sys
 import time
 import warnings
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +40,9 @@ from distill.errors import ConfigError, ShardError, UnsafePathError
 from distill.labels.glove import load_glove_words
 from distill.labels.groups import GROUP_NAMES, GroupTable, decode_group_mask
 from distill.labels.tokens import load_stop_words, tokenize
+from distill.runfolder import LabelRun, resolve_shards
 from distill.shards import Sample, decode_row, open_shard, read_metadata
-from distill.storage import atomic_write_bytes
+from distill.storage import Location, StorageError, atomic_write_bytes
 
 __all__ = [
     "AUDIT_GROUPS",
@@ -126,7 +130,7 @@ class _GroupTally:
 class _MaskAudit:
     """Panoptic group bits vs COCO instance masks, row by row."""
 
-    def __init__(self, root: Path, split: str, table: GroupTable) -> None:
+    def __init__(self, root: Location, split: str, table: GroupTable) -> None:
         self.table = table
         self.groups = {GROUP_NAMES.index(name): name for name in AUDIT_GROUPS}
         self.tallies = {name: _GroupTally() for name in AUDIT_GROUPS}
@@ -167,23 +171,31 @@ class _MaskAudit:
         }
 
 
-def _load_instances(root: Path, split: str) -> tuple[Any, str, str | None]:
-    """(pycocotools COCO or None, the file's path, why it is None)."""
+def _load_instances(root: Location, split: str) -> tuple[Any, str, str | None]:
+    """(pycocotools COCO or None, the file's path or URI, why it is None). The JSON is read
+    through `distill.storage` (so `data.root` may be a URI) and handed to COCO as a dict."""
+    ann_dir = root / "annotations"
     try:
-        path = resolve_inside(root / "annotations", f"instances_{split}.json")
-    except UnsafePathError as exc:
-        return None, str(root / "annotations"), str(exc)
-    if not path.is_file():
-        return None, str(path), (f"{path} does not exist: this dataset has no COCO instance "
-                                 "masks, so the panoptic teacher cannot be audited")
+        loc = Location(resolve_inside(ann_dir, f"instances_{split}.json"))
+        exists = loc.is_file()
+    except (UnsafePathError, StorageError) as exc:
+        return None, str(ann_dir), str(exc)
+    if not exists:
+        return None, str(loc), (f"{loc} does not exist: this dataset has no COCO instance "
+                                "masks, so the panoptic teacher cannot be audited")
     from pycocotools.coco import COCO
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints its progress
-            coco = COCO(str(path))
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
-        return None, str(path), f"cannot read {path}: {exc!r}"
-    return coco, str(path), None
+        doc = json.loads(loc.read_bytes())
+        if not isinstance(doc, dict):
+            raise TypeError(f"the file holds a JSON {type(doc).__name__}, not an object")
+        coco = COCO()
+        coco.dataset = doc
+        with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
+            coco.createIndex()
+    except (OSError, ValueError, KeyError, TypeError, AssertionError, StorageError) as exc:
+        return None, str(loc), f"cannot read {loc}: {exc!r}"
+    return coco, str(loc), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,22 +348,24 @@ class _CaptionAudit:
 # The run
 
 
-def audit_run(out: Path, *, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Audit the run folder `out` (its `config.toml` and `shards/*.parquet`, shards in name
-    order, the first `limit` rows when given); write `out/audit.json` atomically and return the
-    same dict. `progress` shows a rich bar on a terminal, else a log line every 10 s."""
+def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Audit the run folder `out` (a path or a URI: its resolved config and its shards, in
+    run order, the first `limit` rows when given); write the run's audit report atomically and
+    return the same dict. `progress` shows a rich bar on a terminal, else a log line every
+    10 s."""
     started = time.monotonic()
-    out = Path(out)
+    run = LabelRun(out)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
-    config = _run_config(out)
-    paths = sorted((out / "shards").glob("*.parquet"))
-    if not paths:
-        raise ShardError(f"{out / 'shards'} has no *.parquet shards; audit a folder written by "
+    config = _run_config(run)
+    if not run.shards.is_dir():
+        raise ShardError(f"{run.shards} has no *.parquet shards; audit a folder written by "
                          "`distill run generate-labels`")
+    paths = resolve_shards(run.shards)
     total = sum(open_shard(p).metadata.num_rows for p in paths)
     total = total if limit is None else min(total, limit)
-    masks = _MaskAudit(Path(config.data.root), config.data.split,
+    masks = _MaskAudit(Location(config.data.root), config.data.split,
                        GroupTable.load(config.labels.group_overrides))
     captions = _CaptionAudit(config.labels)
     rows = 0
@@ -362,7 +376,7 @@ def audit_run(out: Path, *, limit: int | None = None, progress: bool = True) -> 
             rows += 1
             bar.advance()
     report = {
-        "run": str(out.resolve()),
+        "run": str(run.root),
         "split": config.data.split,
         "dataset_root": config.data.root,
         "shards": len(paths),
@@ -373,20 +387,20 @@ def audit_run(out: Path, *, limit: int | None = None, progress: bool = True) -> 
         "captions": captions.report(),
         "elapsed_s": round(time.monotonic() - started, 3),
     }
-    atomic_write_bytes(out / "audit.json", json.dumps(report, indent=1).encode())
-    logger.info("audited %d rows of %s in %.1f s", rows, out, report["elapsed_s"])
+    atomic_write_bytes(run.audit, json.dumps(report, indent=1).encode())
+    logger.info("audited %d rows of %s in %.1f s", rows, run, report["elapsed_s"])
     return report
 
 
-def _run_config(out: Path) -> Config:
-    path = out / "config.toml"
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist; audit a run folder written by "
+def _run_config(run: LabelRun) -> Config:
+    """The run's resolved config (a local file or an object; `load_config` reads both)."""
+    if not run.config.is_file():
+        raise ConfigError(f"{run.config} does not exist; audit a run folder written by "
                           "`distill run generate-labels` (it keeps the run's resolved config)")
-    return load_config(None, [path], [])
+    return load_config(None, [run.config], [])
 
 
-def _iter_rows(paths: list[Path], limit: int | None) -> Iterator[Sample]:
+def _iter_rows(paths: list[Location], limit: int | None) -> Iterator[Sample]:
     """Samples with only the audited columns decoded, in shard order, at most `limit`."""
     seen = 0
     for path in paths:
@@ -402,7 +416,7 @@ def _iter_rows(paths: list[Path], limit: int | None) -> Iterator[Sample]:
             raise ShardError(f"shard {path} cannot be read: {exc}") from exc
 
 
-def _provenance(paths: list[Path]) -> dict[str, Any]:
+def _provenance(paths: list[Location]) -> dict[str, Any]:
     """Teacher provenance and label fingerprints from the shard footers (a role whose
     provenance differs between shards, e.g. a teacher re-run on some, lists each version)."""
     roles: dict[str, list[Any]] = {}

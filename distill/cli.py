@@ -541,21 +541,22 @@ def run_evaluate(
 
     dev = _device(device)
     student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
-    labels = find_label_run(shards)
+    paths = resolve_shards(shards)  # the one discovery rule: run folder, shards/, glob, files
+    labels = find_label_run(shards) or find_label_run(paths[0])
     if student.vocab is None and vocab is None:  # as training found it: the labelling run's
         beside = labels.vocab if labels is not None else None
         if beside is not None and beside.is_file():
             student = load_student(checkpoint, dev, vocab=beside, overrides=list(set_ or []))
         else:
             logger.warning("no vocabulary for %s: token cosines are not scored", checkpoint)
-    total = sum(open_shard(p).metadata.num_rows for p in resolve_shards(shards))
+    total = sum(open_shard(p).metadata.num_rows for p in paths)
     total = min(total, limit) if limit is not None else total
     with _bar(total, "evaluate", "images", sys.stderr.isatty()) as advance:
-        report = evaluate(student.model, student.config, shards, vocab=student.vocab,
+        report = evaluate(student.model, student.config, paths, vocab=student.vocab,
                           epoch=student.epoch, device=dev, batch_size=batch_size,
                           workers=workers, limit=limit, pose=pose, progress=advance)
     report = {"checkpoint": str(student.checkpoint), "shards": str(shards), **report}
-    path = out or run_folder(student.checkpoint) / "evaluation.json"
+    path = out or run_folder(student.checkpoint).evaluation
     atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
     console = Console()
     for renderable in format_evaluation(report):

@@ -12,11 +12,12 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
@@ -409,11 +410,15 @@ def _read_preset(name: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def _read_toml_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+def _read_toml_file(path: Any) -> dict[str, Any]:
+    """A TOML file: a local path or a URI (a run's config.toml on s3://)."""
+    from distill.storage import Location
+
+    loc = Location(path)
+    if not loc.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(loc.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
 
@@ -445,7 +450,7 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(
     preset: str | None = None,
-    files: list[Path] | None = None,
+    files: Sequence[str | os.PathLike[str]] | None = None,
     overrides: list[str] | None = None,
 ) -> Config:
     """Resolve a config: defaults → preset → files → `--set` overrides, then validate.
@@ -453,7 +458,7 @@ def load_config(
     A config file may name its own preset with a top-level `preset = "demo"`; an explicit
     `preset` argument wins over it.
     """
-    file_docs = [_read_toml_file(Path(p)) for p in files or []]
+    file_docs = [_read_toml_file(p) for p in files or []]
     chosen = preset
     if chosen is None:
         named = [d["preset"] for d in file_docs if "preset" in d]

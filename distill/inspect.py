@@ -1,5 +1,9 @@
 """`distill inspect OUT_OR_SHARD`: what a labelling run (or a folder of shards, or one shard)
-holds, read mostly from Parquet footers.
+holds, read mostly from Parquet footers. Local paths and URIs (`s3://…`) alike.
+
+Which files are shards is `distill.runfolder`'s rule: a run folder's shards are those its
+manifest records as committed (a user's own files in its shards folder are listed, not read);
+any other folder's are its `*.parquet` files.
 
 From footers alone (cheap at any size): the schema and whether it is distill's, rows in total and
 per shard, compressed bytes per sample per column, and every teacher's provenance. From the run
@@ -12,9 +16,10 @@ a big run is slow; the report says how many rows they cover.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,43 +32,52 @@ from distill.images import decode_png
 from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP, decode_group_mask
 from distill.manifest import Manifest, read_manifest, shard_is_complete
 from distill.quarantine import read_quarantine, summarise
-from distill.shards import SCHEMA, footer_column_bytes, read_metadata
+from distill.runfolder import LabelRun, find_label_run, resolve_shards
+from distill.shards import SCHEMA, footer_column_bytes, open_shard, read_metadata
+from distill.storage import Location
 
-__all__ = ["QA_COLUMNS", "RUN_FILES", "format_inspect", "inspect_path", "shard_paths"]
+__all__ = ["QA_COLUMNS", "format_inspect", "inspect_path"]
 
-# Files of a run folder besides its shards (pipelines/finalize.py, generate_labels.py).
-RUN_FILES = ("config.toml", "manifest.json", "quarantine.parquet", "vocab.parquet", "summary.json")
 # Columns the QA statistics read.
 QA_COLUMNS = ("width", "height", "depth_min", "depth_max", "groups_png", "text_png",
               "teacher_captions", "tokens", "persons")
-_NOT_SHARDS = {"quarantine.parquet", "vocab.parquet"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Finding the shards
 
 
-def shard_paths(path: Path) -> tuple[str, Path, list[Path]]:
-    """(kind, shards folder, shard files) of a run folder, a folder of shards or one shard.
+@dataclass
+class _Target:
+    """What was asked for: its kind, the shards folder, the shard files to read, and (for a
+    run folder) the run and the files in its shards folder that are not committed shards."""
 
-    A run folder has `manifest.json` or a `shards/` folder; any other folder is taken as a
-    folder of shards (every visible `*.parquet` but a quarantine or vocabulary file)."""
-    path = Path(path)
-    if path.is_file():
-        return "shard", path.parent, [path]
-    if not path.is_dir():
-        raise ShardError(f"{path} does not exist: give a run folder, a shards folder or a shard")
-    if (path / "manifest.json").is_file() or (path / "shards").is_dir():
-        folder, kind = path / "shards", "run"
-    else:
-        folder, kind = path, "shards"
-    files = sorted(p for p in folder.glob("*.parquet")
-                   if not p.name.startswith(".") and p.name not in _NOT_SHARDS) \
-        if folder.is_dir() else []
-    if kind == "shards" and not files:
-        raise ShardError(f"{path} has no shards (*.parquet) and no manifest.json; give a run "
-                         "folder, a shards folder or a shard")
-    return kind, folder, files
+    kind: str  # "run" | "shards" | "shard"
+    where: Location
+    folder: Location
+    files: list[Location]
+    run: LabelRun | None = None
+    others: list[str] = field(default_factory=list)
+
+
+def _target(spec: str | os.PathLike[str] | Location) -> _Target:
+    loc = Location(spec)
+    if loc.is_file():
+        return _Target("shard", loc, loc.parent, [loc])
+    is_dir = loc.is_dir()
+    run = find_label_run(loc) if is_dir else None
+    if run is not None and run.root == loc:
+        # The manifest says which files are shards; a run with none committed yet is still a
+        # run to report on (its plan, its quarantine), so resolve_shards' "none yet" is not
+        # raised here. One listing finds which committed shards are really there.
+        listed = run.shards.files("*.parquet")
+        committed = run.committed_shards()
+        present, ours = set(listed), set(committed)
+        return _Target("run", loc, run.shards, [s for s in committed if s in present], run,
+                       [f.name for f in listed if f not in ours])
+    files = resolve_shards(spec)  # a shards folder, a glob; errors name what was looked at
+    folder = loc if is_dir else files[0].parent
+    return _Target("shards", loc, folder, files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,22 +96,34 @@ def _schema_diff(schema: pa.Schema) -> list[str]:
     return out
 
 
-def _footer(path: Path) -> dict[str, Any]:
-    """One shard's footer facts; an unreadable file gives {"name", "error"}."""
+def _open_footer(loc: Location) -> tuple[pq.ParquetFile | None, str]:
+    """The file's footer through `open_shard`; a Parquet file with another schema is opened
+    anyway (to report how it differs), an unreadable one gives (None, why)."""
     try:
-        pf = pq.ParquetFile(path)
-        meta = pf.metadata
-        schema = pf.schema_arrow
-    except Exception as exc:  # any unreadable footer is reported, not raised
-        return {"name": path.name, "path": str(path), "error": f"{type(exc).__name__}: {exc}"}
+        return open_shard(loc), ""
+    except ShardError as exc:
+        why = str(exc)
+    try:
+        return pq.ParquetFile(loc.open_input()), ""
+    except Exception:  # not Parquet at all, or gone: the shard error above says which
+        return None, why
+
+
+def _footer(loc: Location) -> dict[str, Any]:
+    """One shard's footer facts; an unreadable file gives {"name", "path", "error"}."""
+    pf, why = _open_footer(loc)
+    if pf is None:
+        return {"name": loc.name, "path": str(loc), "error": why}
+    meta = pf.metadata
+    schema = pf.schema_arrow
     columns = footer_column_bytes(meta)
     try:
-        distill_meta = read_metadata(path)
+        distill_meta = read_metadata(loc)
     except (ShardError, ValueError) as exc:
         distill_meta = {"error": str(exc)}
     return {
-        "name": path.name, "path": str(path), "rows": meta.num_rows,
-        "row_groups": meta.num_row_groups, "file_bytes": path.stat().st_size,
+        "name": loc.name, "path": str(loc), "location": loc, "rows": meta.num_rows,
+        "row_groups": meta.num_row_groups, "file_bytes": loc.size(),
         "schema": [(f.name, str(f.type)) for f in schema], "schema_diff": _schema_diff(schema),
         "column_bytes": columns, "metadata": distill_meta,
     }
@@ -146,11 +172,11 @@ def _roles(manifest: Manifest) -> list[str]:
     return [r for r, t in teachers.items() if isinstance(t, dict) and t.get("enabled", True)]
 
 
-def _progress(manifest: Manifest, folder: Path, footers: dict[str, dict[str, Any]],
-              verify: bool) -> dict[str, Any]:
+def _progress(manifest: Manifest, run: LabelRun, footers: dict[str, dict[str, Any]],
+              others: list[str], verify: bool) -> dict[str, Any]:
     """Planned shards, which are done (committed with every enabled teacher, the file's row
     count equal to the manifest's, and with `verify` its checksum too) and why the rest are
-    pending."""
+    pending; `others` are the files in the shards folder that are not committed shards."""
     roles = _roles(manifest)
     shards = []
     for entry in manifest.shards:
@@ -166,14 +192,13 @@ def _progress(manifest: Manifest, folder: Path, footers: dict[str, dict[str, Any
             status, why = "pending", f"file has {footer['rows']} rows, manifest says {entry.rows}"
         elif missing:
             status, why = "pending", "teachers to add: " + ", ".join(missing)
-        elif verify and not shard_is_complete(folder / entry.name, entry):
+        elif verify and not shard_is_complete(run.shard(entry.name), entry):
             status, why = "pending", "checksum differs from the manifest"
         else:
             status, why = "done", ""
         shards.append({"name": entry.name, "status": status, "reason": why,
                        "planned_images": len(entry.image_ids), "rows": entry.rows,
                        "teachers_pending": missing})
-    planned = {e.name for e in manifest.shards}
     return {
         "split": manifest.split, "fingerprint": manifest.fingerprint, "teachers": roles,
         "shard_size": manifest.shard_size, "selection": manifest.selection,
@@ -183,14 +208,14 @@ def _progress(manifest: Manifest, folder: Path, footers: dict[str, dict[str, Any
         "planned_images": sum(len(e.image_ids) for e in manifest.shards),
         "checksums_verified": verify,
         "shards": shards,
-        "unplanned": sorted(n for n in footers if n not in planned),
+        "other_files": sorted(others),
     }
 
 
-def _quarantine(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+def _quarantine(loc: Location) -> dict[str, Any] | None:
+    if not loc.is_file():
         return None
-    failures = read_quarantine(path)
+    failures = read_quarantine(loc)
     return {
         "rows": len(failures),
         "images": len({f.image_id for f in failures}),
@@ -207,12 +232,14 @@ def _quarantine(path: Path) -> dict[str, Any] | None:
 # QA statistics over the rows
 
 
-def _iter_tables(paths: list[Path], columns: list[str],
+def _iter_tables(paths: list[Location], columns: list[str],
                  limit: int | None) -> Iterator[pa.Table]:
     """Row groups of the shards (only `columns`), cut after `limit` rows in all."""
     left = limit
     for path in paths:
-        pf = pq.ParquetFile(path)
+        if left is not None and left <= 0:
+            return
+        pf = open_shard(path)
         for g in range(pf.metadata.num_row_groups):
             if left is not None and left <= 0:
                 return
@@ -230,7 +257,7 @@ def _range(values: list[float]) -> dict[str, float] | None:
     return {"min": float(arr.min()), "max": float(arr.max()), "mean": float(arr.mean())}
 
 
-def _qa(paths: list[Path], sample_rows: int | None) -> dict[str, Any]:
+def _qa(paths: list[Location], sample_rows: int | None) -> dict[str, Any]:
     """Statistics over the first `sample_rows` rows (all when None), in shard order."""
     rows = 0
     caption_rows = empty_captions = empty_tokens = 0
@@ -308,21 +335,22 @@ def _qa(paths: list[Path], sample_rows: int | None) -> dict[str, Any]:
 # The report
 
 
-def inspect_path(path: Path, *, sample_rows: int | None = None,
+def inspect_path(path: str | os.PathLike[str] | Location, *, sample_rows: int | None = None,
                  verify_checksums: bool = False) -> dict[str, Any]:
-    """Inspect a run folder, a folder of shards or one shard (see the module docstring).
+    """Inspect a run folder, a folder of shards (or a glob) or one shard, local or a URI (see
+    the module docstring).
 
     `sample_rows` limits the QA statistics to the first N rows (in shard order); everything
     else reads footers only. `verify_checksums` also hashes each done shard against the
     manifest (reads every byte)."""
     if sample_rows is not None and sample_rows < 0:
         raise ValueError(f"sample_rows must be >= 0, got {sample_rows}")
-    path = Path(path)
-    kind, folder, files = shard_paths(path)
-    footers = [_footer(p) for p in files]
+    target = _target(path)
+    kind = target.kind
+    footers = [_footer(p) for p in target.files]
     readable = [f for f in footers if "error" not in f]
     if kind == "shard" and not readable:
-        raise ShardError(f"shard {path} is not a readable Parquet file: {footers[0]['error']}")
+        raise ShardError(footers[0]["error"])
     total = sum(f["rows"] for f in readable)
     column_bytes: dict[str, int] = {}
     for f in readable:
@@ -330,9 +358,9 @@ def inspect_path(path: Path, *, sample_rows: int | None = None,
             column_bytes[col] = column_bytes.get(col, 0) + n
     first = readable[0] if readable else None
     report: dict[str, Any] = {
-        "path": str(path),
+        "path": str(target.where),
         "kind": kind,
-        "shards_folder": str(folder),
+        "shards_folder": str(target.folder),
         "shards": [{k: f[k] for k in ("name", "rows", "row_groups", "file_bytes")}
                    | {"schema_matches": not f["schema_diff"]} if "error" not in f
                    else {"name": f["name"], "error": f["error"]} for f in footers],
@@ -355,14 +383,15 @@ def inspect_path(path: Path, *, sample_rows: int | None = None,
         "quarantine": None,
         "files": None,
     }
-    if kind == "run":
-        report["files"] = {name: (path / name).is_file() for name in RUN_FILES}
-        if (path / "manifest.json").is_file():
-            manifest = read_manifest(path / "manifest.json")
-            report["progress"] = _progress(manifest, folder, {f["name"]: f for f in footers},
-                                           verify_checksums)
-        report["quarantine"] = _quarantine(path / "quarantine.parquet")
-    good = [Path(f["path"]) for f in readable if not f["schema_diff"]]
+    run = target.run
+    if run is not None:
+        report["files"] = {f.name: f.is_file() for f in
+                           (run.config, run.manifest, run.quarantine, run.vocab, run.summary)}
+        report["progress"] = _progress(read_manifest(run.manifest), run,
+                                       {f["name"]: f for f in footers}, target.others,
+                                       verify_checksums)
+        report["quarantine"] = _quarantine(run.quarantine)
+    good = [f["location"] for f in readable if not f["schema_diff"]]
     report["qa"] = _qa(good, sample_rows)
     report["qa"]["shards_skipped"] = [f["name"] for f in footers
                                       if "error" in f or f.get("schema_diff")]
@@ -432,6 +461,10 @@ def format_inspect(report: dict[str, Any]) -> str:
     for name, st in status.items():
         if name not in rows["per_shard"] and not any(s["name"] == name for s in shards):
             add(f"  {name:<{width}}  {'-':>7}       {'':>10}  {st['status']} ({st['reason']})")
+    other = progress.get("other_files") if progress else None
+    if other:
+        shown = ", ".join(other[:8]) + (f" … ({len(other)} in all)" if len(other) > 8 else "")
+        add(f"  not shards of this run (not committed by its manifest; not read): {shown}")
     add(f"Rows: {rows['total']} in {len(rows['per_shard'])} readable shard(s)")
 
     schema = report["schema"]
@@ -467,7 +500,7 @@ def format_inspect(report: dict[str, Any]) -> str:
     if report["kind"] == "run":
         add("")
         if q is None:
-            add("Quarantine: no quarantine.parquet")
+            add("Quarantine: no quarantine file")
         elif not q["rows"]:
             add("Quarantine: empty")
         else:

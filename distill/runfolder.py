@@ -67,6 +67,8 @@ RUN_MARKER = "run.json"  # a student run's ownership mark
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 CHECKPOINTS = "checkpoints"
+MODEL = "model.safetensors"  # in a student checkpoint folder: the weights
+STATE = "state.pt"  # in a student checkpoint folder: the training state
 _GLOB = set("*?[")
 
 
@@ -139,16 +141,17 @@ class _RunFolder:
             yield lease
         finally:
             lease.release()
-            if self.root.is_local and not existed:
-                _remove_if_only_lock(self.root)
+            if self.root.is_local and not self.is_run():
+                _remove_lock(self.root, remove_folder=not existed)
 
 
-def _remove_if_only_lock(root: Location) -> None:
+def _remove_lock(root: Location, remove_folder: bool) -> None:
+    """A run that never got as far as its plan leaves nothing: not its lock file, and not the
+    folder it made for it."""
     path = root.as_path()
     with contextlib.suppress(OSError):
-        names = {p.name for p in path.iterdir()}
-        if names <= {LOCK}:
-            (path / LOCK).unlink(missing_ok=True)
+        (path / LOCK).unlink(missing_ok=True)
+        if remove_folder and not any(path.iterdir()):
             path.rmdir()
 
 
@@ -262,9 +265,34 @@ class StudentRun(_RunFolder):
         """`checkpoints/last` or `checkpoints/best`."""
         return self.root / CHECKPOINTS / which
 
+    def staged_checkpoint(self, which: str) -> Location:
+        """`checkpoints/.<which>.next`: where a checkpoint is written before it is published."""
+        return self.root / CHECKPOINTS / f".{which}.next"
+
+    def retired_checkpoint(self, which: str) -> Location:
+        """`checkpoints/.<which>.old`: a local checkpoint folder being swapped out."""
+        return self.root / CHECKPOINTS / f".{which}.old"
+
+    @staticmethod
+    def model_file(checkpoint: Location) -> Location:
+        """The weights of a checkpoint folder."""
+        return checkpoint / MODEL
+
+    @staticmethod
+    def state_file(checkpoint: Location) -> Location:
+        """The training state of a checkpoint folder."""
+        return checkpoint / STATE
+
+    def is_run(self) -> bool:
+        """Marked by `run.json`, or made by a distill older than the mark (config.toml beside
+        checkpoints/)."""
+        return super().is_run() or ((self.root / CONFIG).is_file() and
+                                    (self.root / CHECKPOINTS).is_dir())
+
     def mark(self) -> None:
-        """Claim the folder as a student run (written before anything else)."""
-        if not self.is_run():
+        """Claim the folder as a student run (written before anything else; also upgrades a
+        run made by an older distill)."""
+        if not (self.root / RUN_MARKER).is_file():
             atomic_write_bytes(self.root / RUN_MARKER,
                                json.dumps({"kind": "student", "by": "distill"}).encode())
 

@@ -25,6 +25,7 @@ import os
 import posixpath
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from fnmatch import fnmatch
 from functools import lru_cache
@@ -44,7 +45,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_table",
     "file_sha256",
+    "fsync_dir",
     "is_temp_name",
+    "remove_tree",
     "temp_name",
 ]
 
@@ -68,6 +71,10 @@ def _filesystem(scheme: str, authority: str) -> pafs.FileSystem:
     return fs
 
 
+# A forked child (DataLoader workers) builds its own clients: never share the parent's pooled
+# connections across processes.
+os.register_at_fork(after_in_child=_filesystem.cache_clear)
+
 _LOCAL = pafs.LocalFileSystem()
 
 
@@ -79,6 +86,8 @@ class Location:
     """
 
     __slots__ = ("path", "scheme")
+    path: str  # what the filesystem takes: an absolute local path, or "bucket/key"
+    scheme: str  # "" on the local disk, else s3 / gs / hdfs / …
 
     def __init__(self, spec: str | os.PathLike[str] | Location) -> None:
         if isinstance(spec, Location):
@@ -322,7 +331,8 @@ def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOu
     tmp = loc.with_name(temp_name(loc.name))
     try:
         loc.parent.mkdir()
-        raw: Any = open(tmp.path, "wb") if loc.is_local else loc.fs.open_output_stream(tmp.path)
+        raw: Any = open(tmp.path, "wb") if loc.is_local else loc.fs.open_output_stream(  # noqa: SIM115
+            tmp.path)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot write {loc}: {exc}") from exc
     sink = _HashingSink(raw)
@@ -336,7 +346,7 @@ def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOu
             os.fsync(raw.fileno())
             raw.close()
             os.replace(tmp.path, loc.path)
-            _fsync_dir(loc.parent.path)
+            fsync_dir(loc.parent.path)
         else:
             raw.close()  # the temp object is complete only now
             loc.fs.move(tmp.path, loc.path)
@@ -349,12 +359,25 @@ def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOu
                 tmp.delete()
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
+    """Persist a rename in a local `folder` (the directory entry itself)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_tree(folder: Location) -> None:
+    """Remove a folder and everything under it (a missing one is fine). Callers own the folder:
+    only distill's own staging folders are ever passed here."""
+    if folder.is_local:
+        shutil.rmtree(folder.path, ignore_errors=True)
+    elif folder.is_dir():
+        try:
+            folder.fs.delete_dir(folder.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot remove {folder}: {exc}") from exc
 
 
 def atomic_write_bytes(final: str | os.PathLike[str] | Location, data: bytes) -> Location:

@@ -1,4 +1,5 @@
-"""Contact sheets of one image's labels (`distill show SHARD --row i --out FILE.png`).
+"""Contact sheets of one image's labels (`distill show SHARD --row i --out FILE.png`; SHARD may
+also be a run folder or a shards folder, local or a URI, rows counted across its shards).
 
 A sheet is a grid of panels, each with a caption bar above it: the image, depth, normals, the
 class groups (with a legend), the text mask, people (joints and PAFs) and the words. Every panel
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from PIL import Image, ImageDraw, ImageFont
 from distill.errors import LabelError, ShardError
 from distill.images import decode_image
 from distill.labels.keypoints import LIMBS, NUM_JOINTS, render_heatmaps, render_pafs
+from distill.runfolder import resolve_shards
 from distill.shards import Sample, decode_row, open_shard
-from distill.storage import atomic_write_bytes
+from distill.storage import Location, atomic_write_bytes
 from distill.student.labels import CLASS_GROUPS, Labels, labels_from_sample
 
 __all__ = [
@@ -619,12 +622,15 @@ def _title(painter: _Painter, labels: Labels, compare: Labels | None, title: str
 # Shard rows
 
 
-def read_row(shards: str | Path, row: int) -> tuple[str, dict[str, object]]:
-    """Row `row` (0-based) of a shard — or of a run / shards folder, counting rows across its
-    shards in order — as (where, a dict of Python values), reading one row group."""
-    from distill.runfolder import resolve_shards
-
+def read_row(shards: str | os.PathLike[str] | Location,
+             row: int) -> tuple[str, dict[str, object]]:
+    """Row `row` (0-based) of a shard — or of a run / shards folder (its committed shards, in
+    run order; `distill.runfolder.resolve_shards`), counting rows across its shards — as
+    (where: "SHARD-NAME row i", a dict of Python values), reading one row group. Local paths
+    and URIs alike."""
     files = resolve_shards(shards)
+    if row < 0:
+        raise ShardError(f"row {row} is out of range: rows are counted from 0")
     start = 0  # rows in the shards before this one
     for path in files:
         pf = open_shard(path)
@@ -644,12 +650,15 @@ def read_row(shards: str | Path, row: int) -> tuple[str, dict[str, object]]:
     raise ShardError(f"row {row} is out of range: {shards} has {start} rows (valid rows: {last})")
 
 
-def sheet_for_row(shard_path: str | Path, row: int, *, compare: Labels | None = None,
-                  title: str | None = None, panel_width: int = 320) -> Image.Image:
-    """The contact sheet of one shard row's teacher labels (and optionally a `compare`)."""
-    sample = decode_row(read_row(shard_path, row)[1])
+def sheet_for_row(shards: str | os.PathLike[str] | Location, row: int, *,
+                  compare: Labels | None = None, title: str | None = None,
+                  panel_width: int = 320) -> Image.Image:
+    """The contact sheet of one row's teacher labels (and optionally a `compare`); `shards` as
+    for `read_row`."""
+    where, data = read_row(shards, row)
+    sample = decode_row(data)
     if title is None:
-        title = f"{sample.file_name} · image {sample.image_id} · {Path(shard_path).name} row {row}"
+        title = f"{sample.file_name} · image {sample.image_id} · {where}"
     return sheet_for_sample(sample, compare=compare, title=title, panel_width=panel_width)
 
 
@@ -661,8 +670,8 @@ def sheet_for_sample(sample: Sample, *, compare: Labels | None = None, title: st
                          compare=compare, title=title, panel_width=panel_width)
 
 
-def save_sheet(sheet: Image.Image, out: str | Path) -> Path:
-    """Write a sheet as PNG, atomically (parent folders are created)."""
+def save_sheet(sheet: Image.Image, out: str | Path | Location) -> Location:
+    """Write a sheet as PNG, atomically (parent folders are created; a URI works too)."""
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", optimize=False)
     return atomic_write_bytes(out, buf.getvalue())

@@ -73,7 +73,9 @@ def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None,
     import ray
 
     loopback_only()
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
+    # address="local": always a new private instance. Without it ray.init() joins whatever
+    # cluster Ray's (world-writable) temp folder names, a stale or a stranger's one.
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address="127.0.0.1",
              include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
 
 

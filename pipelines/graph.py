@@ -5,7 +5,6 @@ teacher → post-process (CPU tasks) → the driver, which hands each finished i
 from __future__ import annotations
 
 import logging
-import math
 import pickle
 import threading
 from contextlib import suppress
@@ -22,7 +21,7 @@ from pipelines.progress import ProgressBoard, ProgressDisplay
 from pipelines.sizing import actor_cpus, check_gpus, task_cpus
 from pipelines.stages import Item, TeacherStage, decode_items, postprocess_items
 
-__all__ = ["DECODE_BATCH", "TeacherOp", "execute"]
+__all__ = ["DECODE_BATCH", "TeacherOp", "block_size", "execute"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,30 +76,51 @@ class TeacherOp:
         return _dump(items)
 
 
+def block_size(plan: RunPlan, roles: list[str]) -> int:
+    """Images per block: every stage handles one whole block per call, so a teacher's batches
+    are cut from the block in plan order (`teachers.<role>.batch_size` at a time, same input
+    size together). Blocks never cross a shard and depend only on the plan and the batch sizes,
+    so a resumed run batches each shard exactly as an uninterrupted one (byte-identical labels);
+    a changed batch size may move the last bit (README, "Resume")."""
+    teachers = plan.config.teachers.roles()
+    return max([DECODE_BATCH, *(teachers[r].batch_size for r in roles)])
+
+
+def _blocks(plan: RunPlan, size: int) -> list[Any]:
+    """One Arrow table per block: `size` consecutive items of one shard job."""
+    import pyarrow as pa
+
+    out = []
+    for job in plan.jobs:
+        for i in range(0, len(job.items), size):
+            part = [pickle.dumps(it, protocol=5) for it in job.items[i:i + size]]
+            out.append(pa.table({"item": pa.array(part, pa.binary())}))
+    return out
+
+
 def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
     import ray.data
 
     config = plan.config
-    items = [it for job in plan.jobs for it in job.items]
     stage_roles = plan.stage_names()[1:-1]
     cpus = actor_cpus(config, stage_roles, cluster)
     tasks = task_cpus(config, stage_roles, cpus)
-    ds: Any = ray.data.from_items([{"item": pickle.dumps(it, protocol=5)} for it in items],
-                             override_num_blocks=max(1, math.ceil(len(items) / DECODE_BATCH)))
-    ds = ds.map_batches(_decode_op, batch_size=DECODE_BATCH, batch_format="numpy",
+    # batch_size=None everywhere: a call gets one whole block, never a slice across blocks.
+    ds: Any = ray.data.from_arrow(_blocks(plan, block_size(plan, stage_roles)))
+    ds = ds.map_batches(_decode_op, batch_size=None, batch_format="numpy",
                         fn_kwargs={"data": config.data, "board": board}, num_cpus=tasks)
     check_gpus(config, stage_roles, cluster)
     teachers = config.teachers.roles()
     for role in stage_roles:
         t = teachers[role]
         ds = ds.map_batches(
-            TeacherOp, batch_size=t.batch_size, batch_format="numpy",
+            TeacherOp, batch_size=None, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=t.concurrency),
             fn_constructor_kwargs={"role": role, "config": t,
                                    "threads": max(1, int(cpus[role])), "board": board},
             num_cpus=cpus[role], num_gpus=t.num_gpus or None,
         )
-    return ds.map_batches(_postprocess_op, batch_size=DECODE_BATCH, batch_format="numpy",
+    return ds.map_batches(_postprocess_op, batch_size=None, batch_format="numpy",
                           fn_kwargs={"labels": config.labels, "board": board}, num_cpus=tasks)
 
 

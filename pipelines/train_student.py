@@ -2,21 +2,36 @@
 
 `TorchTrainer` starts N workers (DDP over gloo on CPU, NCCL on GPUs); each streams its own
 share of the shards' row groups (`ShardStream` with its rank and the world size), and every
-epoch rank 0 reports the epoch's checkpoint to Ray Train. Ray Train keeps them under
-`OUT/ray/<name>/`; a job started again with the same run folder (or a worker group Ray restarts
-after a failure) resumes from the newest one through `ray.train.get_checkpoint()`.
+epoch rank 0 reports the epoch's checkpoint to Ray Train. Shards and the run folder may be local
+paths or URIs (s3://…); they travel to the workers as strings, so local paths must be visible at
+the same path on every node.
+
+The driver owns the run folder: it checks it is new, empty or a student run, marks it, holds
+its writer lock for the whole job and repairs an interrupted checkpoint before the workers start
+(`Session.owns_run=False` on the workers). Rank 0 writes the run's files as a local run does
+(`distill.student.train`).
+
+Ray Train keeps its own copies of the reported checkpoints under `OUT/ray/<name>/` when OUT is a
+local folder; a worker group Ray restarts after a failure resumes from the newest one through
+`ray.train.get_checkpoint()`. `--resume` of a later job starts from `OUT/checkpoints/last`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from distill.config import Config, config_to_dict
 from distill.errors import DistillError
-from distill.student.train import Session, TrainOptions, train_student
+from distill.runfolder import StudentRun
+from distill.storage import Location
+from distill.student.data import ShardSpec
+from distill.student.train import Session, TrainOptions, recover_checkpoints, train_student
 from pipelines.cluster import ray_session
 
 __all__ = ["train_on_ray"]
@@ -28,8 +43,6 @@ RUN_NAME = "train-student"
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    import shutil
-
     import ray.train
     import ray.train.torch
 
@@ -39,29 +52,50 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     options = TrainOptions(**loop_config["options"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    scratch = Path(tempfile.mkdtemp(prefix="distill-ray-"))
 
-    def report(metrics: dict[str, Any], folder: Path) -> None:
+    def report(metrics: dict[str, Any], folder: Location) -> None:
         flat = {"epoch": metrics["epoch"], "loss": metrics["train"].get("loss")}
-        if rank == 0:
-            ray.train.report(flat, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
-        else:
+        if rank != 0:
             ray.train.report(flat)
+            return
+        if folder.is_local:
+            ray.train.report(flat, checkpoint=ray.train.Checkpoint.from_directory(folder.path))
+            return
+        # Ray Train takes a checkpoint from a local folder: a copy of the object-store one.
+        local = scratch / f"report-{metrics['epoch']}"
+        local.mkdir()
+        for file in (StudentRun.model_file(folder), StudentRun.state_file(folder)):
+            (local / file.name).write_bytes(file.read_bytes())
+        try:
+            ray.train.report(flat, checkpoint=ray.train.Checkpoint.from_directory(str(local)))
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
 
-    restore: Path | None = None
+    restore: str | Path | None = None
     checkpoint = ray.train.get_checkpoint()
-    scratch = Path(tempfile.mkdtemp(prefix="distill-restore-"))
     if checkpoint is not None:  # Ray restarted this job or its workers: its newest checkpoint
         with checkpoint.as_directory() as d:
             shutil.copytree(d, scratch / "ckpt")
         restore = scratch / "ckpt"
     elif loop_config["resume_dir"]:  # --resume of an earlier job on this run folder
-        restore = Path(loop_config["resume_dir"])
+        restore = loop_config["resume_dir"]
     session = Session(rank=rank, world_size=world, device=ray.train.torch.get_device(),
-                      wrap=ray.train.torch.prepare_model, report=report, restore_from=restore)
+                      wrap=ray.train.torch.prepare_model, report=report, restore_from=restore,
+                      owns_run=False)  # the driver holds the run's lock
     try:
         train_student(config, options, session, workers=loop_config["dataloader_workers"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _spec(spec: ShardSpec | None) -> str | list[str] | None:
+    """Shards or a folder as what travels to the workers: absolute paths or URIs."""
+    if spec is None:
+        return None
+    if isinstance(spec, (str, os.PathLike, Location)):
+        return str(Location(spec))
+    return [str(Location(s)) for s in spec]
 
 
 def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
@@ -76,36 +110,48 @@ def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
     )
     from ray.train.torch import TorchTrainer
 
-    out = options.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    storage = out / "ray"
-    # Paths travel to workers as absolute strings; they must be visible at the same path.
-    opts = {"shards": options.shards.resolve(), "out": out,
-            "val_shards": options.val_shards.resolve() if options.val_shards else None,
-            "vocab": options.vocab.resolve() if options.vocab else None,
+    run = StudentRun(options.out)
+    run.check_target()
+    opts = {"shards": _spec(options.shards), "out": str(run.root),
+            "val_shards": _spec(options.val_shards),
+            "vocab": str(Location(options.vocab)) if options.vocab else None,
             "resume": False, "device": "auto", "progress": False}
-    resume_dir = None
-    if options.resume:
-        last = out / "checkpoints" / "last"
-        if not last.is_dir():
-            raise DistillError(f"--resume: no checkpoint in {last}")
-        resume_dir = str(last)
-    with ray_session(config.ray, address):
-        trainer = TorchTrainer(
-            _worker_loop,
-            train_loop_config={"config": config_to_dict(config), "options": opts,
-                               "dataloader_workers": dataloader_workers,
-                               "resume_dir": resume_dir},
-            scaling_config=ScalingConfig(
-                num_workers=num_workers, use_gpu=gpus_per_worker > 0,
-                resources_per_worker={"CPU": cpus_per_worker,
-                                      **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
-            run_config=RunConfig(name=RUN_NAME, storage_path=str(storage),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                 failure_config=FailureConfig(max_failures=2)),
-        )
-        try:
-            result = trainer.fit()
-        except Exception as exc:
-            raise DistillError(f"Ray Train run failed: {exc}") from exc
+    with run.lock(), contextlib.ExitStack() as cleanup:
+        recover_checkpoints(run)
+        resume_dir = None
+        last = run.checkpoint("last")
+        if options.resume:
+            if not run.model_file(last).is_file():
+                raise DistillError(f"--resume: no checkpoint in {last}")
+            resume_dir = str(last)
+        elif run.model_file(last).is_file():
+            raise DistillError(f"{run} already has a checkpoint; pass --resume to continue it or "
+                               "choose another --out")
+        run.mark()
+        if run.root.is_local:
+            storage = run.root.as_path() / "ray"
+        else:
+            # Ray Train's own checkpoint copies stay on this machine (a temp folder, removed
+            # afterwards): the run's checkpoints are on the object store, and --resume starts
+            # from those. Use a local OUT to have Ray Train's copies kept beside them.
+            storage = Path(tempfile.mkdtemp(prefix="distill-ray-train-"))
+            cleanup.callback(shutil.rmtree, storage, True)
+        with ray_session(config.ray, address):
+            trainer = TorchTrainer(
+                _worker_loop,
+                train_loop_config={"config": config_to_dict(config), "options": opts,
+                                   "dataloader_workers": dataloader_workers,
+                                   "resume_dir": resume_dir},
+                scaling_config=ScalingConfig(
+                    num_workers=num_workers, use_gpu=gpus_per_worker > 0,
+                    resources_per_worker={"CPU": cpus_per_worker,
+                                          **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
+                run_config=RunConfig(name=RUN_NAME, storage_path=str(storage),
+                                     checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                     failure_config=FailureConfig(max_failures=2)),
+            )
+            try:
+                result = trainer.fit()
+            except Exception as exc:
+                raise DistillError(f"Ray Train run failed: {exc}") from exc
     return dict(result.metrics or {})

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from distill.storage import file_sha256
 from distill.config import TeacherConfig
 from distill.shards import library_versions
+from distill.storage import file_sha256
 from teachers.base import Provenance, TeacherError
 
 __all__ = [

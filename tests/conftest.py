@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +29,10 @@ def _free_port() -> int:
 # The S3 test server's address is fixed before anything starts, so that every process of the
 # session — Ray workers started later, CLI subprocesses — finds it through the standard
 # environment, as a user's would. The server itself starts only when a test asks for it.
-S3_ENDPOINT = f"http://127.0.0.1:{_free_port()}"
+# A child process of the session (a helper script importing this module) keeps its parent's.
+S3_ENDPOINT = os.environ.get("DISTILL_TEST_S3_ENDPOINT") or f"http://127.0.0.1:{_free_port()}"
 os.environ.update({
+    "DISTILL_TEST_S3_ENDPOINT": S3_ENDPOINT,
     "AWS_ENDPOINT_URL": S3_ENDPOINT,
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -41,6 +46,9 @@ def s3_server() -> str:
     """moto's S3 server on 127.0.0.1 for the session (skips when moto is not installed)."""
     server_mod = pytest.importorskip("moto.server")
     port = int(S3_ENDPOINT.rsplit(":", 1)[1])
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield S3_ENDPOINT
@@ -71,14 +79,16 @@ def upload_folder(local: Path, uri: str) -> str:
 
 
 def s3_keys(uri: str) -> list[str]:
-    """Every key under `uri` (relative to it), sorted."""
+    """Every object under `uri` (keys relative to it), sorted; pyarrow's empty "folder" marker
+    objects (keys ending in /) are left out."""
     import boto3
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=f"{prefix}/" if prefix else "")
     return sorted(o["Key"][len(prefix) + 1 if prefix else 0:]
-                  for page in pages for o in page.get("Contents", []))
+                  for page in pages for o in page.get("Contents", [])
+                  if not o["Key"].endswith("/"))
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +154,7 @@ def ray_address() -> object:
     ray.shutdown()
 
 
-def label_config(root: Path, *overrides: str):
+def label_config(root: Path | str, *overrides: str):
     """The demo preset on `root`, made smaller for tests (CRAFT on a 160-px canvas, 3 per shard)."""
     from distill.config import load_config
 
@@ -214,3 +224,34 @@ def labelled_coco7(tmp_path_factory, ray_address):
     out = tmp_path_factory.mktemp("labelled") / "out"
     result = generate_labels(label_config(root), RunOptions(out=out, live=False))
     return root, out, result
+
+
+def committed_shards(out: Path | str) -> int:
+    """Shards a run's manifest records as committed (-1: no manifest yet); path or URI."""
+    try:
+        from distill.storage import Location
+
+        doc = json.loads((Location(out) / "manifest.json").read_bytes())
+    except Exception:
+        return -1  # no manifest yet
+    return sum(1 for s in doc["shards"] if s["sha256"])
+
+
+def run_until(cmd: list[str], out: Path | str, point: int | None, timeout: float = 300) -> int:
+    """Start the CLI; SIGKILL it as soon as `point` shards are committed (-1: as soon as the
+    plan is written). Returns the exit code (-9 when killed)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if point is not None and committed_shards(out) >= point:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    if proc.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(f"CLI failed ({proc.returncode}):\n{err.decode()[-3000:]}")
+    return proc.returncode

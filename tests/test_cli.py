@@ -119,3 +119,37 @@ def test_train_student_help_shows_local_and_ray_options():
     for opt in ("--shards", "--val-shards", "--epochs", "--batch-size", "--out", "--resume",
                 "--num-workers", "--gpus-per-worker", "--address"):
         assert opt in out
+
+
+@pytest.mark.slow
+def test_show_a_run_folder_counts_rows_across_its_committed_shards(labelled_coco7, tmp_path):
+    """`distill show RUN --row 0` draws the first shard's row 0, and `RUN/shards --row 5` the
+    row that is sixth in run order, byte for byte as showing that shard's row does."""
+    import pyarrow.parquet as pq
+
+    from distill.runfolder import LabelRun
+
+    _, run, _ = labelled_coco7
+    shards = LabelRun(run).committed_shards()
+    sizes = [pq.ParquetFile(s.path).metadata.num_rows for s in shards]
+    assert len(shards) >= 2 and sum(sizes) > 5
+    k, local = 0, 5  # row 5 of the run: which shard, which row of it
+    while local >= sizes[k]:
+        local, k = local - sizes[k], k + 1
+    cases = {"run-0": (str(run), 0), "shard-0": (str(shards[0]), 0),
+             "folder-5": (str(run / "shards"), 5), "shard-local": (str(shards[k]), local)}
+    procs = {name: subprocess.Popen(  # one CLI per case, side by side (each starts Python)
+        [sys.executable, "-m", "distill.cli", "show", spec, "--row", str(row), "--width", "160",
+         "--out", str(tmp_path / f"{name}.png")], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for name, (spec, row) in cases.items()}
+    for name, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}: {stderr}"
+        assert f"wrote {tmp_path / f'{name}.png'}" in stdout
+    png = {name: (tmp_path / f"{name}.png").read_bytes() for name in cases}
+    assert png["run-0"] == png["shard-0"]
+    assert png["folder-5"] == png["shard-local"]
+    assert png["run-0"] != png["folder-5"]
+    proc = distill("show", str(run), "--row", str(sum(sizes)), "--out",
+                   str(tmp_path / "none.png"), check=False)
+    assert proc.returncode != 0 and f"has {sum(sizes)} rows" in proc.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,14 +61,19 @@ def test_resolve_inside_rejects_escapes_including_symlinks(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     (root / "a.jpg").write_bytes(b"x")
-    assert resolve_inside(root, "a.jpg") == (root / "a.jpg").resolve()
-    assert resolve_inside(root, "sub/../a.jpg") == (root / "a.jpg").resolve()
+    assert resolve_inside(root, "a.jpg") == str((root / "a.jpg").resolve())
+    assert resolve_inside(root, "sub/../a.jpg") == str((root / "a.jpg").resolve())
     for bad in ("../a.jpg", "/etc/passwd", "sub/../../x.jpg", ""):
         with pytest.raises(UnsafePathError):
             resolve_inside(root, bad)
     os.symlink(tmp_path, root / "link")
     with pytest.raises(UnsafePathError, match="outside"):
         resolve_inside(root, "link/secret.jpg")
+    # object stores: the same rules, checked on the key (no symlinks there)
+    assert resolve_inside("s3://b/coco/val2017", "sub/../a.jpg") == "s3://b/coco/val2017/a.jpg"
+    for bad in ("../a.jpg", "/etc/passwd", "s3://other/x.jpg", "sub/../../x.jpg", ".."):
+        with pytest.raises(UnsafePathError):
+            resolve_inside("s3://b/coco/val2017", bad)
 
 
 def test_plain_folder_of_images(tmp_path):

@@ -1,10 +1,15 @@
 """`distill inspect`: every number in the report equals the same quantity counted directly with
 pyarrow / PIL on a small run folder built here (two committed shards, one planned but not
-written, a quarantine), for a run folder, a folder of shards and one shard."""
+written, a quarantine), for a run folder, a folder of shards and one shard, on a local disk and
+on an S3-compatible store."""
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from distill.manifest import Manifest, label_fingerprint, label_view, make_plan,
 from distill.quarantine import Failure, replace_failures
 from distill.shards import ShardWriter, column_bytes, make_metadata
 from distill.storage import file_sha256
+from tests.conftest import upload_folder
 from tests.test_viz import make_labelled_sample
 
 IDS = list(range(1, 11))  # planned; 4 per shard → 3 shards, the last not written
@@ -248,7 +254,7 @@ def test_a_shards_folder_and_a_single_shard(run, tmp_path):
     with pytest.raises(ShardError, match="does not exist"):
         inspect_path(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ShardError, match="no shards"):
+    with pytest.raises(ShardError, match=r"no \*\.parquet shards"):
         inspect_path(tmp_path / "empty")
 
 
@@ -271,3 +277,69 @@ def test_a_foreign_or_broken_file_is_reported_not_fatal(run, tmp_path):
     assert "unreadable" in text and "SCHEMA DIFFERS" in text
     with pytest.raises(ShardError, match="not a readable Parquet"):
         inspect_path(folder / "broken.parquet")
+
+
+def test_a_users_own_parquet_beside_the_shards_is_not_read(run, tmp_path):
+    """The run's shards are what its manifest committed: a user's `notes.parquet` in the shards
+    folder is listed as not a shard, never read, and does not count."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    pq.write_table(pa.table({"note": ["mine"], "n": [1]}), copy / "shards" / "notes.parquet")
+    report = inspect_path(copy)
+    assert [s["name"] for s in report["shards"]] == [p.name for p in shard_files(run)]
+    assert report["rows"]["total"] == 6 and report["schema"]["matches"]
+    assert report["qa"]["rows"] == 6 and report["qa"]["shards_skipped"] == []
+    assert report["progress"]["done"] == 1
+    assert report["progress"]["other_files"] == ["notes.parquet"]
+    text = format_inspect(report)
+    assert "not shards of this run" in text and "notes.parquet" in text
+    assert "SCHEMA DIFFERS" not in text and "unreadable" not in text
+    folder = inspect_path(copy / "shards")  # the run's shards folder: the same rule
+    assert folder["rows"]["total"] == 6 and "notes.parquet" not in folder["rows"]["per_shard"]
+
+
+def _without_where(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("path", "shards_folder")}
+
+
+def test_a_run_on_s3_inspects_like_its_local_copy(run, s3_bucket, tmp_path):
+    uri = upload_folder(run, f"{s3_bucket}/runs/a")
+    local = inspect_path(run, sample_rows=4)
+    remote = inspect_path(uri, sample_rows=4)
+    assert remote["kind"] == "run" and remote["path"] == uri
+    assert remote["shards_folder"] == f"{uri}/shards"
+    assert _without_where(remote) == _without_where(local)
+    assert remote["rows"]["total"] == 6 and remote["quarantine"]["rows"] == 3
+    assert inspect_path(uri, verify_checksums=True)["progress"]["done"] == 1
+    # its shards folder, a glob and one shard, by URI
+    assert inspect_path(f"{uri}/shards")["rows"] == local["rows"]
+    assert inspect_path(f"{uri}/shards/*-of-00003.parquet")["rows"] == local["rows"]
+    one = f"{uri}/shards/{shard_files(run)[1].name}"
+    assert inspect_path(one)["rows"] == {"total": 3, "per_shard": {shard_files(run)[1].name: 3}}
+    # and the CLI, as a user runs it (the S3 endpoint comes from the environment)
+    json_out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "distill.cli", "inspect", uri, "--sample-rows",
+                           "4", "--json", str(json_out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{uri} (run folder)" in proc.stdout
+    assert "Rows: 6 in 2 readable shard(s)" in proc.stdout
+    doc = json.loads(json_out.read_text())
+    assert doc["rows"] == local["rows"]
+    assert doc["progress"]["done"] == local["progress"]["done"] == 1
+
+
+def test_show_reads_rows_across_a_runs_committed_shards(run, tmp_path):
+    """`distill show RUN --row i` (viz.read_row): rows counted across the committed shards in
+    run order, whether given the run folder, its shards folder or a glob."""
+    from distill.viz import read_row
+
+    first, second = shard_files(run)
+    assert read_row(run, 0) == read_row(first, 0)
+    where, row = read_row(run / "shards", 5)
+    assert where == f"{second.name} row 2"
+    assert row == pq.read_table(second).slice(2, 1).to_pylist()[0]
+    assert read_row(f"{run}/shards/*.parquet", 4) == read_row(second, 1)
+    with pytest.raises(ShardError, match=r"row 6 is out of range.*has 6 rows"):
+        read_row(run, 6)
+    with pytest.raises(ShardError, match="out of range"):
+        read_row(run, -1)

@@ -1,6 +1,12 @@
 """Streaming the label shards into the student (DESIGN.md §6, "Data"): an IterableDataset split
 by row group across distributed ranks and DataLoader workers, with a shuffle buffer.
 
+Shards are found by the one rule every command uses (`distill.runfolder.resolve_shards`: a label
+run folder, its shards folder, a glob, files; local paths or URIs) and read through pyarrow
+filesystems (`Location.open_input()`), so s3:// shards stream like local ones. The stream keeps
+only `Location`s, which pickle as their URIs: DataLoader workers and Ray Train workers open their
+own clients.
+
 Every epoch the (file, row group) units of all shards are listed in a fixed order, shuffled with
 (seed, epoch) when training, then rank r of W takes every W-th unit and DataLoader worker k of K
 every K-th of those: each row is read exactly once per epoch across ranks × workers. Ranks may
@@ -12,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from os import PathLike
 from typing import Any
 
 import numpy as np
@@ -24,31 +30,19 @@ from torch.utils.data import IterableDataset, get_worker_info
 from distill.config import TrainConfig
 from distill.errors import DistillError, ShardError
 from distill.labels.tokens import Vocabulary
+from distill.runfolder import resolve_shards
 from distill.shards import decode_row, open_shard
+from distill.storage import Location
 from distill.student.targets import PRESENT_KEYS, build_example, heatmap_schedule
 
-__all__ = ["ShardStream", "Unit", "resolve_shards"]
+__all__ = ["ShardSpec", "ShardStream", "Unit"]
 
 logger = logging.getLogger(__name__)
 
 Unit = tuple[int, int]  # (index into ShardStream.paths, row group)
 _BUFFER_STREAM = 1  # keeps the shuffle buffer's generator apart from any per-example one
-
-
-def resolve_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A folder → its `*.parquet` files, sorted; a file or a list → those paths, in order."""
-    if isinstance(shards, (str, Path)):
-        path = Path(shards)
-        if path.is_dir():
-            found = sorted(path.glob("*.parquet"))
-            if not found:
-                raise ShardError(f"no *.parquet shards in {path}")
-            return found
-        return [path]
-    paths = [Path(p) for p in shards]
-    if not paths:
-        raise ShardError("no shards given: pass a folder of *.parquet shards or a list of files")
-    return paths
+# What --shards may be: a run folder, a shards folder, a glob, a file (paths or URIs), or a list.
+ShardSpec = str | PathLike[str] | Location | Sequence[str | PathLike[str] | Location]
 
 
 class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
@@ -64,7 +58,7 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
 
     def __init__(
         self,
-        shards: str | Path | Sequence[str | Path],
+        shards: ShardSpec,
         size: int,
         vocab: Vocabulary | None = None,
         config: TrainConfig | None = None,
@@ -83,7 +77,7 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
             raise DistillError(f"ShardStream size must be > 0, got {size}")
         if not 0 <= rank < world_size:
             raise DistillError(f"rank {rank} is outside world_size {world_size}")
-        self.paths = resolve_shards(shards)
+        self.paths: list[Location] = resolve_shards(shards)
         self.size = size
         self.vocab = vocab
         self.rank = rank
@@ -134,7 +128,7 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
         for path, row in rows:
             yield self._tensors(path, row)
 
-    def _rows(self, units: list[Unit]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    def _rows(self, units: list[Unit]) -> Iterator[tuple[Location, dict[str, Any]]]:
         files: dict[int, pq.ParquetFile] = {}
         for f, g in units:
             path = self.paths[f]
@@ -147,7 +141,7 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
             for row in table.to_pylist():
                 yield path, row
 
-    def _tensors(self, path: Path, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _tensors(self, path: Location, row: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.config
         try:
             sample = decode_row(row)
@@ -181,11 +175,11 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
 
 
 def _shuffled(
-    items: Iterator[tuple[Path, dict[str, Any]]], capacity: int, rng: np.random.Generator
-) -> Iterator[tuple[Path, dict[str, Any]]]:
+    items: Iterator[tuple[Location, dict[str, Any]]], capacity: int, rng: np.random.Generator
+) -> Iterator[tuple[Location, dict[str, Any]]]:
     """Hold up to `capacity` items; once full, each new item swaps out a random held one.
     Holds rows (encoded PNG bytes), not built examples, which are ~3 MB each at 256 px."""
-    buffer: list[tuple[Path, dict[str, Any]]] = []
+    buffer: list[tuple[Location, dict[str, Any]]] = []
     for item in items:
         if len(buffer) < capacity:
             buffer.append(item)

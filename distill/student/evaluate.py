@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,9 +20,11 @@ from distill.config import Config
 from distill.errors import DistillError
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary
+from distill.runfolder import resolve_shards
 from distill.shards import Sample, decode_row, read_shard
+from distill.storage import Location
 from distill.student import layout
-from distill.student.data import ShardStream, resolve_shards
+from distill.student.data import ShardSpec, ShardStream
 from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
 from distill.student.pose import decode_letterboxed, keypoint_ap, to_coco_results
 
@@ -41,7 +42,7 @@ PAPER_TABLE2: dict[str, Any] = {
 Model = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
-def _ground_truth(paths: list[Path]) -> dict[int, Sample]:
+def _ground_truth(paths: list[Location]) -> dict[int, Sample]:
     """Each row's size and COCO people (only those columns are read), by image id."""
     columns = ["image_id", "width", "height", "persons"]
     return {int(s.image_id): s for path in paths
@@ -64,7 +65,7 @@ def _batches(loader: DataLoader[Any], limit: int | None) -> Iterator[dict[str, t
 def evaluate(
     model: Model,
     config: Config,
-    shards: Path,
+    shards: ShardSpec,
     *,
     vocab: Vocabulary | None,
     epoch: int = 0,
@@ -76,6 +77,9 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Score `model` on every row of `shards` (or the first `limit`). Returns the report dict.
+
+    `shards` is anything `distill.runfolder.resolve_shards` takes: a label run folder, its
+    shards folder, a glob, shard files; local paths or URIs.
 
     `model` maps (B, 3, S, S) images in [-1, 1] to {"maps": (B, 44, S, S) in [-1, 1],
     "tokens": (B, T, D)} — a `YMapNet` or anything shaped like one. `epoch` picks the heatmap

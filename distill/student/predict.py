@@ -9,9 +9,9 @@ same form as a shard row's teacher labels, so `distill show` can put them side b
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,8 @@ from distill.config import Config, PredictConfig, load_config
 from distill.errors import DistillError
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary
+from distill.runfolder import StudentRun
+from distill.storage import Location
 from distill.student import layout
 from distill.student.labels import Labels
 from distill.student.model import YMapNet, build_student
@@ -57,34 +59,38 @@ class LoadedStudent:
     model: YMapNet
     config: Config
     vocab: Vocabulary | None
-    checkpoint: Path  # the checkpoint folder
+    checkpoint: Location  # the checkpoint folder
     epoch: int  # the epoch the checkpoint ended (drives the heatmap sizes it was trained on)
 
 
-def find_checkpoint(path: Path) -> Path:
-    """A checkpoint folder from what a user passes: a train-student run folder (its best
-    checkpoint, else its last), a checkpoint folder, or its model.safetensors."""
-    path = Path(path).resolve()
-    if path.is_file() and path.name == "model.safetensors":
-        path = path.parent
-    if (path / "model.safetensors").is_file():
-        return path
-    for name in ("best", "last"):
-        if (path / "checkpoints" / name / "model.safetensors").is_file():
-            return path / "checkpoints" / name
-    raise DistillError(f"{path} holds no student checkpoint: pass a train-student run folder, "
+def find_checkpoint(path: str | os.PathLike[str] | Location) -> Location:
+    """A checkpoint folder from what a user passes (a local path or a URI): a train-student run
+    folder (its best checkpoint, else its last), a checkpoint folder, or its model.safetensors."""
+    loc = Location(path)
+    if loc.name == StudentRun.model_file(loc.parent).name and loc.is_file():
+        loc = loc.parent
+    if StudentRun.model_file(loc).is_file():
+        return loc
+    run = StudentRun(loc)
+    for which in ("best", "last"):
+        if run.model_file(run.checkpoint(which)).is_file():
+            return run.checkpoint(which)
+    raise DistillError(f"{loc} holds no student checkpoint: pass a train-student run folder, "
                        "its checkpoints/best (or last) folder, or a model.safetensors file")
 
 
-def run_folder(checkpoint: Path) -> Path:
-    """The train-student run folder of a checkpoint folder (OUT/checkpoints/<name> → OUT); a
+def run_folder(checkpoint: str | os.PathLike[str] | Location) -> StudentRun:
+    """The train-student run a checkpoint folder belongs to (OUT/checkpoints/<name> → OUT); a
     flat folder holding the model and config.toml is its own run folder."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+    loc = Location(checkpoint)
+    return StudentRun.holding(loc) or StudentRun(loc)
 
 
-def load_student(path: Path, device: str | torch.device = "cpu", *, vocab: Path | None = None,
+def load_student(path: str | os.PathLike[str] | Location, device: str | torch.device = "cpu", *,
+                 vocab: str | os.PathLike[str] | Location | None = None,
                  overrides: list[str] | None = None) -> LoadedStudent:
-    """The student of a train-student run, in eval mode, with its config and vocabulary.
+    """The student of a train-student run, in eval mode, with its config and vocabulary; the
+    run may be local or on an object store.
 
     The config is the run's `config.toml` (with `overrides`, e.g. predict.* settings); the
     vocabulary is `vocab` or the run's `vocab.parquet` (copied there by train-student).
@@ -94,14 +100,13 @@ def load_student(path: Path, device: str | torch.device = "cpu", *, vocab: Path 
 
     checkpoint = find_checkpoint(path)
     run = run_folder(checkpoint)
-    cfg_file = run / "config.toml"
-    if not cfg_file.is_file():
-        raise DistillError(f"{checkpoint} has no config.toml in its run folder {run}; the "
-                           "student's shape is read from it")
-    config = load_config(None, [cfg_file], list(overrides or []))
-    vocab_file = vocab or (run / "vocab.parquet")
-    if vocab is not None and not vocab.is_file():
-        raise DistillError(f"vocabulary {vocab} does not exist")
+    if not run.config.is_file():
+        raise DistillError(f"{checkpoint} has no {run.config.name} in its run folder {run}; "
+                           "the student's shape is read from it")
+    config = load_config(None, [run.config], list(overrides or []))
+    vocab_file = Location(vocab) if vocab is not None else run.vocab
+    if vocab is not None and not vocab_file.is_file():
+        raise DistillError(f"vocabulary {vocab_file} does not exist")
     words = read_vocabulary(vocab_file) if vocab_file.is_file() else None
     weights, state = load_checkpoint(checkpoint)
     vocab_size = len(words.words) if words is not None else 0
@@ -109,7 +114,7 @@ def load_student(path: Path, device: str | torch.device = "cpu", *, vocab: Path 
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise DistillError(f"{checkpoint} does not fit the student described by {cfg_file}: "
+        raise DistillError(f"{checkpoint} does not fit the student described by {run.config}: "
                            f"{str(exc).splitlines()[0]}") from exc
     model.eval()
     return LoadedStudent(model, config, words, checkpoint, int(state.get("epoch", 0)))

@@ -9,34 +9,66 @@ MSE over the samples that have that label. Adam; the learning rate falls linearl
 `patience` epochs without a better validation (else training) loss. Each epoch logs the loss,
 HDM@{0.1,0.3,0.5,0.8} and MSE per modality and the cosine similarity per token position.
 
-Checkpoints (`OUT/checkpoints/last`, `OUT/checkpoints/best`): `model.safetensors` and
-`state.pt` (epoch, step, optimiser, scheduler, torch RNG, best loss, patience count), written
-every epoch and on Ctrl-C; `state.pt` holds only tensors and plain values, loaded with
+Run folder (`distill.runfolder.StudentRun`; `--out` is a local path or a URI such as
+`s3://bucket/student`): `run.json` (the mark that makes it a student run), `config.toml`,
+`vocab.parquet` (the labelling run's words, for predict and evaluate), `metrics.jsonl`,
+`summary.json` and `checkpoints/{last,best}/`. distill writes only into a new or empty folder or
+a student run (one made by an older distill — `config.toml` beside `checkpoints/`, no `run.json`
+— resumes too), and one writer at a time (`StudentRun.lock()`: `flock` locally, a lease on S3).
+Every file goes through `distill.storage.atomic_write_bytes`. `metrics.jsonl` is rewritten whole
+each epoch (object stores cannot append; the same code on every filesystem), before that epoch's
+checkpoints; a resume keeps the lines of the epochs before the one it starts at.
+
+Checkpoints: `model.safetensors` and `state.pt` (epoch, step, optimiser, torch RNG, best loss,
+patience count), written every epoch; `state.pt` holds only tensors and plain values, loaded with
 `weights_only=True`. Resuming restores all of it, so k epochs + resume + (N−k) epochs give the
 same weights as N epochs straight.
+
+A checkpoint appears atomically, on a local disk or an object store:
+- The pair is tied by a random checkpoint id, in the safetensors header (`distill.checkpoint`)
+  and in `state.pt` (`checkpoint`). A folder is *whole* when both files are there with the same
+  id (a pair from an older distill, with no ids, counts as whole). `load_checkpoint` refuses a
+  pair that is not whole, so weights are never loaded with another save's state.
+- Writing `checkpoints/<which>`: both files are first written (each atomically, `state.pt` last)
+  to the staged folder `checkpoints/.<which>.next/`, then published — on a local disk by a folder
+  swap (`<which>` → `.<which>.old`, `.next` → `<which>`, the old one removed: a rename is atomic);
+  on an object store, which cannot rename folders, by server-side copies of the weights and then
+  the state into `<which>/` (each object appears whole), then the staged folder is deleted.
+- A crash leaves the previous `<which>` whole, or a whole staged copy, or both. Before anything
+  else, the next run (holding the writer lock) publishes a whole staged checkpoint again (roll
+  forward: it is the newer one) and drops a partial one (`recover_checkpoints`), so `--resume`
+  finds the newest whole checkpoint. Only a reader racing an object-store publication can see a
+  mixed pair, and it is told so rather than loading it.
+- `best` is published before `last`: a crash between the two redoes that epoch on resume (the
+  same result, deterministically) instead of leaving a `best` that `last` does not know about.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
+import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
 from distill.config import Config, TrainConfig, dump_toml
-from distill.errors import ConfigError, DistillError
+from distill.errors import ConfigError, DistillError, ShardError
 from distill.labels.tokens import Vocabulary
-from distill.storage import atomic_write_bytes
+from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
+from distill.storage import Location, StorageError, atomic_write_bytes, fsync_dir, remove_tree
 from distill.student import layout
-from distill.student.data import ShardStream
+from distill.student.data import ShardSpec, ShardStream
 from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
 from distill.student.model import build_student
 from distill.student.targets import PRESENT_KEYS
@@ -49,17 +81,23 @@ __all__ = [
     "find_vocabulary",
     "hdm",
     "learning_rate",
+    "load_checkpoint",
+    "recover_checkpoints",
     "train_student",
 ]
 
 logger = logging.getLogger(__name__)
 
+PathSpec = str | os.PathLike[str] | Location
+CHECKPOINT_ID = "distill.checkpoint"  # safetensors header metadata key; "checkpoint" in state.pt
+
+
 @dataclass
 class TrainOptions:
-    shards: Path  # a folder of label shards (or one shard file)
-    out: Path  # the training run folder
-    val_shards: Path | None = None
-    vocab: Path | None = None  # default: vocab.parquet beside the shards folder
+    shards: ShardSpec  # a label run folder, its shards folder, a glob, shard files; paths or URIs
+    out: PathSpec  # the training run folder (a path or a URI)
+    val_shards: ShardSpec | None = None
+    vocab: PathSpec | None = None  # default: the labelling run's vocab.parquet
     resume: bool = False
     device: str = "auto"
     progress: bool = True
@@ -73,10 +111,13 @@ class Session:
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
-    # Called with (epoch metrics, folder holding the epoch's checkpoint) on every rank.
-    report: Callable[[dict[str, Any], Path], None] | None = None
+    # Called with (epoch metrics, the epoch's checkpoint folder) on every rank.
+    report: Callable[[dict[str, Any], Location], None] | None = None
     # A folder with a checkpoint to resume from, if any.
-    restore_from: Path | None = None
+    restore_from: PathSpec | None = None
+    # Rank 0 takes the run's writer lock and repairs interrupted checkpoints; False where another
+    # process holds the lock for it (the Ray Train driver).
+    owns_run: bool = True
 
     @property
     def is_main(self) -> bool:
@@ -89,16 +130,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def vocabulary_path(options: TrainOptions) -> Path | None:
-    """`--vocab`, else `vocab.parquet` of the labelling run (beside its shards folder)."""
-    candidates = [options.vocab] if options.vocab else [
-        options.shards.parent / "vocab.parquet", options.shards / "vocab.parquet"]
-    for path in candidates:
-        if path is not None and path.is_file():
-            return path
+def vocabulary_path(options: TrainOptions) -> Location | None:
+    """`--vocab`, else the `vocab.parquet` of the labelling run the shards belong to."""
     if options.vocab:
-        raise DistillError(f"vocabulary {options.vocab} does not exist")
-    return None
+        loc = Location(options.vocab)
+        if not loc.is_file():
+            raise DistillError(f"vocabulary {loc} does not exist")
+        return loc
+    run = _label_run(options.shards)
+    return run.vocab if run is not None and run.vocab.is_file() else None
+
+
+def _label_run(shards: ShardSpec) -> LabelRun | None:
+    """The label run of a run folder / shards folder / shard, else of the first shard found."""
+    if isinstance(shards, (str, os.PathLike, Location)):
+        with contextlib.suppress(StorageError):
+            run = find_label_run(shards)
+            if run is not None:
+                return run
+    try:
+        first = resolve_shards(shards)[0]
+    except ShardError:
+        return None
+    return find_label_run(first)
 
 
 def find_vocabulary(options: TrainOptions) -> Vocabulary | None:
@@ -174,34 +228,115 @@ def _loader(stream: ShardStream, batch_size: int, workers: int) -> DataLoader[An
 # Checkpoints
 
 
-def _save_checkpoint(folder: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """`model.safetensors` + `state.pt` into `folder`, replacing it only once both are written."""
-    from safetensors.torch import save_file
+def _checkpoint_bytes(model: torch.nn.Module, state: dict[str, Any]) -> tuple[bytes, bytes]:
+    """`model.safetensors` and `state.pt` as bytes, tied by a fresh checkpoint id."""
+    from safetensors.torch import save
 
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    token = secrets.token_hex(8)
     weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    buffer = io.BytesIO()
+    torch.save({**state, "checkpoint": token}, buffer)
+    return save(weights, metadata={CHECKPOINT_ID: token}), buffer.getvalue()
 
 
-def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights (safetensors) and training state (weights-only torch.load) of a checkpoint."""
-    from safetensors.torch import load_file
+def _save_checkpoint(run: StudentRun, which: str, model_bytes: bytes,
+                     state_bytes: bytes) -> None:
+    """Stage both files, then publish them as `checkpoints/<which>` (module docstring)."""
+    staged = run.staged_checkpoint(which)
+    remove_tree(staged)
+    atomic_write_bytes(run.model_file(staged), model_bytes)
+    atomic_write_bytes(run.state_file(staged), state_bytes)  # last: completes the staged pair
+    _publish(run, which)
 
-    model_file, state_file = folder / "model.safetensors", folder / "state.pt"
+
+def _publish(run: StudentRun, which: str) -> None:
+    staged, final = run.staged_checkpoint(which), run.checkpoint(which)
+    if staged.is_local:
+        old = run.retired_checkpoint(which)
+        shutil.rmtree(old.path, ignore_errors=True)
+        if os.path.isdir(final.path):
+            os.replace(final.path, old.path)
+        os.replace(staged.path, final.path)
+        fsync_dir(final.parent.path)
+        shutil.rmtree(old.path, ignore_errors=True)
+        return
+    try:  # weights, then the state that matches them: each object appears whole
+        for file in (run.model_file, run.state_file):
+            final.fs.copy_file(file(staged).path, file(final).path)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot publish checkpoint {final}: {exc}") from exc
+    remove_tree(staged)
+
+
+def _model_id(model_file: Location) -> str | None:
+    """The checkpoint id in a safetensors header (reads only the header)."""
+    with model_file.open_input() as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+    return (header.get("__metadata__") or {}).get(CHECKPOINT_ID)
+
+
+def _read_state(state_file: Location) -> dict[str, Any]:
+    state = torch.load(io.BytesIO(state_file.read_bytes()), map_location="cpu",
+                       weights_only=True)
+    if not isinstance(state, dict):
+        raise DistillError(f"{state_file} is not a student training state")
+    return state
+
+
+def _is_whole(folder: Location) -> bool:
+    model_file, state_file = StudentRun.model_file(folder), StudentRun.state_file(folder)
+    try:
+        if not (model_file.is_file() and state_file.is_file()):
+            return False
+        return _model_id(model_file) == _read_state(state_file).get("checkpoint")
+    except Exception:  # unreadable, truncated, not a checkpoint: not whole
+        return False
+
+
+def recover_checkpoints(run: StudentRun) -> None:
+    """Finish what an interrupted run left (call holding the run's lock): a whole staged
+    checkpoint is published again, a partial one dropped, a swapped-out local folder removed."""
+    for which in ("best", "last"):
+        staged, final = run.staged_checkpoint(which), run.checkpoint(which)
+        if staged.is_dir():
+            if _is_whole(staged):
+                logger.warning("publishing checkpoint %s, whose writing was interrupted", final)
+                _publish(run, which)
+            else:
+                logger.info("dropping the partly written checkpoint %s", staged)
+                remove_tree(staged)
+        old = run.retired_checkpoint(which)
+        if old.is_local and old.is_dir():
+            if not final.is_dir() and _is_whole(old):
+                os.replace(old.path, final.path)
+            remove_tree(old)
+
+
+def load_checkpoint(folder: PathSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights (safetensors) and training state (weights-only torch.load) of a checkpoint
+    folder, local or on an object store; refuses weights and state from different saves."""
+    from safetensors.torch import load, load_file
+
+    folder = Location(folder)
+    model_file, state_file = StudentRun.model_file(folder), StudentRun.state_file(folder)
     if not model_file.is_file() or not state_file.is_file():
-        raise DistillError(f"{folder} is not a student checkpoint (needs model.safetensors and "
-                           "state.pt)")
-    return load_file(str(model_file)), torch.load(state_file, map_location="cpu",
-                                                  weights_only=True)
+        raise DistillError(f"{folder} is not a student checkpoint (needs {model_file.name} and "
+                           f"{state_file.name})")
+    try:
+        weights = load_file(model_file.path) if model_file.is_local else \
+            load(model_file.read_bytes())
+        state = _read_state(state_file)
+        token = _model_id(model_file)
+    except DistillError:
+        raise
+    except Exception as exc:  # safetensors, torch and pyarrow each raise their own
+        raise DistillError(f"cannot read checkpoint {folder}: {exc}") from exc
+    if token != state.get("checkpoint"):
+        raise DistillError(f"{folder} holds weights and training state from different saves "
+                           "(it is being written, or its writing was interrupted); try again, "
+                           "or re-run train-student --resume, which repairs it")
+    return weights, state
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -248,14 +383,24 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
                   workers: int | None = None) -> dict[str, Any]:
     """Train (or resume) the student; returns the last epoch's metrics and where things are."""
     session = session or Session(device=resolve_device(options.device))
+    run = StudentRun(options.out)
+    if not (session.is_main and session.owns_run):
+        return _train(config, options, session, workers, run, None)
+    run.check_target()  # before anything is written: refuses a folder distill did not make
+    with run.lock() as lease:
+        return _train(config, options, session, workers, run, lease)
+
+
+def _train(config: Config, options: TrainOptions, session: Session, workers: int | None,
+           run: StudentRun, lease: Lease | None) -> dict[str, Any]:
     cfg = config.train
+    vocab_file = vocabulary_path(options)
     vocab = find_vocabulary(options)
     token_dim = vocab.dim if vocab is not None else config.student.token_dim
     if vocab is not None and vocab.dim != config.student.token_dim:
         raise ConfigError(
-            f"student.token_dim = {config.student.token_dim} but {options.shards.parent} has "
-            f"a {vocab.dim}-d vocabulary (labels.glove); set --set student.token_dim="
-            f"{vocab.dim}")
+            f"student.token_dim = {config.student.token_dim} but {vocab_file} is a {vocab.dim}-d "
+            f"vocabulary (labels.glove); set --set student.token_dim={vocab.dim}")
     size = config.student.input_size
     common: dict[str, Any] = {"size": size, "vocab": vocab, "config": cfg, "rank": session.rank,
               "world_size": session.world_size, "max_tokens": config.student.num_tokens,
@@ -270,21 +415,19 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
                                            session.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(0, cfg))
     start_epoch, step, best, stale = 0, 0, math.inf, 0
-    out = options.out
-    if session.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(dump_toml(config))
-        vocab_file = vocabulary_path(options)
-        if vocab_file is not None:  # predict and evaluate decode tokens with the same words
-            atomic_write_bytes(out / "vocab.parquet", vocab_file.read_bytes())
-    restore = session.restore_from
-    if restore is None and not options.resume and (out / "checkpoints" / "last").is_dir():
-        raise DistillError(f"{out} already has a checkpoint; pass --resume to continue it or "
+    if lease is not None:
+        recover_checkpoints(run)
+    last_folder = run.checkpoint("last")
+    has_last = run.model_file(last_folder).is_file()
+    restore = Location(session.restore_from) if session.restore_from is not None else None
+    if restore is None and not options.resume and has_last and session.owns_run:
+        # (a Ray Train worker group restarted before its first report starts over instead)
+        raise DistillError(f"{run} already has a checkpoint; pass --resume to continue it or "
                            "choose another --out")
-    if restore is None and options.resume and (out / "checkpoints" / "last").is_dir():
-        restore = out / "checkpoints" / "last"
+    if restore is None and options.resume and has_last:
+        restore = last_folder
     if options.resume and restore is None:
-        raise DistillError(f"--resume: no checkpoint in {out / 'checkpoints' / 'last'}")
+        raise DistillError(f"--resume: no checkpoint in {last_folder}")
     if restore is not None:
         weights, state = load_checkpoint(restore)
         model.load_state_dict(weights)
@@ -293,9 +436,21 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         best, stale = float(state["best"]), int(state["stale"])
         logger.info("resumed from %s at epoch %d", restore, start_epoch)
+    history: list[dict[str, Any]] = []
+    if session.is_main:
+        run.mark()
+        atomic_write_bytes(run.config, dump_toml(config).encode())
+        if vocab_file is not None and vocab_file != run.vocab:
+            # predict and evaluate decode tokens with the same words
+            atomic_write_bytes(run.vocab, vocab_file.read_bytes())
+        history = _read_metrics(run, start_epoch)
     model = session.wrap(model)
 
-    log_path = out / "metrics.jsonl"
+    def commit(target: Location, data: bytes) -> None:
+        if lease is not None:
+            lease.check()
+        atomic_write_bytes(target, data)
+
     last: dict[str, Any] = {}
     samples_per_epoch = min(min(_rows_per_rank(train_stream)),
                             _train_steps(train_stream, cfg.batch_size) * cfg.batch_size)
@@ -329,27 +484,43 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
             state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
                      "torch_rng": torch.get_rng_state(), "best": best, "stale": stale}
             if session.is_main:
-                _save_checkpoint(out / "checkpoints" / "last", model, state)
-                if improved:
-                    _save_checkpoint(out / "checkpoints" / "best", model, state)
-                with log_path.open("a") as fh:
-                    fh.write(json.dumps(last) + "\n")
+                # metrics, then best, then last: a crash in between redoes this epoch
+                history.append(last)
+                commit(run.metrics, "".join(json.dumps(m) + "\n" for m in history).encode())
+                model_bytes, state_bytes = _checkpoint_bytes(model, state)
+                for which in ("best", "last") if improved else ("last",):
+                    if lease is not None:
+                        lease.check()
+                    _save_checkpoint(run, which, model_bytes, state_bytes)
                 progress.epoch_done(last)
             if session.report is not None:
-                session.report(last, out / "checkpoints" / "last")
+                session.report(last, last_folder)
             if stale >= cfg.patience:
                 logger.warning("early stop at epoch %d: no better loss for %d epochs", epoch,
                                stale)
                 break
     except KeyboardInterrupt:
         logger.warning("interrupted; the last completed epoch's checkpoint is in %s",
-                       out / "checkpoints" / "last")
+                       last_folder)
         raise
     finally:
         progress.close()
     if session.is_main:
-        atomic_write_bytes(out / "summary.json", json.dumps(last, indent=1).encode())
+        commit(run.summary, json.dumps(last, indent=1).encode())
     return last
+
+
+def _read_metrics(run: StudentRun, before_epoch: int) -> list[dict[str, Any]]:
+    """The logged epochs a resume keeps (those before the epoch it starts at)."""
+    if before_epoch <= 0 or not run.metrics.is_file():
+        return []
+    kept = []
+    for line in run.metrics.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and int(entry.get("epoch", before_epoch)) < before_epoch:
+                kept.append(entry)
+    return kept
 
 
 class _Progress:

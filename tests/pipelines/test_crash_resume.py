@@ -3,12 +3,8 @@ as an uninterrupted run: no loss, no duplicates, no partial file under a final n
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,37 +12,9 @@ import pytest
 
 from distill.manifest import read_manifest
 from pipelines.generate_labels import RunOptions, generate_labels
-from tests.conftest import assert_same_sample, label_config, make_coco7, shard_rows
+from tests.conftest import assert_same_sample, label_config, make_coco7, run_until, shard_rows
 
 pytestmark = pytest.mark.slow
-
-
-def _committed(out: Path) -> int:
-    try:
-        doc = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return -1  # no manifest yet
-    return sum(1 for s in doc["shards"] if s["sha256"])
-
-
-def _run_until(cmd: list[str], out: Path, point: int | None, timeout: float = 240) -> int:
-    """Start the CLI; SIGKILL it as soon as `point` shards are committed (-1: as soon as the
-    plan is written). Returns the exit code (-9 when killed)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
-        if point is not None and _committed(out) >= point:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    if proc.returncode not in (0, -signal.SIGKILL):
-        raise AssertionError(f"CLI failed ({proc.returncode}):\n{err.decode()[-3000:]}")
-    return proc.returncode
 
 
 def _check_final_names(out: Path) -> None:
@@ -73,11 +41,11 @@ def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_p
         cmd += ["--set", s]
     killed = []
     for point in (-1, 1, 3):  # after planning; after the first shard; after the third
-        code = _run_until(cmd, out, point)
+        code = run_until(cmd, out, point)
         killed.append(code == -signal.SIGKILL)
         _check_final_names(out)
     assert sum(killed) >= 2, f"the run finished before most kill points: {killed}"
-    assert _run_until(cmd, out, None) == 0
+    assert run_until(cmd, out, None) == 0
 
     manifest = read_manifest(out / "manifest.json")
     assert all(e.sha256 and e.rows == len(e.image_ids) for e in manifest.shards)

@@ -18,6 +18,7 @@ from distill.cli import app
 from distill.config import load_config
 from distill.labels.normals import normals_from_unit
 from distill.labels.tokens import Vocabulary
+from distill.storage import Location
 from distill.student import layout
 from distill.student.data import ShardStream
 from distill.student.evaluate import evaluate
@@ -132,7 +133,7 @@ def people_shard(coco_mini, tmp_path_factory):
     with ShardWriter(folder / "val2017-00000-of-00001.parquet", make_metadata("t", {})) as w:
         for r in records:
             w.write(Sample(image_id=r.image_id, file_name=r.file_name, split="val2017",
-                           width=r.width, height=r.height, image=r.path.read_bytes(),
+                           width=r.width, height=r.height, image=Location(r.path).read_bytes(),
                            persons=r.persons))
     return folder, records
 
@@ -156,7 +157,7 @@ def test_people_decoded_from_perfect_maps_score_high_ap_in_original_pixels(peopl
                           refine=False, full_maps=False)
     results = []
     for r in records:
-        (pred,) = predictor.predict_encoded([r.path.read_bytes()])
+        (pred,) = predictor.predict_encoded([Location(r.path).read_bytes()])
         for person in pred.people:
             kp = person.keypoints[person.keypoints[:, 2] > 0]
             assert (kp[:, 0] >= -0.5).all() and (kp[:, 0] <= r.width - 0.5).all()
@@ -220,9 +221,9 @@ def test_decode_tokens_follows_the_papers_three_steps():
 
 def test_checkpoint_loading_and_clear_errors(trained, tmp_path):
     out, _ = trained
-    assert find_checkpoint(out) == out / "checkpoints" / "best"
+    assert find_checkpoint(out) == Location(out / "checkpoints" / "best")
     assert find_checkpoint(out / "checkpoints" / "last" / "model.safetensors") == \
-        out / "checkpoints" / "last"
+        Location(out / "checkpoints" / "last")
     student = load_student(out)
     assert student.vocab is not None and (out / "vocab.parquet").is_file()
     assert student.config.student.input_size == SIZE

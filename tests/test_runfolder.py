@@ -1,0 +1,197 @@
+"""The run-folder owner: what distill may write into and delete, shard discovery, and the
+single-writer lock (fcntl locally, a conditional-write lease on S3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from distill.errors import DistillError
+from distill.runfolder import LabelRun, RunLocked, find_label_run, resolve_shards
+from distill.storage import Location, StorageError, atomic_write_bytes
+from pipelines.generate_labels import RunOptions, generate_labels
+from tests.conftest import label_config, s3_keys, upload_folder
+
+
+def _lease(uri: str) -> dict:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/.lease.json")["Body"]
+    return json.loads(body.read())
+
+
+def _put_lease(uri: str, **fields: object) -> None:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/.lease.json",
+                                  Body=json.dumps(fields).encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Locations
+
+
+def test_locations_parse_paths_and_uris(tmp_path):
+    assert Location("s3://b/run/").path == "b/run"
+    assert str(Location("s3://b/run") / "shards" / "x.parquet") == "s3://b/run/shards/x.parquet"
+    assert str(Location(str(tmp_path / "x")).parent) == str(tmp_path)
+    assert Location(f"file://{tmp_path}/a") == Location(tmp_path / "a")
+    assert str(Location(__import__("pathlib").Path("s3://b/k"))) == "s3://b/k"  # Path-mangled
+    assert Location("s3://b/run/shards").parent == Location("s3://b/run")
+    with pytest.raises(StorageError, match="unknown scheme"):
+        Location("ftp://host/x")
+    with pytest.raises(StorageError, match="names no bucket"):
+        Location("s3:///x")
+
+
+def test_atomic_writes_on_s3_leave_only_the_final_object(s3_bucket):
+    target = f"{s3_bucket}/run/manifest.json"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
+    assert Location(target).read_bytes() == b"two"
+    assert s3_keys(s3_bucket) == ["run/manifest.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ownership and discovery
+
+
+def test_out_on_a_folder_that_is_not_a_run_is_refused_and_left_alone(tmp_path, synthetic_coco):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.toml").write_text("my own config")
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+         "--set", f"data.root={synthetic_coco}", "--out", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "is not a distill label run folder" in proc.stderr and "config.toml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (out / "config.toml").read_text() == "my own config"
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
+
+
+def test_a_failed_first_run_leaves_no_folder(tmp_path):
+    out = tmp_path / "new"
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+         "--set", f"data.root={tmp_path / 'nowhere'}", "--out", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert not out.exists()
+
+
+def test_new_run_removes_only_what_the_run_recorded(tmp_path, ray_address, labelled_coco7):
+    root, labelled, _ = labelled_coco7
+    out = tmp_path / "run"
+    shutil.copytree(labelled, out)
+    pq.write_table(pa.table({"x": [1]}), out / "shards" / "notes.parquet")
+    (out / "README.md").write_text("mine")
+    old = sorted(p.name for p in (out / "shards").glob("val2017-*.parquet"))
+    generate_labels(label_config(root), RunOptions(out=out, new_run=True, limit=1, live=False))
+    assert pq.read_table(out / "shards" / "notes.parquet").column("x").to_pylist() == [1]
+    assert (out / "README.md").read_text() == "mine"
+    now = sorted(p.name for p in (out / "shards").glob("val2017-*.parquet"))
+    assert now == ["val2017-00000-of-00001.parquet"] and not set(old) & set(now)
+    # every command that takes shards sees the run's shards, not the user's file
+    for spec in (out, out / "shards"):
+        assert [s.name for s in resolve_shards(spec)] == now
+    assert find_label_run(out / "shards" / now[0]).root == Location(out)
+
+
+def test_resolve_shards_takes_folders_globs_files_and_lists(tmp_path, labelled_coco7):
+    run = labelled_coco7[1]
+    shards = sorted((run / "shards").glob("*.parquet"))
+    names = [p.name for p in shards]
+    assert [s.name for s in resolve_shards(run)] == names
+    assert [s.name for s in resolve_shards(str(run / "shards" / "*-0000[01]-*.parquet"))] == \
+        names[:2]
+    assert [s.name for s in resolve_shards([shards[2], shards[0]])] == [names[2], names[0]]
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(shards[0], loose / "a.parquet")
+    assert [s.name for s in resolve_shards(loose)] == ["a.parquet"]
+    with pytest.raises(DistillError, match="does not exist"):
+        resolve_shards(tmp_path / "missing")
+    with pytest.raises(DistillError, match="no shard matches"):
+        resolve_shards(str(tmp_path / "*.parquet"))
+
+
+def test_resolve_shards_on_s3(s3_bucket, labelled_coco7):
+    uri = upload_folder(labelled_coco7[1], f"{s3_bucket}/run")
+    want = [p.name for p in sorted((labelled_coco7[1] / "shards").glob("*.parquet"))]
+    assert [s.name for s in resolve_shards(uri)] == want
+    assert [s.name for s in resolve_shards(f"{uri}/shards/*.parquet")] == want
+    assert find_label_run(f"{uri}/shards").root == Location(uri)
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer
+
+
+def test_local_lock_refuses_a_second_writer(tmp_path):
+    run = LabelRun(tmp_path / "run")
+    with run.lock():
+        code = ("import sys; from distill.runfolder import LabelRun\n"
+                "try:\n    LabelRun(sys.argv[1]).lock().__enter__()\n"
+                "except Exception as e:\n    print(type(e).__name__); sys.exit(3)\n")
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 3 and "RunLocked" in proc.stdout
+    assert not (tmp_path / "run").exists()  # nothing but the lock was written: removed
+
+
+def test_s3_lease_is_exclusive_renewed_and_released(s3_bucket, monkeypatch):
+    monkeypatch.setenv("DISTILL_LEASE_SECONDS", "0.6")
+    uri = f"{s3_bucket}/run"
+    with LabelRun(uri).lock() as lease:
+        first = _lease(uri)
+        with pytest.raises(RunLocked, match="holds the write lease"), LabelRun(uri).lock():
+            pass
+        time.sleep(0.5)
+        assert _lease(uri)["renewed"] > first["renewed"]  # renewed while the run lives
+        lease.check()
+    assert ".lease.json" not in s3_keys(s3_bucket)
+
+
+def test_s3_lease_of_a_dead_or_expired_writer_is_taken_over(s3_bucket):
+    uri = f"{s3_bucket}/run"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _put_lease(uri, token="x", host=socket.gethostname(), pid=dead.pid,
+               renewed=time.time(), expires=time.time() + 3600)
+    with LabelRun(uri).lock():  # the holder's process is gone: taken at once
+        assert _lease(uri)["pid"] == os.getpid()
+    _put_lease(uri, token="y", host="elsewhere", pid=1, renewed=time.time(),
+               expires=time.time() + 3600)
+    with pytest.raises(RunLocked, match="host elsewhere"), LabelRun(uri).lock():
+        pass
+    _put_lease(uri, token="z", host="elsewhere", pid=1, renewed=0, expires=time.time() - 1)
+    with LabelRun(uri).lock():  # expired: taken over
+        assert _lease(uri)["host"] == socket.gethostname()
+
+
+def test_a_writer_that_loses_its_lease_stops_before_committing(s3_bucket, monkeypatch):
+    monkeypatch.setenv("DISTILL_LEASE_SECONDS", "0.3")
+    uri = f"{s3_bucket}/run"
+    with LabelRun(uri).lock() as lease:
+        _put_lease(uri, token="thief", host="elsewhere", pid=1, renewed=time.time(),
+                   expires=time.time() + 3600)  # another writer took it over
+        time.sleep(0.5)
+        with pytest.raises(RunLocked, match="lost the write lease"):
+            lease.check()
+    assert _lease(uri)["token"] == "thief"  # not deleted by the loser
+
+
+def test_writing_a_run_to_a_store_without_a_lease_is_refused():
+    with pytest.raises(DistillError, match="which it implements for s3"), \
+            LabelRun("gs://bucket/run").lock():
+        pass
