@@ -5,9 +5,11 @@ overhead over its teachers' bare forward time, label post-processing per 640×48
 (DESIGN.md §4) with PNG costs and bytes per column, the training loader per CPU core, the
 student's forward and training throughput, every installable teacher's images/s (tiny on a
 CPU; full size at paper input sizes on a GPU, random weights when no checkpoint is at hand),
-and a 2-node vs 1-node local Ray cluster. Figures that need a GPU say so when there is none.
+a 2-node vs 1-node local Ray cluster, and how fast the one driver commits shards (local disk
+and an S3 test server). Figures that need a GPU say so when there is none.
 
 usage: python -m bench.run [--out bench/results.json] [--summary bench/RESULTS.md]
+       python -m bench.run --only single_writer   (one section; the others' last figures kept)
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.commit import bench_single_writer
+from bench.commit import summary_lines as single_writer_lines
 from distill.images import encode_png
 from distill.labels.depth import encode_depth16
 from distill.labels.groups import GroupTable, encode_group_mask
@@ -249,6 +253,12 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  _num(best_train, ".1f") if best_train else no_gpu,
                  verdict(best_train, bool(best_train and best_train >= 500))
                  if best_train else "–"))
+    sw = results.get("single_writer", {})
+    if isinstance(sw, dict) and "local" in sw:
+        loc, s3 = sw["local"]["rows_per_second"], sw["s3_moto"]["rows_per_second"]
+        rows.append(("one driver commits shards (16-GPU cluster's rate)", "≥ 500 images/s",
+                     f"{loc:.0f} local disk, {s3:.0f} S3 test server (moto: a lower bound)",
+                     f"{verdict(loc, loc >= 500)} locally, {verdict(s3, s3 >= 500)} on moto"))
     return rows
 
 
@@ -273,6 +283,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _student_lines(results.get("student"))
     lines += _teacher_lines(results.get("teachers", {}))
     lines += _scaling_lines(results.get("scaling"))
+    lines += single_writer_lines(results.get("single_writer"))
     lines += _profile_lines(results.get("profile"))
     return "\n".join(lines) + "\n"
 
@@ -448,7 +459,8 @@ def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
     return lines
 
 
-SECTIONS = ("postprocess", "pipeline", "loader", "student", "teachers", "scaling", "profile")
+SECTIONS = ("postprocess", "pipeline", "loader", "student", "teachers", "scaling",
+            "single_writer", "profile")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -466,6 +478,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "student": lambda: bench_student(quick),
         "teachers": lambda: bench_teachers(args.repeat),
         "scaling": lambda: bench_scaling(work, args.copies),
+        "single_writer": lambda: bench_single_writer(work),
         "profile": lambda: bench_profile(args.repeat),
     }
     for name in SECTIONS:
