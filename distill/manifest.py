@@ -97,8 +97,9 @@ def make_plan(image_ids: list[int], split: str, shard_size: int) -> list[ShardEn
 
 
 def write_manifest(path: str | Path | Location, manifest: Manifest) -> None:
-    """Atomically (re)write the manifest."""
-    data = json.dumps(asdict(manifest), indent=1, sort_keys=True).encode()
+    """Atomically (re)write the manifest. Compact JSON: the C encoder (an `indent` would force
+    the pure-Python one, ~4x slower) — it is rewritten after every shard of a 118k-image plan."""
+    data = json.dumps(asdict(manifest), sort_keys=True, separators=(",", ":")).encode()
     atomic_write_bytes(path, data)
 
 

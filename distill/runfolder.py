@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.errors import DistillError, ShardError
-from distill.storage import Location, StorageError, atomic_write_bytes, is_temp_name
+from distill.storage import Location, StorageError, atomic_write_bytes, is_temp_name, s3_client
 
 __all__ = [
     "CONFIG",
@@ -430,15 +430,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _s3_client() -> Any:
-    try:
-        import boto3
-    except ImportError as exc:
-        raise DistillError("writing a run to s3:// needs boto3 for its write lease "
-                           "(pip install 'distill[s3]')") from exc
-    return boto3.client("s3")
-
-
 def _object_lease(root: Location) -> Lease:
     if root.scheme != "s3":
         raise DistillError(
@@ -458,7 +449,7 @@ class _S3Lease:
         self.key = f"{prefix}/{LEASE}" if prefix else LEASE
         self.ttl = lease_seconds()
         self.token = secrets.token_hex(8)
-        self.client = _s3_client()
+        self.client = s3_client()
         self.etag = ""
         self.lease = Lease(str(root))
         self.stop = threading.Event()
@@ -535,15 +526,16 @@ class _S3Lease:
 def _abort_uploads(root: Location, finals: set[str]) -> int:
     """Abort unfinished multipart uploads of temp objects under `root` (a SIGKILLed upload)."""
     try:
-        client = _s3_client()
+        client = s3_client()
         bucket, _, prefix = root.path.partition("/")
         uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
     except Exception as exc:
         logger.debug("cannot list multipart uploads of %s: %s", root, exc)
         return 0
     n = 0
-    for up in uploads:
-        if is_temp_name(up["Key"].rsplit("/", 1)[-1]) in finals:
+    for up in uploads:  # ours under a temp name, or one of our final names (a killed upload)
+        name = up["Key"].rsplit("/", 1)[-1]
+        if name in finals or is_temp_name(name) in finals:
             with contextlib.suppress(Exception):
                 client.abort_multipart_upload(Bucket=bucket, Key=up["Key"],
                                               UploadId=up["UploadId"])

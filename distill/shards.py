@@ -327,6 +327,14 @@ def read_metadata(path: str | Path | Location) -> dict[str, Any]:
 # Writing and reading
 
 
+# The image and PNG columns are already compressed: zstd and dictionary encoding on them cost the
+# single writer CPU and gain ~0.3 % of bytes. The other columns (ids, captions, polygons,
+# keypoints) keep zstd and dictionaries.
+_ENCODED_COLUMNS = ("image", *_PNG_COLUMNS)
+_COMPRESSION = {f.name: "none" if f.name in _ENCODED_COLUMNS else "zstd" for f in SCHEMA}
+_DICTIONARY = [f.name for f in SCHEMA if f.name not in _ENCODED_COLUMNS]
+
+
 class ShardWriter:
     """Writes one shard so that it appears under its final name only when complete.
 
@@ -356,7 +364,8 @@ class ShardWriter:
         self._sink = sink
         try:
             self._writer = pq.ParquetWriter(sink.stream, SCHEMA.with_metadata(metadata),
-                                            compression="zstd")
+                                            compression=_COMPRESSION,
+                                            use_dictionary=_DICTIONARY)
         except BaseException:
             self._output.__exit__(*sys.exc_info())
             raise

@@ -7,14 +7,16 @@ wheel we depend on, and it reads endpoints and credentials from the standard env
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, the GCS default credentials), so nothing
 secret ever passes through distill's config, manifest or logs.
 
-Commit protocol (`atomic_output`): bytes go to a hidden temp name beside the final one
-(`.NAME.tmp-PID-HEX`, which no `*.parquet` / `*.json` pattern matches), then
-- on a local disk: fsync, `os.replace`, fsync the folder;
-- on an object store: the temp object is completed (a single PUT or a completed multipart
-  upload), then moved — a server-side copy, so the final key appears only whole — and the temp
-  deleted. A killed writer can leave a temp object or an unfinished multipart upload under a
-  temp name, never a partial object under a final name; the run-folder owner removes those on
-  resume (`distill.runfolder`).
+Commit protocol (`atomic_output`): a file appears under its final name only when complete.
+- On a local disk: bytes go to a hidden temp name beside the final one (`.NAME.tmp-PID-HEX`,
+  which no `*.parquet` / `*.json` pattern matches), then fsync, `os.replace`, fsync the folder.
+- On S3: bytes are spooled to a local temp file, then uploaded to the final key in one go — a
+  single PUT, or a multipart upload that S3 shows only once it is completed (boto3 aborts it on
+  an error). A killed writer leaves at most an unfinished multipart upload, which is invisible;
+  the run-folder owner aborts those on resume (`distill.runfolder`).
+- On other object stores: the temp object is completed, then moved to the final key (a
+  server-side copy, so the final key appears only whole) and the temp deleted; a killed writer
+  can leave a temp object, removed on resume.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import posixpath
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
 from fnmatch import fnmatch
 from functools import lru_cache
@@ -48,6 +51,7 @@ __all__ = [
     "fsync_dir",
     "is_temp_name",
     "remove_tree",
+    "s3_client",
     "temp_name",
 ]
 
@@ -328,11 +332,16 @@ def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOu
     """Write `final` so that it appears only complete (see the module docstring); an exception
     inside the block leaves the old file (or none) and no temp behind."""
     loc = Location(final)
+    direct = loc.scheme == "s3" and _boto3() is not None
     tmp = loc.with_name(temp_name(loc.name))
     try:
         loc.parent.mkdir()
-        raw: Any = open(tmp.path, "wb") if loc.is_local else loc.fs.open_output_stream(  # noqa: SIM115
-            tmp.path)
+        if loc.is_local:
+            raw: Any = open(tmp.path, "wb")  # noqa: SIM115 (closed below, on every path)
+        elif direct:  # spooled locally, then one upload that S3 completes atomically
+            raw = tempfile.NamedTemporaryFile(prefix="distill-upload-", delete=False)  # noqa: SIM115
+        else:
+            raw = loc.fs.open_output_stream(tmp.path)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot write {loc}: {exc}") from exc
     sink = _HashingSink(raw)
@@ -347,16 +356,52 @@ def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOu
             raw.close()
             os.replace(tmp.path, loc.path)
             fsync_dir(loc.parent.path)
+        elif direct:
+            raw.close()
+            _s3_upload(raw.name, loc)
         else:
             raw.close()  # the temp object is complete only now
             loc.fs.move(tmp.path, loc.path)
         ok = True
     finally:
-        if not ok:
+        if direct:
+            with contextlib.suppress(Exception):
+                raw.close()
+            with contextlib.suppress(OSError):
+                os.unlink(raw.name)
+        elif not ok:
             with contextlib.suppress(Exception):
                 raw.close()
             with contextlib.suppress(Exception):
                 tmp.delete()
+
+
+@lru_cache(maxsize=1)
+def _boto3() -> Any:
+    try:
+        import boto3
+    except ImportError:
+        return None
+    return boto3
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client from the standard environment (endpoint, credentials, region)."""
+    boto3 = _boto3()
+    if boto3 is None:
+        raise DistillError("this needs boto3 (pip install 'distill[s3]')")
+    return boto3.client("s3")
+
+
+def _s3_upload(filename: str, loc: Location) -> None:
+    """One upload to the final key: a single PUT, or a multipart upload that S3 makes visible
+    only when it completes (boto3 aborts it on an error). No partial object is ever visible, and
+    unlike a temp key + copy, no second pass over the bytes."""
+    bucket, _, key = loc.path.partition("/")
+    try:
+        s3_client().upload_file(filename, bucket, key)
+    except Exception as exc:
+        raise StorageError(f"cannot write {loc}: {exc}") from exc
 
 
 def fsync_dir(folder: str) -> None:
