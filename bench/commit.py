@@ -294,6 +294,7 @@ def bench_single_writer(work: Path, shards: int = 2, rows_per_shard: int = 256,
     import boto3
 
     from distill.manifest import Manifest, make_plan
+    from distill.runfolder import LabelRun
 
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -331,8 +332,9 @@ def bench_single_writer(work: Path, shards: int = 2, rows_per_shard: int = 256,
                 result = commit_shards(root, manifest, jobs, row_group_size)
                 result["shard_names"] = [e.name for e, _ in jobs]
                 if target == "local":
-                    manifest_bytes = (local_root / f"r{k}" / "manifest.json").stat().st_size
-                    shard_file = next((local_root / f"r{k}" / "shards").glob("*.parquet"))
+                    run = LabelRun(local_root / f"r{k}")
+                    manifest_bytes = run.manifest.size()
+                    shard_file = run.committed_shards()[0].as_path()
                     shutil.copyfile(shard_file, probe)
                     shutil.rmtree(local_root / f"r{k}", ignore_errors=True)
                 else:

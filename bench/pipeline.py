@@ -107,6 +107,7 @@ def bench_pipeline(work: Path, copies: int, repeat: int) -> dict[str, Any]:
     model) cancel, as they do over a real split."""
     import ray
 
+    from distill.runfolder import resolve_shards
     from distill.shards import column_bytes
     from pipelines.cluster import start_local_ray
 
@@ -131,7 +132,7 @@ def bench_pipeline(work: Path, copies: int, repeat: int) -> dict[str, Any]:
     bare_total = sum(bare.values())
     end_to_end = statistics.median(runs)
     marginal = (statistics.median(runs_4x) - end_to_end) / 3  # seconds per N more images
-    per_column, rows = column_bytes(sorted((work / "run0" / "shards").glob("*.parquet")))
+    per_column, rows = column_bytes(resolve_shards(work / "run0"))
     return {
         "images": n,
         "teachers": {role: t.backend for role, t in cfg.teachers.roles().items() if t.enabled},

@@ -497,12 +497,14 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def _shards(work: Path, copies: int) -> Path:
     """Shards for the loader: the pipeline section's, else a fresh labelling run."""
-    shards = work / "run0" / "shards"
-    if not any(shards.glob("*.parquet")):
+    from distill.runfolder import LabelRun
+
+    run = LabelRun(work / "run0")
+    if not run.is_run():
         from bench.pipeline import bench_pipeline
 
         bench_pipeline(work, copies, 1)
-    return shards
+    return run.shards.as_path()
 
 
 def main() -> None:

@@ -35,12 +35,13 @@ def bench_loader(shards: Path, repeat: int, size: int = 256) -> dict[str, Any]:
     from distill.config import load_config
     from distill.images import decode_image
     from distill.labels.tokens import read_vocabulary
+    from distill.runfolder import find_label_run
     from distill.student.data import ShardStream
 
     torch.set_num_threads(1)
     cfg = load_config("demo").train
-    vocab_file = shards.parent / "vocab.parquet"
-    vocab = read_vocabulary(vocab_file) if vocab_file.is_file() else None
+    run = find_label_run(shards)
+    vocab = read_vocabulary(run.vocab) if run is not None and run.vocab.is_file() else None
     stream = ShardStream(shards, size, vocab, cfg, train=True, shuffle_buffer=1,
                          token_dim=vocab.dim if vocab else 50)
     rows = stream.count_rows()
