@@ -1,12 +1,17 @@
 """The `distill` command line: a thin typer layer over the library. Each command loads config,
 calls one library function and turns `DistillError` into exit code 2. Heavy imports (torch, Ray)
-happen inside commands so that `--help` stays fast."""
+happen inside commands so that `--help` stays fast.
+
+Exit codes: 0 done; 2 an error (one line on stderr, no traceback; -vv logs the traceback);
+130 Ctrl-C and 143 SIGTERM (128 + the signal, as a shell reports it). SIGTERM stops a command
+exactly as Ctrl-C does: everything a run committed stays, and it says how far it got."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,18 +70,67 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every clean-up path (a shard's
+    temp file, Ray's shutdown, the run folder's lock) runs the same way."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM stops like Ctrl-C (see `Terminated`). `pipelines.cluster` keeps this handler in
+    place when Ray starts (Ray would otherwise print a C stack dump on SIGTERM)."""
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding program)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+# What the running command has done so far, said when it is interrupted (Ctrl-C, SIGTERM).
+_progress_note: list[Callable[[], str]] = []
+
+
 def handles_errors(fn: F) -> F:
-    """Turn the project's errors into a one-paragraph message and exit code 2."""
+    """Turn the project's errors into a one-line message and exit code 2, and an interruption
+    (Ctrl-C: 130, SIGTERM: 143) into one line saying how far the command got."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _progress_note.clear()
         try:
             return fn(*args, **kwargs)
         except DistillError as exc:
             logger.debug("command failed", exc_info=True)
             _fail(str(exc))
+        except KeyboardInterrupt as exc:
+            logger.debug("interrupted", exc_info=True)
+            term = isinstance(exc, Terminated)
+            note = ""
+            with contextlib.suppress(Exception):
+                note = "; ".join(f() for f in _progress_note)
+            typer.secho("interrupted" + (" (SIGTERM)" if term else "")
+                        + (f": {note}" if note else ""), fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(code=128 + (signal.SIGTERM if term else signal.SIGINT)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _shards_progress(out: str) -> Callable[[], str]:
+    """The note of a label run: how many of its planned shards are committed."""
+
+    def note() -> str:
+        from distill.manifest import read_manifest
+        from distill.runfolder import LabelRun
+
+        try:
+            manifest = read_manifest(LabelRun(out).manifest)
+        except Exception:
+            return "no plan was written yet; re-run the same command to start"
+        done = sum(1 for e in manifest.shards if e.sha256)
+        return (f"{done} of {len(manifest.shards)} shards committed; re-run the same command "
+                "to resume")
+
+    return note
 
 
 def _version(value: bool) -> None:
@@ -129,8 +183,10 @@ OutOpt = Annotated[
 ]
 AddressOpt = Annotated[
     str | None,
-    typer.Option("--address", help="Join a Ray cluster: 'auto' (this machine is a node) or "
-                 "'ray://head:10001'. Default: start a local Ray on this machine (127.0.0.1)."),
+    typer.Option("--address", help="Join a Ray cluster: 'auto' (this machine is a node; "
+                 "RAY_ADDRESS when set), 'host:port' or 'ray://head:10001'; what was joined is "
+                 "printed. Default: start a private Ray on this machine (127.0.0.1), never a "
+                 "running cluster."),
 ]
 
 
@@ -209,7 +265,15 @@ def _report_dry_run(plan: Any, est: Any) -> None:
         typer.echo(f"  {stage} could not be timed: {why}")
 
 
-@run_app.command("generate-labels")
+_RUN_EPILOG = (
+    "Exit codes: 0 done, 2 an error (one line on stderr), 130 Ctrl-C, 143 SIGTERM. Interrupted, "
+    "a run says how many shards it committed; re-run the same command to resume. Without "
+    "--address the run starts a private Ray on 127.0.0.1 and never joins a running cluster "
+    "(RAY_ADDRESS included: --address auto joins that one)."
+)
+
+
+@run_app.command("generate-labels", epilog=_RUN_EPILOG)
 @handles_errors
 def run_generate_labels(
     preset: PresetOpt = None,
@@ -266,10 +330,11 @@ def run_generate_labels(
         plan = plan_run(cfg, options)
         _report_dry_run(plan, estimate(plan, sample))
         return
+    _progress_note.append(_shards_progress(str(options.out)))
     _report_run(generate_labels(cfg, options))
 
 
-@run_app.command("retry-failed")
+@run_app.command("retry-failed", epilog=_RUN_EPILOG)
 @handles_errors
 def run_retry_failed(
     out: Annotated[str, typer.Argument(help="The run folder of a generate-labels run (a path or "
@@ -292,6 +357,7 @@ def run_retry_failed(
     cfg = load_config(None, [run.config], list(set_ or []))
     options = RunOptions(out=out, retry_failed=True, address=address, live=live,
                          verbose=logging.getLogger().level <= logging.INFO)
+    _progress_note.append(_shards_progress(out))
     _report_run(generate_labels(cfg, options))
 
 
@@ -314,6 +380,9 @@ def run_train_student(
         "URI. Default: runs/<preset>/student.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue from OUT/checkpoints/last exactly where it stopped.")] = False,
+    verify_shards: Annotated[bool, typer.Option(
+        "--verify-shards", help="Before training, check every shard's sha256 against its label "
+        "run's manifest; a shard that differs, or that no manifest records, is refused.")] = False,
     num_workers: Annotated[int, typer.Option(
         help="Ray Train workers (DDP). 0 trains in this process.")] = 0,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Ray Train worker.")] = 0.0,
@@ -343,7 +412,7 @@ def run_train_student(
     cfg = load_config(preset, config, overrides)
     options = TrainOptions(shards=shards, val_shards=val_shards,
                            out=out or str(Path("runs") / cfg.preset / "student"), resume=resume,
-                           device=device)
+                           device=device, verify_shards=verify_shards)
     if num_workers > 0:
         from pipelines.train_student import train_on_ray
 
@@ -355,8 +424,10 @@ def run_train_student(
     last = train_student(cfg, options)
     if last:
         joints = last["train"].get("hdm@0.1/joints")
+        bad = sum(last.get("skipped_rows", {}).values())
         typer.echo(f"epoch {last['epoch']}: loss {last['train'].get('loss', float('nan')):.4f}"
-                   + (f", HDM@0.1 joints {joints:.3f}" if joints is not None else ""))
+                   + (f", HDM@0.1 joints {joints:.3f}" if joints is not None else "")
+                   + (f", {bad} bad row(s) skipped (see the log)" if bad else ""))
     run = StudentRun(options.out)
     typer.echo(f"checkpoints: {run.checkpoint('last').parent}   metrics: {run.metrics}")
 
@@ -393,14 +464,36 @@ def data_check(
     root: Annotated[str, typer.Argument(help="A COCO 2017 folder or a plain image folder (a path "
                                         "or a URI).")],
     split: Annotated[str, typer.Option(help="Split name, e.g. train2017 or val2017.")] = "val2017",
+    decode: Annotated[bool, typer.Option(
+        "--decode", help="Also decode every image, in this process, with the config's "
+        "data.max_image_pixels and data.min_image_side, so that the count of usable images is "
+        "what generate-labels will label.")] = False,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Read a dataset the way generate-labels will and summarise it: records, people,
-    captions, and every sample that would be quarantined, with its reason."""
+    captions, every sample that would be quarantined, with its reason, and the annotation
+    entries that are left out (no usable image id, a caption that is not text). With
+    --decode, every image is decoded as generate-labels decodes it.
+
+    \b
+    Examples:
+      distill data check /data/coco --split val2017
+      distill data check /data/coco --split val2017 --decode --set data.max_image_pixels=200000000
+    """
+    import time
     from collections import Counter
 
     from distill.coco import open_dataset
 
-    ds = open_dataset(root, split)
+    reader_log = logging.getLogger("distill.coco")
+    level = reader_log.level
+    reader_log.setLevel(logging.ERROR)  # its warning about left-out entries: they are listed below
+    try:
+        ds = open_dataset(root, split)
+    finally:
+        reader_log.setLevel(level)
     people = sum(len(r.persons) for r in ds.records)
     with_kp = sum(1 for r in ds.records for p in r.persons if p.num_keypoints > 0)
     captions = sum(len(r.captions) for r in ds.records)
@@ -412,6 +505,49 @@ def data_check(
     for kind, n in Counter(p.error_type for p in ds.problems).most_common():
         example = next(p for p in ds.problems if p.error_type == kind)
         typer.echo(f"    {kind}: {n}  e.g. image {example.image_id}: {example.message}")
+    shown = 20
+    if ds.dropped:
+        kinds = ", ".join(f"{k} {n}" for k, n in
+                          Counter(d.error_type for d in ds.dropped).most_common())
+        typer.echo(f"  left out: {len(ds.dropped)} annotation entries ({kinds}); no image is "
+                   "quarantined for them")
+        for d in ds.dropped[:shown]:
+            typer.echo(f"    {d.error_type}: {d.message}")
+        if len(ds.dropped) > shown:
+            typer.echo(f"    … and {len(ds.dropped) - shown} more")
+    if not decode:
+        typer.echo("  (images were not decoded: --decode decodes each one, as generate-labels "
+                   "will)")
+        return
+
+    from distill.config import load_config
+    from pipelines.stages import Item, decode_items
+
+    data = load_config(preset, config, list(set_ or [])).data
+    failures = []
+    tty = sys.stderr.isatty()
+    last = time.monotonic()
+    with _bar(len(ds.records), "decode", "images", tty) as advance:
+        for done, record in enumerate(ds.records, 1):
+            item = Item(image_id=record.image_id, shard="", split=ds.split, roles=(),
+                        file_name=record.file_name, record=record)
+            decode_items([item], data)
+            if item.failure is not None:
+                failures.append(item.failure)
+            advance(1)
+            if not tty and (time.monotonic() - last >= 10 or done == len(ds.records)):
+                typer.echo(f"decode: {done}/{len(ds.records)} images, {len(failures)} failed",
+                           err=True)
+                last = time.monotonic()
+    good = len(ds.records) - len(failures)
+    typer.echo(f"  decoded:  {good} of {len(ds.records)} images (data.max_image_pixels = "
+               f"{data.max_image_pixels}, data.min_image_side = {data.min_image_side}); "
+               f"{len(failures)} do not")
+    for f in failures[:shown * 5]:
+        typer.echo(f"    image {f.image_id} {f.file_name}: {f.error_type}: {f.message}")
+    if len(failures) > shown * 5:
+        typer.echo(f"    … and {len(failures) - shown * 5} more")
+    typer.echo(f"  usable:   {good} images (what generate-labels will label)")
 
 
 @data_app.command("make-demo")
@@ -580,7 +716,9 @@ def _image_files(path: Path) -> list[Path]:
 @app.command("predict")
 @handles_errors
 def predict(
-    images: Annotated[Path, typer.Argument(help="An image file or a folder of images.")],
+    images: Annotated[Path, typer.Argument(help="An image file or a folder of images (turned "
+                                           "as their EXIF orientation says, as a viewer shows "
+                                           "them).")],
     checkpoint: CheckpointOpt,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Folder for <image>.png panels and predictions.json.")] = Path(
@@ -635,7 +773,8 @@ def predict(
             for f in files[k:k + batch_size]:
                 try:
                     data = f.read_bytes()
-                    inputs.extend(predictor.letterbox_encoded([data]))  # as training sees it
+                    # as training sees a plain folder's photo: upright, as a viewer shows it
+                    inputs.extend(predictor.letterbox_encoded([data], exif_transpose=True))
                     chunk.append(f)
                     datas.append(data)
                 except (DistillError, OSError) as exc:
@@ -646,7 +785,7 @@ def predict(
                 record = describe(result, str(f))
                 if sheets:
                     wh = (result.labels.width, result.labels.height)
-                    shown = decode_image(data, at_least=wh)
+                    shown = decode_image(data, at_least=wh, exif_transpose=True)
                     if shown.shape[1::-1] != wh:
                         shown = np.asarray(Image.fromarray(shown).resize(
                             wh, Image.Resampling.BILINEAR))
@@ -709,7 +848,8 @@ def show(
 
         dev = _device(device)
         student = load_student(checkpoint, dev, overrides=list(set_ or []))
-        compare = Predictor(student, dev).predict_encoded([sample.image])[0].labels
+        compare = Predictor(student, dev).predict_encoded(
+            [sample.image], exif_transpose=sample.exif_transpose)[0].labels
     sheet = sheet_for_sample(sample, compare=compare, panel_width=width,
                              title=f"{where} · image {sample.image_id} "
                              f"({sample.file_name})")
@@ -762,6 +902,7 @@ def run_audit(
 
 def main() -> None:
     """Console-script entry point."""
+    install_signal_handlers()
     app()
 
 

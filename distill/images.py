@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
-import warnings
+import re
+import threading
+from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 from distill.errors import ImageDecodeError
 
@@ -16,6 +19,7 @@ __all__ = [
     "decode_png",
     "encode_png",
     "image_size",
+    "without_addresses",
 ]
 
 logger = logging.getLogger(__name__)
@@ -23,53 +27,135 @@ logger = logging.getLogger(__name__)
 # PIL modes whose values are wider than 8 bits: shifted down to 8 bits, not clipped.
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
+# EXIF orientation → the transposition that shows the image as a viewer does (1: as stored).
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = (5, 6, 7, 8)
+
+# `<_io.BytesIO object at 0x7f3a…>` in an exception's text: an address that differs on every run
+# and means nothing to a reader of the quarantine.
+_ADDRESS = re.compile(r"\s+at\s+0x[0-9a-fA-F]+(?=>)")
+
+# Pillow's own decompression-bomb limit is the module global `Image.MAX_IMAGE_PIXELS`, read at
+# every `Image.open` (warning above it, error above twice it) and by a few plugins while loading
+# (TIFF tiles, GIF frames). `decode_image` applies `max_pixels` itself, from the header, so that
+# the configured limit governs in both directions; Pillow's is switched off only inside this lock
+# and restored before the lock is released, so no two decodes ever disagree about it.
+_PILLOW_LIMIT = threading.Lock()
+
+
+def without_addresses(text: str) -> str:
+    """`text` with the memory addresses of object reprs removed
+    (`<_io.BytesIO object at 0x7f…>` → `<_io.BytesIO object>`)."""
+    return _ADDRESS.sub("", text)
+
+
+@contextlib.contextmanager
+def _pillow_check_off() -> Iterator[int | None]:
+    """Pillow's decompression-bomb check off for the block (under `_PILLOW_LIMIT`); yields the
+    limit it had, which is set back afterwards."""
+    with _PILLOW_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield saved
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _header(data: bytes) -> tuple[Image.Image, int | None]:
+    """The image opened lazily (header only) whatever its size, and Pillow's own limit."""
+    with _pillow_check_off() as pillow_limit:
+        return Image.open(io.BytesIO(data)), pillow_limit
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent, unreadable or not one of 1..8)."""
+    try:
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # a corrupt EXIF block: viewers ignore it, so do we
+        logger.debug("unreadable EXIF block (%s); the stored orientation is used", exc)
+        return 1
+    return value if isinstance(value, int) and value in _ORIENT else 1
+
+
+def _failure(exc: BaseException, what: str = "cannot decode image") -> ImageDecodeError:
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return ImageDecodeError(f"{what}: not a format Pillow can read (UnidentifiedImageError)")
+    text = without_addresses(str(exc))
+    hint = "truncated or incomplete file: " if "truncated" in text.lower() else ""
+    return ImageDecodeError(f"{what}: {hint}{type(exc).__name__}: {text}")
+
 
 def _open(data: bytes, max_pixels: int, min_side: int = 0,
-          draft: tuple[int, int] | None = None) -> Image.Image:
+          draft: tuple[int, int] | None = None, exif_transpose: bool = False) -> Image.Image:
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
-    # PIL warns above MAX_IMAGE_PIXELS and raises above twice that; we refuse at the limit itself.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageDecodeError(
-                    f"decompression bomb guard: {w}x{h} = {w * h} pixels exceeds "
-                    f"data.max_image_pixels = {max_pixels}"
-                )
-            if min(w, h) < min_side:
-                raise ImageDecodeError(
-                    f"image is {w}x{h}; sides shorter than data.min_image_side = {min_side} "
-                    "pixels cannot be labelled"
-                )
-            if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
-                img.draft(img.mode, draft)  # DCT-domain downscale, never below `draft`
+        img, pillow_limit = _header(data)
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageDecodeError(
+                f"decompression bomb guard: {w}x{h} = {w * h} pixels exceeds "
+                f"data.max_image_pixels = {max_pixels}"
+            )
+        if min(w, h) < min_side:
+            raise ImageDecodeError(
+                f"image is {w}x{h}; sides shorter than data.min_image_side = {min_side} "
+                "pixels cannot be labelled"
+            )
+        orientation = _orientation(img) if exif_transpose and img.format == "JPEG" else 1
+        if draft is not None and img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
+            if orientation in _SWAPS_SIDES:  # `draft` is the oriented size; the DCT sees stored
+                draft = (draft[1], draft[0])
+            img.draft(img.mode, draft)  # DCT-domain downscale, never below `draft`
+        if pillow_limit is not None and w * h > pillow_limit:
+            with _pillow_check_off():  # larger than Pillow's own limit, within ours
+                img.load()
+        else:
             img.load()
+        if exif_transpose:
+            orientation = _orientation(img)  # PNG and WebP may carry EXIF after the pixels
+            if orientation != 1:
+                img = img.transpose(_ORIENT[orientation])
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb guard: {exc}") from exc
+        raise ImageDecodeError(f"decompression bomb guard: {without_addresses(str(exc))}") \
+            from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        hint = "truncated or incomplete file: " if "truncated" in str(exc).lower() else ""
-        raise ImageDecodeError(
-            f"cannot decode image: {hint}{type(exc).__name__}: {exc}") from exc
+        raise _failure(exc) from exc
     return img
 
 
-def image_size(data: bytes, max_pixels: int = 89_478_485) -> tuple[int, int]:
-    """(width, height) of encoded image bytes, reading only the header."""
+def image_size(data: bytes, max_pixels: int = 89_478_485,
+               exif_transpose: bool = False) -> tuple[int, int]:
+    """(width, height) of encoded image bytes as stored, reading only the header (a header is
+    no decompression bomb: `max_pixels` is accepted for symmetry and not applied). With
+    `exif_transpose`, the size `decode_image(exif_transpose=True)` gives: sides swapped for an
+    orientation that turns the image by 90° (a PNG whose EXIF follows its pixels is read whole
+    to find out)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
+        img, _ = _header(data)
+        with img:
+            w, h = img.size
+            if exif_transpose and _orientation(img) in _SWAPS_SIDES:
+                return h, w
+            return w, h
     except Exception as exc:
-        raise ImageDecodeError(f"cannot read image header: {type(exc).__name__}: {exc}") from exc
+        raise _failure(exc, "cannot read image header") from exc
 
 
 def decode_image(
     data: bytes, max_pixels: int = 89_478_485, min_side: int = 8,
-    at_least: tuple[int, int] | None = None,
+    at_least: tuple[int, int] | None = None, exif_transpose: bool = False,
 ) -> np.ndarray:
     """Decode JPEG/PNG/... bytes to an RGB uint8 array (H, W, 3).
 
@@ -77,12 +163,18 @@ def decode_image(
     bits); an alpha channel is composited over black, the letterbox padding colour. Raises
     `ImageDecodeError` with the reason for empty, truncated or corrupt data, images larger than
     `max_pixels` (decompression bombs) and images with a side shorter than `min_side`.
+    `max_pixels` is THE limit, checked from the header before any pixel is decoded: Pillow's
+    own `Image.MAX_IMAGE_PIXELS` neither refuses an image within it nor admits one above it.
 
     `at_least` (width, height): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale in the DCT
     domain (libjpeg's scaled decoding, several times faster) as long as the result is at least
     that large — for a caller that shrinks the image anyway. Other formats decode in full.
+
+    `exif_transpose`: apply the EXIF orientation tag, giving the pixels a viewer shows (plain
+    image folders); by default the stored pixels are returned, which is what COCO's
+    annotations refer to. `at_least` is then the oriented size.
     """
-    img = _open(data, max_pixels, min_side, at_least)
+    img = _open(data, max_pixels, min_side, at_least, exif_transpose)
     if img.mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.uint32)
         shift = 8 if arr.max(initial=0) < 65536 else 24

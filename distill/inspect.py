@@ -33,7 +33,13 @@ from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP, decode_gr
 from distill.manifest import Manifest, read_manifest, shard_is_complete
 from distill.quarantine import read_quarantine, summarise
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
-from distill.shards import SCHEMA, footer_column_bytes, open_shard, read_metadata
+from distill.shards import (
+    OPTIONAL_COLUMNS,
+    SCHEMA,
+    footer_column_bytes,
+    open_shard,
+    read_metadata,
+)
 from distill.storage import Location
 
 __all__ = ["QA_COLUMNS", "format_inspect", "inspect_path"]
@@ -85,11 +91,13 @@ def _target(spec: str | os.PathLike[str] | Location) -> _Target:
 
 
 def _schema_diff(schema: pa.Schema) -> list[str]:
-    """How a shard's columns differ from distill's SCHEMA (names and types)."""
+    """How a shard's columns differ from distill's SCHEMA (names and types). A column added
+    later (`OPTIONAL_COLUMNS`) that an older shard lacks is no difference: it opens and reads."""
     out = []
     for f in SCHEMA:
         if f.name not in schema.names:
-            out.append(f"missing column {f.name}")
+            if f.name not in OPTIONAL_COLUMNS:
+                out.append(f"missing column {f.name}")
         elif schema.field(f.name).type != f.type:
             out.append(f"{f.name} is {schema.field(f.name).type}, expected {f.type}")
     out += [f"extra column {n}" for n in schema.names if n not in SCHEMA.names]

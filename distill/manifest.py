@@ -74,6 +74,8 @@ class Manifest:
     shard_size: int
     shards: list[ShardEntry]
     selection: dict[str, Any] = field(default_factory=dict)  # --limit / --image-ids of the plan
+    # role → the dtype its teacher resolved to at the first commit (part of the run's identity)
+    dtypes: dict[str, str] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
 
     def entry(self, name: str) -> ShardEntry:

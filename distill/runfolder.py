@@ -401,7 +401,7 @@ def _local_lock(root: Location) -> Lease:
         path.mkdir(parents=True, exist_ok=True)
         fh = (path / LOCK).open("a+")
     except OSError as exc:
-        raise StorageError(f"cannot write to {root}: {exc.strerror or exc}") from exc
+        raise StorageError(_cannot_write(root, exc)) from exc
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
@@ -414,6 +414,17 @@ def _local_lock(root: Location) -> Lease:
         fh.close()
 
     return Lease(str(root), release)
+
+
+def _cannot_write(root: Location, exc: OSError) -> str:
+    """Why a local run folder cannot be made or written, in one line naming the path."""
+    path = root.as_path()
+    if path.is_file():
+        return f"--out {root} is a file, not a folder; choose a folder for the run"
+    blocking = next((up for up in path.parents if up.is_file()), None)
+    if blocking is not None:
+        return f"cannot write to {root}: {blocking} is a file, not a folder"
+    return f"cannot write to {root}: {exc.strerror or exc}"
 
 
 def lease_seconds() -> float:

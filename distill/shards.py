@@ -32,6 +32,7 @@ from distill.labels.keypoints import NUM_JOINTS
 from distill.storage import AtomicOutput, Location, StorageError, atomic_output
 
 __all__ = [
+    "OPTIONAL_COLUMNS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "Sample",
@@ -98,7 +99,15 @@ SCHEMA = pa.schema([
     pa.field("coco_captions", pa.list_(pa.string())),
     pa.field("tokens", pa.list_(pa.string())),  # stop-word-filtered, GloVe-known, caption order
     pa.field("persons", pa.list_(_PERSON)),  # COCO ground truth, original pixels
+    # True: `image` is decoded with its EXIF orientation applied (a plain folder's photo, as a
+    # viewer shows it) and every label, width and height refer to those pixels; False or null
+    # (COCO, and shards written before this column): the stored pixels.
+    pa.field("exif_transpose", pa.bool_()),
 ])  # fmt: skip
+
+# Columns added after the first shards were written: a shard without one still opens (and reads
+# as if the column were null). New columns go at the end of SCHEMA.
+OPTIONAL_COLUMNS = frozenset({"exif_transpose"})
 
 
 @dataclass
@@ -142,6 +151,7 @@ class Sample:
     coco_captions: list[str] = field(default_factory=list)
     tokens: list[str] | None = None
     persons: list[Person] = field(default_factory=list)
+    exif_transpose: bool = False  # decode `image` with its EXIF orientation (SCHEMA's comment)
 
 
 def shard_name(split: str, index: int, total: int) -> str:
@@ -227,6 +237,7 @@ def encode_sample(sample: Sample, compress_level: int = 1,
             }
             for p in sample.persons
         ],
+        "exif_transpose": sample.exif_transpose,
     })
     unknown = wanted - set(SCHEMA.names)
     if unknown:
@@ -278,6 +289,7 @@ def decode_row(row: dict[str, Any]) -> Sample:
             )
             for p in row["persons"] or []
         ],
+        exif_transpose=bool(row["exif_transpose"]),  # null (an older shard): the stored pixels
     )
 
 
@@ -471,14 +483,17 @@ def _open(path: Location) -> pq.ParquetFile:
 
 def open_shard(path: str | Path | Location) -> pq.ParquetFile:
     """Open a shard reading only its footer, checking it is Parquet with the distill schema;
-    every error names the file."""
+    every error names the file. A shard written before a column of `OPTIONAL_COLUMNS` existed
+    opens too (`decode_row` reads the missing column as null)."""
     path = Location(path)
     pf = _open(path)
     names = pf.schema_arrow.names
-    missing = [f.name for f in SCHEMA if f.name not in names]
+    missing = [f.name for f in SCHEMA if f.name not in names and f.name not in OPTIONAL_COLUMNS]
     if missing:
         raise ShardError(f"shard {path} does not have the distill schema: missing {missing}")
     for f in SCHEMA:
+        if f.name not in names:
+            continue
         got = pf.schema_arrow.field(f.name).type
         if got != f.type:
             raise ShardError(f"shard {path}: column {f.name!r} is {got}, expected {f.type}")

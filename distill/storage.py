@@ -284,16 +284,28 @@ def is_temp_name(name: str, final: str | None = None) -> str | None:
     return m["final"]
 
 
-class _HashingSink:
-    """A binary sink that hashes what passes through (sha256 without reading the file back)."""
+def _write_error(loc: Location, exc: BaseException) -> StorageError:
+    """`cannot write LOC: CAUSE` — the final name (not the temp's) and the OS's words for what
+    went wrong (`No space left on device`, `Read-only file system`)."""
+    cause = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return StorageError(f"cannot write {loc}: {cause}")
 
-    def __init__(self, raw: Any) -> None:
+
+class _HashingSink:
+    """A binary sink that hashes what passes through (sha256 without reading the file back).
+    A failed write (a full disk) raises `StorageError` naming the final location."""
+
+    def __init__(self, raw: Any, where: Location) -> None:
         self.raw, self.hash, self.written, self.closed = raw, hashlib.sha256(), 0, False
+        self.where = where
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         self.hash.update(view)
-        self.raw.write(view)
+        try:
+            self.raw.write(view)
+        except (OSError, pa.ArrowException) as exc:
+            raise _write_error(self.where, exc) from exc
         self.written += len(view)
         return len(view)
 
@@ -301,7 +313,10 @@ class _HashingSink:
         return self.written
 
     def flush(self) -> None:
-        self.raw.flush()
+        try:
+            self.raw.flush()
+        except (OSError, pa.ArrowException) as exc:
+            raise _write_error(self.where, exc) from exc
 
     def writable(self) -> bool:
         return True
@@ -330,7 +345,9 @@ class AtomicOutput:
 @contextlib.contextmanager
 def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOutput]:
     """Write `final` so that it appears only complete (see the module docstring); an exception
-    inside the block leaves the old file (or none) and no temp behind."""
+    inside the block, or a failure to finish the file (a full disk at flush, fsync or rename),
+    leaves the old file (or none) and no temp behind. Errors of the storage itself are raised as
+    `StorageError` naming `final` and the cause."""
     loc = Location(final)
     direct = loc.scheme == "s3" and _boto3() is not None
     tmp = loc.with_name(temp_name(loc.name))
@@ -343,25 +360,28 @@ def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOu
         else:
             raw = loc.fs.open_output_stream(tmp.path)
     except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot write {loc}: {exc}") from exc
-    sink = _HashingSink(raw)
+        raise _write_error(loc, exc) from exc
+    sink = _HashingSink(raw, loc)
     out = AtomicOutput(sink)
     ok = False
     try:
         yield out
         out.sha256, out.size = sink.hash.hexdigest(), sink.written
-        if loc.is_local:
-            raw.flush()
-            os.fsync(raw.fileno())
-            raw.close()
-            os.replace(tmp.path, loc.path)
-            fsync_dir(loc.parent.path)
-        elif direct:
-            raw.close()
-            _s3_upload(raw.name, loc)
-        else:
-            raw.close()  # the temp object is complete only now
-            loc.fs.move(tmp.path, loc.path)
+        try:
+            if loc.is_local:
+                raw.flush()
+                os.fsync(raw.fileno())
+                raw.close()
+                os.replace(tmp.path, loc.path)
+                fsync_dir(loc.parent.path)
+            elif direct:
+                raw.close()
+                _s3_upload(raw.name, loc)
+            else:
+                raw.close()  # the temp object is complete only now
+                loc.fs.move(tmp.path, loc.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise _write_error(loc, exc) from exc
         ok = True
     finally:
         if direct:

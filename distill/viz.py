@@ -666,7 +666,8 @@ def sheet_for_sample(sample: Sample, *, compare: Labels | None = None, title: st
                      panel_width: int = 320) -> Image.Image:
     """The contact sheet of a decoded shard row's teacher labels (and optionally a
     `compare`)."""
-    return contact_sheet(decode_image(sample.image), labels_from_sample(sample),
+    return contact_sheet(decode_image(sample.image, exif_transpose=sample.exif_transpose),
+                         labels_from_sample(sample),
                          compare=compare, title=title, panel_width=panel_width)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from distill.config import TeacherConfig
 from distill.errors import DistillError
 from pipelines.cluster import ClusterInfo, unwrap_error
-from pipelines.commit import Committer
+from pipelines.commit import Committer, check_dtype
 from pipelines.plan import RunOptions, RunPlan
 from pipelines.progress import ProgressBoard, ProgressDisplay
 from pipelines.sizing import actor_cpus, check_gpus, task_cpus
@@ -66,9 +66,11 @@ def _postprocess_op(batch: dict[str, np.ndarray], labels: Any,
 class TeacherOp:
     """A teacher stage as a Ray Data actor: the model loads once per actor."""
 
-    def __init__(self, role: str, config: TeacherConfig, threads: int, board: Any) -> None:
+    def __init__(self, role: str, config: TeacherConfig, threads: int, board: Any,
+                 dtype: str | None = None) -> None:
         self.stage = TeacherStage(role, config, threads)
         self.board = board
+        check_dtype(role, dtype, self.stage.provenance)  # before labelling a single image
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = self.stage(_load(batch))
@@ -117,7 +119,8 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
             TeacherOp, batch_size=None, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=t.concurrency),
             fn_constructor_kwargs={"role": role, "config": t,
-                                   "threads": max(1, int(cpus[role])), "board": board},
+                                   "threads": max(1, int(cpus[role])), "board": board,
+                                   "dtype": plan.manifest.dtypes.get(role)},
             num_cpus=cpus[role], num_gpus=t.num_gpus or None,
         )
     return ds.map_batches(_postprocess_op, batch_size=None, batch_format="numpy",

@@ -71,12 +71,14 @@ def build_sample(
     ctx: LabelContext,
 ) -> Sample:
     """Combine the teachers' outputs for one image (keyed by role; a role that did not run is
-    absent) with its ground truth into a `Sample`. `size` is the decoded (width, height)."""
+    absent) with its ground truth into a `Sample`. `size` is the decoded (width, height), with
+    the record's EXIF orientation applied when it says so (a plain folder); the row records that
+    choice for every later decoder of its `image`."""
     width, height = size
     sample = Sample(
         image_id=record.image_id, file_name=record.file_name, split=split, width=width,
         height=height, image=image_bytes, coco_captions=list(record.captions),
-        persons=list(record.persons),
+        persons=list(record.persons), exif_transpose=record.exif_transpose,
     )
     return apply_outputs(sample, outputs, ctx)
 

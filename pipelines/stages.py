@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from distill.coco import ImageRecord, Problem
+from distill.coco import ImageRecord, Problem, local_file_problem
 from distill.config import DataConfig, LabelsConfig, TeacherConfig
 from distill.errors import DistillError
-from distill.images import decode_image
+from distill.images import decode_image, without_addresses
 from distill.quarantine import Failure
 from distill.shards import Sample, decode_row, encode_sample
 from distill.storage import Location
@@ -76,7 +76,9 @@ class Item:
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
-    message = str(exc).strip() or repr(exc)
+    """(error type, message) for a quarantine row: no traceback, no memory addresses (a
+    `<_io.BytesIO object at 0x7f…>` differs on every run and tells a reader nothing)."""
+    message = without_addresses(str(exc).strip() or repr(exc))
     return type(exc).__name__, message[:2000]
 
 
@@ -101,10 +103,31 @@ def _committed_rows(items: list[Item]) -> dict[tuple[str, int], dict[str, Any]]:
     return rows
 
 
+class NotARegularFile(OSError):
+    """A local image path that is a directory, a FIFO or a device, not a file."""
+
+
+def _read_image(path: str) -> bytes:
+    """The bytes of a dataset image. On a local disk only a regular file is read: a FIFO put in
+    an image's place after planning would block the worker forever."""
+    location = Location(path)
+    if location.is_local:
+        bad = local_file_problem(path)
+        if bad is not None and bad[0] == "NotARegularFile":
+            raise NotARegularFile(bad[1])
+    return location.read_bytes()
+
+
 def decode_items(items: list[Item], data: DataConfig) -> list[Item]:
     """Read each image's bytes (from the dataset, or from the committed shard row it extends)
     and decode them to RGB. Unreadable, corrupt, oversized (decompression bomb) and too-small
-    images, and images whose size disagrees with their annotations, fail here."""
+    images, and images whose size disagrees with their annotations (or, for a committed row,
+    with the size the row was labelled at), fail here.
+
+    A COCO image decodes to its stored pixels (what its annotations refer to); a plain
+    folder's with its EXIF orientation applied (`ImageRecord.exif_transpose`); a committed
+    row's as the row says (its `exif_transpose` column; null or absent in an older shard: as
+    stored)."""
     start = time.perf_counter()
     try:
         committed = _committed_rows(items)
@@ -125,20 +148,25 @@ def decode_items(items: list[Item], data: DataConfig) -> list[Item]:
                         f"committed shard {Path(item.shard_path).name} has no row for image "
                         f"{item.image_id}")
                 item.row, item.image = row, row["image"]
+                upright = bool(row.get("exif_transpose"))
+                expected = (row.get("width"), row.get("height"))
+                said = "its shard row says"
+                why = "the new labels would not line up with the stored ones"
             else:
                 assert item.record is not None
-                item.image = Location(item.record.path).read_bytes()
-            array = decode_image(item.image, data.max_image_pixels, data.min_image_side)
+                item.image = _read_image(item.record.path)
+                upright = item.record.exif_transpose
+                expected = (item.record.width, item.record.height)
+                said, why = "its annotations say", "keypoints would not line up with the labels"
+            array = decode_image(item.image, data.max_image_pixels, data.min_image_side,
+                                 exif_transpose=upright)
         except (DistillError, OSError, ValueError) as exc:
             item.fail("decode", *_describe(exc))
             continue
-        record = item.record
         h, w = array.shape[:2]
-        if record is not None and record.width and record.height and \
-                (w, h) != (record.width, record.height):
+        if expected[0] and expected[1] and (w, h) != expected:
             item.fail("decode", "SizeMismatch",
-                      f"the image is {w}x{h} but its annotations say {record.width}x"
-                      f"{record.height}; keypoints would not line up with the labels")
+                      f"the image is {w}x{h} but {said} {expected[0]}x{expected[1]}; {why}")
             continue
         item.array = array
     _share_seconds(items, "decode", time.perf_counter() - start)

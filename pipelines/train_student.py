@@ -8,7 +8,9 @@ the same path on every node.
 
 The driver owns the run folder: it checks it is new, empty or a student run, marks it, holds
 its writer lock for the whole job and repairs an interrupted checkpoint before the workers start
-(`Session.owns_run=False` on the workers). Rank 0 writes the run's files as a local run does
+(`Session.owns_run=False` on the workers). It also refuses, before any worker starts, what would
+train on nothing (shards with no rows, fewer row groups than workers: `check_streams`) and, with
+`--verify-shards`, shards that differ from their label run's manifest (`verify_shards`). Rank 0 writes the run's files as a local run does
 (`distill.student.train`).
 
 Ray Train keeps its own copies of the reported checkpoints under `OUT/ray/<name>/` when OUT is a
@@ -30,8 +32,16 @@ from distill.config import Config, config_to_dict
 from distill.errors import DistillError
 from distill.runfolder import StudentRun
 from distill.storage import Location
-from distill.student.data import ShardSpec
-from distill.student.train import Session, TrainOptions, recover_checkpoints, train_student
+from distill.student.data import ShardSpec, ShardStream
+from distill.student.train import (
+    Session,
+    TrainOptions,
+    check_streams,
+    recover_checkpoints,
+    resume_point,
+    train_student,
+    verify_shards,
+)
 from pipelines.cluster import ray_session
 
 __all__ = ["train_on_ray"]
@@ -112,6 +122,14 @@ def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
 
     run = StudentRun(options.out)
     run.check_target()
+    if options.verify_shards:  # here, once; not on every worker
+        verify_shards([options.shards, *([options.val_shards] if options.val_shards else [])],
+                      progress=options.progress)
+    footers: dict[str, Any] = {"size": config.student.input_size, "config": config.train,
+                               "world_size": num_workers}
+    check_streams(ShardStream(options.shards, **footers),
+                  ShardStream(options.val_shards, train=False, **footers)
+                  if options.val_shards else None)
     opts = {"shards": _spec(options.shards), "out": str(run.root),
             "val_shards": _spec(options.val_shards),
             "vocab": str(Location(options.vocab)) if options.vocab else None,
@@ -119,12 +137,12 @@ def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
     with run.lock(), contextlib.ExitStack() as cleanup:
         recover_checkpoints(run)
         resume_dir = None
-        last = run.checkpoint("last")
+        found = resume_point(run)
         if options.resume:
-            if not run.model_file(last).is_file():
-                raise DistillError(f"--resume: no checkpoint in {last}")
-            resume_dir = str(last)
-        elif run.model_file(last).is_file():
+            if found is None:
+                raise DistillError(f"--resume: no checkpoint in {run.checkpoint('last')}")
+            resume_dir = str(found)
+        elif found is not None:
             raise DistillError(f"{run} already has a checkpoint; pass --resume to continue it or "
                                "choose another --out")
         run.mark()

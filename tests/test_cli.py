@@ -1,20 +1,71 @@
 """The CLI as a user runs it (in a subprocess, like a shell would)."""
 
+import os
+import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import tomllib
 
 from distill import __version__
 
+CLI = [sys.executable, "-m", "distill.cli"]
+
 
 def distill(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "distill.cli", *args], capture_output=True,
-                          text=True)
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing answers (checked: many Rays share this machine, and
+    a gRPC server on [::] can hold a port that binding 127.0.0.1 alone reports as free)."""
+    from tests.conftest import _free_port
+
+    for _ in range(20):
+        port = _free_port()
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise AssertionError("no closed port found")
+
+
+def private_mounts_work() -> bool:
+    """Whether `unshare -m` can mount here (root with CAP_SYS_ADMIN, as in CI containers)."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs",
+                           "tmpfs", "/mnt"], capture_output=True).returncode == 0
+
+
+def in_private_mounts(mounts: list[str], args: list[str], after: str = "",
+                      timeout: float = 600, env: dict | None = None
+                      ) -> subprocess.CompletedProcess:
+    """The CLI in a mount namespace of its own: `mounts` (mount(8) argument lists) hold only
+    for it and vanish with it, so a test can never leave a mount behind. `after` (a shell
+    command) runs in the same namespace once the CLI exited; the CLI's exit code is
+    `returncode`."""
+    script = " && ".join(f"mount {m}" for m in mounts)
+    script += f" && {shlex.join([*CLI, *args])}; rc=$?; {after or 'true'}; exit $rc"
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The CLI failed the way a user should see it: exit code 2 and exactly one line."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    return lines[0]
 
 
 def test_help_lists_the_commands_and_version():
@@ -153,3 +204,71 @@ def test_show_a_run_folder_counts_rows_across_its_committed_shards(labelled_coco
     proc = distill("show", str(run), "--row", str(sum(sizes)), "--out",
                    str(tmp_path / "none.png"), check=False)
     assert proc.returncode != 0 and f"has {sum(sizes)} rows" in proc.stderr
+
+
+def _label_into(coco: Path, out: Path | str) -> list[str]:
+    return ["run", "generate-labels", "--preset", "demo", "--set", f"data.root={coco}",
+            "--out", str(out), "--no-live"]
+
+
+def test_out_naming_a_file_fails_with_one_line(synthetic_coco, tmp_path):
+    file = tmp_path / "file.txt"
+    file.write_text("mine")
+    line = one_error_line(distill(*_label_into(synthetic_coco, file), check=False))
+    assert line == f"error: --out {file} is a file, not a folder; choose a folder for the run"
+    assert file.read_text() == "mine"
+
+
+def test_out_under_a_file_fails_with_one_line(synthetic_coco, tmp_path):
+    file = tmp_path / "file.txt"
+    file.write_text("mine")
+    line = one_error_line(distill(*_label_into(synthetic_coco, file / "run"), check=False))
+    assert line == f"error: cannot write to {file / 'run'}: {file} is a file, not a folder"
+
+
+def test_out_on_a_read_only_folder_fails_with_one_line(synthetic_coco, tmp_path):
+    """A read-only bind mount where one can be made (root, as tests run in CI: chmod does not
+    stop root from writing); else a chmod 0o555 folder (a normal user)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    args = _label_into(synthetic_coco, folder / "run")
+    if private_mounts_work():
+        proc = in_private_mounts([f"--bind -o ro {folder} {folder}"], args, timeout=120)
+        cause = "Read-only file system"
+    elif os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            proc = distill(*args, check=False)
+        finally:
+            folder.chmod(0o755)
+        cause = "Permission denied"
+    else:
+        pytest.skip("root can write into a chmod 0o555 folder and no read-only mount can be made")
+    assert one_error_line(proc) == f"error: cannot write to {folder / 'run'}: {cause}"
+    assert list(folder.iterdir()) == []
+
+
+def test_joining_a_closed_port_fails_fast_with_one_line(synthetic_coco, tmp_path):
+    port = closed_port()
+    started = time.monotonic()
+    proc = distill(*_label_into(synthetic_coco, tmp_path / "run"), "--address",
+                   f"127.0.0.1:{port}", check=False)
+    assert time.monotonic() - started < 60
+    line = one_error_line(proc)  # Ray may name this machine's address for 127.0.0.1
+    assert line.startswith("error: cannot join Ray at ") and f"127.0.0.1:{port}" in line
+    assert "Connection refused" in line
+
+
+def test_address_auto_with_a_dead_ray_address_fails_fast(synthetic_coco, tmp_path):
+    """`--address auto` honours RAY_ADDRESS (first, as Ray does): a dead one fails at once,
+    saying where the address came from."""
+    port = closed_port()
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    started = time.monotonic()
+    proc = subprocess.run([*CLI, *_label_into(synthetic_coco, tmp_path / "run"), "--address",
+                           "auto"], capture_output=True, text=True, env=env)
+    assert time.monotonic() - started < 60
+    line = one_error_line(proc)
+    assert line.startswith(f"error: cannot join Ray at 127.0.0.1:{port} (--address auto: "
+                           "RAY_ADDRESS): Connection refused"), line

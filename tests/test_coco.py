@@ -118,3 +118,206 @@ def test_coco_mini_records_match_the_annotation_files(coco_mini, split, count):
     for r in ds.records:
         with Image.open(r.path) as im:
             assert im.size == (r.width, r.height)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every bad annotation entry is data: a Problem (its image quarantined), or left out and listed
+# (no usable id), or — for a file unusable as a whole — one DatasetLayoutError line.
+
+
+def _jpg(path: Path, w: int = 16, h: int = 12) -> None:
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(path)
+
+
+def _write(root: Path, kp: dict, cap: dict, files: tuple[str, ...] = ()) -> Path:
+    (root / "val2017").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    for name in files:
+        _jpg(root / "val2017" / name)
+    (root / "annotations" / "person_keypoints_val2017.json").write_text(json.dumps(kp))
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps(cap))
+    return root
+
+
+def _img(i, name: str, w=16, h=12) -> dict:
+    return {"id": i, "file_name": name, "width": w, "height": h}
+
+
+def _kp(ann_id: int, image_id, **kw) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": 1, "keypoints": [0] * 51,
+            "num_keypoints": 0, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0, **kw}
+
+
+def test_duplicate_image_ids_quarantine_every_entry_and_attach_nothing(tmp_path):
+    files = ("a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg")
+    same = [_img(1, "a.jpg"), _img(2, "b.jpg")]
+    kp = {"images": [*same, _img(3, "c.jpg"), _img(3, "d.jpg")],  # two entries, one file
+          "annotations": [_kp(10, 3), _kp(11, 4), _kp(12, 1)]}
+    cap = {"images": [*same, _img(4, "d.jpg")], "annotations": [
+        {"id": 20, "image_id": 3, "caption": "a cat"},
+        {"id": 21, "image_id": 4, "caption": "a dog"},
+        {"id": 22, "image_id": 1, "caption": "a bus"}]}
+    kp["images"].append(_img(4, "e.jpg"))  # id 4: d.jpg in captions, e.jpg in keypoints
+    ds = open_dataset(_write(tmp_path / "c", kp, cap, files), "val2017")
+    # The same entry once in each file (as COCO's own files have it) is one entry.
+    assert [r.image_id for r in ds.records] == [1, 2]
+    assert ds.records[0].captions == ["a bus"] and len(ds.records[0].persons) == 1
+    dup = {p.image_id: p for p in ds.problems}
+    assert set(dup) == {3, 4} and {p.error_type for p in dup.values()} == {"DuplicateImageId"}
+    assert "'c.jpg'" in dup[3].message and "'d.jpg'" in dup[3].message
+    assert "images[2] in person_keypoints_val2017.json" in dup[3].message
+    assert "'d.jpg'" in dup[4].message and "'e.jpg'" in dup[4].message
+    assert "captions_val2017.json" in dup[4].message
+    assert ds.dropped == []
+
+
+def test_an_entry_equal_but_for_an_integer_written_as_text_is_the_same_entry(tmp_path):
+    kp = {"images": [{"id": 5, "file_name": "a.jpg", "width": 16, "height": 12}],
+          "annotations": [_kp(1, "5")]}
+    cap = {"images": [{"id": "5", "file_name": "a.jpg", "width": "16", "height": 12.0}],
+           "annotations": [{"id": 2, "image_id": 5, "caption": "x"}]}
+    ds = open_dataset(_write(tmp_path / "c", kp, cap, ("a.jpg",)), "val2017")
+    (r,) = ds.records
+    assert (r.image_id, r.width, r.height) == (5, 16, 12)
+    assert type(r.width) is int and len(r.persons) == 1 and r.captions == ["x"]
+    assert ds.problems == [] and ds.dropped == []
+
+
+def test_ids_that_are_not_int64_integers_are_left_out_and_listed_never_planned(tmp_path):
+    huge = 2**63
+    kp = {"images": [_img(1, "a.jpg"), _img(huge, "b.jpg"), _img("abc", "c.jpg"),
+                     {"file_name": "d.jpg", "width": 16, "height": 12}, _img(True, "e.jpg"),
+                     _img(2.5, "f.jpg"), _img(-(2**63) - 1, "g.jpg"), "not an object"],
+          "annotations": [_kp(1, huge), _kp(2, 1), {"id": 3, "category_id": 1}]}
+    cap = {"images": [_img(1, "a.jpg")], "annotations": [
+        {"id": 4, "image_id": huge, "caption": "x"}, {"id": 5, "image_id": "abc", "caption": "y"},
+        {"id": 6, "image_id": 1, "caption": "z"}, 7]}
+    ds = open_dataset(_write(tmp_path / "c", kp, cap, ("a.jpg", "b.jpg", "c.jpg")), "val2017")
+    assert [r.image_id for r in ds.records] == [1]
+    assert ds.records[0].captions == ["z"] and len(ds.records[0].persons) == 1
+    assert ds.problems == []  # nothing that would be planned or quarantined under an id
+    by_where = {d.where: d for d in ds.dropped}
+    assert len(ds.dropped) == 12
+    big = by_where[f"images[1] (id {huge}) in person_keypoints_val2017.json"]
+    assert big.error_type == "InvalidImageId" and "does not fit in 64 bits" in big.message
+    assert '"b.jpg"' in big.message
+    assert "'id' is \"abc\", not an integer" in by_where[
+        'images[2] (id "abc") in person_keypoints_val2017.json'].message
+    assert "it has no 'id'" in by_where["images[3] in person_keypoints_val2017.json"].message
+    assert "true, not an integer" in by_where[
+        "images[4] (id true) in person_keypoints_val2017.json"].message
+    assert "not an object" in by_where["images[7] in person_keypoints_val2017.json"].message
+    assert "it has no 'image_id'" in by_where[
+        "annotations[2] (id 3) in person_keypoints_val2017.json"].message
+    assert by_where["annotations[3] in captions_val2017.json"].error_type == "BadEntry"
+    # Everything that reaches the plan or the quarantine fits their int64 columns.
+    assert all(-(2**63) <= i < 2**63 for i in [r.image_id for r in ds.records] +
+               [p.image_id for p in ds.problems])
+
+
+def test_bad_fields_quarantine_their_image_with_the_field_and_the_value(tmp_path):
+    files = tuple(f"{c}.jpg" for c in "abcdefg")
+    kp = {"images": [_img(1, "a.jpg"), _img(2, "b.jpg"), _img(3, "c.jpg"),
+                     _img(4, "d.jpg", w="424"), _img(5, "e.jpg", w="abc"), _img(6, "f.jpg", h=0),
+                     {"id": 7, "width": 16, "height": 12}, _img(8, "g.jpg", w=None, h=None)],
+          "annotations": [
+              _kp(1, 1, keypoints=[0] * 50),
+              _kp(2, 2, bbox=[1, 2, 3]),
+              _kp(3, 3, keypoints=[0] * 50 + [None]),
+              _kp(4, 3, category_id=2, keypoints="junk"),  # not a person: ignored as before
+              _kp(5, 8, category_id="x"),
+          ]}
+    cap = {"images": [], "annotations": [
+        {"id": 9, "image_id": 4, "caption": None}, {"id": 10, "image_id": 4, "caption": " ok "},
+        {"id": 11, "image_id": 4, "caption": 42}]}
+    ds = open_dataset(_write(tmp_path / "c", kp, cap, files), "val2017")
+    (r,) = ds.records
+    assert (r.image_id, r.width, r.height, r.captions) == (4, 424, 12, ["ok"])  # "424" → 424
+    problems = {p.image_id: p for p in ds.problems}
+    expected = {
+        1: ("BadAnnotation", "'keypoints' has 50 values, not 51"),
+        2: ("BadAnnotation", "'bbox' has 3 values, not 4"),
+        3: ("BadAnnotation", "'keypoints'[50] is null, not a finite number"),
+        5: ("BadImageEntry", "'width' is \"abc\", not an integer"),
+        6: ("BadImageEntry", "'height' is 0"),
+        7: ("BadImageEntry", "'file_name' is missing"),
+        8: ("BadAnnotation", "'category_id' is \"x\", not an integer"),
+    }
+    assert {i: p.error_type for i, p in problems.items()} == {i: t for i, (t, _) in
+                                                               expected.items()}
+    for image_id, (_, words) in expected.items():
+        assert words in problems[image_id].message, problems[image_id].message
+    assert "annotations[0] (id 1) in person_keypoints_val2017.json" in problems[1].message
+    # Null and non-text captions are left out (listed), the image keeps its other captions.
+    assert [(d.error_type, d.where) for d in ds.dropped] == [
+        ("NotACaption", "annotations[0] (id 9) in captions_val2017.json"),
+        ("NotACaption", "annotations[2] (id 11) in captions_val2017.json")]
+    assert "'caption' is null, not text" in ds.dropped[0].message
+
+
+@pytest.mark.parametrize("images,annotations,words", [
+    (None, [], "'images' is null, not a list of image entries"),
+    ([], {"a": 1}, "'annotations' is {\"a\": 1}, not a list of annotation entries"),
+    ("abc", [], "'images' is \"abc\", not a list"),
+])  # fmt: skip
+def test_an_annotation_file_unusable_as_a_whole_is_one_line_naming_it(tmp_path, images,
+                                                                       annotations, words):
+    good = {"images": [], "annotations": []}
+    root = _write(tmp_path / "c", {"images": images, "annotations": annotations}, good)
+    with pytest.raises(DatasetLayoutError) as info:
+        open_dataset(root, "val2017")
+    message = str(info.value)
+    assert "\n" not in message and words in message
+    assert "person_keypoints_val2017.json" in message
+
+
+def test_a_directory_or_fifo_named_like_an_image_is_not_a_regular_file(tmp_path):
+    root = _write(tmp_path / "c", {"images": [_img(1, "dir.jpg"), _img(2, "fifo.jpg"),
+                                              _img(3, "gone.jpg")], "annotations": []},
+                  {"images": [], "annotations": []})
+    (root / "val2017" / "dir.jpg").mkdir()
+    os.mkfifo(root / "val2017" / "fifo.jpg")
+    ds = open_dataset(root, "val2017")
+    got = {p.image_id: (p.error_type, p.message) for p in ds.problems}
+    assert got[1][0] == "NotARegularFile" and "is not a regular file (a directory)" in got[1][1]
+    assert got[2][0] == "NotARegularFile" and "(a FIFO (named pipe))" in got[2][1]
+    assert got[3][0] == "FileNotFoundError" and "does not exist" in got[3][1]
+
+
+def test_plain_folder_ids_fall_back_to_1_to_n_when_a_stem_is_no_int64(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("7.jpg", f"{2**63}.jpg"):
+        _jpg(folder / name)
+    ds = open_dataset(folder, "")
+    assert sorted(r.image_id for r in ds.records) == [1, 2]
+    assert all(r.exif_transpose for r in ds.records)  # plain folders: as a viewer shows them
+    (folder / f"{2**63}.jpg").rename(folder / "\u00b2.jpg")  # "²".isdigit(), but no int
+    assert sorted(r.image_id for r in open_dataset(folder, "").records) == [1, 2]
+    (folder / "\u00b2.jpg").unlink()
+    assert [r.image_id for r in open_dataset(folder, "").records] == [7]
+
+
+def test_coco_records_keep_the_stored_pixels(synthetic_coco):
+    assert not any(r.exif_transpose for r in open_dataset(synthetic_coco, "val2017").records)
+
+
+def test_a_dataset_on_an_object_store_reports_the_same_problems(tmp_path, s3_bucket):
+    from distill.config import DataConfig
+    from pipelines.stages import Item, decode_items
+    from tests.conftest import upload_folder
+
+    kp = {"images": [_img(1, "a.jpg"), _img(2, "b.jpg"), _img(2, "c.jpg"), _img(2**63, "a.jpg"),
+                     _img(3, "gone.jpg"), _img(4, "a.jpg", w="16")], "annotations": []}
+    root = _write(tmp_path / "c", kp, {"images": [], "annotations": []},
+                  ("a.jpg", "b.jpg", "c.jpg"))
+    uri = upload_folder(root, f"{s3_bucket}/coco")
+    ds = open_dataset(uri, "val2017")
+    assert [r.image_id for r in ds.records] == [1, 4]
+    assert ds.records[0].path == f"{uri}/val2017/a.jpg" and not ds.records[0].exif_transpose
+    assert {p.image_id: p.error_type for p in ds.problems} == {
+        2: "DuplicateImageId", 3: "FileNotFoundError"}
+    assert [d.error_type for d in ds.dropped] == ["InvalidImageId"]
+    items = [Item(r.image_id, "s", "val2017", ("depth",), r.file_name, r) for r in ds.records]
+    decode_items(items, DataConfig(root=uri))
+    assert all(it.ok and it.array.shape == (12, 16, 3) for it in items)

@@ -66,3 +66,114 @@ def test_png_round_trip_is_lossless(array):
     assert back.dtype == array.dtype and np.array_equal(back, array)
     with pytest.raises(ValueError):
         encode_png(array.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# data.max_image_pixels is THE limit, whatever Pillow's own (Image.MAX_IMAGE_PIXELS) says
+
+
+def test_max_pixels_governs_above_and_below_pillows_own_limit(monkeypatch):
+    # Pillow warns above its MAX_IMAGE_PIXELS and raises above twice it; shrink it so a small
+    # image sits in both zones. 40x30 = 1200 pixels.
+    png = _encode(Image.new("L", (40, 30)), "PNG")
+    for pillow in (1000, 500):  # 1200 > 1000: Pillow would warn; 1200 > 2 * 500: it would raise
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow)
+        assert decode_image(png, max_pixels=1200).shape == (30, 40, 3)
+        assert pillow == Image.MAX_IMAGE_PIXELS  # left as it was, for everyone else
+        with pytest.raises(ImageDecodeError, match=r"1200 pixels exceeds data\.max_image_pixels"
+                                                   r" = 1199"):
+            decode_image(png, max_pixels=1199)
+        assert pillow == Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # someone switched Pillow's off
+    with pytest.raises(ImageDecodeError, match="decompression bomb guard"):
+        decode_image(png, max_pixels=100)
+    assert Image.MAX_IMAGE_PIXELS is None
+
+
+def test_limits_hold_for_concurrent_decodes_and_pillows_is_restored(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # below every image here
+    png = _encode(Image.fromarray(RGB), "PNG")  # 30x20 = 600 pixels
+
+    def decode(limit: int) -> str:
+        try:
+            return str(decode_image(png, max_pixels=limit).shape)
+        except ImageDecodeError as exc:
+            return "refused" if "max_image_pixels = " in str(exc) else str(exc)
+
+    limits = [600, 599] * 40
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(decode, limits))
+    assert got == ["(20, 30, 3)", "refused"] * 40
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
+@pytest.mark.slow  # ~3 s and ~1 GB: a real 90-megapixel decode
+def test_a_90_megapixel_png_decodes_when_the_setting_allows_it():
+    # The red-team case: data.max_image_pixels = 1e9 was ignored for 10000 x 9000 = 90 M pixels,
+    # above Pillow's 89.5 M default. A 1-bit PNG of zeros is 11 kB on disk.
+    big = _encode(Image.new("1", (10000, 9000)), "PNG")
+    assert len(big) < 100_000
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's default is what this is about
+    out = decode_image(big, max_pixels=10**9)
+    assert out.shape == (9000, 10000, 3) and not out.any()
+    del out
+    with pytest.raises(ImageDecodeError, match=r"exceeds data\.max_image_pixels = 89478485"):
+        decode_image(big)  # the default stays Pillow's number, applied by us
+
+
+# ---------------------------------------------------------------------------------------------
+# messages and orientation
+
+
+def test_a_corrupt_image_is_reported_without_a_memory_address():
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(b"\x89PNG but not really an image at all")
+    message = str(info.value)
+    assert "cannot decode image" in message and "not a format Pillow can read" in message
+    assert "0x" not in message and "object at" not in message
+    from distill.images import without_addresses
+
+    assert without_addresses("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c>") \
+        == "cannot identify image file <_io.BytesIO object>"
+    assert without_addresses("<function f at 0xdeadbeef> and 0x10 stays") == \
+        "<function f> and 0x10 stays"
+
+
+def _exif_jpeg(pixels: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation,turn", [
+    (1, lambda a: a), (3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, -1)),
+    (8, lambda a: np.rot90(a, 1)), (2, lambda a: a[:, ::-1]),
+])  # fmt: skip
+def test_exif_orientation_is_applied_only_when_asked(orientation, turn):
+    stored = np.zeros((40, 64, 3), np.uint8)
+    stored[:8, :16] = 255  # a white block in the stored top-left corner
+    data = _exif_jpeg(stored, orientation)
+    plain = decode_image(data)
+    assert plain.shape == (40, 64, 3) and plain[:8, :16].min() > 200  # the stored pixels
+    shown = decode_image(data, exif_transpose=True)
+    expected = turn(stored)
+    assert shown.shape == expected.shape
+    assert np.abs(shown.astype(int) - expected).mean() < 4
+    # `at_least` is the oriented size; the DCT-scaled decode still covers it
+    half = decode_image(data, exif_transpose=True, at_least=(shown.shape[1] // 2,
+                                                              shown.shape[0] // 2))
+    assert half.shape[:2] == (shown.shape[0] // 2, shown.shape[1] // 2)
+
+
+def test_exif_orientation_of_a_png_and_a_broken_tag_are_handled():
+    stored = RGB.copy()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    png = _encode(Image.fromarray(stored), "PNG", exif=exif.tobytes())
+    assert np.array_equal(decode_image(png, exif_transpose=True), np.rot90(stored, -1))
+    assert np.array_equal(decode_image(png), stored)
+    exif[0x0112] = 42  # not an orientation: the stored pixels
+    odd = _encode(Image.fromarray(stored), "PNG", exif=exif.tobytes())
+    assert np.array_equal(decode_image(odd, exif_transpose=True), stored)

@@ -18,9 +18,11 @@ from distill.shards import (
     Segment,
     ShardWriter,
     TextRegion,
+    decode_row,
     encode_sample,
     iter_samples,
     make_metadata,
+    open_shard,
     parse_shard_name,
     read_metadata,
     read_shard,
@@ -168,3 +170,33 @@ def test_encoding_only_some_columns_gives_the_same_values():
     assert all(part[k] == full[k] for k in part)
     with pytest.raises(ShardError, match="not shard columns"):
         encode_sample(sample, columns=["depth"])
+
+
+def test_a_shard_from_before_the_exif_transpose_column_reads_as_the_stored_pixels(tmp_path):
+    """`exif_transpose` (the last column) came after the first shards: a shard without it
+    opens, reads and decodes, every row as stored (False); `inspect` calls its schema the
+    distill one. A null in the column reads as False too."""
+    assert SCHEMA.names[-1] == "exif_transpose" and SCHEMA.field("exif_transpose").nullable
+    new = tmp_path / "val2017-00000-of-00001.parquet"
+    upright = make_sample(1)
+    upright.exif_transpose = True
+    with ShardWriter(new, make_metadata("f", {})) as w:
+        w.write(upright)
+        w.write(make_sample(2))
+    assert [s.exif_transpose for s in iter_samples(new)] == [True, False]
+    assert decode_row({**pq.read_table(new).to_pylist()[0], "exif_transpose": None}) \
+        .exif_transpose is False
+
+    old = tmp_path / "old" / new.name
+    old.parent.mkdir()
+    pq.write_table(pq.read_table(new).drop(["exif_transpose"]), old)
+    assert "exif_transpose" not in pq.read_schema(old).names
+    assert open_shard(old).metadata.num_rows == 2
+    assert read_shard(old).column_names == SCHEMA.names[:-1]
+    back = list(iter_samples(old))
+    assert [s.exif_transpose for s in back] == [False, False]
+    for image_id, sample in zip((1, 2), back, strict=True):
+        assert_same(make_sample(image_id), sample)
+    from distill.inspect import inspect_path
+
+    assert inspect_path(old)["schema"]["matches"]

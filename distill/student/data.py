@@ -12,40 +12,72 @@ Every epoch the (file, row group) units of all shards are listed in a fixed orde
 every K-th of those: each row is read exactly once per epoch across ranks × workers. Ranks may
 get a few rows more or fewer than each other (row groups differ in size). Augmentation draws
 from a generator seeded by (seed, epoch, image_id), so an example is the same whatever the split.
+
+Bad rows (`bad_rows`). By default a row that cannot be made into an example (a PNG column with
+garbage bytes, an undecodable image) raises `ShardError` naming the shard, the row group and the
+image id (`distill run evaluate` scores every row or none). Training uses `bad_rows="skip"`: one
+bad row out of 118k should not end a run, so the row is skipped and the stream yields a *record*
+in its place, `{"skipped": message}`; the trainer logs each message once and counts the skipped
+rows in `metrics.jsonl` and `summary.json` (`skipped_rows`). A damaged shard still stops: when
+more than half of a row group's rows (and at least two) fail, the stream yields
+`{"error": message}` and ends, and so does any other `DistillError` while reading (a row group
+that cannot be read). Records travel through DataLoader workers like examples (`collate` keeps
+them apart from the batched tensors), so the main process raises the error itself, as one line,
+instead of the DataLoader's re-raise of a worker exception wrapped in its tracebacks. A record
+takes an example's place in a batch, so every rank still gets the same number of batches.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from PIL import Image
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from distill.config import TrainConfig
 from distill.errors import DistillError, ShardError
+from distill.images import decode_png, without_addresses
 from distill.labels.tokens import Vocabulary
 from distill.runfolder import resolve_shards
 from distill.shards import decode_row, open_shard
 from distill.storage import Location
 from distill.student.targets import PRESENT_KEYS, build_example, heatmap_schedule
 
-__all__ = ["ShardSpec", "ShardStream", "Unit"]
+__all__ = ["BadRows", "ShardSpec", "ShardStream", "Unit", "collate"]
 
 logger = logging.getLogger(__name__)
 
 Unit = tuple[int, int]  # (index into ShardStream.paths, row group)
 _BUFFER_STREAM = 1  # keeps the shuffle buffer's generator apart from any per-example one
+BadRows = Literal["raise", "skip"]
+_PNG_COLUMNS = ("depth_png", "normals_png", "panoptic_png", "groups_png", "text_png")
+# What decoding a damaged row raises: distill's own errors, Pillow's (OSError, SyntaxError for a
+# broken PNG chunk, its decompression-bomb guard), zlib's and numpy's. Anything else is a bug.
+_ROW_ERRORS = (DistillError, ValueError, OSError, SyntaxError, EOFError, zlib.error,
+               Image.DecompressionBombError)
 # What --shards may be: a run folder, a shards folder, a glob, a file (paths or URIs), or a list.
 ShardSpec = str | PathLike[str] | Location | Sequence[str | PathLike[str] | Location]
 
 
-class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
+class _BadRow(Exception):
+    """A row that cannot be made into an example (message names shard, row group, image);
+    `detail` is the image and what is wrong with it."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class ShardStream(IterableDataset[dict[str, Any]]):
     """Examples from label shards as dicts of tensors:
 
     image uint8 (3, S, S), target uint8 (44, S, S) in `distill.student.layout` order, tokens
@@ -54,6 +86,8 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
     Training (`train=True`) shuffles the row groups with (seed, epoch), mixes rows in a buffer
     of `shuffle_buffer` rows and augments; evaluation reads in file order, unaugmented. Call
     `set_epoch` before each epoch: it reseeds the shuffle and moves the heatmap schedule.
+    `bad_rows="skip"` yields records for bad rows and errors instead of raising (module
+    docstring); batch such a stream with `collate`.
     """
 
     def __init__(
@@ -70,6 +104,7 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
         train: bool = True,
         max_tokens: int = 8,
         token_dim: int = 0,
+        bad_rows: BadRows = "raise",
     ) -> None:
         super().__init__()
         self.config = config or TrainConfig()
@@ -89,6 +124,9 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
         self.train = train
         self.max_tokens = max_tokens
         self.token_dim = token_dim
+        if bad_rows not in ("raise", "skip"):
+            raise DistillError(f"bad_rows must be 'raise' or 'skip', got {bad_rows!r}")
+        self.bad_rows = bad_rows
         self.epoch = 0
         # Footers only: checks every shard up front and remembers its row-group sizes.
         self.group_rows: list[list[int]] = []
@@ -117,7 +155,7 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
         """The units this rank's DataLoader worker `worker` of `num_workers` reads."""
         return self.units()[self.rank :: self.world_size][worker::num_workers]
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         rows = self._rows(self.assigned_units(worker, workers))
@@ -125,10 +163,40 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
             rng = np.random.default_rng(
                 [self.seed, self.epoch, self.rank, worker, _BUFFER_STREAM])
             rows = _shuffled(rows, self.shuffle_buffer, rng)
-        for path, row in rows:
-            yield self._tensors(path, row)
+        if self.bad_rows == "raise":
+            for unit, row in rows:
+                try:
+                    yield self._tensors(unit, row)
+                except _BadRow as exc:
+                    raise ShardError(str(exc)) from exc.__cause__
+            return
+        yield from self._skipping(rows)
 
-    def _rows(self, units: list[Unit]) -> Iterator[tuple[Location, dict[str, Any]]]:
+    def _skipping(self, rows: Iterator[tuple[Unit, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        """`bad_rows="skip"`: examples, and records for skipped rows and for the error that
+        ends the stream (module docstring)."""
+        failed: Counter[Unit] = Counter()
+        try:
+            for unit, row in rows:
+                try:
+                    example = self._tensors(unit, row)
+                except _BadRow as exc:
+                    failed[unit] += 1
+                    total = self.group_rows[unit[0]][unit[1]]
+                    if failed[unit] >= 2 and 2 * failed[unit] > total:
+                        yield {"error": (
+                            f"shard {self.paths[unit[0]]}, row group {unit[1]}: {failed[unit]} "
+                            f"of its {total} rows cannot be made into examples, so the shard "
+                            f"looks damaged (the latest, {exc.detail}); re-label it, or leave "
+                            "it out of --shards")}
+                        return
+                    yield {"skipped": str(exc)}
+                    continue
+                yield example
+        except DistillError as exc:  # a row group that cannot be read, a shard that vanished
+            yield {"error": str(exc)}
+
+    def _rows(self, units: list[Unit]) -> Iterator[tuple[Unit, dict[str, Any]]]:
         files: dict[int, pq.ParquetFile] = {}
         for f, g in units:
             path = self.paths[f]
@@ -139,9 +207,9 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
             except (OSError, pa.ArrowException) as exc:
                 raise ShardError(f"shard {path}: row group {g} cannot be read: {exc}") from exc
             for row in table.to_pylist():
-                yield path, row
+                yield (f, g), row
 
-    def _tensors(self, path: Location, row: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _tensors(self, unit: Unit, row: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.config
         try:
             sample = decode_row(row)
@@ -156,9 +224,12 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
                 cfg.augment if self.train else None,
                 token_dim=self.token_dim,
             )
-        except (DistillError, ValueError, OSError) as exc:
-            raise ShardError(
-                f"shard {path}: image {row.get('image_id')} cannot be made into an example: {exc}"
+        except _ROW_ERRORS as exc:
+            cause = _cause(row, exc)
+            raise _BadRow(
+                f"shard {self.paths[unit[0]]}, row group {unit[1]}: image {row.get('image_id')} "
+                f"cannot be made into an example: {cause}",
+                f"image {row.get('image_id')}: {cause}",
             ) from exc
         return {
             "image": torch.from_numpy(example.image),
@@ -174,12 +245,42 @@ class ShardStream(IterableDataset[dict[str, torch.Tensor]]):
         return PRESENT_KEYS
 
 
+def _cause(row: dict[str, Any], exc: BaseException) -> str:
+    """What was wrong with a row, one line: the first PNG column that does not decode, if that
+    was it (decode_row does not say which), and the error without memory addresses."""
+    if not isinstance(exc, DistillError):
+        for column in _PNG_COLUMNS:
+            value = row.get(column)
+            if value is None:
+                continue
+            try:
+                decode_png(value)
+            except Exception as probe:
+                text = "not a PNG Pillow can read" \
+                    if isinstance(probe, Image.UnidentifiedImageError) else \
+                    f"{type(probe).__name__}: {without_addresses(str(probe))}"
+                return f"column {column} ({len(value)} bytes): {text}"
+    text = " ".join(without_addresses(str(exc)).split())
+    return text if isinstance(exc, DistillError) else f"{type(exc).__name__}: {text}"
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of a `bad_rows="skip"` stream: the examples' tensors batched as the default
+    collate does (absent when the batch holds only records), plus `skipped` and `errors`, the
+    messages of the records among the items."""
+    examples = [item for item in items if "image" in item]
+    batch: dict[str, Any] = default_collate(examples) if examples else {}
+    batch["skipped"] = [item["skipped"] for item in items if "skipped" in item]
+    batch["errors"] = [item["error"] for item in items if "error" in item]
+    return batch
+
+
 def _shuffled(
-    items: Iterator[tuple[Location, dict[str, Any]]], capacity: int, rng: np.random.Generator
-) -> Iterator[tuple[Location, dict[str, Any]]]:
+    items: Iterator[tuple[Unit, dict[str, Any]]], capacity: int, rng: np.random.Generator
+) -> Iterator[tuple[Unit, dict[str, Any]]]:
     """Hold up to `capacity` items; once full, each new item swaps out a random held one.
     Holds rows (encoded PNG bytes), not built examples, which are ~3 MB each at 256 px."""
-    buffer: list[tuple[Location, dict[str, Any]]] = []
+    buffer: list[tuple[Unit, dict[str, Any]]] = []
     for item in items:
         if len(buffer) < capacity:
             buffer.append(item)

@@ -248,9 +248,11 @@ class Predictor:
         boxes = [Letterbox.fit(img.shape[1], img.shape[0], self.size) for img in images]
         return [(lb.image(img), lb) for lb, img in zip(boxes, images, strict=True)]
 
-    def letterbox_encoded(self, data: list[bytes]) -> list[tuple[np.ndarray, Letterbox]]:
-        """Encoded images → inputs exactly as training builds them (`student_image`)."""
-        return [student_image(d, self.size) for d in data]
+    def letterbox_encoded(self, data: list[bytes], *, exif_transpose: bool = False) -> list[
+            tuple[np.ndarray, Letterbox]]:
+        """Encoded images → inputs exactly as training builds them (`student_image`);
+        `exif_transpose` as a shard row's (True: as a viewer shows them, a plain folder's)."""
+        return [student_image(d, self.size, exif_transpose=exif_transpose) for d in data]
 
     @torch.no_grad()
     def forward(self, inputs: list[tuple[np.ndarray, Letterbox]]) -> tuple[
@@ -286,10 +288,13 @@ class Predictor:
         """RGB uint8 (H, W, 3) images → one `Prediction` each."""
         return self.predict_letterboxed(self.letterbox(images))
 
-    def predict_encoded(self, data: list[bytes]) -> list[Prediction]:
+    def predict_encoded(self, data: list[bytes], *,
+                        exif_transpose: bool = False) -> list[Prediction]:
         """Encoded image files → one `Prediction` each, the student seeing them exactly as in
-        training (a JPEG decoded at its DCT scale, then letterboxed)."""
-        return self.predict_letterboxed(self.letterbox_encoded(data))
+        training (a JPEG decoded at its DCT scale, then letterboxed; with its EXIF orientation
+        applied when `exif_transpose`, as a shard row's flag says)."""
+        return self.predict_letterboxed(self.letterbox_encoded(data,
+                                                               exif_transpose=exif_transpose))
 
     def predict_letterboxed(self, inputs: list[tuple[np.ndarray, Letterbox]]) -> list[Prediction]:
         """Letterboxed inputs (`letterbox`, `letterbox_encoded`) → one `Prediction` each."""

@@ -74,16 +74,19 @@ class Example:
 
 
 def student_image(data: bytes, size: int, width: int | None = None,
-                  height: int | None = None) -> tuple[np.ndarray, Letterbox]:
+                  height: int | None = None, *,
+                  exif_transpose: bool = False) -> tuple[np.ndarray, Letterbox]:
     """How the student sees an encoded image, in training and in `distill predict` alike: the
     uint8 (S, S, 3) letterbox and its `Letterbox`. A JPEG is decoded at the smallest DCT scale
     (1/2, 1/4, 1/8) still larger than the letterboxed content — several times faster than a
-    full decode, and the resize from there is smaller too. `width`/`height` are the file's
-    size when known (read from its header otherwise)."""
+    full decode, and the resize from there is smaller too. `exif_transpose`: decode with the
+    EXIF orientation applied, as a shard row says (`Sample.exif_transpose`). `width`/`height`
+    are the decoded size when known (a row's; read from the header otherwise)."""
     if width is None or height is None:
-        width, height = image_size(data)
+        width, height = image_size(data, exif_transpose=exif_transpose)
     lb = Letterbox.fit(width, height, size)
-    return lb.image_scaled(decode_image(data, at_least=(lb.new_w, lb.new_h))), lb
+    return lb.image_scaled(decode_image(data, at_least=(lb.new_w, lb.new_h),
+                                        exif_transpose=exif_transpose)), lb
 
 
 def _to_u8(unit: np.ndarray) -> np.ndarray:
@@ -176,7 +179,8 @@ def build_example(
     (no joints, text, objects or words) and depth and normals, which noise has none of, are
     marked absent.
     """
-    image, lb = student_image(sample.image, size, sample.width, sample.height)
+    image, lb = student_image(sample.image, size, sample.width, sample.height,
+                              exif_transpose=sample.exif_transpose)
     kp = lb.keypoints(_people(sample))
     maps = _letterboxed(sample, lb)
     has_person = bool(sample.persons)

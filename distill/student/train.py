@@ -39,8 +39,29 @@ A checkpoint appears atomically, on a local disk or an object store:
   forward: it is the newer one) and drops a partial one (`recover_checkpoints`), so `--resume`
   finds the newest whole checkpoint. Only a reader racing an object-store publication can see a
   mixed pair, and it is told so rather than loading it.
-- `best` is published before `last`: a crash between the two redoes that epoch on resume (the
-  same result, deterministically) instead of leaving a `best` that `last` does not know about.
+- `best` is published before `last`, with the same bytes: a crash between the two redoes that
+  epoch on resume (the same result, deterministically) instead of leaving a `best` that `last`
+  does not know about. A run stopped there in its first epoch has only `best`; `--resume` starts
+  from it (`resume_point`), which is where `last` would have been.
+
+Refused with a `DistillError` (exit code 2 from the CLI, one line) before anything is written:
+shards with no rows in all (`--shards` or `--val-shards`), a data-parallel run with a rank that
+would get no rows (fewer row groups than ranks; `check_streams`), and, with `--verify-shards`
+(`TrainOptions.verify_shards`), a shard whose sha256 is not the one its label run's manifest
+records, a shard no manifest records as committed, and a shard in no label run, which cannot be
+verified (`verify_shards`; it reads only the manifests before hashing, then hashes every shard
+behind a progress bar and names all that differ). Refused before that epoch's metrics and
+checkpoint are written, which would be `nan`: an epoch that trained on no batch (every row it
+read was bad) or validated on no row.
+
+Bad rows: the streams skip a row that cannot be made into an example (`ShardStream` with
+`bad_rows="skip"`; see `distill.student.data`). A researcher expects a run over 118k images to
+survive one corrupt row, so it is skipped, not fatal — but never silently: each skipped row is
+logged once (shard, row group, image id and what is wrong, one line), and every epoch's entry in
+`metrics.jsonl` and `summary.json` counts them (`skipped_rows`: train, val). A shard where most
+rows fail is damaged, not unlucky: more than half of a row group failing stops the run with one
+line naming the shard and the row group (raised in this process, not a DataLoader worker's
+wrapped traceback).
 """
 
 from __future__ import annotations
@@ -54,7 +75,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +87,16 @@ from distill.config import Config, TrainConfig, dump_toml
 from distill.errors import ConfigError, DistillError, ShardError
 from distill.labels.tokens import Vocabulary
 from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
-from distill.storage import Location, StorageError, atomic_write_bytes, fsync_dir, remove_tree
+from distill.storage import (
+    Location,
+    StorageError,
+    atomic_write_bytes,
+    file_sha256,
+    fsync_dir,
+    remove_tree,
+)
 from distill.student import layout
-from distill.student.data import ShardSpec, ShardStream
+from distill.student.data import ShardSpec, ShardStream, collate
 from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
 from distill.student.model import build_student
 from distill.student.targets import PRESENT_KEYS
@@ -77,13 +105,16 @@ __all__ = [
     "HDM_THRESHOLDS",
     "Session",
     "TrainOptions",
+    "check_streams",
     "compute_loss",
     "find_vocabulary",
     "hdm",
     "learning_rate",
     "load_checkpoint",
     "recover_checkpoints",
+    "resume_point",
     "train_student",
+    "verify_shards",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +132,8 @@ class TrainOptions:
     resume: bool = False
     device: str = "auto"
     progress: bool = True
+    # Check every shard's sha256 against its label run's manifest before training.
+    verify_shards: bool = False
 
 
 @dataclass
@@ -220,8 +253,42 @@ def _train_steps(stream: ShardStream, batch_size: int) -> int:
 
 
 def _loader(stream: ShardStream, batch_size: int, workers: int) -> DataLoader[Any]:
-    return DataLoader(stream, batch_size=batch_size, num_workers=workers,
+    return DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                       persistent_workers=False, pin_memory=False)
+
+
+def _shown(paths: Sequence[Location], most: int = 4) -> str:
+    """Shard paths for a one-line message: all in one folder are named once."""
+    folders = {p.parent for p in paths}
+    names = [p.name for p in paths] if len(folders) == 1 else [str(p) for p in paths]
+    text = ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most
+                                      else "")
+    return f"{text} in {next(iter(folders))}" if len(folders) == 1 else text
+
+
+def check_streams(train: ShardStream, val: ShardStream | None) -> None:
+    """Refuse shards that would train on nothing (module docstring): no rows in all, or a rank
+    of a data-parallel run with no rows. Reads only what the footers already gave."""
+    for stream, option in ((train, "--shards"), (val, "--val-shards")):
+        if stream is None:
+            continue
+        if stream.count_rows() == 0:
+            what = "holds" if len(stream.paths) == 1 else "hold"
+            raise DistillError(
+                f"{option}: {_shown(stream.paths)} {what} 0 rows, nothing to "
+                f"{'train' if stream is train else 'validate'} on; label some images first, or "
+                "pass other shards")
+        for path, groups in zip(stream.paths, stream.group_rows, strict=True):
+            if sum(groups) == 0:
+                logger.warning("shard %s holds 0 rows", path)
+        rows = _rows_per_rank(stream)
+        if min(rows) == 0:
+            units = sum(1 for groups in stream.group_rows for n in groups if n > 0)
+            raise DistillError(
+                f"{option}: {_shown(stream.paths)} hold {units} non-empty row group(s), too few "
+                f"for {stream.world_size} training workers (row groups are dealt to workers "
+                f"whole; {rows.count(0)} would get no rows); use at most {units} workers, or "
+                "labels written with a smaller shards.row_group_size")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,14 +416,34 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg: TrainConfig,
                device: torch.device, optimizer: torch.optim.Optimizer | None,
-               on_step: Callable[[int, torch.Tensor], None] | None = None) -> dict[str, float]:
-    """One pass: trains when `optimizer` is given, else evaluates. Returns mean metrics."""
+               on_step: Callable[[int, torch.Tensor], None] | None = None,
+               warned: set[str] | None = None,
+               distributed: bool = False) -> tuple[dict[str, float], int]:
+    """One pass: trains when `optimizer` is given, else evaluates. Returns mean metrics (empty
+    when no batch had an example) and the number of rows skipped as bad. The first error a
+    stream reports is raised here, in this process; each skipped row is logged once per
+    `warned` (the messages already logged)."""
     meter = Meter()
     amp = _autocast_dtype(cfg, device)
     model.train(optimizer is not None)
+    warned = set() if warned is None else warned
+    skipped = 0
     for step, batch in enumerate(loader):
         if step >= steps:
             break
+        if batch["errors"]:
+            raise ShardError(batch["errors"][0])
+        for message in batch["skipped"]:
+            if message not in warned:
+                warned.add(message)
+                logger.warning("skipped a bad row: %s", message)
+        skipped += len(batch["skipped"])
+        if "image" not in batch:  # every row of this batch was bad
+            if distributed:  # the other ranks wait for this one's gradients: stop them all
+                raise ShardError(
+                    f"a whole batch of rows was bad ({'; '.join(batch['skipped'][:2])}); a "
+                    "data-parallel step cannot skip it on one worker alone")
+            continue
         image = to_unit(batch["image"].to(device, non_blocking=True))
         target = batch["target"].to(device, non_blocking=True)
         tokens = batch["tokens"].to(device, non_blocking=True)
@@ -376,7 +463,7 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg:
         measure(meter, outputs, target, tokens, present)
         if on_step is not None:
             on_step(n, loss.detach())
-    return meter.means()
+    return meter.means(), skipped
 
 
 def train_student(config: Config, options: TrainOptions, session: Session | None = None,
@@ -387,8 +474,129 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
     if not (session.is_main and session.owns_run):
         return _train(config, options, session, workers, run, None)
     run.check_target()  # before anything is written: refuses a folder distill did not make
+    if options.verify_shards:
+        verify_shards([options.shards, *([options.val_shards] if options.val_shards else [])],
+                      progress=options.progress)
     with run.lock() as lease:
         return _train(config, options, session, workers, run, lease)
+
+
+def resume_point(run: StudentRun) -> Location | None:
+    """The checkpoint `--resume` continues: `last`, else `best` (published first, with the same
+    bytes: a run stopped between the two in its first epoch has only `best`). Call after
+    `recover_checkpoints`."""
+    for which in ("last", "best"):
+        folder = run.checkpoint(which)
+        if run.model_file(folder).is_file():
+            return folder
+    return None
+
+
+def verify_shards(specs: Sequence[ShardSpec], progress: bool = True) -> None:
+    """`--verify-shards`: every shard's sha256 against the one its label run's manifest
+    records. Refuses (one `DistillError` naming the shards) a mismatch, a shard its run's
+    manifest does not record as committed, and a shard in no label run (nothing to check it
+    against), the last two before hashing anything."""
+    from distill.manifest import Manifest, read_manifest
+
+    shards = list(dict.fromkeys(p for spec in specs for p in resolve_shards(spec)))
+    runs: dict[Location, LabelRun | None] = {}
+    manifests: dict[Location, Manifest] = {}
+    expected: dict[Location, tuple[str, int | None]] = {}  # sha256, size
+    problems: list[str] = []
+    for shard in shards:
+        if shard.parent not in runs:  # whether a file is a run's shard depends on its folder
+            runs[shard.parent] = find_label_run(shard)
+        run = runs[shard.parent]
+        if run is None:
+            problems.append(f"{shard} is in no label run folder (no manifest.json above it), so "
+                            "no checksum was recorded for it")
+            continue
+        if run.root not in manifests:
+            manifests[run.root] = read_manifest(run.manifest)
+        entry = next((e for e in manifests[run.root].shards if e.name == shard.name), None)
+        if entry is None or entry.sha256 is None:
+            problems.append(f"{shard} is not a committed shard of {run.manifest}"
+                            if entry is None else
+                            f"{shard} is not committed yet in {run.manifest} (no checksum)")
+            continue
+        expected[shard] = entry.sha256, entry.size
+    if problems:
+        raise DistillError(f"--verify-shards: cannot verify {len(problems)} of {len(shards)} "
+                           f"shard(s): {_listed(problems)}")
+    sizes = {shard: shard.size() for shard in expected}
+    bar = _HashProgress(sum(sizes.values()), len(expected), enabled=progress)
+    try:
+        for k, (shard, (sha256, size)) in enumerate(expected.items()):
+            bar.start(shard, k)
+            before = len(problems)
+            if size is not None and sizes[shard] != size:
+                problems.append(f"{shard} is {sizes[shard]} bytes, {_run_of(runs, shard)} "
+                                f"recorded {size}")
+            else:
+                try:
+                    digest = file_sha256(shard)
+                except OSError as exc:
+                    raise StorageError(f"--verify-shards: cannot read {shard}: {exc}") from exc
+                if digest != sha256:
+                    problems.append(f"{shard} has sha256 {digest[:12]}…, "
+                                    f"{_run_of(runs, shard)} recorded {sha256[:12]}…")
+            bar.done(shard, sizes[shard], ok=len(problems) == before)
+    finally:
+        bar.close()
+    if problems:
+        raise DistillError(f"--verify-shards: {len(problems)} of {len(shards)} shard(s) differ "
+                           f"from their label run's manifest (changed or damaged after "
+                           f"labelling): {_listed(problems)}")
+    logger.info("--verify-shards: %d shard(s) match their manifests", len(shards))
+
+
+def _run_of(runs: dict[Location, LabelRun | None], shard: Location) -> str:
+    run = runs[shard.parent]
+    return f"the manifest of {run}" if run is not None else "its manifest"
+
+
+def _listed(problems: list[str], most: int = 4) -> str:
+    return "; ".join(problems[:most]) + (f"; and {len(problems) - most} more"
+                                         if len(problems) > most else "")
+
+
+class _HashProgress:
+    """A rich bar over the bytes `--verify-shards` hashes, else a log line per shard."""
+
+    def __init__(self, total_bytes: int, shards: int, enabled: bool) -> None:
+        self.shards = shards
+        self.bar: Any = None
+        if not enabled or shards == 0:
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn())
+        self.bar.start()
+        self.task = self.bar.add_task("verify-shards", total=total_bytes)
+
+    def start(self, shard: Location, k: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"verify {shard.name} ({k + 1}/{self.shards})")
+
+    def done(self, shard: Location, size: int, ok: bool) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=size)
+        else:
+            logger.info("--verify-shards: %s %s", shard, "matches" if ok else "DIFFERS")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _train(config: Config, options: TrainOptions, session: Session, workers: int | None,
@@ -405,9 +613,10 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     common: dict[str, Any] = {"size": size, "vocab": vocab, "config": cfg, "rank": session.rank,
               "world_size": session.world_size, "max_tokens": config.student.num_tokens,
               "token_dim": token_dim}
-    train_stream = ShardStream(options.shards, train=True, **common)
-    val_stream = ShardStream(options.val_shards, train=False, **common) \
+    train_stream = ShardStream(options.shards, train=True, bad_rows="skip", **common)
+    val_stream = ShardStream(options.val_shards, train=False, bad_rows="skip", **common) \
         if options.val_shards else None
+    check_streams(train_stream, val_stream)  # before anything is written
     workers = cfg.num_workers if workers is None else workers
 
     torch.manual_seed(cfg.seed)
@@ -418,14 +627,14 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     if lease is not None:
         recover_checkpoints(run)
     last_folder = run.checkpoint("last")
-    has_last = run.model_file(last_folder).is_file()
+    found = resume_point(run)
     restore = Location(session.restore_from) if session.restore_from is not None else None
-    if restore is None and not options.resume and has_last and session.owns_run:
+    if restore is None and not options.resume and found is not None and session.owns_run:
         # (a Ray Train worker group restarted before its first report starts over instead)
         raise DistillError(f"{run} already has a checkpoint; pass --resume to continue it or "
                            "choose another --out")
-    if restore is None and options.resume and has_last:
-        restore = last_folder
+    if restore is None and options.resume:
+        restore = found
     if options.resume and restore is None:
         raise DistillError(f"--resume: no checkpoint in {last_folder}")
     if restore is not None:
@@ -452,6 +661,8 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         atomic_write_bytes(target, data)
 
     last: dict[str, Any] = {}
+    warned: set[str] = set()  # bad rows already logged: each once per run, counted every epoch
+    distributed = session.world_size > 1
     samples_per_epoch = min(min(_rows_per_rank(train_stream)),
                             _train_steps(train_stream, cfg.batch_size) * cfg.batch_size)
     progress = _Progress(cfg.epochs - start_epoch, samples_per_epoch * session.world_size,
@@ -462,25 +673,41 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
                 group["lr"] = learning_rate(epoch, cfg)
             train_stream.set_epoch(epoch)
             steps = _train_steps(train_stream, cfg.batch_size)
+            if steps == 0:  # check_streams ruled this out; a guard, not a nan checkpoint
+                raise DistillError(f"epoch {epoch}: no rows for rank {session.rank}")
             started = time.monotonic()
-            train_metrics = _run_epoch(
+            train_metrics, skipped = _run_epoch(
                 model, _loader(train_stream, cfg.batch_size, workers), steps, cfg,
                 session.device, optimizer,
-                on_step=lambda n, loss: progress.step(n * session.world_size, loss))
+                on_step=lambda n, loss: progress.step(n * session.world_size, loss),
+                warned=warned, distributed=distributed)
+            if "loss" not in train_metrics:
+                raise DistillError(
+                    f"epoch {epoch} trained on no batch: all {skipped} row(s) it read from "
+                    f"{_shown(train_stream.paths)} were bad (logged above); nothing was written "
+                    "for this epoch")
             step += steps
             val_metrics: dict[str, float] = {}
+            val_skipped = 0
             if val_stream is not None:
                 val_stream.set_epoch(epoch)
                 rows = _rows_per_rank(val_stream)[session.rank]
-                val_metrics = _run_epoch(  # every row of this rank; no gradient sync needed
+                val_metrics, val_skipped = _run_epoch(  # every row of this rank; no grad sync
                     _unwrap(model), _loader(val_stream, cfg.batch_size, workers),
-                    math.ceil(rows / cfg.batch_size), cfg, session.device, None)
+                    math.ceil(rows / cfg.batch_size), cfg, session.device, None, warned=warned)
+                if "loss" not in val_metrics:
+                    raise DistillError(
+                        f"epoch {epoch} validated on no row: all {val_skipped} row(s) read from "
+                        f"{_shown(val_stream.paths)} were bad (logged above); nothing was "
+                        "written for this epoch")
+            skipped, val_skipped = _all_ranks(session, skipped, val_skipped)
             judged = val_metrics.get("loss", train_metrics.get("loss", math.inf))
             improved = judged < best
             best, stale = (judged, 0) if improved else (best, stale + 1)
             last = {"epoch": epoch, "step": step, "lr": learning_rate(epoch, cfg),
                     "seconds": round(time.monotonic() - started, 3),
-                    "train": train_metrics, "val": val_metrics, "best": best, "stale": stale}
+                    "train": train_metrics, "val": val_metrics, "best": best, "stale": stale,
+                    "skipped_rows": {"train": skipped, "val": val_skipped}}
             state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
                      "torch_rng": torch.get_rng_state(), "best": best, "stale": stale}
             if session.is_main:
@@ -505,9 +732,21 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         raise
     finally:
         progress.close()
+    if not last and history:  # resumed at or past train.epochs: nothing ran, nothing changed
+        return history[-1]
     if session.is_main:
         commit(run.summary, json.dumps(last, indent=1).encode())
     return last
+
+
+def _all_ranks(session: Session, *counts: int) -> list[int]:
+    """Counts summed over the ranks of a data-parallel run (as they are, in one process)."""
+    if session.world_size == 1 or not (torch.distributed.is_available() and
+                                       torch.distributed.is_initialized()):
+        return list(counts)
+    total = torch.tensor(counts, dtype=torch.int64, device=session.device)
+    torch.distributed.all_reduce(total)
+    return [int(c) for c in total.tolist()]
 
 
 def _read_metrics(run: StudentRun, before_epoch: int) -> list[dict[str, Any]]:
@@ -567,6 +806,9 @@ class _Progress:
             line += f"  HDM@0.1 joints {hdm_joints:.3f}"
         if metrics["val"]:
             line += f"  val loss {metrics['val']['loss']:.4f}"
+        bad = sum(metrics.get("skipped_rows", {}).values())
+        if bad:
+            line += f"  ({bad} bad row(s) skipped)"
         if self.bar is not None:
             self.bar.console.print(line)
         else:

@@ -7,12 +7,20 @@ import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from distill.manifest import read_manifest
 from pipelines.generate_labels import RunOptions, generate_labels
-from tests.conftest import assert_same_sample, label_config, make_coco7, run_until, shard_rows
+from tests.conftest import (
+    assert_same_sample,
+    label_config,
+    make_coco7,
+    run_until,
+    shard_rows,
+    write_coco,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +32,79 @@ def _check_final_names(out: Path) -> None:
         read_manifest(out / "manifest.json")
     for path in (out / "shards").glob("*.parquet") if (out / "shards").exists() else []:
         assert pq.ParquetFile(path).metadata.num_rows >= 0  # raises on a torn file
+
+
+def _same_size_coco(root: Path, n: int = 15) -> Path:
+    """`n` images of one size: the depth teacher batches them together, so a batch that mixed
+    images of two shards would show in the labels (its output depends on batch neighbours)."""
+    images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 64, "height": 48}
+              for i in range(1, n + 1)]
+    captions = [{"id": 100 + i, "image_id": i, "caption": "a dog on a red sofa"}
+                for i in range(1, n + 1)]
+    return write_coco(root, "val2017", images, [], captions)
+
+
+def _raw_rows(out: Path) -> dict[int, dict]:
+    """Every row of a run as stored: column values exactly as pyarrow reads them."""
+    rows: dict[int, dict] = {}
+    for path in sorted((out / "shards").glob("*.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            assert row["image_id"] not in rows
+            rows[row["image_id"]] = row
+    return rows
+
+
+def test_sigkill_at_five_points_then_resume_is_byte_identical(tmp_path, ray_address):
+    root = _same_size_coco(tmp_path / "coco")
+    sets = ["shards.shard_size=3", "teachers.depth.batch_size=2"]
+    reference = tmp_path / "reference"
+    generate_labels(label_config(root, *sets), RunOptions(out=reference, live=False))
+
+    out = tmp_path / "crashed"
+    cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+           "--out", str(out), "--address", str(ray_address), "--no-live"]
+    for s in [f"data.root={root}", "teachers.text.input_size=160", *sets]:
+        cmd += ["--set", s]
+    killed = []
+    for point in (-1, 1, 2, 3, 4):  # after planning, then after each of the first 4 shards
+        code = run_until(cmd, out, point)
+        killed.append(code == -signal.SIGKILL)
+        _check_final_names(out)
+    assert sum(killed[1:]) >= 2, f"too few kills after committed shards: {killed}"
+    assert run_until(cmd, out, None) == 0
+
+    manifest = read_manifest(out / "manifest.json")
+    assert all(e.sha256 and e.rows == len(e.image_ids) for e in manifest.shards)
+    assert not list((out / "shards").glob(".*")) and not list(out.glob(".*.tmp-*"))
+    got, want = _raw_rows(out), _raw_rows(reference)
+    assert sorted(got) == sorted(want) == list(range(1, 16))
+    for image_id, row in want.items():
+        for column, value in row.items():  # every label column, byte for byte
+            assert got[image_id][column] == value, (image_id, column)
+    # the same bytes make the same files: every shard equals the uninterrupted run's
+    ref = read_manifest(reference / "manifest.json")
+    assert [e.sha256 for e in manifest.shards] == [e.sha256 for e in ref.shards]
+
+
+def test_a_changed_batch_size_moves_depth_by_at_most_one_level(tmp_path, ray_address):
+    """README, Resume: batch sizes may change between a crash and its resume; the labels then
+    move by at most one depth16 level (float rounding in batched attention), nothing else."""
+    root = _same_size_coco(tmp_path / "coco", n=6)
+    runs = {}
+    for batch in (1, 4):
+        out = tmp_path / f"batch{batch}"
+        generate_labels(label_config(root, "shards.shard_size=6",
+                                     f"teachers.depth.batch_size={batch}",
+                                     f"teachers.panoptic.batch_size={batch}",
+                                     f"teachers.caption.batch_size={batch}"),
+                        RunOptions(out=out, live=False))
+        runs[batch] = shard_rows(out)
+    for image_id, a in runs[1].items():
+        b = runs[4][image_id]
+        step = np.abs(a.depth16.astype(np.int64) - b.depth16.astype(np.int64)).max()
+        assert step <= 1, (image_id, step)
+        assert a.teacher_captions == b.teacher_captions
+        assert np.array_equal(a.panoptic, b.panoptic)
 
 
 def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_path,

@@ -194,3 +194,21 @@ def test_coco_mini_val_end_to_end(coco_mini, ray_address, tmp_path):
             assert np.array_equal(got.keypoints, want.keypoints)
             assert got.bbox == pytest.approx(want.bbox)
     assert result.summary["shards"] == {"planned": 3, "complete": 3}
+
+
+def test_a_resume_in_another_precision_is_refused(tmp_path, labelled_coco7, ray_address):
+    from distill.manifest import FingerprintMismatch, read_manifest, write_manifest
+
+    root, labelled, _ = labelled_coco7
+    recorded = read_manifest(labelled / "manifest.json").dtypes
+    assert set(recorded) == {"depth", "panoptic", "text", "caption"}
+    assert set(recorded.values()) == {"float32"}  # CPU: "auto" resolved to float32
+    out = tmp_path / "run"
+    shutil.copytree(labelled, out)
+    manifest = read_manifest(out / "manifest.json")
+    manifest.dtypes["depth"] = "float16"  # as if the first shards were labelled on a GPU
+    write_manifest(out / "manifest.json", manifest)
+    (out / "shards" / manifest.shards[-1].name).unlink()  # one shard left to label
+    with pytest.raises(FingerprintMismatch, match=r"float16.*never mixes precisions"):
+        generate_labels(label_config(root), RunOptions(out=out, live=False))
+    assert not (out / "shards" / manifest.shards[-1].name).exists()

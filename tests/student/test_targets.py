@@ -172,3 +172,33 @@ def test_student_image_decodes_jpegs_at_dct_scale_without_moving_content():
     assert np.abs(centre(fast) - expected).max() < 1.0
     assert np.abs(centre(fast) - centre(full)).max() < 1.0
     assert np.abs(fast.astype(int) - full.astype(int)).mean() < 6
+
+
+def test_student_image_of_a_turned_photo_is_upright_when_asked():
+    """`exif_transpose` (a shard row's flag, or `distill predict` on a photo): the size comes
+    from the header turned (none given), the DCT-scaled decode is turned, and the letterbox is
+    that of the picture a viewer shows; without it, the stored pixels."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from distill.images import image_size
+    from distill.labels.letterbox import Letterbox
+    from distill.student.targets import student_image
+
+    stored = np.full((240, 320, 3), 60, np.uint8)
+    stored[:40, :40] = 250  # stored top-left; a viewer turns it 90° clockwise (orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    data = buf.getvalue()
+    assert image_size(data) == (320, 240) and image_size(data, exif_transpose=True) == (240, 320)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    fast, lb = student_image(data, 64, exif_transpose=True)  # decoded at 1/4 scale
+    assert (lb.src_w, lb.src_h) == (240, 320)
+    assert np.abs(fast.astype(int) - Letterbox.fit(240, 320, 64).image(shown)).mean() < 4
+    # content at columns 8..56; the marker now top right (columns 48..56)
+    assert fast[1:7, 49:55].mean() > 200 > 100 > fast[1:7, 9:20].mean()
+    as_stored, lb = student_image(data, 64)
+    assert (lb.src_w, lb.src_h) == (320, 240) and as_stored[9:15, 1:7].mean() > 200
