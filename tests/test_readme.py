@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from distill.shards import ShardWriter, make_metadata
 from tests.test_shards import make_sample
 
@@ -24,3 +26,26 @@ def test_readme_snippet_reads_a_shard(tmp_path):
                          text=True, check=True).stdout
     assert "fingerprint f00d" in out
     assert out.strip().endswith("(24, 32, 3) ['A cat.', 'A small cat on a mat.'] ['cat', 'sitting', 'mat']")
+
+
+@pytest.mark.slow
+def test_readme_python_api_runs_as_written(tmp_path, ray_address, monkeypatch):
+    """The "Python API" section, run in this process (the session's Ray is used, as in a
+    notebook that called ray.init) on a 7-image COCO folder in place of demo-data/coco."""
+    from tests.conftest import make_coco7
+
+    text = README.read_text()
+    section = text[text.index("## Python API"):text.index("## Reading a shard")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    make_coco7(tmp_path / "demo-data" / "coco")
+    monkeypatch.chdir(tmp_path)  # the section's relative paths, as a user in their folder
+    printed: list[str] = []
+    exec(compile(code, "README.md#python-api", "exec"),
+         {"print": lambda *a, **k: printed.append(" ".join(map(str, a)))})
+    assert printed[0].startswith("{'planned': 7, 'written': 7, 'quarantined': 0")
+    rows = [line for line in printed[1:] if re.match(r"\d+ \(\d+, \d+, 3\) float32", line)]
+    assert len(rows) == 7  # one line per image of the run
+    assert (tmp_path / "demo-data" / "run" / "manifest.json").is_file()
+    assert (tmp_path / "demo-data" / "api-student" / "checkpoints" / "last").is_dir()
+    # the epoch (0-based, as in metrics.jsonl) and the prediction's depth, at the last image's size
+    assert re.fullmatch(r"0 \(60, 80\) \[.*\]", printed[-1]), printed[-1]
