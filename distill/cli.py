@@ -14,10 +14,13 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from inspect import cleandoc
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from textwrap import dedent
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
+import typer.core
 
 from distill import __version__
 from distill.errors import DistillError
@@ -61,7 +64,8 @@ ConfigOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override one setting, e.g. --set train.epochs=10 "
-                 "--set teachers.depth.checkpoint=/ckpt/dav2-large. Repeatable."),
+                 "--set teachers.depth.batch_size=16 (`distill config show` lists them all). "
+                 "Repeatable."),
 ]
 
 
@@ -308,7 +312,8 @@ def run_generate_labels(
     \b
     Examples:
       distill run generate-labels --preset demo
-      distill run generate-labels --preset paper --set data.root=/data/coco --out /runs/coco-train
+      distill run generate-labels --preset paper --set data.root=/data/coco \\
+          --out /runs/coco-train
       distill run generate-labels --preset paper --limit 200 --dry-run
       distill run generate-labels -c mycluster.toml --address auto
     """
@@ -396,9 +401,10 @@ def run_train_student(
     \b
     Examples:
       distill run train-student --preset demo --shards demo-data/run/shards
-      distill run train-student -c paper-run.toml --shards /runs/coco-train/shards \\
-          --val-shards /runs/coco-val/shards --out /runs/student --num-workers 4 --gpus-per-worker 1
-      distill run train-student --preset demo --shards demo-data/run/shards --resume
+      distill run train-student -c paper-run.toml --shards /runs/coco-train \\
+          --val-shards /runs/coco-val --out /runs/student \\
+          --num-workers 4 --gpus-per-worker 1
+      distill run train-student --preset demo --shards demo-data/run --resume
     """
     from distill.config import load_config
     from distill.runfolder import StudentRun
@@ -480,7 +486,8 @@ def data_check(
     \b
     Examples:
       distill data check /data/coco --split val2017
-      distill data check /data/coco --split val2017 --decode --set data.max_image_pixels=200000000
+      distill data check /data/coco --split val2017 --decode \\
+          --set data.max_image_pixels=200000000
     """
     import time
     from collections import Counter
@@ -662,8 +669,9 @@ def run_evaluate(
 
     \b
     Examples:
-      distill run evaluate --checkpoint demo-data/student --shards demo-data/run/shards
-      distill run evaluate -k /runs/student/checkpoints/best --shards /runs/coco-val/shards
+      distill run evaluate --checkpoint demo-data/student --shards demo-data/run
+      distill run evaluate -k /runs/student/checkpoints/best \\
+          --shards /runs/coco-val/shards
     """
     import json
 
@@ -739,8 +747,10 @@ def predict(
 
     \b
     Examples:
-      distill predict demo-data/coco/val2017 --checkpoint demo-data/student --out demo-data/pred
-      distill predict photo.jpg -k /runs/student --device cuda --set predict.refine_iterations=0
+      distill predict demo-data/coco/val2017 --checkpoint demo-data/student \\
+          --out demo-data/pred
+      distill predict photo.jpg -k /runs/student --device cuda \\
+          --set predict.refine_iterations=0
     """
     import json
     import time
@@ -834,7 +844,8 @@ def show(
 
     \b
     Examples:
-      distill show demo-data/run/shards/val2017-00000-of-00002.parquet --row 2 --out row2.png
+      distill show demo-data/run/shards/val2017-00000-of-00002.parquet \\
+          --row 2 --out row2.png
       distill show SHARD --row 0 --checkpoint demo-data/student --out compare.png
     """
     from distill.shards import decode_row
@@ -900,10 +911,82 @@ def run_audit(
     typer.echo(f"report: {LabelRun(out).audit}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Help that reads well at any width
+
+
+def _reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as single lines, so that the terminal wraps them evenly; a
+    paragraph opened by click's `\\b` (examples) keeps its lines as written."""
+    if not text:
+        return text
+    return "\n\n".join(_verbatim(p) if p.startswith("\b") else " ".join(p.split())
+                       for p in cleandoc(text).split("\n\n"))
+
+
+def _verbatim(paragraph: str) -> str:
+    """A `\\b` paragraph (a heading, then examples) with its marker dropped — typer's rich help
+    keeps line breaks as written — and its lines under the heading flush left, continuations
+    indented: typer strips a common indent only where another paragraph follows."""
+    head, _, body = paragraph.removeprefix("\b\n").partition("\n")
+    return f"{head}\n{dedent(body)}" if body else head
+
+
+def _metavar(param: Any) -> str:
+    """What an option's value is, in the words of a man page (N, PATH, KEY=VALUE)."""
+    if isinstance(param, typer.core.TyperArgument):
+        return param.name.upper() if param.name else "ARG"
+    if param.name == "set_":
+        return "KEY=VALUE"
+    desc = param.type_descriptor
+    kind = desc.annotation
+    if desc.is_list or get_origin(kind) is list:
+        kind = (get_args(kind) or (str,))[0]
+    if kind is int:
+        return "N"
+    if kind is float:
+        return "X"
+    if desc.is_path or kind is Path:
+        return "PATH"
+    return "TEXT"
+
+
+def tidy_help(command: Any) -> Any:
+    """Every command's help as a reader wants it (tests/test_cli.py renders them all at 80
+    and 120 columns): reflowed paragraphs, no value placeholder on a flag, and a man-page
+    placeholder (N, PATH, KEY=VALUE) for a value."""
+    command.help = _reflow(command.help)
+    command.epilog = _reflow(command.epilog)
+    made = command.get_help_option  # --help itself is made on first use: a flag too
+
+    def help_option(ctx: Any) -> Any:
+        option = made(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for param in command.params:
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            param.metavar = ""
+        elif param.metavar is None:
+            param.metavar = _metavar(param)
+        if isinstance(param, typer.core.TyperArgument):  # its name says it: no type column
+            param.display_type_rich = lambda ctx: None
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+    return command
+
+
+def cli() -> Any:
+    """The whole command line as one click command, help tidied (`tidy_help`)."""
+    return tidy_help(typer.main.get_command(app))
+
+
 def main() -> None:
     """Console-script entry point."""
     install_signal_handlers()
-    app()
+    cli()(prog_name="distill")
 
 
 if __name__ == "__main__":  # pragma: no cover
