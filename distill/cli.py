@@ -972,7 +972,7 @@ def tidy_help(command: Any) -> Any:
         elif param.metavar is None:
             param.metavar = _metavar(param)
         if isinstance(param, typer.core.TyperArgument):  # its name says it: no type column
-            param.display_type_rich = lambda ctx: None
+            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
     for sub in getattr(command, "commands", {}).values():
         tidy_help(sub)
     return command
