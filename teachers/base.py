@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "TeacherError",
     "TextResult",
     "check_images",
+    "import_failure",
 ]
 
 R = TypeVar("R")
@@ -34,6 +36,19 @@ R = TypeVar("R")
 
 class TeacherError(DistillError):
     """A teacher cannot be built or run (missing package, missing weights, bad input)."""
+
+
+def import_failure(exc: ImportError, package: str) -> str:
+    """Why an optional framework did not import, in words a user can act on: `package` is not
+    installed, or it is installed and its own import failed (on what). detectron2's model zoo
+    imports `pkg_resources`, which setuptools 81 removed: that case says what to pin."""
+    if importlib.util.find_spec(package) is None:
+        return f"{package} is not installed"
+    why = f"{type(exc).__name__}: {exc}"
+    if getattr(exc, "name", None) == "pkg_resources":
+        why += (" (setuptools 81 and later no longer ship pkg_resources, which detectron2's "
+                "model zoo imports: pip install 'setuptools<81')")
+    return f"{package} is installed but failed to import: {why}"
 
 
 @dataclass

@@ -32,7 +32,14 @@ from distill.config import TeacherConfig
 from distill.labels.groups import VOID, GroupTable
 from distill.shards import Segment
 from teachers import runtime
-from teachers.base import PanopticResult, Provenance, Teacher, TeacherError, check_images
+from teachers.base import (
+    PanopticResult,
+    Provenance,
+    Teacher,
+    TeacherError,
+    check_images,
+    import_failure,
+)
 from teachers.registry import register
 
 __all__ = [
@@ -47,9 +54,10 @@ logger = logging.getLogger(__name__)
 
 ZOO_CONFIG = "COCO-PanopticSegmentation/panoptic_fpn_R_101_3x.yaml"
 INSTALL_HINT = (
-    "Install detectron2 after torch with "
-    "`pip install 'git+https://github.com/facebookresearch/detectron2.git'` (see its INSTALL.md; "
-    "it builds from source and needs a C++ compiler), or use the installable backend "
+    "Install it after torch, building from source (a C++ compiler; see its INSTALL.md): "
+    "`pip install 'setuptools<81' fvcore iopath omegaconf` then `pip install "
+    "--no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`; or use the "
+    "installable backend "
     "'mask2former': --set teachers.panoptic.backend=mask2former "
     "--set teachers.panoptic.checkpoint=facebook/mask2former-swin-large-coco-panoptic"
 )
@@ -148,8 +156,8 @@ def _import_detectron2() -> SimpleNamespace:
         from detectron2.utils.file_io import PathManager
     except ImportError as exc:
         raise TeacherError(
-            f"teachers.panoptic.backend = 'detectron2' needs the detectron2 package, which cannot "
-            f"be imported ({exc}). {INSTALL_HINT}"
+            f"teachers.panoptic.backend = 'detectron2' needs the detectron2 package: "
+            f"{import_failure(exc, 'detectron2')}. {INSTALL_HINT}"
         ) from exc
     return SimpleNamespace(
         version=getattr(detectron2, "__version__", "unknown"), transforms=transforms,

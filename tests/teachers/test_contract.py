@@ -5,6 +5,7 @@ same outputs from a second instance (deterministic on CPU)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -88,3 +89,31 @@ def test_teacher_contract(role, name, mixed_batch):
     again = create_teacher(role, _config(name)).predict(mixed_batch)
     assert all(_same(a, b) for a, b in zip(results, again, strict=True))
     assert teacher.predict([]) == []
+
+
+def test_a_framework_that_is_installed_but_fails_to_import_is_told_apart(tmp_path,
+                                                                        monkeypatch):
+    """detectron2 installed, its import failing on pkg_resources (setuptools >= 81): the error
+    says so and what to pin, instead of "install detectron2"."""
+    from teachers.base import TeacherError
+    from teachers.detectron2 import _import_detectron2
+
+    fake = tmp_path / "detectron2"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import pkg_resources_gone_for_this_test as pkg_resources\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "detectron2" or m.startswith("detectron2.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(TeacherError, match="detectron2 is installed but failed to import: "
+                       "ModuleNotFoundError: No module named 'pkg_resources_gone"):
+        _import_detectron2()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    with pytest.raises(TeacherError, match=r"detectron2 is not installed.*--no-build-isolation"):
+        _import_detectron2()
+
+
+def test_the_pkg_resources_failure_names_the_setuptools_pin():
+    from teachers.base import import_failure
+
+    exc = ModuleNotFoundError("No module named 'pkg_resources'", name="pkg_resources")
+    assert "pip install 'setuptools<81'" in import_failure(exc, "pytest")
