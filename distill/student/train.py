@@ -13,7 +13,8 @@ HDM@{0.1,0.3,0.5,0.8} and MSE per modality and the cosine similarity per token p
 Run folder (`distill.runfolder.StudentRun`; `--out` is a local path or a URI such as
 `s3://bucket/student`): `run.json` (the mark that makes it a student run), `config.toml`,
 `vocab.parquet` (the labelling run's words, for predict and evaluate), `metrics.jsonl`,
-`summary.json` and `checkpoints/{last,best}/`. distill writes only into a new or empty folder or
+`summary.json`, `checkpoints/{last,best}/`, and the training curves of `train.trackers`
+(`tensorboard/`, `trackers.json`; `distill.student.curves`). distill writes only into a new or empty folder or
 a student run (one made by an older distill — `config.toml` beside `checkpoints/`, no `run.json`
 — resumes too), and one writer at a time (`StudentRun.lock()`: `flock` locally, a lease on S3).
 Every file goes through `distill.storage.atomic_write_bytes`. `metrics.jsonl` is rewritten whole
@@ -84,7 +85,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from distill.config import Config, TrainConfig, dump_toml
+from distill.config import Config, TrainConfig, config_to_dict, dump_toml
 from distill.errors import ConfigError, DistillError, ShardError
 from distill.labels.tokens import Vocabulary
 from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
@@ -97,6 +98,7 @@ from distill.storage import (
     remove_tree,
 )
 from distill.student import layout
+from distill.student.curves import Curves, check_trackers
 from distill.student.data import ShardSpec, ShardStream, collate
 from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
 from distill.student.model import build_student
@@ -496,6 +498,7 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
     if not (session.is_main and session.owns_run):
         return _train(config, options, session, workers, run, None)
     run.check_target()  # before anything is written: refuses a folder distill did not make
+    check_trackers(config.train.trackers)
     if options.verify_shards:
         verify_shards([options.shards, *([options.val_shards] if options.val_shards else [])],
                       progress=options.progress)
@@ -689,6 +692,14 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     distributed = session.world_size > 1
     samples_per_epoch = min(min(_rows_per_rank(train_stream)),
                             _train_steps(train_stream, cfg.batch_size) * cfg.batch_size)
+    curves = Curves(cfg.trackers, run, step, config_to_dict(config)) \
+        if session.is_main and start_epoch < cfg.epochs else None
+
+    def on_step(n: int, loss: torch.Tensor) -> None:
+        progress.step(n * session.world_size, loss)
+        if curves is not None:
+            curves.batch(loss)
+
     progress = _Progress(cfg.epochs - start_epoch, samples_per_epoch * session.world_size,
                          enabled=options.progress and session.is_main)
     try:
@@ -702,7 +713,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
             train_metrics, skipped = _run_epoch(
                 model, _loader(train_stream, cfg.batch_size, workers), steps, cfg,
                 session.device, optimizer,
-                on_step=lambda n, loss: progress.step(n * session.world_size, loss),
+                on_step=on_step,
                 warned=warned, distributed=distributed)
             if "loss" not in train_metrics:
                 raise DistillError(
@@ -739,6 +750,8 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
                 # metrics, then best, then last: a crash in between redoes this epoch
                 history.append(last)
                 commit(run.metrics, "".join(json.dumps(m) + "\n" for m in history).encode())
+                if curves is not None:
+                    curves.epoch(last)
                 model_bytes, state_bytes = _checkpoint_bytes(model, state)
                 for which in ("best", "last") if improved else ("last",):
                     if lease is not None:
@@ -757,6 +770,8 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         raise
     finally:
         progress.close()
+        if curves is not None:
+            curves.close()
     if not last and history:  # resumed at or past train.epochs: nothing ran, nothing changed
         return history[-1]
     if session.is_main:
