@@ -16,24 +16,27 @@ losses are read from the device once per epoch, not once per step). Only rank 0 
   appends to a local file, which an object store cannot do: for an `s3://…` (any URI) `--out`
   the event file is written in a local temporary folder and uploaded whole to
   `OUT/tensorboard/` after every epoch (a few kB per epoch of scalars).
-- **mlflow** (`pip install mlflow`): one MLflow run per student run, in the experiment
+- **mlflow** (`pip install mlflow`, or `mlflow-skinny`): one MLflow run per student run, in the experiment
   `MLFLOW_EXPERIMENT_NAME` (default `distill`) at `MLFLOW_TRACKING_URI` (MLflow's own default
   otherwise: `./mlruns`; a `file:` URI works offline). Its run id is kept in `OUT/trackers.json`,
-  so a resume logs into the same MLflow run. MLflow metric names cannot hold `@`:
-  `hdm@0.1` is logged as `hdm_0.1`.
+  so a resume logs into the same MLflow run. MLflow metric names cannot hold `@`, nor be a
+  prefix folder of another name: there `train/hdm@0.1/joints` is `train/hdm_0.1_joints` and
+  `train/loss/joints` is `train/loss_joints` (`mlflow_name`).
 - **wandb** (`pip install wandb`): one W&B run per student run in `WANDB_PROJECT` (default
   `distill`), resumed by the id kept in `OUT/trackers.json`; `WANDB_MODE=offline` works without
   a network.
 
 A tracker that is asked for but not installed is refused before anything is written (exit code
-2, one line).
+2, one line), as is one that cannot start (a bad tracking URI). MLflow or W&B failing later, in
+the middle of a run (a tracking server gone), is logged once and training goes on:
+`metrics.jsonl` is the record.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import math
+import logging
 import os
 import shutil
 import tempfile
@@ -51,7 +54,9 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
           "mlflow": ("mlflow", "mlflow")}
 
-__all__ = ["TRACKERS", "Curves", "check_trackers", "figures"]
+__all__ = ["TRACKERS", "Curves", "check_trackers", "figures", "mlflow_name"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_trackers(names: Sequence[str]) -> None:
@@ -97,6 +102,7 @@ class Curves:
         self.local: str | None = None  # a temporary folder for a remote run's event files
         self.mlflow: Any = None
         self.wandb: Any = None
+        self.failed: set[str] = set()  # trackers that failed to log once (warned)
         try:
             self._start(config)
         except DistillError:
@@ -168,21 +174,36 @@ class Curves:
                 self.tb.add_scalar(tag, value, step)
             self.tb.flush()
             self._upload()
-        if self.mlflow is not None:
-            from mlflow.entities import Metric
+        for name, send in (("mlflow", self._mlflow), ("wandb", self._wandb)):
+            if getattr(self, name) is None:
+                continue
+            try:
+                send(losses, first, numbers, step)
+            except Exception as exc:  # a tracking server down must not end a long training
+                if name not in self.failed:
+                    self.failed.add(name)
+                    logger.warning("train.trackers: %s did not take epoch %s (%s: %s); "
+                                   "training goes on, metrics.jsonl has every epoch", name,
+                                   metrics.get("epoch"), type(exc).__name__,
+                                   str(exc).splitlines()[0] if str(exc) else "")
 
-            stamp = _millis()
-            batch = [Metric("train/batch_loss", v, stamp, first + k)
-                     for k, v in enumerate(losses) if math.isfinite(v)]
-            batch += [Metric(_mlflow_name(tag), v, stamp, step) for tag, v in numbers.items()]
-            client = self.mlflow.MlflowClient()
-            run_id = self.mlflow.active_run().info.run_id
-            for n in range(0, len(batch), 1000):  # MLflow's batch limit
-                client.log_batch(run_id, metrics=batch[n:n + 1000])
-        if self.wandb is not None:
-            for k, value in enumerate(losses):
-                self.wandb.log({"train/batch_loss": value}, step=first + k)
-            self.wandb.log(numbers, step=step)
+    def _mlflow(self, losses: list[float], first: int, numbers: dict[str, float],
+                step: int) -> None:
+        from mlflow.entities import Metric
+
+        stamp = _millis()
+        batch = [Metric("train/batch_loss", v, stamp, first + k) for k, v in enumerate(losses)]
+        batch += [Metric(mlflow_name(tag), v, stamp, step) for tag, v in numbers.items()]
+        client = self.mlflow.MlflowClient()
+        run_id = self.mlflow.active_run().info.run_id
+        for n in range(0, len(batch), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=batch[n:n + 1000])
+
+    def _wandb(self, losses: list[float], first: int, numbers: dict[str, float],
+               step: int) -> None:
+        for k, value in enumerate(losses):
+            self.wandb.log({"train/batch_loss": value}, step=first + k)
+        self.wandb.log(numbers, step=step)
 
     def _upload(self) -> None:
         """A remote run: every local event file, whole, to `OUT/tensorboard/`."""
@@ -208,8 +229,11 @@ class Curves:
             self.wandb = None
 
 
-def _mlflow_name(tag: str) -> str:
-    return tag.replace("@", "_")
+def mlflow_name(tag: str) -> str:
+    """A tag as MLflow can store it: no `@`, and no tag that is also a folder of another
+    (`train/loss` beside `train/loss/joints`): `/` only after the section."""
+    section, sep, rest = tag.replace("@", "_").partition("/")
+    return f"{section}{sep}{rest.replace('/', '_')}"
 
 
 def _millis() -> int:

@@ -15,7 +15,7 @@ import pytest
 
 from distill.config import load_config
 from distill.errors import DistillError
-from distill.student.curves import figures
+from distill.student.curves import figures, mlflow_name
 from distill.student.train import TrainOptions, train_student
 
 
@@ -44,6 +44,8 @@ def test_figures_are_the_numbers_of_a_metrics_line_flattened():
     assert figures(line) == {"epoch": 3.0, "lr": 2e-4, "seconds": 1.5, "best": 0.5,
                              "stale": 0.0, "train/loss": 0.7, "train/hdm@0.1/joints": 0.25,
                              "skipped_rows/train": 1.0, "skipped_rows/val": 0.0}
+    assert mlflow_name("train/hdm@0.1/joints") == "train/hdm_0.1_joints"
+    assert mlflow_name("train/loss") == "train/loss" and mlflow_name("lr") == "lr"
 
 
 @pytest.mark.slow
@@ -147,9 +149,38 @@ def test_mlflow_logs_the_same_figures_into_one_run_across_a_resume(labelled_coco
     (run,) = client.search_runs([client.get_experiment_by_name("curves-test").experiment_id])
     assert run.info.run_id == run_id and run.data.params["train.epochs"] == "1"
     log = _metrics(out)
-    for tag in ("train/loss", "train/hdm_0.1/joints", "lr", "skipped_rows/train"):
-        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, tag))
-        key = tag.replace("hdm_", "hdm@")
-        assert history == [(m["step"], figures(m)[key]) for m in log], tag
+    tags = set(figures(log[0]))
+    assert {"train/loss", "train/loss/joints", "train/hdm@0.1/joints", "lr",
+            "skipped_rows/train"} <= tags
+    for tag in tags:  # every figure of every epoch, at its step, once
+        history = sorted((m.step, m.value)
+                         for m in client.get_metric_history(run_id, mlflow_name(tag)))
+        assert history == [(m["step"], figures(m)[tag]) for m in log], tag
     steps = sorted(m.step for m in client.get_metric_history(run_id, "train/batch_loss"))
     assert steps == list(range(1, log[-1]["step"] + 1))
+
+
+def test_a_tracker_failing_mid_run_is_warned_about_once_and_training_goes_on(tmp_path,
+                                                                           caplog):
+    from types import SimpleNamespace
+
+    from distill.runfolder import StudentRun
+    from distill.student.curves import Curves
+
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise ConnectionError("tracking server gone\nsecond line")
+
+    curves = Curves([], StudentRun(tmp_path / "run"), 0, {})
+    curves.mlflow = SimpleNamespace(MlflowClient=broken)
+    line = {"epoch": 0, "step": 3, "train": {"loss": 1.0}}
+    with caplog.at_level("WARNING", logger="distill.student.curves"):
+        curves.epoch(line)
+        curves.epoch({**line, "epoch": 1, "step": 6})
+    assert len(calls) == 2  # tried every epoch
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "mlflow did not take epoch 0 (ConnectionError: tracking server gone)" in warning
+    curves.mlflow = None
+    curves.close()
