@@ -304,6 +304,10 @@ class TrainConfig:
     heatmaps: HeatmapScheduleConfig = field(default_factory=HeatmapScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = _runtime(2)  # DataLoader workers per rank
+    # Where the training curves go besides metrics.jsonl (distill.student.curves); the packages
+    # of wandb and mlflow are installed separately.
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(
+        default_factory=lambda: ["tensorboard"], metadata=_RUNTIME)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "lr_decay_epochs", "patience"):

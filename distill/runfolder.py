@@ -67,6 +67,8 @@ RUN_MARKER = "run.json"  # a student run's ownership mark
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"  # a student run's TensorBoard event files (distill.student.curves)
+TRACKERS = "trackers.json"  # a student run's MLflow / W&B run ids, so a resume continues them
 MODEL = "model.safetensors"  # in a student checkpoint folder: the weights
 STATE = "state.pt"  # in a student checkpoint folder: the training state
 _GLOB = set("*?[")
@@ -239,7 +241,7 @@ class StudentRun(_RunFolder):
 
     kind = "student run folder"
     marker = RUN_MARKER
-    fixed = (RUN_MARKER, CONFIG, METRICS, SUMMARY, VOCAB, EVALUATION)
+    fixed = (RUN_MARKER, CONFIG, METRICS, SUMMARY, VOCAB, EVALUATION, TRACKERS)
 
     @property
     def config(self) -> Location:
@@ -260,6 +262,16 @@ class StudentRun(_RunFolder):
     @property
     def evaluation(self) -> Location:
         return self.root / EVALUATION
+
+    @property
+    def tensorboard(self) -> Location:
+        """`tensorboard/`: the event files of `train.trackers = ["tensorboard"]`."""
+        return self.root / TENSORBOARD
+
+    @property
+    def trackers(self) -> Location:
+        """`trackers.json`: the MLflow and W&B run ids of this run."""
+        return self.root / TRACKERS
 
     def checkpoint(self, which: str) -> Location:
         """`checkpoints/last` or `checkpoints/best`."""

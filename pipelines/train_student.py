@@ -32,6 +32,7 @@ from distill.config import Config, config_to_dict
 from distill.errors import DistillError
 from distill.runfolder import StudentRun
 from distill.storage import Location
+from distill.student.curves import check_trackers
 from distill.student.data import ShardSpec, ShardStream
 from distill.student.train import (
     Session,
@@ -122,6 +123,7 @@ def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
 
     run = StudentRun(options.out)
     run.check_target()
+    check_trackers(config.train.trackers)  # rank 0's worker writes the curves
     if options.verify_shards:  # here, once; not on every worker
         verify_shards([options.shards, *([options.val_shards] if options.val_shards else [])],
                       progress=options.progress)

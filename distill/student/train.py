@@ -5,22 +5,24 @@ is, how many there are, where the model lives and how checkpoints are saved and 
 
 Loss: Σ g_i · MSE_i over the six image modalities and the tokens, with the paper's gains, each
 MSE over the samples that have that label. Adam; the learning rate falls linearly from
-`lr_start` to `lr_end` over `lr_decay_epochs` epochs, then stays. Early stopping after
+`lr_start` to `lr_end` over `lr_decay_epochs` epochs, then stays (`lr_schedule`: a
+`torch.optim.lr_scheduler.LambdaLR` stepped per epoch). Early stopping after
 `patience` epochs without a better validation (else training) loss. Each epoch logs the loss,
 HDM@{0.1,0.3,0.5,0.8} and MSE per modality and the cosine similarity per token position.
 
 Run folder (`distill.runfolder.StudentRun`; `--out` is a local path or a URI such as
 `s3://bucket/student`): `run.json` (the mark that makes it a student run), `config.toml`,
 `vocab.parquet` (the labelling run's words, for predict and evaluate), `metrics.jsonl`,
-`summary.json` and `checkpoints/{last,best}/`. distill writes only into a new or empty folder or
+`summary.json`, `checkpoints/{last,best}/`, and the training curves of `train.trackers`
+(`tensorboard/`, `trackers.json`; `distill.student.curves`). distill writes only into a new or empty folder or
 a student run (one made by an older distill — `config.toml` beside `checkpoints/`, no `run.json`
 — resumes too), and one writer at a time (`StudentRun.lock()`: `flock` locally, a lease on S3).
 Every file goes through `distill.storage.atomic_write_bytes`. `metrics.jsonl` is rewritten whole
 each epoch (object stores cannot append; the same code on every filesystem), before that epoch's
 checkpoints; a resume keeps the lines of the epochs before the one it starts at.
 
-Checkpoints: `model.safetensors` and `state.pt` (epoch, step, optimiser, torch RNG, best loss,
-patience count), written every epoch; `state.pt` holds only tensors and plain values, loaded with
+Checkpoints: `model.safetensors` and `state.pt` (epoch, step, optimiser, learning-rate
+scheduler, torch RNG, best loss, patience count), written every epoch; `state.pt` holds only tensors and plain values, loaded with
 `weights_only=True`. Resuming restores all of it, so k epochs + resume + (N−k) epochs give the
 same weights as N epochs straight.
 
@@ -83,7 +85,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from distill.config import Config, TrainConfig, dump_toml
+from distill.config import Config, TrainConfig, config_to_dict, dump_toml
 from distill.errors import ConfigError, DistillError, ShardError
 from distill.labels.tokens import Vocabulary
 from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
@@ -96,6 +98,7 @@ from distill.storage import (
     remove_tree,
 )
 from distill.student import layout
+from distill.student.curves import Curves, check_trackers
 from distill.student.data import ShardSpec, ShardStream, collate
 from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
 from distill.student.model import build_student
@@ -111,6 +114,7 @@ __all__ = [
     "hdm",
     "learning_rate",
     "load_checkpoint",
+    "lr_schedule",
     "recover_checkpoints",
     "resume_point",
     "train_student",
@@ -200,6 +204,26 @@ def learning_rate(epoch: int, cfg: TrainConfig) -> float:
     """Linear decay from lr_start to lr_end over lr_decay_epochs, then flat (paper §3.6)."""
     t = min(1.0, epoch / max(1, cfg.lr_decay_epochs))
     return cfg.lr_start + (cfg.lr_end - cfg.lr_start) * t
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_epoch: int = 0,
+                state: dict[str, Any] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-epoch schedule as a `torch.optim.lr_scheduler.LambdaLR`, stepped once after
+    every epoch. Its base rate is 1 (the optimiser is made with `lr=1.0`), so the rate of epoch
+    e is exactly `learning_rate(e, cfg)`. Made after a checkpoint is restored: `start_epoch` is
+    the epoch about to run and `state` the restored `state.pt`, whose `scheduler` entry (absent
+    in a distill older than the schedule) is loaded; the rate is always that of the current
+    config, as a resume with `--set train.lr_…` always had."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", 1.0)  # a restored optimiser has it, unless it is older
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: learning_rate(epoch, cfg), last_epoch=start_epoch - 1)
+    if state is not None and "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+        if scheduler.last_epoch != start_epoch:
+            raise DistillError(f"state.pt: the learning-rate schedule is at epoch "
+                               f"{scheduler.last_epoch}, the checkpoint at {start_epoch - 1}")
+    return scheduler
 
 
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -474,6 +498,7 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
     if not (session.is_main and session.owns_run):
         return _train(config, options, session, workers, run, None)
     run.check_target()  # before anything is written: refuses a folder distill did not make
+    check_trackers(config.train.trackers)
     if options.verify_shards:
         verify_shards([options.shards, *([options.val_shards] if options.val_shards else [])],
                       progress=options.progress)
@@ -622,8 +647,9 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     torch.manual_seed(cfg.seed)
     model: torch.nn.Module = build_student(config.student, len(vocab.words) if vocab else 0,
                                            session.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate(0, cfg))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)  # the rate is lr_schedule's
     start_epoch, step, best, stale = 0, 0, math.inf, 0
+    state: dict[str, Any] | None = None
     if lease is not None:
         recover_checkpoints(run)
     last_folder = run.checkpoint("last")
@@ -645,6 +671,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         best, stale = float(state["best"]), int(state["stale"])
         logger.info("resumed from %s at epoch %d", restore, start_epoch)
+    scheduler = lr_schedule(optimizer, cfg, start_epoch, state)
     history: list[dict[str, Any]] = []
     if session.is_main:
         run.mark()
@@ -665,12 +692,19 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     distributed = session.world_size > 1
     samples_per_epoch = min(min(_rows_per_rank(train_stream)),
                             _train_steps(train_stream, cfg.batch_size) * cfg.batch_size)
+    curves = Curves(cfg.trackers, run, step, config_to_dict(config)) \
+        if session.is_main and start_epoch < cfg.epochs else None
+
+    def on_step(n: int, loss: torch.Tensor) -> None:
+        progress.step(n * session.world_size, loss)
+        if curves is not None:
+            curves.batch(loss)
+
     progress = _Progress(cfg.epochs - start_epoch, samples_per_epoch * session.world_size,
                          enabled=options.progress and session.is_main)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(epoch, cfg)
+            lr = float(optimizer.param_groups[0]["lr"])  # learning_rate(epoch, cfg)
             train_stream.set_epoch(epoch)
             steps = _train_steps(train_stream, cfg.batch_size)
             if steps == 0:  # check_streams ruled this out; a guard, not a nan checkpoint
@@ -679,7 +713,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
             train_metrics, skipped = _run_epoch(
                 model, _loader(train_stream, cfg.batch_size, workers), steps, cfg,
                 session.device, optimizer,
-                on_step=lambda n, loss: progress.step(n * session.world_size, loss),
+                on_step=on_step,
                 warned=warned, distributed=distributed)
             if "loss" not in train_metrics:
                 raise DistillError(
@@ -704,16 +738,20 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
             judged = val_metrics.get("loss", train_metrics.get("loss", math.inf))
             improved = judged < best
             best, stale = (judged, 0) if improved else (best, stale + 1)
-            last = {"epoch": epoch, "step": step, "lr": learning_rate(epoch, cfg),
+            scheduler.step()  # the rate of the next epoch
+            last = {"epoch": epoch, "step": step, "lr": lr,
                     "seconds": round(time.monotonic() - started, 3),
                     "train": train_metrics, "val": val_metrics, "best": best, "stale": stale,
                     "skipped_rows": {"train": skipped, "val": val_skipped}}
             state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "best": best, "stale": stale}
+                     "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "best": best, "stale": stale}
             if session.is_main:
                 # metrics, then best, then last: a crash in between redoes this epoch
                 history.append(last)
                 commit(run.metrics, "".join(json.dumps(m) + "\n" for m in history).encode())
+                if curves is not None:
+                    curves.epoch(last)
                 model_bytes, state_bytes = _checkpoint_bytes(model, state)
                 for which in ("best", "last") if improved else ("last",):
                     if lease is not None:
@@ -732,6 +770,8 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         raise
     finally:
         progress.close()
+        if curves is not None:
+            curves.close()
     if not last and history:  # resumed at or past train.epochs: nothing ran, nothing changed
         return history[-1]
     if session.is_main:

@@ -53,6 +53,12 @@ def _student_files(*checkpoints: str) -> list[str]:
     return sorted(files)
 
 
+def _run_files(out: str) -> list[str]:
+    """The run's keys, TensorBoard's event files (named by time and host) as one name."""
+    return sorted({"tensorboard/events" if k.startswith("tensorboard/events.out.tfevents.")
+                   else k for k in s3_keys(out)})
+
+
 @pytest.fixture(scope="module")
 def labels_on_s3(labelled_coco7, s3_server, tmp_path_factory):
     """The labelled coco7 run folder uploaded to its own bucket: its s3:// URI."""
@@ -66,7 +72,7 @@ def labels_on_s3(labelled_coco7, s3_server, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_student_and_evaluate_from_s3_into_s3(labels_on_s3, s3_bucket):
+def test_train_student_and_evaluate_from_s3_into_s3(labels_on_s3, s3_bucket, tmp_path):
     out = f"{s3_bucket}/student"
     runner = CliRunner()
     res = runner.invoke(app, ["run", "train-student", "--preset", "demo", "--shards",
@@ -74,8 +80,20 @@ def test_train_student_and_evaluate_from_s3_into_s3(labels_on_s3, s3_bucket):
                               *_sets()])
     assert res.exit_code == 0, res.output
     # Every run file on the object store, none left under a temp name, the lease released.
-    assert s3_keys(out) == _student_files("best", "last")
+    assert _run_files(out) == sorted([*_student_files("best", "last"), "tensorboard/events"])
     assert [m["epoch"] for m in _metrics(out)] == [0]
+    # TensorBoard's event file was written locally and uploaded whole: it reads back.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (event,) = [k for k in s3_keys(out) if k.startswith("tensorboard/")]
+    local = tmp_path / "tensorboard"
+    local.mkdir()
+    (local / Path(event).name).write_bytes(Location(f"{out}/{event}").read_bytes())
+    curves = EventAccumulator(str(local))
+    curves.Reload()
+    (loss,) = curves.Scalars("train/loss")
+    assert loss.step == _metrics(out)[0]["step"]
+    assert loss.value == pytest.approx(_metrics(out)[0]["train"]["loss"], rel=1e-6)
 
     # predict's loader and evaluate read the run straight from s3 (config, vocab, checkpoint).
     student = load_student(out)
@@ -86,7 +104,8 @@ def test_train_student_and_evaluate_from_s3_into_s3(labels_on_s3, s3_bucket):
     assert res.exit_code == 0, res.output
     doc = json.loads(StudentRun(out).evaluation.read_text())
     assert doc["rows"] == 7 and doc["checkpoint"] == f"{out}/checkpoints/best"
-    assert s3_keys(out) == sorted([*_student_files("best", "last"), "evaluation.json"])
+    assert _run_files(out) == sorted([*_student_files("best", "last"), "evaluation.json",
+                                      "tensorboard/events"])
 
 
 @pytest.mark.slow

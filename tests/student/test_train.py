@@ -19,6 +19,7 @@ from distill.student.train import (
     compute_loss,
     hdm,
     learning_rate,
+    lr_schedule,
     train_student,
 )
 
@@ -38,6 +39,40 @@ def test_learning_rate_falls_linearly_then_stays():
     assert learning_rate(50, cfg) == pytest.approx(1.7e-4)
     assert learning_rate(100, cfg) == pytest.approx(1.0e-4)
     assert learning_rate(200, cfg) == pytest.approx(1.0e-4)
+
+
+def _rates(optimizer: torch.optim.Optimizer, scheduler, epochs: range) -> list[float]:
+    rates = []
+    for _ in epochs:
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_the_scheduler_gives_the_linear_formula_at_every_epoch_and_resumes():
+    cfg = load_config("paper").train
+    old = [cfg.lr_start + (cfg.lr_end - cfg.lr_start) * min(1.0, e / cfg.lr_decay_epochs)
+           for e in range(cfg.epochs)]  # the hand-written rate before LambdaLR
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.Adam([weight], lr=1.0)
+    scheduler = lr_schedule(optimizer, cfg)
+    assert _rates(optimizer, scheduler, range(cfg.epochs)) == old  # exactly, not approx
+    # A resume at epoch 120 from a saved state continues the same rates...
+    optimizer = torch.optim.Adam([weight], lr=1.0)
+    scheduler = lr_schedule(optimizer, cfg)
+    _rates(optimizer, scheduler, range(120))
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    again = torch.optim.Adam([weight], lr=1.0)
+    again.load_state_dict(state["optimizer"])
+    resumed = lr_schedule(again, cfg, 120, state)
+    assert _rates(again, resumed, range(120, cfg.epochs)) == old[120:]
+    # ...and so does one from a state.pt of an older distill (no scheduler, no initial_lr).
+    older = torch.optim.Adam([weight], lr=old[40])
+    resumed = lr_schedule(older, cfg, 41, {"epoch": 40})
+    assert _rates(older, resumed, range(41, 60)) == old[41:60]
+    with pytest.raises(DistillError, match="schedule"):
+        lr_schedule(torch.optim.Adam([weight], lr=1.0), cfg, 7, state)
 
 
 def test_loss_uses_the_papers_gains_and_skips_absent_labels():
@@ -91,6 +126,12 @@ def test_resume_continues_exactly(labelled_coco7, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["epoch"] for m in _metrics(tmp_path / "split")] == [0, 1, 2, 3]
+    assert [m["lr"] for m in _metrics(tmp_path / "split")] == \
+        [learning_rate(e, cfg.train) for e in range(4)] == \
+        [m["lr"] for m in _metrics(tmp_path / "straight")]
+    state = torch.load(tmp_path / "split" / "checkpoints" / "last" / "state.pt",
+                       weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 4
     # Starting over a finished run without --resume is refused, not silently mixed.
     with pytest.raises(DistillError, match="--resume"):
         train_student(cfg, TrainOptions(shards=shards, out=tmp_path / "split", progress=False))
