@@ -220,6 +220,8 @@ def _report_run(result: Any) -> None:
         typer.echo(f"  details: {plan.run.quarantine}; after fixing, "
                    f"`distill run retry-failed {plan.run}` re-runs only those")
     typer.echo(f"shards: {plan.run.shards}   summary: {plan.run.summary}")
+    if result.ray_logs:
+        typer.echo(f"Ray's logs: {result.ray_logs} (-v shows them on the console)")
 
 
 def _report_dry_run(plan: Any, est: Any) -> None:

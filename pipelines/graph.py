@@ -128,16 +128,15 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
 
 
 def _quiet_ray_data_console() -> None:
-    """Ray Data prints its plan and a note that its progress bars are off (ours draw instead)
-    at INFO/WARNING on the console; its full debug log still goes to the session's ray-data.log.
-    Raise the console handlers to WARNING and drop that one note."""
-    def not_the_progress_note(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Progress bars disabled")
-
+    """Ray Data prints its plan, a note that its progress bars are off (ours draw instead) and
+    advice such as its memory warnings (`Operator '…' uses 688.9MiB …`, every 30 s) on the
+    console; without -v only its errors stay there. Its full log still goes to the session's
+    logs/ray-data/ (the path the run's summary names)."""
     for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.WARNING)
-            handler.addFilter(not_the_progress_note)
+        # its file handler is a plain Handler (SessionFileHandler), the console a StreamHandler
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
 
 
 def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
