@@ -40,7 +40,7 @@ from distill.config import RayConfig
 from distill.errors import DistillError
 from pipelines.console import native_lines_dropped
 
-__all__ = ["ClusterInfo", "cluster_resources", "loopback_only", "ray_logs", "ray_session",
+__all__ = ["ClusterInfo", "cluster_memory", "cluster_resources", "loopback_only", "ray_logs", "ray_session",
            "reap_dead_sessions", "session_processes", "start_local_ray", "unwrap_error"]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class ClusterInfo:
     gpus: float
     nodes: int
     logs: str = ""  # Ray's log folder on this machine (the driver's session), "" if unknown
+    memory: float = 0.0  # bytes of Ray's `memory` resource in the cluster; 0 = unknown
 
 
 def ray_logs() -> str:
@@ -64,6 +65,13 @@ def ray_logs() -> str:
         if node is not None:
             return os.path.join(node.get_session_dir_path(), "logs")
     return ""
+
+
+def cluster_memory() -> float:
+    """Bytes of the `memory` resource Ray schedules actors against, cluster-wide."""
+    import ray
+
+    return float(ray.cluster_resources().get("memory", 0.0))
 
 
 def cluster_resources() -> tuple[float, float, int]:
@@ -142,7 +150,7 @@ def ray_session(config: RayConfig, address: str | None = None,
 
     if ray.is_initialized():
         cpus, gpus, nodes = cluster_resources()
-        yield ClusterInfo("existing", cpus, gpus, nodes, ray_logs())
+        yield ClusterInfo("existing", cpus, gpus, nodes, ray_logs(), cluster_memory())
         return
     address = address or config.address or ""
     exported = os.environ.get("RAY_ADDRESS", "")
@@ -179,7 +187,8 @@ def ray_session(config: RayConfig, address: str | None = None,
                 else:
                     logger.info("Ray: a private local instance at %s: %s",
                                 ray.get_runtime_context().gcs_address, summary)
-                yield ClusterInfo(address or "local", cpus, gpus, nodes, ray_logs())
+                yield ClusterInfo(address or "local", cpus, gpus, nodes, ray_logs(),
+                                  cluster_memory())
             finally:
                 ray.shutdown()
     finally:
