@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ from distill.errors import ConfigError, ShardError, UnsafePathError
 from distill.labels.glove import load_glove_words
 from distill.labels.groups import GROUP_NAMES, GroupTable, decode_group_mask
 from distill.labels.tokens import load_stop_words, tokenize
+from distill.progress import Progress
 from distill.runfolder import LabelRun, resolve_shards
 from distill.shards import Sample, decode_row, open_shard, read_metadata
 from distill.storage import Location, StorageError, atomic_write_bytes
@@ -60,7 +60,6 @@ AUDIT_GROUPS = ("Persons", "Vehicles", "Animals")  # the groups COCO's 80 things
 CAPTION_METRICS = ("precision", "recall_union", "recall_each")
 # Only these columns are read; the rest of a row (image bytes, depth, ...) is never decoded.
 _COLUMNS = ["image_id", "width", "height", "groups_png", "teacher_captions", "coco_captions"]
-_LOG_EVERY_S = 10.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,8 +351,8 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
               progress: bool = True) -> dict[str, Any]:
     """Audit the run folder `out` (a path or a URI: its resolved config and its shards, in
     run order, the first `limit` rows when given); write the run's audit report atomically and
-    return the same dict. `progress` shows a rich bar on a terminal, else a log line every
-    10 s."""
+    return the same dict. `progress` shows a bar on a terminal, else a line on stderr every
+    10 s (`distill.progress`)."""
     started = time.monotonic()
     run = LabelRun(out)
     if limit is not None and limit < 0:
@@ -369,7 +368,7 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
                        GroupTable.load(config.labels.group_overrides))
     captions = _CaptionAudit(config.labels)
     rows = 0
-    with _Progress(total, progress) as bar:
+    with Progress("audit", total, "rows", enabled=progress, transient=True) as bar:
         for sample in _iter_rows(paths, limit):
             masks.add(sample)
             captions.add(sample)
@@ -431,39 +430,6 @@ def _provenance(paths: list[Location]) -> dict[str, Any]:
                 seen.append(prov)
     return {"fingerprints": fingerprints,
             "provenance": {r: v[0] if len(v) == 1 else v for r, v in sorted(roles.items())}}
-
-
-class _Progress:
-    """A rich bar on a terminal, else a log line every 10 s; nothing when disabled."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.done = total, enabled, 0
-        self.started = self.last = time.monotonic()
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self._bar = Progress(console=Console(stderr=True), transient=True)
-            self._bar.__enter__()
-            self._task = self._bar.add_task("audit", total=self.total)
-        return self
-
-    def advance(self) -> None:
-        self.done += 1
-        if self._bar is not None:
-            self._bar.advance(self._task)
-        elif self.enabled and time.monotonic() - self.last >= _LOG_EVERY_S:
-            self.last = time.monotonic()
-            logger.info("audit: %d/%d rows, %.1f rows/s", self.done, self.total,
-                        self.done / max(self.last - self.started, 1e-9))
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------------------------------------

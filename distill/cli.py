@@ -224,13 +224,15 @@ def _report_run(result: Any) -> None:
         typer.echo(f"  details: {plan.run.quarantine}; after fixing, "
                    f"`distill run retry-failed {plan.run}` re-runs only those")
     typer.echo(f"shards: {plan.run.shards}   summary: {plan.run.summary}")
+    if result.ray_logs:
+        typer.echo(f"Ray's logs: {result.ray_logs} (-v shows them on the console)")
 
 
 def _report_dry_run(plan: Any, est: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.progress import format_duration
+    from distill.progress import format_duration
 
     m = plan.manifest
     planned = sum(len(e.image_ids) for e in m.shards)
@@ -611,29 +613,11 @@ VocabOpt = Annotated[
 @contextlib.contextmanager
 def _bar(total: int, description: str, unit: str, enabled: bool = True) -> Iterator[
         Callable[[int], None]]:
-    """A progress bar with done/total, rate and ETA; yields `advance(n)`."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
+    """A progress bar with done/total, rate and ETA (`distill.progress`); yields `advance(n)`."""
+    from distill.progress import Progress
 
-    class _Rate(ProgressColumn):
-        def render(self, task: Task) -> Text:
-            return Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s")
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                  TimeRemainingColumn(), transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.update(task, advance=n)
+    with Progress(description, total, unit, enabled=enabled) as bar:
+        yield bar.advance
 
 
 def _device(name: str) -> str:

@@ -105,6 +105,9 @@ class TeacherConfig:
     num_gpus: float = _runtime(0.0)  # per actor; fractions share a GPU
     num_cpus: float = _runtime(1.0)  # per actor (scaled down to fit a small local machine)
     concurrency: int = _runtime(1)  # actors in the pool
+    # per actor, reserved with Ray (`memory=`, what Ray Data's memory warning recommends);
+    # 0 = no reservation (Ray's default)
+    memory_gb: float = _runtime(0.0)
 
     def validate(self, role: str) -> None:
         allowed = TEACHER_BACKENDS[role]
@@ -123,6 +126,8 @@ class TeacherConfig:
         if self.num_gpus < 0:
             raise ConfigError(f"teachers.{role}.num_gpus must be >= 0, got {self.num_gpus}")
         _positive(f"teachers.{role}.num_cpus", self.num_cpus)
+        if self.memory_gb < 0:
+            raise ConfigError(f"teachers.{role}.memory_gb must be >= 0, got {self.memory_gb}")
 
 
 @dataclass

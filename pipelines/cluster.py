@@ -38,9 +38,10 @@ from typing import Any
 
 from distill.config import RayConfig
 from distill.errors import DistillError
+from pipelines.console import native_lines_dropped
 
-__all__ = ["ClusterInfo", "cluster_resources", "loopback_only", "ray_session", "reap_dead_sessions",
-           "session_processes", "start_local_ray", "unwrap_error"]
+__all__ = ["ClusterInfo", "cluster_memory", "cluster_resources", "loopback_only", "ray_logs", "ray_session",
+           "reap_dead_sessions", "session_processes", "start_local_ray", "unwrap_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,26 @@ class ClusterInfo:
     cpus: float
     gpus: float
     nodes: int
+    logs: str = ""  # Ray's log folder on this machine (the driver's session), "" if unknown
+    memory: float = 0.0  # bytes of Ray's `memory` resource in the cluster; 0 = unknown
+
+
+def ray_logs() -> str:
+    """The `logs/` folder of the session this driver is connected to, on this machine."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    with suppress(AttributeError, OSError, TypeError):
+        if node is not None:
+            return os.path.join(node.get_session_dir_path(), "logs")
+    return ""
+
+
+def cluster_memory() -> float:
+    """Bytes of the `memory` resource Ray schedules actors against, cluster-wide."""
+    import ray
+
+    return float(ray.cluster_resources().get("memory", 0.0))
 
 
 def cluster_resources() -> tuple[float, float, int]:
@@ -129,7 +150,7 @@ def ray_session(config: RayConfig, address: str | None = None,
 
     if ray.is_initialized():
         cpus, gpus, nodes = cluster_resources()
-        yield ClusterInfo("existing", cpus, gpus, nodes)
+        yield ClusterInfo("existing", cpus, gpus, nodes, ray_logs(), cluster_memory())
         return
     address = address or config.address or ""
     exported = os.environ.get("RAY_ADDRESS", "")
@@ -155,16 +176,22 @@ def ray_session(config: RayConfig, address: str | None = None,
         target = where or address or "a local Ray instance"
         raise DistillError(f"cannot start or join Ray at {target}: {_first_line(exc)}") from exc
     try:
-        cpus, gpus, nodes = cluster_resources()
-        summary = f"{nodes} node(s), {cpus:g} CPUs, {gpus:g} GPUs"
-        if address:
-            print(f"Ray: joined the cluster at {where}: {summary}", file=sys.stderr, flush=True)
-        else:
-            logger.info("Ray: a private local instance at %s: %s",
-                        ray.get_runtime_context().gcs_address, summary)
-        yield ClusterInfo(address or "local", cpus, gpus, nodes)
+        # Ray's native lines (the driver's C++ core worker) stay in its log file, not here
+        with native_lines_dropped(not verbose):
+            try:
+                cpus, gpus, nodes = cluster_resources()
+                summary = f"{nodes} node(s), {cpus:g} CPUs, {gpus:g} GPUs"
+                if address:
+                    print(f"Ray: joined the cluster at {where}: {summary}", file=sys.stderr,
+                          flush=True)
+                else:
+                    logger.info("Ray: a private local instance at %s: %s",
+                                ray.get_runtime_context().gcs_address, summary)
+                yield ClusterInfo(address or "local", cpus, gpus, nodes, ray_logs(),
+                                  cluster_memory())
+            finally:
+                ray.shutdown()
     finally:
-        ray.shutdown()
         for watchdog in [w for w in _watchdogs if w not in others]:  # the one of this start
             _stop_watchdog(watchdog)
 

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 class RunResult:
     plan: RunPlan
     summary: dict[str, Any]  # as written to OUT/summary.json
+    ray_logs: str = ""  # where this run's Ray session kept its logs (this machine); "" if no Ray
 
 
 def generate_labels(config: Config, options: RunOptions) -> RunResult:
@@ -51,8 +52,10 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
                          f"{plan.manifest.fingerprint})\n{dump_toml(config)}")
         committer = Committer(plan, lease)
         committer.commit_empty()
+        ray_logs = ""
         if plan.images_to_process:
             with ray_session(config.ray, options.address, options.verbose) as cluster:
+                ray_logs = cluster.logs
                 execute(plan, options, cluster, committer)
         elapsed = time.monotonic() - started
         processed = committer.written
@@ -70,4 +73,4 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
                    if e.sha256 and e.name in present]
         write_vocabulary(run, written, config)
         summary = summarise_run(run, plan.manifest, plan.roles, invocation)
-    return RunResult(plan, summary)
+    return RunResult(plan, summary, ray_logs)

@@ -18,7 +18,7 @@ from pipelines.cluster import ClusterInfo, unwrap_error
 from pipelines.commit import Committer, check_dtype
 from pipelines.plan import RunOptions, RunPlan
 from pipelines.progress import ProgressBoard, ProgressDisplay
-from pipelines.sizing import actor_cpus, check_gpus, task_cpus
+from pipelines.sizing import actor_cpus, actor_memory, check_gpus, task_cpus
 from pipelines.stages import Item, TeacherStage, decode_items, postprocess_items
 
 __all__ = ["DECODE_BATCH", "TeacherOp", "block_size", "execute"]
@@ -112,32 +112,33 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
     ds = ds.map_batches(_decode_op, batch_size=None, batch_format="numpy",
                         fn_kwargs={"data": config.data, "board": board}, num_cpus=tasks)
     check_gpus(config, stage_roles, cluster)
+    memory = actor_memory(config, stage_roles, cluster)
     teachers = config.teachers.roles()
     for role in stage_roles:
         t = teachers[role]
+        reserve = {"memory": memory[role]} if memory[role] else {}
         ds = ds.map_batches(
             TeacherOp, batch_size=None, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=t.concurrency),
             fn_constructor_kwargs={"role": role, "config": t,
                                    "threads": max(1, int(cpus[role])), "board": board,
                                    "dtype": plan.manifest.dtypes.get(role)},
-            num_cpus=cpus[role], num_gpus=t.num_gpus or None,
+            num_cpus=cpus[role], num_gpus=t.num_gpus or None, **reserve,
         )
     return ds.map_batches(_postprocess_op, batch_size=None, batch_format="numpy",
                           fn_kwargs={"labels": config.labels, "board": board}, num_cpus=tasks)
 
 
 def _quiet_ray_data_console() -> None:
-    """Ray Data prints its plan and a note that its progress bars are off (ours draw instead)
-    at INFO/WARNING on the console; its full debug log still goes to the session's ray-data.log.
-    Raise the console handlers to WARNING and drop that one note."""
-    def not_the_progress_note(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Progress bars disabled")
-
+    """Ray Data prints its plan, a note that its progress bars are off (ours draw instead) and
+    advice such as its memory warnings (`Operator '…' uses 688.9MiB …`, every 30 s) on the
+    console; without -v only its errors stay there. Its full log still goes to the session's
+    logs/ray-data/ (the path the run's summary names)."""
     for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.WARNING)
-            handler.addFilter(not_the_progress_note)
+        # its file handler is a plain Handler (SessionFileHandler), the console a StreamHandler
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
 
 
 def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,

@@ -2,16 +2,17 @@
 
 Stages report counts to a `ProgressBoard` (a zero-CPU Ray actor on the driver's node in a run;
 a plain object in tests); the driver polls it and draws a `rich` live table on a terminal, or a
-log line every `interval` seconds when stderr is not one (CI, `nohup`, a file).
+log line every `interval` seconds when stderr is not one (CI, `nohup`, a file). Rates, ETAs
+and durations are counted and written by `distill.progress`, the one owner of progress.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
+
+from distill.progress import RateTracker, format_duration, format_rate
 
 __all__ = ["ProgressBoard", "ProgressDisplay", "RateTracker", "format_duration"]
 
@@ -27,49 +28,6 @@ class ProgressBoard:
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.counts)
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "--:--"
-    seconds = round(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
-@dataclass
-class RateTracker:
-    """Images/s over a sliding window (recent speed, not the average since start-up, which
-    model loading would drag down), and the ETA it implies."""
-
-    total: int
-    window_s: float = 30.0
-    history: deque[tuple[float, int]] = field(default_factory=deque)
-
-    def update(self, done: int, now: float) -> None:
-        self.history.append((now, done))
-        while len(self.history) > 2 and now - self.history[0][0] > self.window_s:
-            self.history.popleft()
-
-    @property
-    def done(self) -> int:
-        return self.history[-1][1] if self.history else 0
-
-    @property
-    def rate(self) -> float | None:
-        if len(self.history) < 2:
-            return None
-        (t0, d0), (t1, d1) = self.history[0], self.history[-1]
-        return (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
-
-    @property
-    def eta(self) -> float | None:
-        remaining = max(0, self.total - self.done)
-        if remaining == 0:
-            return 0.0
-        rate = self.rate
-        return remaining / rate if rate else None
 
 
 class ProgressDisplay:
@@ -122,8 +80,7 @@ class ProgressDisplay:
 
     def _cell(self, name: str) -> str:
         t = self.trackers[name]
-        rate = f"{t.rate:.2f}/s" if t.rate else "-/s"
-        return f"{name} {t.done}/{self.total} {rate} eta {format_duration(t.eta)}"
+        return f"{name} {t.done}/{self.total} {format_rate(t.rate)} eta {format_duration(t.eta)}"
 
     def _table(self) -> Any:
         from rich.table import Table

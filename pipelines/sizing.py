@@ -1,5 +1,5 @@
-"""Fitting the teacher pools to a Ray cluster: CPUs per actor and per CPU task, and a check
-that the GPUs the pools ask for exist."""
+"""Fitting the teacher pools to a Ray cluster: CPUs per actor and per CPU task, the memory
+each actor reserves, and checks that the GPUs and memory the pools ask for exist."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from distill.config import Config
 from distill.errors import ConfigError
 from pipelines.cluster import ClusterInfo
 
-__all__ = ["actor_cpus", "check_gpus", "task_cpus"]
+__all__ = ["actor_cpus", "actor_memory", "check_gpus", "task_cpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,27 @@ def check_gpus(config: Config, roles: list[str], cluster: ClusterInfo) -> None:
         msg = (f"the teacher pools need {need:g} GPUs (num_gpus x concurrency) but the cluster "
                f"has {cluster.gpus:g}; lower teachers.<role>.num_gpus / concurrency (fractions "
                "share a GPU), or join a cluster with GPUs via --address")
-        if cluster.address in ("local", "existing"):
-            raise ConfigError(msg)
-        logger.warning("%s (waiting for an autoscaler to add them)", msg)
+        _short_of(cluster, msg, "them")
+
+
+def actor_memory(config: Config, roles: list[str], cluster: ClusterInfo) -> dict[str, int]:
+    """Bytes each teacher actor reserves with Ray (`memory=`): `teachers.<role>.memory_gb`, the
+    figure Ray Data's memory warning recommends for that pool (in Ray's log); 0 reserves
+    nothing. Pools that together reserve more than the cluster's memory would wait forever:
+    a local run fails before starting, a cluster run warns (an autoscaler may add nodes)."""
+    teachers = config.teachers.roles()
+    out = {r: int(teachers[r].memory_gb * 2**30) for r in roles}
+    need = sum(out[r] * teachers[r].concurrency for r in roles)
+    if need and cluster.memory and need > cluster.memory:
+        msg = (f"the teacher pools reserve {need / 2**30:.1f} GiB (memory_gb x concurrency) but "
+               f"Ray's memory resource is {cluster.memory / 2**30:.1f} GiB; lower "
+               "teachers.<role>.memory_gb / concurrency, or join a bigger cluster via --address")
+        _short_of(cluster, msg, "nodes")
+    return out
+
+
+def _short_of(cluster: ClusterInfo, msg: str, what: str) -> None:
+    """A local Ray cannot grow: refuse to start. A joined cluster may autoscale: warn."""
+    if cluster.address in ("local", "existing"):
+        raise ConfigError(msg)
+    logger.warning("%s (waiting for an autoscaler to add %s)", msg, what)

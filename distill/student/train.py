@@ -88,6 +88,7 @@ from torch.utils.data import DataLoader
 from distill.config import Config, TrainConfig, config_to_dict, dump_toml
 from distill.errors import ConfigError, DistillError, ShardError
 from distill.labels.tokens import Vocabulary
+from distill.progress import Progress
 from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
 from distill.storage import (
     Location,
@@ -587,41 +588,24 @@ def _listed(problems: list[str], most: int = 4) -> str:
 
 
 class _HashProgress:
-    """A rich bar over the bytes `--verify-shards` hashes, else a log line per shard."""
+    """A bar over the bytes `--verify-shards` hashes (`distill.progress`); without one on the
+    screen, a log line per shard."""
 
     def __init__(self, total_bytes: int, shards: int, enabled: bool) -> None:
         self.shards = shards
-        self.bar: Any = None
-        if not enabled or shards == 0:
-            return
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn())
-        self.bar.start()
-        self.task = self.bar.add_task("verify-shards", total=total_bytes)
+        self.bar = Progress("verify-shards", total_bytes, "bytes", data=True,
+                            enabled=enabled and shards > 0).__enter__()
 
     def start(self, shard: Location, k: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description=f"verify {shard.name} ({k + 1}/{self.shards})")
+        self.bar.describe(f"verify {shard.name} ({k + 1}/{self.shards})")
 
     def done(self, shard: Location, size: int, ok: bool) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=size)
-        else:
+        self.bar.advance(size)
+        if not self.bar.live:
             logger.info("--verify-shards: %s %s", shard, "matches" if ok else "DIFFERS")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.bar.close()
 
 
 def _train(config: Config, options: TrainOptions, session: Session, workers: int | None,
@@ -803,41 +787,21 @@ def _read_metrics(run: StudentRun, before_epoch: int) -> list[dict[str, Any]]:
 
 
 class _Progress:
-    """A rich progress bar over all remaining epochs: samples/s, loss, ETA."""
+    """The bar over all remaining epochs (`distill.progress`): samples/s, loss, ETA."""
 
     def __init__(self, epochs: int, samples_per_epoch: int, enabled: bool) -> None:
-        self.bar: Any = None
-        if not enabled or epochs <= 0:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]} samples/s  loss {task.fields[loss]}"),
-                            TimeRemainingColumn())
-        self.bar.start()
-        self.task = self.bar.add_task("train-student", total=epochs * samples_per_epoch,
-                                      rate="-", loss="-")
-        self.started = time.monotonic()
+        self.bar = Progress("train-student", max(0, epochs) * samples_per_epoch, "samples",
+                            enabled=enabled and epochs > 0, fields=("loss",)).__enter__()
         self.shown = 0.0
-        self.done = 0
 
     def step(self, n: int, loss: torch.Tensor) -> None:
-        if self.bar is None:
-            return
-        self.done += n
         now = time.monotonic()
-        if now - self.shown < 0.5:  # reading the loss waits for the device: twice a second
-            self.bar.update(self.task, advance=n)
+        # reading the loss waits for the device: twice a second at most
+        if not self.bar.enabled or now - self.shown < 0.5:
+            self.bar.advance(n)
             return
         self.shown = now
-        rate = self.done / max(1e-9, now - self.started)
-        self.bar.update(self.task, advance=n, rate=f"{rate:.1f}", loss=f"{float(loss):.4f}")
+        self.bar.advance(n, loss=f"{float(loss):.4f}")
 
     def epoch_done(self, metrics: dict[str, Any]) -> None:
         hdm_joints = metrics["train"].get("hdm@0.1/joints")
@@ -849,12 +813,8 @@ class _Progress:
         bad = sum(metrics.get("skipped_rows", {}).values())
         if bad:
             line += f"  ({bad} bad row(s) skipped)"
-        if self.bar is not None:
-            self.bar.console.print(line)
-        else:
+        if not self.bar.note(line):
             logger.info(line)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.bar.close()

@@ -22,6 +22,7 @@ from distill.shards import decode_row
 from pipelines.cluster import ClusterInfo
 from pipelines.cluster import unwrap_error as _unwrap
 from pipelines.sizing import actor_cpus as _actor_cpus
+from pipelines.sizing import actor_memory as _actor_memory
 from pipelines.sizing import check_gpus as _check_gpus
 from pipelines.sizing import task_cpus as _task_cpus
 from pipelines.stages import (
@@ -372,6 +373,27 @@ def test_actor_cpus_never_exceed_the_room_they_were_scaled_to():
     roles = ["depth", "panoptic", "text"]
     cpus = _actor_cpus(config, roles, ClusterInfo("local", 2, 0, 1))
     assert _pool_cpus(config, cpus) <= 1.0, cpus
+
+
+def test_actor_memory_reserves_what_the_config_says_and_must_fit(caplog):
+    gib = 2**30
+    roles = ["depth", "text"]
+    plain = load_config("demo")
+    assert _actor_memory(plain, roles, ClusterInfo("local", 2, 0, 1, memory=4 * gib)) == {
+        "depth": 0, "text": 0}  # by default nothing is reserved (Ray's default)
+    config = load_config("demo", overrides=["teachers.depth.memory_gb=1.5",
+                                            "teachers.depth.concurrency=2"])
+    fits = ClusterInfo("local", 2, 0, 1, memory=3 * gib)
+    assert _actor_memory(config, roles, fits) == {"depth": int(1.5 * gib), "text": 0}
+    for address in ("local", "existing"):
+        with pytest.raises(ConfigError, match=r"reserve 3.0 GiB .* is 2.9 GiB"):
+            _actor_memory(config, roles, ClusterInfo(address, 2, 0, 1, memory=2.9 * gib))
+    with caplog.at_level(logging.WARNING, logger="pipelines.sizing"):
+        _actor_memory(config, roles, ClusterInfo("ray://head:10001", 8, 0, 2, memory=gib))
+    assert any("reserve 3.0 GiB" in r.getMessage() and "autoscaler" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(ConfigError, match="memory_gb must be >= 0"):
+        load_config("demo", overrides=["teachers.depth.memory_gb=-1"])
 
 
 def test_too_few_gpus_is_a_config_error_locally_and_a_warning_remotely(caplog):
