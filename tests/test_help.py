@@ -4,6 +4,7 @@ docstring's own line breaks), examples whole, no value placeholder on a flag, no
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 
 import pytest
 from typer.testing import CliRunner
@@ -63,7 +64,7 @@ def test_help_is_clean_at_width(path, width, monkeypatch):
     # prose wraps greedily: a line ends early only where its paragraph ends
     prose = lines[:next((k for k, line in enumerate(lines) if line.startswith("╭")),
                         len(lines))]
-    for line, after in zip(prose, prose[1:], strict=False):
+    for line, after in pairwise(prose):
         words = after.split()
         if not line.strip() or not words or after.startswith((" distill", "     ")) or \
                 "Examples:" in line or line.strip().startswith("distill"):
