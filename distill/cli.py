@@ -838,7 +838,7 @@ def show(
       distill show SHARD --row 0 --checkpoint demo-data/student --out compare.png
     """
     from distill.shards import decode_row
-    from distill.viz import read_row, save_sheet, sheet_for_sample
+    from distill.viz import read_row, row_warning, save_sheet, sheet_for_sample
 
     where, data = read_row(shard, row)
     sample = decode_row(data)
@@ -850,11 +850,14 @@ def show(
         student = load_student(checkpoint, dev, overrides=list(set_ or []))
         compare = Predictor(student, dev).predict_encoded(
             [sample.image], exif_transpose=sample.exif_transpose)[0].labels
+    warning = row_warning(shard, row)
     sheet = sheet_for_sample(sample, compare=compare, panel_width=width,
                              title=f"{where} · image {sample.image_id} "
-                             f"({sample.file_name})")
+                             f"({sample.file_name})", warning=warning)
     save_sheet(sheet, out)
     typer.echo(f"wrote {out} ({sheet.width}x{sheet.height})")
+    if warning:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command("inspect")

@@ -343,3 +343,28 @@ def test_show_reads_rows_across_a_runs_committed_shards(run, tmp_path):
         read_row(run, 6)
     with pytest.raises(ShardError, match="out of range"):
         read_row(run, -1)
+
+
+def test_random_weight_teachers_are_named_at_the_top(run, tmp_path):
+    """A shard whose depth teacher was the tiny (random-init) variant: the report lists it under
+    `random_weights`, the text says so on its second line and on the teacher's own line; the
+    fixture's pretrained run says nothing of the kind."""
+    tiny = provenance("depth", "") | {"variant": "tiny", "weights_sha256": {}}
+    path = tmp_path / "val2017-00000-of-00001.parquet"
+    meta = make_metadata("f" * 16, {"depth": tiny, "caption": provenance("caption", "cap")})
+    with ShardWriter(path, meta) as writer:
+        for s in samples_for([1]):
+            writer.write(s)
+    report = inspect_path(path)
+    assert report["provenance"]["random_weights"] == ["depth"]
+    lines = format_inspect(report).splitlines()
+    assert lines[1].startswith("RANDOM WEIGHTS: the depth teacher was not pretrained")
+    assert "plumbing tests only" in lines[1]
+    (depth_line,) = [line for line in lines if line.startswith("  depth ")]
+    assert "RANDOM init (tiny variant)" in depth_line
+    (caption_line,) = [line for line in lines if line.startswith("  caption ")]
+    assert "RANDOM" not in caption_line and "w.pt abababababab" in caption_line
+
+    pretrained = inspect_path(run, sample_rows=1)
+    assert pretrained["provenance"]["random_weights"] == []
+    assert "RANDOM" not in format_inspect(pretrained)
