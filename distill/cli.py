@@ -750,10 +750,11 @@ def predict(
 
     from distill.images import decode_image
     from distill.storage import atomic_write_bytes
-    from distill.student.predict import Predictor, describe, load_student
+    from distill.student.predict import Predictor, describe, load_student, panel_paths
     from distill.viz import contact_sheet, save_sheet
 
     files = _image_files(images)
+    panels, kept = panel_paths(files, out)
     dev = _device(device)
     student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
     # Maps come back at most 1024 px on a side (the panels are 320 px wide; a 12 MP photo at full
@@ -790,7 +791,7 @@ def predict(
                         shown = np.asarray(Image.fromarray(shown).resize(
                             wh, Image.Resampling.BILINEAR))
                     sheet = contact_sheet(shown, result.labels, title=f"student: {f.name}")
-                    panel = out / f"{f.name}.png"  # a.jpg → a.jpg.png: never an input's name
+                    panel = panels[f]
                     record["panel"] = str(panel)
                     save_sheet(sheet, panel)
                 records.append(record)
@@ -812,6 +813,9 @@ def predict(
     for item in failed:
         typer.echo(f"  failed {item['image']}: {item['error']}")
     typer.echo(f"outputs: {out}/  (predictions.json" + (", <image>.png panels)" if sheets else ")"))
+    if sheets and kept:
+        typer.echo(f"  {len(kept)} panel(s) keep the image's extension ({kept[0]}.png): another "
+                   "input has the same name without it, or a file distill did not write is there")
 
 
 @app.command("show")

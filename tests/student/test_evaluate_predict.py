@@ -269,3 +269,41 @@ def test_cli_evaluate_predict_and_show_on_a_trained_student(trained, labelled_co
         assert img.width > 0 and img.height > 0
     res = runner.invoke(app, ["show", str(shard), "--row", "99", "--out", str(png)])
     assert res.exit_code == 2 and "out of range" in res.output
+
+
+def test_panels_are_named_after_the_image_stem_unless_names_clash(tmp_path):
+    """`a.jpg` → `a.png`; `b.jpg` beside `b.png` keep their extensions (`b.jpg.png`,
+    `b.png.png`) and are reported; a file distill did not write (an input, when --out is the
+    images folder) is never a panel's name, one an earlier run recorded may be; a clash left
+    even then is refused."""
+    import json
+
+    from distill.errors import DistillError
+    from distill.student.predict import panel_paths
+
+    images = tmp_path / "images"
+    images.mkdir()
+    files = [images / n for n in ("a.jpg", "b.jpg", "b.png", "c.JPEG")]
+    for f in files:
+        f.write_bytes(b"x")
+    out = tmp_path / "pred"
+    paths, kept = panel_paths(files, out)
+    assert {f.name: p.name for f, p in paths.items()} == {
+        "a.jpg": "a.png", "b.jpg": "b.jpg.png", "b.png": "b.png.png", "c.JPEG": "c.png"}
+    assert all(p.parent == out for p in paths.values())
+    assert kept == ["b.jpg", "b.png"]
+    # into the images folder: b.jpg alone would be b.png, which is the user's file
+    paths, kept = panel_paths([images / "a.jpg", images / "b.jpg"], images)
+    assert paths[images / "a.jpg"] == images / "a.png"
+    assert paths[images / "b.jpg"] == images / "b.jpg.png" and kept == ["b.jpg"]
+    # a panel an earlier run wrote (and recorded) is replaced under its own name
+    out.mkdir()
+    (out / "a.png").write_bytes(b"old panel")
+    (out / "c.png").write_bytes(b"the user's")
+    (out / "predictions.json").write_text(json.dumps({"images": [{"panel": str(out / "a.png")}]}))
+    paths, kept = panel_paths([images / "a.jpg", images / "c.JPEG"], out)
+    assert paths[images / "a.jpg"] == out / "a.png"
+    assert paths[images / "c.JPEG"] == out / "c.JPEG.png" and kept == ["c.JPEG"]
+    (images / "b.png.png").write_bytes(b"x")
+    with pytest.raises(DistillError, match="distill did not write"):
+        panel_paths([images / "b.png"], images)  # b.png.png too is a file of the user's
