@@ -125,6 +125,11 @@ class _RunFolder:
     def is_run(self) -> bool:
         return (self.root / self.marker).is_file()
 
+    def is_new(self) -> bool:
+        """Whether the folder holds nothing yet but distill's lock: new, or empty. A failed
+        first run into such a folder may remove all it wrote."""
+        return not self.root.exists() or all(c.name in (LOCK, LEASE) for c in self.root.iterdir())
+
     def check_target(self) -> None:
         """Before a first write: the folder is new, empty, or already this kind of run."""
         if self.is_run():

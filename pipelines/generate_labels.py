@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.config import Config, dump_toml
+from distill.manifest import read_manifest
 from distill.runfolder import LabelRun
 from pipelines.cluster import ray_session
 from pipelines.commit import Committer
@@ -38,22 +39,47 @@ class RunResult:
     summary: dict[str, Any]  # as written to OUT/summary.json
 
 
+def _undo_first_run(run: LabelRun) -> None:
+    """A first run (into a new or empty folder) that failed or was stopped before committing a
+    shard leaves nothing: its plan, config and quarantine go (`LabelRun.clear`, distill's own
+    files only), and the lock then takes the folder it made. One that committed a shard keeps
+    everything, to resume."""
+    try:
+        planned = read_manifest(run.manifest).shards if run.manifest.is_file() else []
+        names = [e.name for e in planned]
+        if any(e.sha256 for e in planned) or any(run.shard(n).is_file() for n in names):
+            return
+        removed = run.clear(names)
+        if run.shards.is_local and run.shards.is_dir() and not run.shards.iterdir():
+            run.shards.as_path().rmdir()
+    except Exception:  # the original failure is the one to report
+        logger.debug("could not remove the files of the failed first run", exc_info=True)
+        return
+    logger.info("removed the %d file(s) of a first run that committed no shard", removed)
+
+
 def generate_labels(config: Config, options: RunOptions) -> RunResult:
     """Plan, run the stages, commit shards, finalize. Safe to re-run after any crash."""
     started = time.monotonic()
     run = LabelRun(options.out)
     with run.lock() as lease:
-        plan = plan_run(config, options)
-        run.remove_stale_temps([e.name for e in plan.manifest.shards])
-        for note in plan.notes:
-            logger.warning(note)
-        run.write_config(f"# resolved config of this run (label fingerprint "
-                         f"{plan.manifest.fingerprint})\n{dump_toml(config)}")
-        committer = Committer(plan, lease)
-        committer.commit_empty()
-        if plan.images_to_process:
-            with ray_session(config.ray, options.address, options.verbose) as cluster:
-                execute(plan, options, cluster, committer)
+        first = run.is_new()
+        try:
+            plan = plan_run(config, options)
+            run.remove_stale_temps([e.name for e in plan.manifest.shards])
+            for note in plan.notes:
+                logger.warning(note)
+            run.write_config(f"# resolved config of this run (label fingerprint "
+                             f"{plan.manifest.fingerprint})\n{dump_toml(config)}")
+            committer = Committer(plan, lease)
+            committer.commit_empty()
+            if plan.images_to_process:
+                with ray_session(config.ray, options.address, options.verbose) as cluster:
+                    execute(plan, options, cluster, committer)
+        except BaseException:
+            if first:
+                _undo_first_run(run)
+            raise
         elapsed = time.monotonic() - started
         processed = committer.written
         invocation = {
