@@ -672,13 +672,19 @@ def run_evaluate(
     from distill.runfolder import find_label_run, resolve_shards
     from distill.shards import open_shard
     from distill.storage import atomic_write_bytes
-    from distill.student.evaluate import evaluate, format_evaluation
+    from distill.student.evaluate import evaluate, format_evaluation, trained_on
     from distill.student.predict import load_student, run_folder
 
     dev = _device(device)
     student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
     paths = resolve_shards(shards)  # the one discovery rule: run folder, shards/, glob, files
     labels = find_label_run(shards) or find_label_run(paths[0])
+    seen = trained_on(run_folder(student.checkpoint), paths)
+    if seen:  # scores on its own training data say little about the student
+        shown = ", ".join(seen[:3]) + (" …" if len(seen) > 3 else "")
+        typer.secho(f"warning: the student was trained on {len(seen)} of these {len(paths)} "
+                    f"shard(s) ({shown}); scores on training data overstate it: evaluate on "
+                    "held-out shards (another split's run)", fg=typer.colors.YELLOW, err=True)
     if student.vocab is None and vocab is None:  # as training found it: the labelling run's
         beside = labels.vocab if labels is not None else None
         if beside is not None and beside.is_file():
@@ -691,7 +697,8 @@ def run_evaluate(
         report = evaluate(student.model, student.config, paths, vocab=student.vocab,
                           epoch=student.epoch, device=dev, batch_size=batch_size,
                           workers=workers, limit=limit, pose=pose, progress=advance)
-    report = {"checkpoint": str(student.checkpoint), "shards": str(shards), **report}
+    report = {"checkpoint": str(student.checkpoint), "shards": str(shards),
+              "trained_on": seen, **report}
     path = out or run_folder(student.checkpoint).evaluation
     atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
     console = Console()

@@ -87,6 +87,7 @@ from distill.config import Config, TrainConfig, dump_toml, load_config, preset_o
 from distill.errors import ConfigError, DistillError, ShardError
 from distill.labels.tokens import Vocabulary
 from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
+from distill.shards import shard_identity
 from distill.storage import (
     Location,
     StorageError,
@@ -662,6 +663,8 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     history: list[dict[str, Any]] = []
     if session.is_main:
         run.mark()
+        # evaluate warns when it scores the student on these
+        run.record_training_shards([shard_identity(p) for p in resolve_shards(options.shards)])
         atomic_write_bytes(run.config, dump_toml(config).encode())
         if vocab_file is not None and vocab_file != run.vocab:
             # predict and evaluate decode tokens with the same words
