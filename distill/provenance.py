@@ -18,6 +18,7 @@ __all__ = [
     "random_weight_roles",
     "random_weights_warning",
     "shards_random_weight_roles",
+    "unpinned_warning",
 ]
 
 # What labels of random-weight teachers are good for.
@@ -68,3 +69,18 @@ def random_weights_warning(roles: list[str]) -> str:
     which = roles[0] if len(roles) == 1 else ", ".join(roles[:-1]) + " and " + roles[-1]
     return (f"RANDOM WEIGHTS: the {which} teacher{'s' if len(roles) > 1 else ''} "
             f"{'were' if len(roles) > 1 else 'was'} not pretrained; {PLUMBING_ONLY}")
+
+
+def unpinned_warning(role: str, prov: Mapping[str, Any]) -> str:
+    """The warning for a teacher whose hub checkpoint was not pinned to a commit ("" when it
+    was, or when it is no hub checkpoint): the revision can move under the same name, so the
+    same config may label with other weights later. Names the commit to pin when known."""
+    source = prov.get("commit_source")
+    if source not in ("hub cache", "unresolved"):
+        return ""
+    pin = prov.get("commit") or "<commit hash>"
+    return (f"teachers.{role}: checkpoint {prov.get('checkpoint')!r} at revision "
+            f"{prov.get('revision')!r} is not pinned to a commit "
+            + (f"(it resolved to {prov['commit']}); " if prov.get("commit") else
+               "(its commit could not be resolved offline); ")
+            + f"pin it with --set teachers.{role}.revision={pin}")

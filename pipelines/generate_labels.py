@@ -21,7 +21,9 @@ from typing import Any
 
 from distill.config import Config, dump_toml
 from distill.manifest import read_manifest
+from distill.provenance import unpinned_warning
 from distill.runfolder import LabelRun
+from distill.shards import read_metadata
 from pipelines.cluster import ray_session
 from pipelines.commit import Committer
 from pipelines.finalize import summarise_run, write_vocabulary
@@ -95,5 +97,10 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
         written = [run.shard(e.name) for e in plan.manifest.shards
                    if e.sha256 and e.name in present]
         write_vocabulary(run, written, config)
+        if written:  # the teachers' loads resolved their commits: say which were not pinned
+            for role, prov in sorted((read_metadata(written[0]).get("provenance") or {}).items()):
+                warning = unpinned_warning(role, prov)
+                if warning:
+                    logger.warning(warning)
         summary = summarise_run(run, plan.manifest, plan.roles, invocation)
     return RunResult(plan, summary)
