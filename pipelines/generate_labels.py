@@ -42,8 +42,8 @@ class RunResult:
 
 
 def _undo_first_run(run: LabelRun) -> None:
-    """A first run (into a new or empty folder) that failed or was stopped before committing a
-    shard leaves nothing: its plan, config and quarantine go (`LabelRun.clear`, distill's own
+    """A first run (into a new or empty folder) that failed before committing a shard leaves
+    nothing: its plan, config and quarantine go (`LabelRun.clear`, distill's own
     files only), and the lock then takes the folder it made. One that committed a shard keeps
     everything, to resume."""
     try:
@@ -78,7 +78,7 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
             if plan.images_to_process:
                 with ray_session(config.ray, options.address, options.verbose) as cluster:
                     execute(plan, options, cluster, committer)
-        except BaseException:
+        except Exception:  # a failure; Ctrl-C and SIGTERM keep the plan (a re-run resumes)
             if first:
                 _undo_first_run(run)
             raise

@@ -1,6 +1,6 @@
 """A first generate-labels run that fails before committing a shard leaves nothing behind (no
 plan, config, quarantine or lock, and not the folder it made); a run that already had a plan
-keeps it. Ray is replaced by a session that fails to start, so no Ray runs here."""
+keeps it, and so does a first run stopped with Ctrl-C. Ray is replaced by a session that fails to start, so no Ray runs here."""
 
 from __future__ import annotations
 
@@ -42,20 +42,35 @@ def test_a_folder_the_user_made_stays_and_stays_empty(synthetic_coco, tmp_path, 
     assert out.is_dir() and list(out.iterdir()) == []
 
 
-def test_a_first_run_stopped_right_after_its_plan_leaves_nothing(synthetic_coco, tmp_path,
-                                                                 monkeypatch):
-    """Ctrl-C between writing the plan and starting Ray: no shard was committed, so the plan
-    goes too (re-running starts over, exactly as it would resume)."""
+def test_a_first_run_stopped_right_after_its_plan_keeps_it(synthetic_coco, tmp_path,
+                                                           monkeypatch):
+    """Ctrl-C (or SIGTERM) is a stop, not a failure: the plan stays, and the CLI's "0 of N shards
+    committed; re-run the same command to resume" stays true."""
     out = tmp_path / "run"
     planned = generate.plan_run
 
     def plan_then_stop(*args: object, **kwargs: object) -> object:
         planned(*args, **kwargs)
-        assert (out / "manifest.json").is_file()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(generate, "plan_run", plan_then_stop)
     with pytest.raises(KeyboardInterrupt):
+        generate_labels(label_config(synthetic_coco), RunOptions(out=out))
+    assert (out / "manifest.json").is_file()
+
+
+def test_a_first_run_that_fails_right_after_its_plan_leaves_nothing(synthetic_coco, tmp_path,
+                                                                    monkeypatch):
+    out = tmp_path / "run"
+    planned = generate.plan_run
+
+    def plan_then_fail(*args: object, **kwargs: object) -> object:
+        planned(*args, **kwargs)
+        assert (out / "manifest.json").is_file()
+        raise DistillError("disk full")
+
+    monkeypatch.setattr(generate, "plan_run", plan_then_fail)
+    with pytest.raises(DistillError, match="disk full"):
         generate_labels(label_config(synthetic_coco), RunOptions(out=out))
     assert not out.exists()
 
