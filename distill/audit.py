@@ -40,6 +40,7 @@ from distill.labels.glove import load_glove_words
 from distill.labels.groups import GROUP_NAMES, GroupTable, decode_group_mask
 from distill.labels.tokens import load_stop_words, tokenize
 from distill.progress import Progress
+from distill.provenance import random_weight_roles, random_weights_warning
 from distill.runfolder import LabelRun, resolve_shards
 from distill.shards import Sample, decode_row, open_shard, read_metadata
 from distill.storage import Location, StorageError, atomic_write_bytes
@@ -428,8 +429,9 @@ def _provenance(paths: list[Location]) -> dict[str, Any]:
             seen = roles.setdefault(role, [])
             if prov not in seen:
                 seen.append(prov)
-    return {"fingerprints": fingerprints,
-            "provenance": {r: v[0] if len(v) == 1 else v for r, v in sorted(roles.items())}}
+    provenance = {r: v[0] if len(v) == 1 else v for r, v in sorted(roles.items())}
+    return {"fingerprints": fingerprints, "provenance": provenance,
+            "random_weights": random_weight_roles(provenance)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +442,9 @@ def format_audit(report: dict[str, Any]) -> str:
     """The audit as plain text for a terminal (the JSON has every count)."""
     lines = [f"audit of {report['run']} ({report['split']}): {report['rows']} rows, "
              f"{report['shards']} shards, {report['elapsed_s']:.1f} s"]
+    warning = random_weights_warning(report.get("random_weights", []))
+    if warning:  # scores of random teachers measure nothing but the plumbing
+        lines.append(warning)
     masks = report["masks"]
     lines.append("")
     if not masks["available"]:

@@ -664,13 +664,19 @@ def run_evaluate(
     from distill.runfolder import find_label_run, resolve_shards
     from distill.shards import open_shard
     from distill.storage import atomic_write_bytes
-    from distill.student.evaluate import evaluate, format_evaluation
+    from distill.student.evaluate import evaluate, format_evaluation, trained_on
     from distill.student.predict import load_student, run_folder
 
     dev = _device(device)
     student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
     paths = resolve_shards(shards)  # the one discovery rule: run folder, shards/, glob, files
     labels = find_label_run(shards) or find_label_run(paths[0])
+    seen = trained_on(run_folder(student.checkpoint), paths)
+    if seen:  # scores on its own training data say little about the student
+        shown = ", ".join(seen[:3]) + (" …" if len(seen) > 3 else "")
+        typer.secho(f"warning: the student was trained on {len(seen)} of these {len(paths)} "
+                    f"shard(s) ({shown}); scores on training data overstate it: evaluate on "
+                    "held-out shards (another split's run)", fg=typer.colors.YELLOW, err=True)
     if student.vocab is None and vocab is None:  # as training found it: the labelling run's
         beside = labels.vocab if labels is not None else None
         if beside is not None and beside.is_file():
@@ -683,7 +689,8 @@ def run_evaluate(
         report = evaluate(student.model, student.config, paths, vocab=student.vocab,
                           epoch=student.epoch, device=dev, batch_size=batch_size,
                           workers=workers, limit=limit, pose=pose, progress=advance)
-    report = {"checkpoint": str(student.checkpoint), "shards": str(shards), **report}
+    report = {"checkpoint": str(student.checkpoint), "shards": str(shards),
+              "trained_on": seen, **report}
     path = out or run_folder(student.checkpoint).evaluation
     atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
     console = Console()
@@ -744,10 +751,11 @@ def predict(
 
     from distill.images import decode_image
     from distill.storage import atomic_write_bytes
-    from distill.student.predict import Predictor, describe, load_student
+    from distill.student.predict import Predictor, describe, load_student, panel_paths
     from distill.viz import contact_sheet, save_sheet
 
     files = _image_files(images)
+    panels, kept = panel_paths(files, out)
     dev = _device(device)
     student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
     # Maps come back at most 1024 px on a side (the panels are 320 px wide; a 12 MP photo at full
@@ -784,7 +792,7 @@ def predict(
                         shown = np.asarray(Image.fromarray(shown).resize(
                             wh, Image.Resampling.BILINEAR))
                     sheet = contact_sheet(shown, result.labels, title=f"student: {f.name}")
-                    panel = out / f"{f.name}.png"  # a.jpg → a.jpg.png: never an input's name
+                    panel = panels[f]
                     record["panel"] = str(panel)
                     save_sheet(sheet, panel)
                 records.append(record)
@@ -806,6 +814,9 @@ def predict(
     for item in failed:
         typer.echo(f"  failed {item['image']}: {item['error']}")
     typer.echo(f"outputs: {out}/  (predictions.json" + (", <image>.png panels)" if sheets else ")"))
+    if sheets and kept:
+        typer.echo(f"  {len(kept)} panel(s) keep the image's extension ({kept[0]}.png): another "
+                   "input has the same name without it, or a file distill did not write is there")
 
 
 @app.command("show")
@@ -833,7 +844,7 @@ def show(
       distill show SHARD --row 0 --checkpoint demo-data/student --out compare.png
     """
     from distill.shards import decode_row
-    from distill.viz import read_row, save_sheet, sheet_for_sample
+    from distill.viz import read_row, row_warning, save_sheet, sheet_for_sample
 
     where, data = read_row(shard, row)
     sample = decode_row(data)
@@ -845,11 +856,14 @@ def show(
         student = load_student(checkpoint, dev, overrides=list(set_ or []))
         compare = Predictor(student, dev).predict_encoded(
             [sample.image], exif_transpose=sample.exif_transpose)[0].labels
+    warning = row_warning(shard, row)
     sheet = sheet_for_sample(sample, compare=compare, panel_width=width,
                              title=f"{where} · image {sample.image_id} "
-                             f"({sample.file_name})")
+                             f"({sample.file_name})", warning=warning)
     save_sheet(sheet, out)
     typer.echo(f"wrote {out} ({sheet.width}x{sheet.height})")
+    if warning:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command("inspect")

@@ -32,6 +32,7 @@ __all__ = [
     "ImageRecord",
     "Person",
     "Problem",
+    "coco_splits",
     "dataset_kind",
     "follows_exif_orientation",
     "local_file_problem",
@@ -150,6 +151,18 @@ def open_dataset(root: str | Path | Location, split: str) -> Dataset:
     if dataset_kind(loc) == "coco":
         return _read_coco(loc, split)
     return _read_folder(loc, split)
+
+
+def coco_splits(root: str | Path | Location) -> list[str]:
+    """The splits a COCO folder has, sorted: those with both annotation files
+    (`person_keypoints_<split>.json` and `captions_<split>.json`)."""
+    ann_dir = Location(root) / "annotations"
+    if not ann_dir.is_dir():
+        return []
+    names = {f.name for f in ann_dir.files("*.json")}
+    prefix, suffix = "person_keypoints_", ".json"
+    return sorted(n[len(prefix):-len(suffix)] for n in names
+                  if n.startswith(prefix) and f"captions_{n[len(prefix):]}" in names)
 
 
 def dataset_kind(root: str | Path | Location) -> Literal["coco", "folder"]:
@@ -384,6 +397,11 @@ def _read_coco(root: Location, split: str) -> Dataset:
     kp_path = ann_dir / f"person_keypoints_{split}.json"
     cap_path = ann_dir / f"captions_{split}.json"
     missing = [p for p in (kp_path, cap_path) if not p.is_file()]
+    splits = coco_splits(root)
+    if len(missing) == 2 and splits:  # a split name the folder does not have: name the ones it has
+        raise DatasetLayoutError(
+            f"split {split!r} is not in {root}: its splits are {', '.join(splits)} (from "
+            f"{ann_dir}/person_keypoints_<split>.json and captions_<split>.json)")
     if missing:
         raise DatasetLayoutError(
             f"missing annotation file(s): {', '.join(str(p) for p in missing)}.\n{COCO_LAYOUT}"

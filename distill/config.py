@@ -49,6 +49,7 @@ __all__ = [
     "load_config",
     "load_config_dict",
     "parse_override",
+    "preset_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -430,6 +431,16 @@ def _read_toml_file(path: Any) -> dict[str, Any]:
         return tomllib.loads(loc.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+
+
+def preset_of(path: Any) -> str | None:
+    """The preset a config file names (a run's resolved config.toml records the one it was made
+    with), or None when it names none or cannot be read."""
+    try:
+        preset = _read_toml_file(path).get("preset")
+    except (ConfigError, OSError, ValueError):
+        return None
+    return preset if isinstance(preset, str) and preset in available_presets() else None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -31,6 +31,11 @@ from distill.errors import ShardError
 from distill.images import decode_png
 from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP, decode_group_mask
 from distill.manifest import Manifest, read_manifest, shard_is_complete
+from distill.provenance import (
+    random_weights_warning,
+    shards_random_weight_roles,
+    unpinned_warning,
+)
 from distill.quarantine import read_quarantine, summarise
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import (
@@ -167,6 +172,8 @@ def _provenance(footers: list[dict[str, Any]]) -> dict[str, Any]:
         "teachers": teachers,
         "shards_without_provenance": [f["name"] for f in footers
                                       if not (f.get("metadata") or {}).get("provenance")],
+        # teachers with random weights (tiny / random variants): their labels test plumbing only
+        "random_weights": shards_random_weight_roles(f.get("metadata") or {} for f in footers),
     }
 
 
@@ -428,9 +435,15 @@ def _num(x: float | None) -> str:
 
 def _teacher_line(role: str, prov: dict[str, Any], shards: int, of: int) -> str:
     weights = prov.get("weights_sha256") or {}
-    w = ", ".join(f"{k} {v[:12]}" for k, v in sorted(weights.items())) or "none (not pretrained)"
+    w = ", ".join(f"{k} {v[:12]}" for k, v in sorted(weights.items())) or (
+        "none recorded" if prov.get("variant") == "pretrained"
+        else f"none: RANDOM init ({prov.get('variant', '?')} variant)")
+    commit = prov.get("commit") or ""
+    at = {"hub cache": f" (commit {commit[:12]}, not pinned)",
+          "unresolved": " (commit unknown, not pinned)", "pinned": " (pinned)",
+          "local path": " (local path, no commit)"}.get(prov.get("commit_source") or "", "")
     return (f"  {role:<9} {prov.get('backend', '?')} · {prov.get('variant', '?')} · checkpoint "
-            f"{prov.get('checkpoint') or '-'} @ {prov.get('revision') or '-'} · "
+            f"{prov.get('checkpoint') or '-'} @ {prov.get('revision') or '-'}{at} · "
             f"{prov.get('dtype', '?')} on {prov.get('device', '?')} · weights {w}"
             + (f"  ({shards}/{of} shards)" if shards != of else ""))
 
@@ -441,6 +454,9 @@ def format_inspect(report: dict[str, Any]) -> str:
     add = out.append
     kinds = {"run": "run folder", "shards": "folder of shards", "shard": "one shard"}
     add(f"{report['path']} ({kinds[report['kind']]})")
+    warning = random_weights_warning(report["provenance"].get("random_weights", []))
+    if warning:
+        add(warning)
     rows = report["rows"]
     shards = report["shards"]
     add("")
@@ -499,6 +515,9 @@ def format_inspect(report: dict[str, Any]) -> str:
     for role, entries in prov["teachers"].items():
         for entry in entries:
             add(_teacher_line(role, entry["provenance"], len(entry["shards"]), n_shards))
+            warning = unpinned_warning(role, entry["provenance"])
+            if warning:
+                add(f"    warning: {warning}")
     for versions in prov["library_versions"]:
         add("  libraries: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
     if prov["shards_without_provenance"]:

@@ -127,6 +127,11 @@ class _RunFolder:
     def is_run(self) -> bool:
         return (self.root / self.marker).is_file()
 
+    def is_new(self) -> bool:
+        """Whether the folder holds nothing yet but distill's lock: new, or empty. A failed
+        first run into such a folder may remove all it wrote."""
+        return not self.root.exists() or all(c.name in (LOCK, LEASE) for c in self.root.iterdir())
+
     def check_target(self) -> None:
         """Before a first write: the folder is new, empty, or already this kind of run."""
         if self.is_run():
@@ -307,6 +312,24 @@ class StudentRun(_RunFolder):
         if not (self.root / RUN_MARKER).is_file():
             atomic_write_bytes(self.root / RUN_MARKER,
                                json.dumps({"kind": "student", "by": "distill"}).encode())
+
+    def record_training_shards(self, shards: list[dict[str, Any]]) -> None:
+        """Add `shards` (each {"path", "name", "fingerprint"}) to the training shards `run.json`
+        records, so `evaluate` can tell when it scores a student on its own training data. A
+        resumed run adds the shards it trains on to those of the runs before it."""
+        doc = _read_json(self.root / RUN_MARKER) if (self.root / RUN_MARKER).is_file() else {}
+        known = doc.get("train_shards") or []
+        known += [s for s in shards if s not in known]
+        doc = {"kind": "student", "by": "distill", **doc, "train_shards": known}
+        atomic_write_bytes(self.root / RUN_MARKER, json.dumps(doc, indent=1).encode())
+
+    def training_shards(self) -> list[dict[str, Any]]:
+        """The shards `record_training_shards` recorded ([] for a run made before it)."""
+        marker = self.root / RUN_MARKER
+        if not marker.is_file():
+            return []
+        shards = _read_json(marker).get("train_shards")
+        return [s for s in shards if isinstance(s, dict)] if isinstance(shards, list) else []
 
     @classmethod
     def holding(cls, path: Location) -> StudentRun | None:

@@ -50,6 +50,7 @@ __all__ = [
     "parse_shard_name",
     "read_metadata",
     "read_shard",
+    "shard_identity",
     "shard_name",
 ]
 
@@ -306,6 +307,14 @@ def library_versions() -> dict[str, str]:
         except importlib_metadata.PackageNotFoundError:
             continue
     return out
+
+
+def shard_identity(path: Location) -> dict[str, Any]:
+    """What names a shard's data wherever it is copied: its path, its file name and the label
+    fingerprint in its footer (one label run's shard of one name holds the same rows)."""
+    fingerprint = read_metadata(path).get("fingerprint")
+    return {"path": str(path), "name": path.name,
+            "fingerprint": str(fingerprint) if fingerprint is not None else None}
 
 
 def make_metadata(

@@ -21,18 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from distill.errors import LabelError, ShardError
 from distill.images import decode_image
 from distill.labels.keypoints import LIMBS, NUM_JOINTS, render_heatmaps, render_pafs
+from distill.provenance import random_weight_roles, random_weights_warning
 from distill.runfolder import resolve_shards
-from distill.shards import Sample, decode_row, open_shard
+from distill.shards import Sample, decode_row, open_shard, read_metadata
 from distill.storage import Location, atomic_write_bytes
 from distill.student.labels import CLASS_GROUPS, Labels, labels_from_sample
 
 __all__ = [
     "COMPARE_PREFIX",
+    "GROUND_TRUTH",
     "GROUP_COLORS",
     "PANELS",
     "Panel",
@@ -42,6 +45,7 @@ __all__ = [
     "group_shares",
     "panel_boxes",
     "read_row",
+    "row_warning",
     "save_sheet",
     "sheet_for_row",
     "sheet_for_sample",
@@ -82,6 +86,8 @@ _BACKGROUND = (24, 24, 28)
 _PANEL_BG = (44, 44, 50)
 _CAPTION_BG = {"teachers": (38, 58, 92), "student": (96, 58, 28)}
 _CAPTION_BG_OTHER = (60, 60, 66)
+_WARNING_BG = (170, 20, 30)
+GROUND_TRUTH = "COCO ground truth"  # whose people a shard row holds
 _FG = (235, 235, 235)
 _MUTED = (160, 160, 168)
 _THRESHOLD = 0.5  # a class-group or text probability above this counts as present
@@ -118,6 +124,7 @@ class SheetLayout:
     font_size: int
     title_box: tuple[int, int, int, int]
     boxes: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    banner_box: tuple[int, int, int, int] | None = None  # the warning line under the title
 
 
 def _metrics(panel_width: int) -> tuple[int, int, int, int, int]:
@@ -135,8 +142,9 @@ def _panel_height(width: int, height: int, panel_width: int) -> int:
 
 
 def sheet_layout(labels: Labels, *, compare: Labels | None = None,
-                 panel_width: int = 320) -> SheetLayout:
-    """Where each panel of `contact_sheet(…, labels, compare=compare, panel_width=…)` goes.
+                 panel_width: int = 320, banner: bool = False) -> SheetLayout:
+    """Where each panel of `contact_sheet(…, labels, compare=compare, panel_width=…)` goes;
+    `banner` makes room for a warning line under the title (`contact_sheet(warning=…)`).
 
     Without `compare`: 4 columns, two rows (image, depth, normals, text / people, groups,
     legend, words). With it: 6 columns, teachers' dense panels, the student's below them (its
@@ -149,6 +157,7 @@ def sheet_layout(labels: Labels, *, compare: Labels | None = None,
     text_h = max(ph, 12 * line + 2 * margin)  # legend / words rows: at least 12 lines
     pw = panel_width
     title_h = font + 16
+    banner_h = font + 14 if banner else 0
     # (key, kind, row, column, grid row, column span)
     slots: list[tuple[str, str, str, int, int, int]]
     if compare is None:
@@ -175,7 +184,7 @@ def sheet_layout(labels: Labels, *, compare: Labels | None = None,
         row_heights = [ph, ph, text_h]
     width = 2 * margin + ncols * pw + (ncols - 1) * gap
     tops = []
-    y = margin + title_h + gap
+    y = margin + title_h + gap + (banner_h + gap if banner else 0)
     for h in row_heights:
         tops.append(y)
         y += cap + h + gap
@@ -193,6 +202,8 @@ def sheet_layout(labels: Labels, *, compare: Labels | None = None,
         size=(width, height), panels=panels, font_size=font,
         title_box=(margin, margin, width - margin, margin + title_h),
         boxes={p.key: p.box for p in panels},
+        banner_box=((margin, margin + title_h + gap, width - margin,
+                     margin + title_h + gap + banner_h) if banner else None),
     )
 
 
@@ -520,15 +531,24 @@ class _Painter:
             self.draw.text((left + pad, y), "no class-group pixels", fill=_FG, font=self.font)
             return
         sw = self.layout.font_size
-        for k, share in present:
-            if y + self.line > bottom - pad:
+        total = sum(shares)
+        # Groups are multi-label: a pixel counts in every group it is in, so the shares can
+        # add up to more than 100 %; the note says so rather than leave a sum that looks wrong.
+        note = (self.wrap(f"sum {100 * total:.0f} %: a pixel can be in several groups",
+                          right - left - 2 * pad, self.small) if total > 1.0 + 1e-9 else [])
+        for i, (k, share) in enumerate(present):
+            if y + self.line * (1 + len(note)) > bottom - pad and i < len(present) - 1:
                 self.draw.text((left + pad, y), "…", fill=_FG, font=self.font)
+                y += self.line
                 break
             self.draw.rectangle((left + pad, y + 1, left + pad + sw, y + 1 + sw),
                                 fill=GROUP_COLORS[k], outline=(0, 0, 0))
             self.draw.text((left + 2 * pad + sw, y), CLASS_GROUPS[k], fill=_FG, font=self.font)
             self.draw.text((right - pad, y), f"{100 * share:.1f} %", fill=_FG, font=self.font,
                            anchor="ra")
+            y += self.line
+        for text in note:
+            self.draw.text((left + pad, y), text, fill=_MUTED, font=self.small)
             y += self.line
 
     def words(self, panel: Panel, labels: Labels) -> None:
@@ -557,11 +577,13 @@ _CAPTIONS = {
 
 
 def contact_sheet(image_rgb: np.ndarray, labels: Labels, *, compare: Labels | None = None,
-                  title: str = "", panel_width: int = 320) -> Image.Image:
+                  title: str = "", panel_width: int = 320, warning: str = "") -> Image.Image:
     """One image's labels as a contact sheet (see the module docstring and `sheet_layout`).
 
     `image_rgb` is the (H, W, 3) uint8 image at the labels' resolution; `compare` is a second
-    `Labels` of the same image (the student's prediction), drawn below the first.
+    `Labels` of the same image (the student's prediction), drawn below the first. A `warning`
+    (such as `distill.provenance.random_weights_warning`) is drawn as a red banner under the
+    title.
     """
     image_rgb = np.asarray(image_rgb)
     if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
@@ -572,17 +594,23 @@ def contact_sheet(image_rgb: np.ndarray, labels: Labels, *, compare: Labels | No
             raise LabelError(
                 f"the image is {image_rgb.shape[1]}x{image_rgb.shape[0]} but the {other.source} "
                 f"labels are {other.width}x{other.height}; both must be at the original size")
-    layout = sheet_layout(labels, compare=compare, panel_width=panel_width)
+    layout = sheet_layout(labels, compare=compare, panel_width=panel_width,
+                          banner=bool(warning))
     painter = _Painter(image_rgb, layout)
     _title(painter, labels, compare, title)
+    if warning:
+        _banner(painter, warning)
     for panel in layout.panels:
         lab = labels if panel.row == "labels" else compare
         assert lab is not None
-        caption = _CAPTIONS[panel.kind]
+        caption, source = _CAPTIONS[panel.kind], lab.source
+        prefix = compare is not None and panel.kind != "image"
         if panel.kind == "words" and lab.source == "student":
             caption = "decoded words"
-        painter.caption(panel, caption, lab.source,
-                        prefix=compare is not None and panel.kind != "image")
+        if panel.kind == "people" and lab.source == "teachers":
+            # a shard's people are COCO's annotations, not a teacher's output
+            caption, source, prefix = "people", GROUND_TRUTH, True
+        painter.caption(panel, caption, source, prefix=prefix)
         kind = panel.kind
         if kind == "image":
             painter.image(panel)
@@ -603,6 +631,16 @@ def contact_sheet(image_rgb: np.ndarray, labels: Labels, *, compare: Labels | No
         elif kind == "words":
             painter.words(panel, lab)
     return painter.canvas
+
+
+def _banner(painter: _Painter, warning: str) -> None:
+    """The warning line under the title: white on red, as wide as the sheet."""
+    assert painter.layout.banner_box is not None
+    left, top, right, bottom = painter.layout.banner_box
+    painter.draw.rectangle(painter.layout.banner_box, fill=_WARNING_BG)
+    painter.draw.text((left + 8, (top + bottom) / 2),
+                      painter._fit_text(warning, painter.font, right - left - 16),
+                      fill=(255, 255, 255), font=painter.font, anchor="lm")
 
 
 def _title(painter: _Painter, labels: Labels, compare: Labels | None, title: str) -> None:
@@ -628,6 +666,22 @@ def read_row(shards: str | os.PathLike[str] | Location,
     run order; `distill.runfolder.resolve_shards`), counting rows across its shards — as
     (where: "SHARD-NAME row i", a dict of Python values), reading one row group. Local paths
     and URIs alike."""
+    path, pf, local = _find_row(shards, row)
+    first = 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if local < first + n:
+            table = pf.read_row_group(g)
+            rows: list[dict[str, object]] = table.slice(local - first, 1).to_pylist()
+            return f"{path.name} row {local}", rows[0]
+        first += n
+    raise ShardError(f"shard {path}: row groups hold fewer rows than its footer says")
+
+
+def _find_row(shards: str | os.PathLike[str] | Location,
+              row: int) -> tuple[Location, pq.ParquetFile, int]:
+    """The shard that holds row `row` of `shards` (as for `read_row`), its footer and the
+    row's index in it."""
     files = resolve_shards(shards)
     if row < 0:
         raise ShardError(f"row {row} is out of range: rows are counted from 0")
@@ -636,18 +690,18 @@ def read_row(shards: str | os.PathLike[str] | Location,
         pf = open_shard(path)
         total = pf.metadata.num_rows
         if row < start + total:
-            local, first = row - start, 0
-            for g in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(g).num_rows
-                if local < first + n:
-                    table = pf.read_row_group(g)
-                    rows: list[dict[str, object]] = table.slice(local - first, 1).to_pylist()
-                    return f"{path.name} row {local}", rows[0]
-                first += n
-            raise ShardError(f"shard {path}: row groups hold fewer rows than its footer says")
+            return path, pf, row - start
         start += total
     last = f"0..{start - 1}" if start else "none"
     raise ShardError(f"row {row} is out of range: {shards} has {start} rows (valid rows: {last})")
+
+
+def row_warning(shards: str | os.PathLike[str] | Location, row: int) -> str:
+    """The sheet's warning for row `row` of `shards`: which teachers of its shard had random
+    weights (`distill.provenance`), or "" when all were pretrained."""
+    path, _, _ = _find_row(shards, row)
+    return random_weights_warning(random_weight_roles(read_metadata(path).get("provenance")
+                                                      or {}))
 
 
 def sheet_for_row(shards: str | os.PathLike[str] | Location, row: int, *,
@@ -659,16 +713,17 @@ def sheet_for_row(shards: str | os.PathLike[str] | Location, row: int, *,
     sample = decode_row(data)
     if title is None:
         title = f"{sample.file_name} · image {sample.image_id} · {where}"
-    return sheet_for_sample(sample, compare=compare, title=title, panel_width=panel_width)
+    return sheet_for_sample(sample, compare=compare, title=title, panel_width=panel_width,
+                            warning=row_warning(shards, row))
 
 
 def sheet_for_sample(sample: Sample, *, compare: Labels | None = None, title: str = "",
-                     panel_width: int = 320) -> Image.Image:
+                     panel_width: int = 320, warning: str = "") -> Image.Image:
     """The contact sheet of a decoded shard row's teacher labels (and optionally a
-    `compare`)."""
+    `compare`; a `warning` banner as for `contact_sheet`)."""
     return contact_sheet(decode_image(sample.image, exif_transpose=sample.exif_transpose),
-                         labels_from_sample(sample),
-                         compare=compare, title=title, panel_width=panel_width)
+                         labels_from_sample(sample), compare=compare, title=title,
+                         panel_width=panel_width, warning=warning)
 
 
 def save_sheet(sheet: Image.Image, out: str | Path | Location) -> Location:

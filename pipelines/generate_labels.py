@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.config import Config, dump_toml
+from distill.manifest import read_manifest
+from distill.provenance import unpinned_warning
 from distill.runfolder import LabelRun
+from distill.shards import read_metadata
 from pipelines.cluster import ray_session
 from pipelines.commit import Committer
 from pipelines.finalize import summarise_run, write_vocabulary
@@ -39,24 +42,49 @@ class RunResult:
     ray_logs: str = ""  # where this run's Ray session kept its logs (this machine); "" if no Ray
 
 
+def _undo_first_run(run: LabelRun) -> None:
+    """A first run (into a new or empty folder) that failed before committing a shard leaves
+    nothing: its plan, config and quarantine go (`LabelRun.clear`, distill's own
+    files only), and the lock then takes the folder it made. One that committed a shard keeps
+    everything, to resume."""
+    try:
+        planned = read_manifest(run.manifest).shards if run.manifest.is_file() else []
+        names = [e.name for e in planned]
+        if any(e.sha256 for e in planned) or any(run.shard(n).is_file() for n in names):
+            return
+        removed = run.clear(names)
+        if run.shards.is_local and run.shards.is_dir() and not run.shards.iterdir():
+            run.shards.as_path().rmdir()
+    except Exception:  # the original failure is the one to report
+        logger.debug("could not remove the files of the failed first run", exc_info=True)
+        return
+    logger.info("removed the %d file(s) of a first run that committed no shard", removed)
+
+
 def generate_labels(config: Config, options: RunOptions) -> RunResult:
     """Plan, run the stages, commit shards, finalize. Safe to re-run after any crash."""
     started = time.monotonic()
     run = LabelRun(options.out)
     with run.lock() as lease:
-        plan = plan_run(config, options)
-        run.remove_stale_temps([e.name for e in plan.manifest.shards])
-        for note in plan.notes:
-            logger.warning(note)
-        run.write_config(f"# resolved config of this run (label fingerprint "
-                         f"{plan.manifest.fingerprint})\n{dump_toml(config)}")
-        committer = Committer(plan, lease)
-        committer.commit_empty()
-        ray_logs = ""
-        if plan.images_to_process:
-            with ray_session(config.ray, options.address, options.verbose) as cluster:
-                ray_logs = cluster.logs
-                execute(plan, options, cluster, committer)
+        first = run.is_new()
+        try:
+            plan = plan_run(config, options)
+            run.remove_stale_temps([e.name for e in plan.manifest.shards])
+            for note in plan.notes:
+                logger.warning(note)
+            run.write_config(f"# resolved config of this run (label fingerprint "
+                             f"{plan.manifest.fingerprint})\n{dump_toml(config)}")
+            committer = Committer(plan, lease)
+            committer.commit_empty()
+            ray_logs = ""
+            if plan.images_to_process:
+                with ray_session(config.ray, options.address, options.verbose) as cluster:
+                    ray_logs = cluster.logs
+                    execute(plan, options, cluster, committer)
+        except Exception:  # a failure; Ctrl-C and SIGTERM keep the plan (a re-run resumes)
+            if first:
+                _undo_first_run(run)
+            raise
         elapsed = time.monotonic() - started
         processed = committer.written
         invocation = {
@@ -72,5 +100,10 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
         written = [run.shard(e.name) for e in plan.manifest.shards
                    if e.sha256 and e.name in present]
         write_vocabulary(run, written, config)
+        if written:  # the teachers' loads resolved their commits: say which were not pinned
+            for role, prov in sorted((read_metadata(written[0]).get("provenance") or {}).items()):
+                warning = unpinned_warning(role, prov)
+                if warning:
+                    logger.warning(warning)
         summary = summarise_run(run, plan.manifest, plan.roles, invocation)
     return RunResult(plan, summary, ray_logs)

@@ -147,7 +147,6 @@ def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
         elif found is not None:
             raise DistillError(f"{run} already has a checkpoint; pass --resume to continue it or "
                                "choose another --out")
-        run.mark()
         if run.root.is_local:
             storage = run.root.as_path() / "ray"
         else:
@@ -157,6 +156,9 @@ def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
             storage = Path(tempfile.mkdtemp(prefix="distill-ray-train-"))
             cleanup.callback(shutil.rmtree, storage, True)
         with ray_session(config.ray, address):
+            # claimed once Ray is joined: a first run that cannot join leaves nothing (the lock
+            # removes itself and the folder it made from a folder that is no run)
+            run.mark()
             trainer = TorchTrainer(
                 _worker_loop,
                 train_loop_config={"config": config_to_dict(config), "options": opts,

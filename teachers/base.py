@@ -66,6 +66,11 @@ class Provenance:
     input_size: Any  # backend-specific: an int, or a description of the resize rule
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # The hub commit the weights came from (None when not known or not a hub checkpoint) and how
+    # it is known: "pinned" (revision is a commit), "hub cache" (the cached snapshot's folder
+    # name), "unresolved", "local path" (a folder or file: no hash), "" (not a hub model).
+    commit: str | None = None
+    commit_source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

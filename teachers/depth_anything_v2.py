@@ -151,7 +151,7 @@ class DepthAnythingV2Teacher(Teacher[DepthResult]):
                 "resize": "bicubic lower_bound", "normalize": "imagenet",
                 "upsample": "bilinear align_corners"}
         self._provenance = runtime.make_provenance(self.role, self.name, config, self.device,
-                                           self.dtype, input_size=rule, files=files)
+                                           self.dtype, input_size=rule, files=files, hub=True)
         logger.info("depth-anything-v2 %s: %.1fM parameters on %s (%s), short side >= %d",
                     config.variant, sum(p.numel() for p in self.model.parameters()) / 1e6,
                     self.device, self._provenance.dtype, self.input_size)

@@ -330,7 +330,7 @@ class Mask2FormerTeacher(Teacher[PanopticResult]):
                  if config.variant == "pretrained" else [])
         self._provenance = runtime.make_provenance(
             self.role, self.name, config, self.device, self.dtype,
-            input_size=dict(self.processor.size), files=files,
+            input_size=dict(self.processor.size), files=files, hub=True,
             extra={
                 "num_queries": int(model.config.num_queries),
                 "object_mask_threshold": OBJECT_MASK_THRESHOLD,

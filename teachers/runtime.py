@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import torch
 
 from distill.config import TeacherConfig
+from distill.provenance import is_pinned, unpinned_warning
 from distill.shards import library_versions
 from distill.storage import file_sha256
 from teachers.base import Provenance, TeacherError
@@ -26,6 +27,7 @@ __all__ = [
     "padded_size",
     "predict_in_chunks",
     "pretrained_source",
+    "resolve_commit",
     "resolve_device",
     "resolve_dtype",
     "seeded",
@@ -76,6 +78,24 @@ def weight_files(checkpoint: str, revision: str = "main") -> list[Path]:
     except Exception:  # not cached, or not a hub id
         return []
     return sorted(p for p in folder.rglob("*") if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+
+
+def resolve_commit(checkpoint: str, revision: str = "main") -> tuple[str | None, str]:
+    """The hub commit behind `checkpoint` at `revision` and how it is known (see
+    `Provenance.commit_source`). Offline: a pinned revision is its own answer; otherwise the
+    snapshot the local Hugging Face cache holds for it is named by its commit hash. A local
+    file or folder has no hash ("local path")."""
+    if Path(checkpoint).expanduser().exists():
+        return None, "local path"
+    if is_pinned(revision):
+        return revision, "pinned"
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(checkpoint, revision=revision, local_files_only=True))
+    except Exception:  # not cached, or not a hub id
+        return None, "unresolved"
+    return (folder.name, "hub cache") if is_pinned(folder.name) else (None, "unresolved")
 
 
 def hub_kwargs(config: TeacherConfig) -> dict[str, Any]:
@@ -179,10 +199,16 @@ def make_provenance(
     input_size: Any,
     files: list[Path] | None = None,
     extra: dict[str, Any] | None = None,
+    hub: bool = False,
 ) -> Provenance:
-    """The provenance record; weight files are hashed here (once per teacher load)."""
+    """The provenance record; weight files are hashed here (once per teacher load). `hub`: the
+    backend loads hub checkpoints, so the commit is resolved (`resolve_commit`) and an unpinned
+    revision is warned about."""
     hashes = {p.name: file_sha256(p) for p in files or []}
-    return Provenance(
+    commit, source = None, ""
+    if hub and config.variant == "pretrained" and config.checkpoint:
+        commit, source = resolve_commit(config.checkpoint, config.revision)
+    prov = Provenance(
         role=role,
         backend=backend,
         variant=config.variant,
@@ -194,4 +220,10 @@ def make_provenance(
         input_size=input_size,
         versions=library_versions(),
         extra=extra or {},
+        commit=commit,
+        commit_source=source,
     )
+    warning = unpinned_warning(role, prov.to_dict())
+    if warning:
+        logger.warning(warning)
+    return prov

@@ -221,7 +221,7 @@ class VisionGPT2Teacher(Teacher[CaptionResult]):
         self.input_size = cfg.image_size
         self._provenance = make_provenance(
             self.role, self.name, config, self.device, self.dtype, input_size=cfg.image_size,
-            files=files, extra=self._decoding(),
+            files=files, extra=self._decoding(), hub=True,
         )
         logger.info("visiongpt2 %s: %.1fM parameters on %s (%s), input %d",
                     config.variant, sum(p.numel() for p in self.model.parameters()) / 1e6,

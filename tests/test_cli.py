@@ -257,6 +257,7 @@ def test_joining_a_closed_port_fails_fast_with_one_line(synthetic_coco, tmp_path
     line = one_error_line(proc)  # Ray may name this machine's address for 127.0.0.1
     assert line.startswith("error: cannot join Ray at ") and f"127.0.0.1:{port}" in line
     assert "Connection refused" in line
+    assert not (tmp_path / "run").exists()  # a first run that failed leaves nothing
 
 
 def test_address_auto_with_a_dead_ray_address_fails_fast(synthetic_coco, tmp_path):
@@ -272,3 +273,21 @@ def test_address_auto_with_a_dead_ray_address_fails_fast(synthetic_coco, tmp_pat
     line = one_error_line(proc)
     assert line.startswith(f"error: cannot join Ray at 127.0.0.1:{port} (--address auto: "
                            "RAY_ADDRESS): Connection refused"), line
+
+
+def test_train_student_on_ray_that_does_not_answer_leaves_no_folder(tmp_path):
+    """`--num-workers 1 --address <closed port>`: one line, and no run folder (the folder is
+    claimed as a student run only once Ray is joined)."""
+    from distill.shards import shard_name
+    from tests.test_viz import make_labelled_sample, write_shard
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shard(shards / shard_name("val2017", 0, 1), [make_labelled_sample(i) for i in (1, 2)])
+    out = tmp_path / "student"
+    port = closed_port()
+    proc = distill("run", "train-student", "--preset", "demo", "--shards", str(shards), "--out",
+                   str(out), "--num-workers", "1", "--address", f"127.0.0.1:{port}", check=False)
+    line = one_error_line(proc)
+    assert line.startswith("error: cannot join Ray at ") and "Connection refused" in line
+    assert not out.exists()

@@ -25,6 +25,26 @@ def test_synthetic_coco_records_sorted_with_people_and_captions(synthetic_coco):
     assert ds.records[1].persons == [] and ds.problems == []
 
 
+def test_a_split_the_folder_lacks_lists_the_splits_it_has(synthetic_coco):
+    """`--split val2071` on a folder with val2017 (and a second, complete split): one line
+    naming the wrong split and both real ones; a split with one annotation file only is not a
+    split."""
+    from distill.coco import coco_splits
+
+    ann = synthetic_coco / "annotations"
+    for name in ("person_keypoints_train2017.json", "captions_train2017.json",
+                 "captions_test2017.json"):
+        (ann / name).write_text((ann / name.replace("train2017", "val2017")
+                                 .replace("test2017", "val2017")).read_text())
+    assert coco_splits(synthetic_coco) == ["train2017", "val2017"]
+    with pytest.raises(DatasetLayoutError) as err:
+        open_dataset(synthetic_coco, "val2071")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("split 'val2071' is not in ")
+    assert "its splits are train2017, val2017 " in message
+
+
 def test_layout_errors_name_the_missing_file_and_the_layout(tmp_path, synthetic_coco):
     (synthetic_coco / "annotations" / "captions_val2017.json").unlink()
     with pytest.raises(DatasetLayoutError, match=r"captions_val2017\.json.*\n.*COCO 2017 folder"):

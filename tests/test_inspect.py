@@ -343,3 +343,55 @@ def test_show_reads_rows_across_a_runs_committed_shards(run, tmp_path):
         read_row(run, 6)
     with pytest.raises(ShardError, match="out of range"):
         read_row(run, -1)
+
+
+def test_random_weight_teachers_are_named_at_the_top(run, tmp_path):
+    """A shard whose depth teacher was the tiny (random-init) variant: the report lists it under
+    `random_weights`, the text says so on its second line and on the teacher's own line; the
+    fixture's pretrained run says nothing of the kind."""
+    tiny = provenance("depth", "") | {"variant": "tiny", "weights_sha256": {}}
+    path = tmp_path / "val2017-00000-of-00001.parquet"
+    meta = make_metadata("f" * 16, {"depth": tiny, "caption": provenance("caption", "cap")})
+    with ShardWriter(path, meta) as writer:
+        for s in samples_for([1]):
+            writer.write(s)
+    report = inspect_path(path)
+    assert report["provenance"]["random_weights"] == ["depth"]
+    lines = format_inspect(report).splitlines()
+    assert lines[1].startswith("RANDOM WEIGHTS: the depth teacher was not pretrained")
+    assert "plumbing tests only" in lines[1]
+    (depth_line,) = [line for line in lines if line.startswith("  depth ")]
+    assert "RANDOM init (tiny variant)" in depth_line
+    (caption_line,) = [line for line in lines if line.startswith("  caption ")]
+    assert "RANDOM" not in caption_line and "w.pt abababababab" in caption_line
+
+    pretrained = inspect_path(run, sample_rows=1)
+    assert pretrained["provenance"]["random_weights"] == []
+    assert "RANDOM" not in format_inspect(pretrained)
+
+
+def test_teacher_lines_say_whether_the_hub_revision_was_pinned(tmp_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    provs = {
+        "depth": provenance("depth", "org/depth") | {"commit": commit,
+                                                      "commit_source": "hub cache"},
+        "panoptic": provenance("panoptic", "org/pan") | {"revision": commit, "commit": commit,
+                                                          "commit_source": "pinned"},
+        "caption": provenance("caption", "/ckpt/cap") | {"commit": None,
+                                                          "commit_source": "local path"},
+    }
+    path = tmp_path / "val2017-00000-of-00001.parquet"
+    with ShardWriter(path, make_metadata("f" * 16, provs)) as writer:
+        for s in samples_for([1]):
+            writer.write(s)
+    lines = format_inspect(inspect_path(path)).splitlines()
+    (depth,) = [i for i, line in enumerate(lines) if line.startswith("  depth ")]
+    assert "@ main (commit 0123456789ab, not pinned)" in lines[depth]
+    assert lines[depth + 1].startswith("    warning: teachers.depth: checkpoint 'org/depth' at "
+                                       "revision 'main' is not pinned")
+    assert f"--set teachers.depth.revision={commit}" in lines[depth + 1]
+    (pan,) = [line for line in lines if line.startswith("  panoptic ")]
+    assert f"@ {commit} (pinned)" in pan
+    (cap,) = [line for line in lines if line.startswith("  caption ")]
+    assert "(local path, no commit)" in cap
+    assert sum("not pinned" in line for line in lines) == 2  # the depth line and its warning

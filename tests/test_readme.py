@@ -49,3 +49,35 @@ def test_readme_python_api_runs_as_written(tmp_path, ray_address, monkeypatch):
     assert (tmp_path / "demo-data" / "api-student" / "checkpoints" / "last").is_dir()
     # the epoch (0-based, as in metrics.jsonl) and the prediction's depth, at the last image's size
     assert re.fullmatch(r"0 \(60, 80\) \[.*\]", printed[-1]), printed[-1]
+
+
+def test_readme_group_comments_name_the_bits_in_order():
+    """The snippet's list of group bits is distill's group table, in order, and the two masks
+    it picks out are the groups its comments name."""
+    from distill.labels.groups import GROUP_NAMES
+
+    text = README.read_text()
+    code = re.search(r"```python\n(.*?)```", text[text.index("## Reading a shard"):], re.S)[1]
+    listed = re.findall(r"(\d+) ([A-Z][a-z]+)", code.split("bits = ")[0].split("group k")[1])
+    assert [(int(k), name) for k, name in listed] == list(enumerate(GROUP_NAMES))
+    for shift, name in re.findall(r"\(bits >> (\d+)\) & 1 +# group \d+: (\w+)", code):
+        assert GROUP_NAMES[int(shift)] == name
+
+
+def test_iter_samples_gives_what_the_readme_says(tmp_path):
+    """`iter_samples`: the image stays its encoded bytes, depth16 the uint16 levels, normals
+    uint8, groups uint16 bits, the text mask bool — as the README's paragraph says."""
+    import numpy as np
+
+    from distill.shards import iter_samples, read_shard
+
+    text = README.read_text()
+    assert "`image` stays the\nencoded file bytes" in text and "`depth16` stays the uint16" in text
+    path = tmp_path / "val2017-00000-of-00001.parquet"
+    with ShardWriter(path, make_metadata("f00d", {})) as w:
+        w.write(make_sample(4))
+    (sample,) = iter_samples(path)
+    assert sample.image == read_shard(path).column("image")[0].as_py()
+    assert sample.depth16.dtype == np.uint16 and sample.normals.dtype == np.uint8
+    assert sample.groups.dtype == np.uint16 and sample.text_mask.dtype == bool
+    assert sample.depth16.shape == (sample.height, sample.width)

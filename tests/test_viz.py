@@ -333,3 +333,111 @@ def test_depth_colormap_is_monotone_in_brightness():
     luma = ramp.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     assert luma[0] < 10 and luma[-1] > 230
     assert np.all(np.diff(luma) > -1.0)
+
+
+def _provenance(variant: str, weights: dict[str, str] | None = None) -> dict[str, object]:
+    return {"backend": "x", "variant": variant, "checkpoint": "" if variant != "pretrained"
+            else "org/model", "revision": "main", "weights_sha256": weights or {}}
+
+
+def _red(pixels: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Share of a region's pixels that are the warning banner's red."""
+    part = region(pixels, box)
+    red = (part[..., 0] > 150) & (part[..., 1] < 60) & (part[..., 2] < 60)
+    return float(red.mean())
+
+
+def test_random_weight_teachers_put_a_red_banner_on_the_sheet(tmp_path):
+    """A shard labelled by a tiny (random-weight) teacher draws a red banner naming it under
+    the title; a shard of pretrained teachers draws none, and its sheet is the plain size."""
+    from distill.viz import row_warning
+
+    samples = [make_labelled_sample(1)]
+    random_meta = {"depth": _provenance("tiny"), "text": _provenance("pretrained", {"w": "ab"})}
+    real_meta = {"depth": _provenance("pretrained", {"w": "cd"})}
+    tiny = tmp_path / "tiny" / shard_name("val2017", 0, 1)
+    real = tmp_path / "real" / shard_name("val2017", 0, 1)
+    for path, prov in ((tiny, random_meta), (real, real_meta)):
+        path.parent.mkdir()
+        with ShardWriter(path, make_metadata("f" * 16, prov)) as w:
+            for s in samples:
+                w.write(s)
+    warning = row_warning(tiny, 0)
+    assert "depth teacher was not pretrained" in warning and "plumbing tests only" in warning
+    assert "text" not in warning
+    assert row_warning(real, 0) == ""
+
+    marked = reopen(sheet_for_row(tiny, 0), tmp_path / "tiny.png")
+    plain = reopen(sheet_for_row(real, 0), tmp_path / "real.png")
+    labels = labels_from_sample(samples[0])
+    layout = sheet_layout(labels, banner=True)
+    assert layout.banner_box is not None and sheet_layout(labels).banner_box is None
+    assert marked.shape[1::-1] == layout.size
+    assert plain.shape[1::-1] == sheet_layout(labels).size
+    assert marked.shape[0] > plain.shape[0]  # the banner is extra room, not over a panel
+    assert _red(marked, layout.banner_box) > 0.6
+    assert _red(plain, (0, 0, plain.shape[1], plain.shape[0])) < 0.01
+    # the panels below moved down by the banner and still draw
+    assert_drawn(marked, layout.boxes)
+    assert layout.boxes["image"][1] >= layout.banner_box[3]
+
+
+def test_people_of_a_shard_are_captioned_coco_ground_truth(shard, tmp_path, monkeypatch):
+    """The people panel of a shard row is COCO's annotations: its caption says so (and is not
+    the teachers' blue), the student's people panel stays the student's."""
+    from distill.viz import GROUND_TRUTH, _Painter
+
+    captions: list[tuple[str, str, str, bool]] = []
+    original = _Painter.caption
+
+    def record(self, panel, text, source, prefix):
+        captions.append((panel.key, text, source, prefix))
+        original(self, panel, text, source, prefix)
+
+    from distill.shards import decode_row, read_shard
+
+    labels = labels_from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))
+    image = np.full((labels.height, labels.width, 3), 90, np.uint8)
+    monkeypatch.setattr(_Painter, "caption", record)
+    sheet = contact_sheet(image, labels, compare=student_of(labels))
+    by_key = {k: (t, s, p) for k, t, s, p in captions}
+    assert by_key["people"] == ("people", GROUND_TRUTH, True)
+    assert by_key[COMPARE_PREFIX + "people"][1] == "student"
+    assert by_key["depth"][1] == "teachers"
+    pixels = reopen(sheet, tmp_path / "gt.png")
+    layout = sheet_layout(labels, compare=student_of(labels))
+    cap = {p.key: p.caption_box for p in layout.panels}
+    gt_bg = region(pixels, cap["people"])[2:4, 2:4].mean(axis=(0, 1))
+    teacher_bg = region(pixels, cap["depth"])[2:4, 2:4].mean(axis=(0, 1))
+    assert not np.allclose(gt_bg, teacher_bg, atol=4)
+
+
+def test_legend_says_when_overlapping_group_shares_pass_100_percent(monkeypatch):
+    """Multi-label groups: when the shares add up past 100 % the legend prints the sum and
+    that a pixel can be in several groups; one-group-per-pixel labels print no such note."""
+    from PIL import ImageDraw
+
+    texts: list[str] = []
+
+    original = ImageDraw.ImageDraw.text
+
+    def record(self, xy, text, *args, **kwargs):
+        texts.append(str(text))
+        return original(self, xy, text, *args, **kwargs)
+
+    h, w = 40, 50
+    overlapping = np.zeros((len(CLASS_GROUPS), h, w), np.float32)
+    overlapping[:3] = 1.0  # every pixel in three groups: 300 %
+    single = np.zeros_like(overlapping)
+    single[0, :20] = 1.0
+    single[1, 20:] = 1.0  # 40 % + 60 %
+    image = np.full((h, w, 3), 90, np.uint8)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    contact_sheet(image, Labels("student", w, h, groups=overlapping))
+    many = list(texts)
+    texts.clear()
+    contact_sheet(image, Labels("student", w, h, groups=single))
+    one = list(texts)
+    note = " ".join(t for t in many if "sum" in t or "several" in t)
+    assert "sum 300 %" in note and "several groups" in note
+    assert not any("several groups" in t for t in one)

@@ -20,15 +20,15 @@ from distill.config import Config
 from distill.errors import DistillError
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary
-from distill.runfolder import resolve_shards
-from distill.shards import Sample, decode_row, read_shard
+from distill.runfolder import StudentRun, resolve_shards
+from distill.shards import Sample, decode_row, read_shard, shard_identity
 from distill.storage import Location
 from distill.student import layout
 from distill.student.data import ShardSpec, ShardStream
 from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
 from distill.student.pose import decode_letterboxed, keypoint_ap, to_coco_results
 
-__all__ = ["PAPER_TABLE2", "evaluate", "format_evaluation"]
+__all__ = ["PAPER_TABLE2", "evaluate", "format_evaluation", "trained_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,23 @@ PAPER_TABLE2: dict[str, Any] = {
 }
 
 Model = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def trained_on(run: StudentRun, paths: list[Location]) -> list[str]:
+    """Which of `paths` the student run trained on (its `run.json`): the same path, or a copy
+    (same file name and label fingerprint)."""
+    known = run.training_shards()
+    same_path = {s.get("path") for s in known}
+    same_data = {(s.get("name"), s.get("fingerprint")) for s in known if s.get("fingerprint")}
+    out = []
+    for path in paths:
+        if str(path) in same_path:
+            out.append(path.name)
+            continue
+        ident = shard_identity(path)
+        if (ident["name"], ident["fingerprint"]) in same_data:
+            out.append(path.name)
+    return out
 
 
 def _ground_truth(paths: list[Location]) -> dict[int, Sample]:

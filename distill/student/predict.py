@@ -8,10 +8,13 @@ same form as a shard row's teacher labels, so `distill show` can put them side b
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +41,7 @@ __all__ = [
     "decode_tokens",
     "find_checkpoint",
     "load_student",
+    "panel_paths",
     "refine_depth",
     "run_folder",
 ]
@@ -379,3 +383,42 @@ def describe(prediction: Prediction, name: str) -> dict[str, Any]:
                   for w in prediction.words],
         "timings_ms": {k: round(v, 3) for k, v in prediction.timings.items()},
     }
+
+
+def panel_paths(files: list[Path], out: Path) -> tuple[dict[Path, Path], list[str]]:
+    """Where `distill predict` draws each image's panel: `out/<stem>.png` (`a.jpg` →
+    `a.png`), except for images whose panel would clash — two inputs with one stem (`a.jpg`
+    and `a.png`), or a file already there that distill did not write (an input, when `out` is
+    the images folder; panels an earlier run recorded in `out/predictions.json` are distill's)
+    — which keep their whole name (`a.jpg.png`, `a.png.png`). Returns the paths and the names
+    that kept theirs; raises `DistillError` if even that clashes."""
+    ours = _earlier_panels(out)
+
+    def foreign(panel: Path) -> bool:
+        return panel.exists() and panel.resolve() not in ours
+
+    stems = Counter(f.stem for f in files)
+    paths: dict[Path, Path] = {}
+    kept: list[str] = []
+    for f in files:
+        panel = out / f"{f.stem}.png"
+        if stems[f.stem] > 1 or foreign(panel):
+            panel = out / f"{f.name}.png"
+            kept.append(f.name)
+        paths[f] = panel
+    taken = Counter(p.resolve() for p in paths.values())
+    for f, panel in paths.items():
+        if taken[panel.resolve()] > 1 or foreign(panel):
+            raise DistillError(f"the panel of {f} would be {panel}, which is a file distill did "
+                               "not write or another image's panel; pass --out a folder of its "
+                               "own")
+    return paths, kept
+
+
+def _earlier_panels(out: Path) -> set[Path]:
+    """The panels an earlier `distill predict` into `out` recorded (its predictions.json)."""
+    try:
+        doc = json.loads((out / "predictions.json").read_text())
+        return {Path(r["panel"]).resolve() for r in doc.get("images", []) if r.get("panel")}
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return set()

@@ -85,11 +85,12 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from distill.config import Config, TrainConfig, config_to_dict, dump_toml
+from distill.config import Config, TrainConfig, config_to_dict, dump_toml, load_config, preset_of
 from distill.errors import ConfigError, DistillError, ShardError
 from distill.labels.tokens import Vocabulary
 from distill.progress import Progress
 from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
+from distill.shards import shard_identity
 from distill.storage import (
     Location,
     StorageError,
@@ -177,6 +178,20 @@ def vocabulary_path(options: TrainOptions) -> Location | None:
         return loc
     run = _label_run(options.shards)
     return run.vocab if run is not None and run.vocab.is_file() else None
+
+
+def _token_dim_hint(config: Config, dim: int, options: TrainOptions) -> str:
+    """What to pass when the vocabulary's dimension is not the student's: the preset the shards
+    were labelled with when its student fits them (`--set student.token_dim` alone would keep,
+    say, the paper's 297M-parameter student for a demo run's shards)."""
+    run = _label_run(options.shards)
+    preset = preset_of(run.config) if run is not None else None
+    if run is not None and preset is not None and preset != config.preset \
+            and load_config(preset).student.token_dim == dim:
+        return (f"the shards were labelled with preset {preset!r} ({run.config}): pass "
+                f"--preset {preset}, or --set student.token_dim={dim} to keep preset "
+                f"{config.preset!r}")
+    return f"set --set student.token_dim={dim}"
 
 
 def _label_run(shards: ShardSpec) -> LabelRun | None:
@@ -617,7 +632,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     if vocab is not None and vocab.dim != config.student.token_dim:
         raise ConfigError(
             f"student.token_dim = {config.student.token_dim} but {vocab_file} is a {vocab.dim}-d "
-            f"vocabulary (labels.glove); set --set student.token_dim={vocab.dim}")
+            f"vocabulary (labels.glove); {_token_dim_hint(config, vocab.dim, options)}")
     size = config.student.input_size
     common: dict[str, Any] = {"size": size, "vocab": vocab, "config": cfg, "rank": session.rank,
               "world_size": session.world_size, "max_tokens": config.student.num_tokens,
@@ -659,6 +674,8 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     history: list[dict[str, Any]] = []
     if session.is_main:
         run.mark()
+        # evaluate warns when it scores the student on these
+        run.record_training_shards([shard_identity(p) for p in resolve_shards(options.shards)])
         atomic_write_bytes(run.config, dump_toml(config).encode())
         if vocab_file is not None and vocab_file != run.vocab:
             # predict and evaluate decode tokens with the same words

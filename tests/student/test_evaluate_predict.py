@@ -244,6 +244,9 @@ def test_cli_evaluate_predict_and_show_on_a_trained_student(trained, labelled_co
     assert doc["rows"] == 7 and set(doc["table2"]) == set(layout.MODALITIES)
     assert 0.0 <= doc["table2"]["joints"]["hdm@0.1"] <= 1.0
     assert "paper Table 2" in res.output and "AP" in res.output
+    # scored on the very shards it trained on: said, and kept in the report
+    assert "the student was trained on 3 of these 3 shard(s)" in res.output
+    assert len(doc["trained_on"]) == 3
 
     pred = tmp_path / "pred"
     images = root / "val2017"
@@ -269,3 +272,77 @@ def test_cli_evaluate_predict_and_show_on_a_trained_student(trained, labelled_co
         assert img.width > 0 and img.height > 0
     res = runner.invoke(app, ["show", str(shard), "--row", "99", "--out", str(png)])
     assert res.exit_code == 2 and "out of range" in res.output
+
+
+def test_panels_are_named_after_the_image_stem_unless_names_clash(tmp_path):
+    """`a.jpg` → `a.png`; `b.jpg` beside `b.png` keep their extensions (`b.jpg.png`,
+    `b.png.png`) and are reported; a file distill did not write (an input, when --out is the
+    images folder) is never a panel's name, one an earlier run recorded may be; a clash left
+    even then is refused."""
+    import json
+
+    from distill.errors import DistillError
+    from distill.student.predict import panel_paths
+
+    images = tmp_path / "images"
+    images.mkdir()
+    files = [images / n for n in ("a.jpg", "b.jpg", "b.png", "c.JPEG")]
+    for f in files:
+        f.write_bytes(b"x")
+    out = tmp_path / "pred"
+    paths, kept = panel_paths(files, out)
+    assert {f.name: p.name for f, p in paths.items()} == {
+        "a.jpg": "a.png", "b.jpg": "b.jpg.png", "b.png": "b.png.png", "c.JPEG": "c.png"}
+    assert all(p.parent == out for p in paths.values())
+    assert kept == ["b.jpg", "b.png"]
+    # into the images folder: b.jpg alone would be b.png, which is the user's file
+    paths, kept = panel_paths([images / "a.jpg", images / "b.jpg"], images)
+    assert paths[images / "a.jpg"] == images / "a.png"
+    assert paths[images / "b.jpg"] == images / "b.jpg.png" and kept == ["b.jpg"]
+    # a panel an earlier run wrote (and recorded) is replaced under its own name
+    out.mkdir()
+    (out / "a.png").write_bytes(b"old panel")
+    (out / "c.png").write_bytes(b"the user's")
+    (out / "predictions.json").write_text(json.dumps({"images": [{"panel": str(out / "a.png")}]}))
+    paths, kept = panel_paths([images / "a.jpg", images / "c.JPEG"], out)
+    assert paths[images / "a.jpg"] == out / "a.png"
+    assert paths[images / "c.JPEG"] == out / "c.JPEG.png" and kept == ["c.JPEG"]
+    (images / "b.png.png").write_bytes(b"x")
+    with pytest.raises(DistillError, match="distill did not write"):
+        panel_paths([images / "b.png"], images)  # b.png.png too is a file of the user's
+
+
+def test_evaluate_knows_the_shards_a_student_trained_on(tmp_path):
+    """run.json records the training shards (resumes add theirs); `trained_on` finds them by
+    path and as copies (same name and label fingerprint), not a shard of another run."""
+    import shutil
+
+    from distill.runfolder import StudentRun
+    from distill.shards import ShardWriter, make_metadata, shard_identity, shard_name
+    from distill.storage import Location
+    from distill.student.evaluate import trained_on
+    from tests.test_viz import make_labelled_sample
+
+    def shard(folder: Path, index: int, fingerprint: str) -> Location:
+        path = folder / shard_name("val2017", index, 2)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with ShardWriter(path, make_metadata(fingerprint, {})) as writer:
+            writer.write(make_labelled_sample(index + 1))
+        return Location(path)
+
+    a, b = shard(tmp_path / "labels", 0, "a" * 16), shard(tmp_path / "labels", 1, "a" * 16)
+    other = shard(tmp_path / "other", 0, "b" * 16)  # same name, another label run
+    run = StudentRun(tmp_path / "student")
+    (tmp_path / "student").mkdir()
+    run.mark()
+    assert run.training_shards() == []
+    run.record_training_shards([shard_identity(a)])
+    run.record_training_shards([shard_identity(a), shard_identity(b)])  # a resume adds b
+    assert [s["name"] for s in run.training_shards()] == [a.name, b.name]
+    assert run.is_run() and json.loads((tmp_path / "student" / "run.json").read_text())[
+        "kind"] == "student"
+    copy = tmp_path / "copied" / a.name
+    copy.parent.mkdir()
+    shutil.copy(a.as_path(), copy)
+    assert trained_on(run, [a, Location(copy), other]) == [a.name, a.name]
+    assert trained_on(StudentRun(tmp_path / "nothing"), [a]) == []

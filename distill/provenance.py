@@ -1,0 +1,86 @@
+"""What a run's teacher provenance says about trust: which teachers had random weights (labels
+for plumbing tests only) and which hub checkpoints were not pinned to a commit.
+
+One owner for the wording, so `distill show`, `distill inspect` and `distill run audit` say the
+same thing. Reads the provenance dicts that shards carry in their metadata
+(`teachers.base.Provenance.to_dict`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "PLUMBING_ONLY",
+    "is_pinned",
+    "random_weight_roles",
+    "random_weights_warning",
+    "shards_random_weight_roles",
+    "unpinned_warning",
+]
+
+# What labels of random-weight teachers are good for.
+PLUMBING_ONLY = "labels for plumbing tests only, not real labels"
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def is_pinned(revision: str) -> bool:
+    """Whether a hub revision names one commit (40 hex digits) rather than a branch or tag that
+    can move (such as the default "main")."""
+    return bool(_COMMIT.fullmatch(revision or ""))
+
+
+def _is_random(prov: Mapping[str, Any]) -> bool:
+    # "tiny" and "random" are randomly initialised by definition; a provenance without a
+    # variant (an older or foreign shard) counts as random only when it hashed no weights.
+    variant = prov.get("variant")
+    if variant is not None:
+        return variant != "pretrained"
+    return not prov.get("weights_sha256")
+
+
+def random_weight_roles(provenance: Mapping[str, Any]) -> list[str]:
+    """The roles, sorted, whose teacher had random weights, from one shard's `provenance`
+    metadata (role → provenance dict). A role a run re-labelled may list several provenances
+    (`distill.audit`): any random one counts."""
+    out = []
+    for role, prov in provenance.items():
+        provs = prov if isinstance(prov, list) else [prov]
+        if any(isinstance(p, Mapping) and _is_random(p) for p in provs):
+            out.append(role)
+    return sorted(out)
+
+
+def shards_random_weight_roles(metadatas: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The union of `random_weight_roles` over the metadata of several shards."""
+    roles: set[str] = set()
+    for meta in metadatas:
+        roles.update(random_weight_roles(meta.get("provenance") or {}))
+    return sorted(roles)
+
+
+def random_weights_warning(roles: list[str]) -> str:
+    """The one line that says which teachers had random weights ("" when none did)."""
+    if not roles:
+        return ""
+    which = roles[0] if len(roles) == 1 else ", ".join(roles[:-1]) + " and " + roles[-1]
+    return (f"RANDOM WEIGHTS: the {which} teacher{'s' if len(roles) > 1 else ''} "
+            f"{'were' if len(roles) > 1 else 'was'} not pretrained; {PLUMBING_ONLY}")
+
+
+def unpinned_warning(role: str, prov: Mapping[str, Any]) -> str:
+    """The warning for a teacher whose hub checkpoint was not pinned to a commit ("" when it
+    was, or when it is no hub checkpoint): the revision can move under the same name, so the
+    same config may label with other weights later. Names the commit to pin when known."""
+    source = prov.get("commit_source")
+    if source not in ("hub cache", "unresolved"):
+        return ""
+    pin = prov.get("commit") or "<commit hash>"
+    return (f"teachers.{role}: checkpoint {prov.get('checkpoint')!r} at revision "
+            f"{prov.get('revision')!r} is not pinned to a commit "
+            + (f"(it resolved to {prov['commit']}); " if prov.get("commit") else
+               "(its commit could not be resolved offline); ")
+            + f"pin it with --set teachers.{role}.revision={pin}")
