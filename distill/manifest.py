@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from distill.config import Config, hash_view
 from distill.errors import DistillError, ShardError
-from distill.shards import shard_name
+from distill.runfolder import shard_name
 from distill.storage import Location, atomic_write_bytes, file_sha256
 
 __all__ = [
@@ -91,10 +91,10 @@ def make_plan(image_ids: list[int], split: str, shard_size: int) -> list[ShardEn
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     ids = sorted(set(image_ids))
-    total = -(-len(ids) // shard_size)
+    count = -(-len(ids) // shard_size)
     return [
-        ShardEntry(shard_name(split, i, total), ids[i * shard_size:(i + 1) * shard_size])
-        for i in range(total)
+        ShardEntry(shard_name(split, i), ids[i * shard_size:(i + 1) * shard_size])
+        for i in range(count)
     ]
 
 
