@@ -210,6 +210,7 @@ def _progress(manifest: Manifest, run: LabelRun, footers: dict[str, dict[str, An
     return {
         "split": manifest.split, "fingerprint": manifest.fingerprint, "teachers": roles,
         "shard_size": manifest.shard_size, "selection": manifest.selection,
+        "extensions": manifest.extensions,
         "planned": len(manifest.shards),
         "done": sum(1 for s in shards if s["status"] == "done"),
         "pending": [s["name"] for s in shards if s["status"] != "done"],
