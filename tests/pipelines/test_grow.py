@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,14 @@ from distill.manifest import read_manifest
 from distill.runfolder import resolve_shards
 from distill.viz import read_row
 from pipelines.generate_labels import RunOptions, generate_labels, plan_run
-from tests.conftest import COCO7_IDS, label_config, make_coco7, shard_rows, write_coco
+from tests.conftest import (
+    COCO7_IDS,
+    label_config,
+    make_coco7,
+    run_until,
+    shard_rows,
+    write_coco,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,3 +210,23 @@ def test_a_run_grows_three_ways_and_its_committed_shards_never_change(tmp_path, 
     # The vocabulary is rebuilt over all shards, the new shards' tokens included.
     vocab = read_vocabulary(out / "vocab.parquet")
     assert set(vocab.words) == {t for s in shard_rows(out).values() for t in s.tokens}
+
+
+@pytest.mark.slow
+def test_a_growth_killed_midway_resumes_without_growing_twice(tmp_path, ray_address):
+    root, out = make_coco7(tmp_path / "coco"), tmp_path / "out"
+    generate_labels(label_config(root), RunOptions(out=out, live=False, limit=2))  # [1, 3]
+    before = _digests(out)
+    cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+           "--set", f"data.root={root}", "--set", "teachers.text.input_size=160",
+           "--set", "teachers.depth.batch_size=2", "--shard-size", "3", "--out", str(out),
+           "--no-live", "--address", str(ray_address), "--limit", "7"]
+    assert run_until(cmd, out, 2) == -signal.SIGKILL  # one of two new shards committed
+    assert run_until(cmd, out, None) == 0  # the same command finishes the extension
+    now = _digests(out)
+    assert {k: now[k] for k in before} == before
+    assert sorted(shard_rows(out)) == sorted(COCO7_IDS)
+    manifest = read_manifest(out / "manifest.json")
+    assert [x["shards"] for x in manifest.extensions] == [["val2017-00001.parquet",
+                                                          "val2017-00002.parquet"]]
+    assert all(e.sha256 == now[e.name] for e in manifest.shards)
