@@ -451,6 +451,10 @@ def format_inspect(report: dict[str, Any]) -> str:
             f"{len(progress['pending'])} pending · split {progress['split']} · "
             f"{progress['planned_images']} images planned · teachers "
             f"{', '.join(progress['teachers']) or '-'}")
+        for ext in progress.get("extensions", []):
+            names = ext["shards"][0] + (f" … {ext['shards'][-1]}" if len(ext["shards"]) > 1
+                                        else "")
+            add(f"  grew {ext['at']}: +{ext['images']} images in {names}")
         status = {s["name"]: s for s in progress["shards"]}
     else:
         add(f"Shards: {len(shards)}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import DistillError
-from distill.inspect import inspect_path
+from distill.inspect import format_inspect, inspect_path
 from distill.labels.tokens import read_vocabulary
 from distill.manifest import read_manifest
 from distill.runfolder import resolve_shards
@@ -75,8 +75,12 @@ def test_a_larger_limit_plans_only_the_next_images_in_new_shards(tmp_path):
     _plan(root, out)
     assert _shards(out)["val2017-00003.parquet"] == [20]
     assert [e["images"] for e in read_manifest(out / "manifest.json").extensions] == [2, 1]
-    assert [e["shards"] for e in inspect_path(out)["progress"]["extensions"]] == \
+    report = inspect_path(out)
+    assert [e["shards"] for e in report["progress"]["extensions"]] == \
         [["val2017-00002.parquet"], ["val2017-00003.parquet"]]
+    grew = [line for line in format_inspect(report).splitlines() if "grew" in line]
+    assert [line.split(": ", 1)[1] for line in grew] == [
+        "+2 images in val2017-00002.parquet", "+1 images in val2017-00003.parquet"]
 
 
 def test_a_wider_image_ids_adds_only_the_new_ids(tmp_path):
