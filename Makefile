@@ -32,14 +32,14 @@ demo: setup
 	else \
 		$(BIN)/distill run train-student --preset demo --shards $(DEMO)/run/shards --out $(DEMO)/student; \
 	fi
-	$(BIN)/distill show $(DEMO)/run/shards/val2017-00000-of-00002.parquet --row 0 --out $(DEMO)/row0.png
+	$(BIN)/distill show $(DEMO)/run --row 0 --out $(DEMO)/row0.png
 	@echo
 	@echo "picture: $(DEMO)/row0.png   (distill show SHARD --row i; add --checkpoint $(DEMO)/student for the student beside)"
 	@echo "judge:   $(BIN)/distill inspect $(DEMO)/run;  $(BIN)/distill run evaluate --checkpoint $(DEMO)/student --shards $(DEMO)/run/shards"
 	@echo "student: $(DEMO)/student/checkpoints/{last,best}/model.safetensors   metrics: $(DEMO)/student/metrics.jsonl"
 	@echo "shards:  $(DEMO)/run/shards/*.parquet   (one row per image; README 'Reading a shard')"
 	@echo "summary: $(DEMO)/run/summary.json   quarantine: $(DEMO)/run/quarantine.parquet"
-	@echo "look:    $(BIN)/python -c \"import pyarrow.parquet as pq; t = pq.read_table('$(DEMO)/run/shards/val2017-00000-of-00002.parquet'); print(t.select(['image_id', 'file_name', 'teacher_captions', 'tokens']).to_pandas())\""
+	@echo "look:    $(BIN)/python -c \"import pyarrow.parquet as pq; t = pq.read_table('$(DEMO)/run/shards/val2017-00000.parquet'); print(t.select(['image_id', 'file_name', 'teacher_captions', 'tokens']).to_pandas())\""
 
 bench: setup
 	$(BIN)/python -m bench.run --out bench/results.json --summary bench/RESULTS.md

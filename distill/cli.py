@@ -289,9 +289,11 @@ def run_generate_labels(
     shard_size: Annotated[int | None, typer.Option(
         help="Images per shard (default: shards.shard_size, 1000).")] = None,
     limit: Annotated[int | None, typer.Option(
-        help="Label only the first N images (by id) of the split.")] = None,
+        help="Label only the first N images (by id) of the split. On an existing run: the "
+        "run holds N images, a larger N adds the lowest ids it does not hold yet.")] = None,
     image_ids: Annotated[str | None, typer.Option(
-        "--image-ids", help="Label only these ids: '139,285,632' or '@ids.txt'.")] = None,
+        "--image-ids", help="Label only these ids: '139,285,632' or '@ids.txt'. On an "
+        "existing run: every id it holds plus the new ones.")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan and an estimate (time per teacher, bytes) from a "
         "short timed sample; write nothing.")] = False,
@@ -309,7 +311,9 @@ def run_generate_labels(
 
     Decode → one Ray actor pool per enabled teacher → post-processing (16-bit depth, normals,
     11-group masks, text masks, caption tokens) → shards written atomically. Re-run the same
-    command after a crash to finish; enable another teacher and re-run to add only its labels.
+    command after a crash to finish; enable another teacher and re-run to add only its labels;
+    a larger --limit, a wider --image-ids or images new in the split add shards for the new
+    images only.
 
     \b
     Examples:
@@ -839,8 +843,7 @@ def show(
 
     \b
     Examples:
-      distill show demo-data/run/shards/val2017-00000-of-00002.parquet \\
-          --row 2 --out row2.png
+      distill show demo-data/run/shards/val2017-00000.parquet --row 2 --out row2.png
       distill show SHARD --row 0 --checkpoint demo-data/student --out compare.png
     """
     from distill.shards import decode_row

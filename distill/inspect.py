@@ -217,6 +217,7 @@ def _progress(manifest: Manifest, run: LabelRun, footers: dict[str, dict[str, An
     return {
         "split": manifest.split, "fingerprint": manifest.fingerprint, "teachers": roles,
         "shard_size": manifest.shard_size, "selection": manifest.selection,
+        "extensions": manifest.extensions,
         "planned": len(manifest.shards),
         "done": sum(1 for s in shards if s["status"] == "done"),
         "pending": [s["name"] for s in shards if s["status"] != "done"],
@@ -466,6 +467,10 @@ def format_inspect(report: dict[str, Any]) -> str:
             f"{len(progress['pending'])} pending · split {progress['split']} · "
             f"{progress['planned_images']} images planned · teachers "
             f"{', '.join(progress['teachers']) or '-'}")
+        for ext in progress.get("extensions", []):
+            names = ext["shards"][0] + (f" … {ext['shards'][-1]}" if len(ext["shards"]) > 1
+                                        else "")
+            add(f"  grew {ext['at']}: +{ext['images']} images in {names}")
         status = {s["name"]: s for s in progress["shards"]}
     else:
         add(f"Shards: {len(shards)}")

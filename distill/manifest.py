@@ -1,5 +1,6 @@
 """The run manifest (DESIGN.md §5): the deterministic plan (shard → image ids), the config
-fingerprint it was made with, per-shard per-teacher status and checksums. `OUT/manifest.json` is
+fingerprint it was made with, per-shard per-teacher status and checksums, and each time the run
+grew (new images in new shards after the committed ones). `OUT/manifest.json` is
 rewritten atomically after every committed shard, so a crash never loses a finished shard and
 never leaves a half-written manifest."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pyarrow.parquet as pq
 
 from distill.config import Config, hash_view
 from distill.errors import DistillError, ShardError
-from distill.shards import shard_name
+from distill.runfolder import shard_name
 from distill.storage import Location, atomic_write_bytes, file_sha256
 
 __all__ = [
@@ -37,7 +39,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+# 2: runs can grow (`extensions`, index-only shard names). Version 1 manifests read as runs
+# that never grew; a distill that reads only 1 refuses a 2 in one line instead of misreading it.
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # The config sections that decide what a labelling run writes.
 LABEL_SECTIONS = ("data", "teachers", "labels", "shards")
 
@@ -73,9 +78,11 @@ class Manifest:
     config: dict[str, Any]  # the fingerprinted view of the config, to report what changed
     shard_size: int
     shards: list[ShardEntry]
-    selection: dict[str, Any] = field(default_factory=dict)  # --limit / --image-ids of the plan
+    selection: dict[str, Any] = field(default_factory=dict)  # --limit / --image-ids, first plan
     # role → the dtype its teacher resolved to at the first commit (part of the run's identity)
     dtypes: dict[str, str] = field(default_factory=dict)
+    # Each time the run grew, in order: {"at" (UTC), "selection", "images", "shards" (names)}.
+    extensions: list[dict[str, Any]] = field(default_factory=list)
     version: int = MANIFEST_VERSION
 
     def entry(self, name: str) -> ShardEntry:
@@ -84,17 +91,39 @@ class Manifest:
                 return shard
         raise ShardError(f"shard {name} is not in the manifest's plan")
 
+    def planned_ids(self) -> set[int]:
+        return {i for shard in self.shards for i in shard.image_ids}
 
-def make_plan(image_ids: list[int], split: str, shard_size: int) -> list[ShardEntry]:
-    """Images sorted by id, cut into shards of `shard_size`: the same ids always give the same
-    plan, whatever order the dataset listed them in."""
+    def grow(self, image_ids: list[int], selection: dict[str, Any]) -> list[ShardEntry]:
+        """Plan new images in new shards after the last one, and record the extension. Shards
+        already planned are left exactly as they are (committed ones stay byte-identical), so
+        the new shards hold only new images: a grown run is sorted by id within each shard and
+        within each extension, not across the whole run."""
+        again = sorted(set(image_ids) & self.planned_ids())
+        if again:
+            raise ShardError(f"images {again[:5]} are already planned in {self.split}")
+        entries = make_plan(image_ids, self.split, self.shard_size, first=len(self.shards))
+        taken = {s.name for s in self.shards} & {e.name for e in entries}
+        if taken:  # an index-only name cannot repeat; a hand-edited manifest might
+            raise ShardError(f"the manifest already plans shards named {sorted(taken)}")
+        self.shards += entries
+        self.extensions.append({
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "selection": selection,
+            "images": len(set(image_ids)), "shards": [e.name for e in entries]})
+        return entries
+
+
+def make_plan(image_ids: list[int], split: str, shard_size: int,
+              first: int = 0) -> list[ShardEntry]:
+    """Images sorted by id, cut into shards of `shard_size` numbered from `first`: the same ids
+    always give the same plan, whatever order the dataset listed them in."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     ids = sorted(set(image_ids))
-    total = -(-len(ids) // shard_size)
+    count = -(-len(ids) // shard_size)
     return [
-        ShardEntry(shard_name(split, i, total), ids[i * shard_size:(i + 1) * shard_size])
-        for i in range(total)
+        ShardEntry(shard_name(split, first + i), ids[i * shard_size:(i + 1) * shard_size])
+        for i in range(count)
     ]
 
 
@@ -111,10 +140,11 @@ def read_manifest(path: str | Path | Location) -> Manifest:
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise ShardError(f"cannot read run manifest {path}: {exc}") from exc
-    if doc.get("version") != MANIFEST_VERSION:
+    if doc.get("version") not in READABLE_VERSIONS:
         raise ShardError(f"{path} has manifest version {doc.get('version')!r}; this distill "
-                         f"reads version {MANIFEST_VERSION}")
+                         f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     doc["shards"] = [ShardEntry(**s) for s in doc["shards"]]
+    doc["version"] = MANIFEST_VERSION  # written back as 2 (with `extensions`), which 1 is a case of
     return Manifest(**doc)
 
 

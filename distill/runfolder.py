@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -49,7 +50,9 @@ __all__ = [
     "RunLocked",
     "StudentRun",
     "find_label_run",
+    "parse_shard_name",
     "resolve_shards",
+    "shard_name",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,27 @@ TRACKERS = "trackers.json"  # a student run's MLflow / W&B run ids, so a resume 
 MODEL = "model.safetensors"  # in a student checkpoint folder: the weights
 STATE = "state.pt"  # in a student checkpoint folder: the training state
 _GLOB = set("*?[")
+# `val2017-00042.parquet`; runs planned before runs could grow named theirs
+# `val2017-00042-of-00118.parquet`, and those names stay valid (see `shard_name`).
+_SHARD_RE = re.compile(r"^(?P<split>.+?)-(?P<index>\d{5,})(?:-of-(?P<total>\d{5,}))?\.parquet$")
+
+
+def shard_name(split: str, index: int) -> str:
+    """`<split>-00042.parquet`: a shard's name is its 0-based index in the plan, never the
+    plan's size. A run grows (new images get new shards after the committed ones), and a name
+    with the total in it (`-of-00118`, what distill wrote before) would have to change under
+    shards that are committed and byte-identical, or go stale. Five digits, more past 99999."""
+    if index < 0:
+        raise ValueError(f"shard index must be >= 0, got {index}")
+    return f"{split}-{index:05d}.parquet"
+
+
+def parse_shard_name(name: str) -> tuple[str, int, int | None]:
+    """Invert `shard_name`: (split, index, None); an older run's `-of-` name gives its total."""
+    m = _SHARD_RE.match(os.path.basename(name))
+    if not m:
+        raise ShardError(f"{name!r} is not a shard name like 'val2017-00000.parquet'")
+    return m["split"], int(m["index"]), int(m["total"]) if m["total"] else None
 
 
 class RunLocked(DistillError):

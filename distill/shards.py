@@ -1,5 +1,6 @@
 """Label shards (DESIGN.md §5): the Arrow schema, one sample's encode/decode, file metadata, an
-atomic writer and a reader. The only module that knows column names or the shard-name format.
+atomic writer and a reader. The only module that knows column names (shard *file* names belong
+to `distill.runfolder`, with every other run-file name).
 
 Reading a shard needs nothing from distill: `pyarrow.parquet.read_table(path)`, then PIL for the
 PNG and image columns and numpy for the rest (see README.md, "Reading a shard").
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import sys
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator
@@ -47,18 +47,15 @@ __all__ = [
     "library_versions",
     "make_metadata",
     "open_shard",
-    "parse_shard_name",
     "read_metadata",
     "read_shard",
     "shard_identity",
-    "shard_name",
 ]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 META_PREFIX = "distill."
-_SHARD_RE = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
 
 _SEGMENT = pa.struct([
     ("category_id", pa.int32()),  # COCO-panoptic category id
@@ -153,21 +150,6 @@ class Sample:
     tokens: list[str] | None = None
     persons: list[Person] = field(default_factory=list)
     exif_transpose: bool = False  # decode `image` with its EXIF orientation (SCHEMA's comment)
-
-
-def shard_name(split: str, index: int, total: int) -> str:
-    """`<split>-00042-of-00118.parquet` (index is 0-based)."""
-    if not 0 <= index < total:
-        raise ValueError(f"shard index {index} out of range for {total} shards")
-    return f"{split}-{index:05d}-of-{total:05d}.parquet"
-
-
-def parse_shard_name(name: str) -> tuple[str, int, int]:
-    """Invert `shard_name`: (split, index, total)."""
-    m = _SHARD_RE.match(Path(name).name)
-    if not m:
-        raise ShardError(f"{name!r} is not a shard name like 'val2017-00000-of-00005.parquet'")
-    return m["split"], int(m["index"]), int(m["total"])
 
 
 # ---------------------------------------------------------------------------------------------

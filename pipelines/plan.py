@@ -91,27 +91,52 @@ def _enabled_roles(config: Config) -> list[str]:
     return roles
 
 
-def _select(dataset: Dataset, options: RunOptions) -> list[int]:
-    """Planned image ids: every image entry of the split (also those the reader could not use:
-    they get a slot and a quarantine row, and retry-failed can pick them up once fixed),
-    restricted by --image-ids, then --limit."""
+def _select(dataset: Dataset, options: RunOptions, planned: set[int] | None = None,
+            run: LabelRun | None = None) -> list[int]:
+    """The image ids this invocation adds to the plan, sorted (every id for a new plan).
+
+    Candidates are every image entry of the split (also those the reader could not use: they
+    get a slot and a quarantine row, and retry-failed can pick them up once fixed), restricted
+    by --image-ids. A run only grows: --image-ids must name every image already planned, and
+    --limit N means "the plan holds N images": those it has, then the lowest unplanned ids up to
+    N (images that joined the split with lower ids than planned ones come first), so the same
+    --limit never adds anything and a smaller one is refused."""
+    planned = planned or set()
     ids = sorted({r.image_id for r in dataset.records} |
                  {p.image_id for p in dataset.problems if p.error_type != "UnknownImageId"})
+    if options.limit is not None and options.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {options.limit}")
     if options.image_ids is not None:
         wanted = set(options.image_ids)
-        unknown = sorted(wanted - set(ids))
+        unknown = sorted(wanted - set(ids) - planned)  # a planned id the split lost stays planned
         if unknown:
             raise ConfigError(
                 f"{len(unknown)} of the requested --image-ids are not in {dataset.split}: "
                 f"{unknown[:10]}{' …' if len(unknown) > 10 else ''}")
+        left_out = sorted(planned - wanted)
+        if left_out:
+            raise FingerprintMismatch(
+                f"{run} already plans {len(left_out)} image(s) that --image-ids leaves out "
+                f"(ids {_some(left_out)}); a run only grows: pass --image-ids with every id it "
+                "holds plus the new ones, or no --image-ids for the whole split; or choose "
+                "another --out, or pass --new-run to start over")
         ids = [i for i in ids if i in wanted]
+    new = [i for i in ids if i not in planned]
     if options.limit is not None:
-        if options.limit < 1:
-            raise ConfigError(f"--limit must be >= 1, got {options.limit}")
-        ids = ids[:options.limit]
-    if not ids:
+        if options.limit < len(planned):
+            raise FingerprintMismatch(
+                f"{run} already plans {len(planned)} images and --limit {options.limit} would "
+                f"drop {len(planned) - options.limit} of them; a run only grows: pass --limit "
+                f"{len(planned)} or more, or no --limit for the whole split; or choose another "
+                "--out, or pass --new-run to start over")
+        new = new[:options.limit - len(planned)]
+    if not new and not planned:
         raise ConfigError(f"no images to label in {dataset.root} split {dataset.split}")
-    return ids
+    return new
+
+
+def _some(ids: list[int], most: int = 10) -> str:
+    return ", ".join(map(str, ids[:most])) + (" …" if len(ids) > most else "")
 
 
 def _selection(options: RunOptions) -> dict[str, Any]:
@@ -139,11 +164,6 @@ def _open_manifest(run: LabelRun, config: Config, options: RunOptions, dataset: 
             raise FingerprintMismatch(
                 f"{run} holds a run over split {manifest.split!r}, not {config.data.split!r}; "
                 "choose another --out or pass --new-run")
-        if not options.retry_failed and manifest.selection != _selection(options):
-            raise FingerprintMismatch(
-                f"{run} was planned with {manifest.selection}, this run asks for "
-                f"{_selection(options)}; re-run with the same --limit/--image-ids, choose "
-                "another --out, or pass --new-run")
         added: list[str] = []
         if manifest.fingerprint != fingerprint:
             found = teacher_additions(manifest.config, view)
@@ -156,8 +176,9 @@ def _open_manifest(run: LabelRun, config: Config, options: RunOptions, dataset: 
             for entry in manifest.shards:
                 for role in added:
                     entry.teachers[role] = "pending"
-            if not options.dry_run:
-                write_manifest(run.manifest, manifest)
+        grown = _grow(run, manifest, dataset, options, notes)
+        if (added or grown) and not options.dry_run:
+            write_manifest(run.manifest, manifest)
         return manifest, added
     # A new plan. Everything that can refuse it is checked before an old run is cleared.
     run.check_target()
@@ -177,6 +198,23 @@ def _open_manifest(run: LabelRun, config: Config, options: RunOptions, dataset: 
     if not options.dry_run:
         write_manifest(run.manifest, manifest)  # first: from here on the folder is a run
     return manifest, []
+
+
+def _grow(run: LabelRun, manifest: Manifest, dataset: Dataset, options: RunOptions,
+          notes: list[str]) -> bool:
+    """Add the images this request selects beyond the plan, in new shards (retry-failed never
+    grows a run). True when the plan grew."""
+    if options.retry_failed:
+        return False
+    before = len(manifest.shards)
+    new = _select(dataset, options, manifest.planned_ids(), run)
+    if not new:
+        return False
+    entries = manifest.grow(new, _selection(options))
+    names = entries[0].name + (f" … {entries[-1].name}" if len(entries) > 1 else "")
+    notes.append(f"the run grows by {len(new)} image(s) in {len(entries)} new shard(s) "
+                 f"({names}); its {before} planned shard(s) stay as they are")
+    return True
 
 
 def _planned_names(run: LabelRun) -> list[str]:

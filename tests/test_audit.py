@@ -16,7 +16,8 @@ from PIL import Image
 from distill.audit import audit_run, format_audit, score_caption, score_held_out_humans
 from distill.config import dump_toml, load_config
 from distill.labels.groups import GROUP_NAMES, VOID, GroupTable, encode_group_mask
-from distill.shards import Sample, ShardWriter, make_metadata, shard_name
+from distill.runfolder import shard_name
+from distill.shards import Sample, ShardWriter, make_metadata
 from tests.conftest import upload_folder
 
 H, W = 30, 40
@@ -72,7 +73,7 @@ def _write_run(out: Path, root: Path | str, samples: list[Sample], glove: str,
     config = load_config("demo", overrides=[f"data.root={root}", f"labels.glove={glove}"])
     out.mkdir(parents=True)
     (out / "config.toml").write_text(dump_toml(config))
-    with ShardWriter(out / "shards" / shard_name("val2017", 0, 1),
+    with ShardWriter(out / "shards" / shard_name("val2017", 0),
                      make_metadata("fp-test", provenance or {})) as writer:
         for sample in samples:
             writer.write(sample)

@@ -278,12 +278,12 @@ def test_address_auto_with_a_dead_ray_address_fails_fast(synthetic_coco, tmp_pat
 def test_train_student_on_ray_that_does_not_answer_leaves_no_folder(tmp_path):
     """`--num-workers 1 --address <closed port>`: one line, and no run folder (the folder is
     claimed as a student run only once Ray is joined)."""
-    from distill.shards import shard_name
+    from distill.runfolder import shard_name
     from tests.test_viz import make_labelled_sample, write_shard
 
     shards = tmp_path / "shards"
     shards.mkdir()
-    write_shard(shards / shard_name("val2017", 0, 1), [make_labelled_sample(i) for i in (1, 2)])
+    write_shard(shards / shard_name("val2017", 0), [make_labelled_sample(i) for i in (1, 2)])
     out = tmp_path / "student"
     port = closed_port()
     proc = distill("run", "train-student", "--preset", "demo", "--shards", str(shards), "--out",

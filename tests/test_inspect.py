@@ -100,7 +100,7 @@ def test_rows_schema_and_bytes_match_the_files(run):
     files = shard_files(run)
     assert report["kind"] == "run"
     per_shard = {p.name: pq.read_table(p).num_rows for p in files}
-    assert per_shard == {"val2017-00000-of-00003.parquet": 3, "val2017-00001-of-00003.parquet": 3}
+    assert per_shard == {"val2017-00000.parquet": 3, "val2017-00001.parquet": 3}
     assert report["rows"]["per_shard"] == per_shard
     assert report["rows"]["total"] == sum(per_shard.values()) == 6
     schema = report["schema"]
@@ -120,11 +120,11 @@ def test_done_and_pending_come_from_the_manifest(run):
     assert progress["planned"] == 3 and progress["done"] == 1
     assert sorted(progress["teachers"]) == ["caption", "depth", "panoptic"]  # text is off
     status = {s["name"]: s for s in progress["shards"]}
-    assert status["val2017-00000-of-00003.parquet"]["status"] == "done"
-    assert status["val2017-00001-of-00003.parquet"]["teachers_pending"] == ["caption"]
-    assert status["val2017-00002-of-00003.parquet"]["reason"] == "not committed"
-    assert progress["pending"] == ["val2017-00001-of-00003.parquet",
-                                   "val2017-00002-of-00003.parquet"]
+    assert status["val2017-00000.parquet"]["status"] == "done"
+    assert status["val2017-00001.parquet"]["teachers_pending"] == ["caption"]
+    assert status["val2017-00002.parquet"]["reason"] == "not committed"
+    assert progress["pending"] == ["val2017-00001.parquet",
+                                   "val2017-00002.parquet"]
     assert progress["planned_images"] == len(IDS)
     verified = inspect_path(run, verify_checksums=True)["progress"]
     assert verified["done"] == 1 and verified["checksums_verified"]
@@ -154,8 +154,8 @@ def test_provenance_of_every_teacher(run):
     assert cap["provenance"] == provenance("caption", "cap") and len(cap["shards"]) == 2
     depth = prov["teachers"]["depth"]  # the two shards disagree: both variants are listed
     assert [e["provenance"]["checkpoint"] for e in depth] == ["depth-v1", "depth-v2"]
-    assert [e["shards"] for e in depth] == [["val2017-00000-of-00003.parquet"],
-                                            ["val2017-00001-of-00003.parquet"]]
+    assert [e["shards"] for e in depth] == [["val2017-00000.parquet"],
+                                            ["val2017-00001.parquet"]]
 
 
 def _direct_qa(files: list[Path], limit: int | None) -> dict:
@@ -313,7 +313,7 @@ def test_a_run_on_s3_inspects_like_its_local_copy(run, s3_bucket, tmp_path):
     assert inspect_path(uri, verify_checksums=True)["progress"]["done"] == 1
     # its shards folder, a glob and one shard, by URI
     assert inspect_path(f"{uri}/shards")["rows"] == local["rows"]
-    assert inspect_path(f"{uri}/shards/*-of-00003.parquet")["rows"] == local["rows"]
+    assert inspect_path(f"{uri}/shards/val2017-0000*.parquet")["rows"] == local["rows"]
     one = f"{uri}/shards/{shard_files(run)[1].name}"
     assert inspect_path(one)["rows"] == {"total": 3, "per_shard": {shard_files(run)[1].name: 3}}
     # and the CLI, as a user runs it (the S3 endpoint comes from the environment)

@@ -25,7 +25,7 @@ from tests.test_shards import make_sample
 
 def test_plan_is_sorted_and_independent_of_input_order():
     plan = make_plan([9, 3, 7, 1, 5, 3], "val2017", 2)
-    assert [s.name for s in plan] == [f"val2017-0000{i}-of-00003.parquet" for i in range(3)]
+    assert [s.name for s in plan] == [f"val2017-0000{i}.parquet" for i in range(3)]
     assert [s.image_ids for s in plan] == [[1, 3], [5, 7], [9]]
     assert make_plan([5, 1, 9, 7, 3], "val2017", 2) == plan
     assert make_plan([], "val2017", 4) == []

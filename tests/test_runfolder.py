@@ -17,7 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill.errors import DistillError
-from distill.runfolder import LabelRun, RunLocked, find_label_run, resolve_shards
+from distill.runfolder import (
+    LabelRun,
+    RunLocked,
+    find_label_run,
+    parse_shard_name,
+    resolve_shards,
+    shard_name,
+)
 from distill.storage import Location, StorageError, atomic_write_bytes
 from pipelines.generate_labels import RunOptions, generate_labels
 from tests.conftest import label_config, s3_keys, upload_folder
@@ -100,7 +107,8 @@ def test_new_run_removes_only_what_the_run_recorded(tmp_path, ray_address, label
     assert pq.read_table(out / "shards" / "notes.parquet").column("x").to_pylist() == [1]
     assert (out / "README.md").read_text() == "mine"
     now = sorted(p.name for p in (out / "shards").glob("val2017-*.parquet"))
-    assert now == ["val2017-00000-of-00001.parquet"] and not set(old) & set(now)
+    assert now == ["val2017-00000.parquet"] and len(old) == 3  # the old run's others are gone
+    assert pq.read_table(out / "shards" / now[0]).num_rows == 1  # and shard 0 is the new one
     # every command that takes shards sees the run's shards, not the user's file
     for spec in (out, out / "shards"):
         assert [s.name for s in resolve_shards(spec)] == now
@@ -112,7 +120,7 @@ def test_resolve_shards_takes_folders_globs_files_and_lists(tmp_path, labelled_c
     shards = sorted((run / "shards").glob("*.parquet"))
     names = [p.name for p in shards]
     assert [s.name for s in resolve_shards(run)] == names
-    assert [s.name for s in resolve_shards(str(run / "shards" / "*-0000[01]-*.parquet"))] == \
+    assert [s.name for s in resolve_shards(str(run / "shards" / "*-0000[01].parquet"))] == \
         names[:2]
     assert [s.name for s in resolve_shards([shards[2], shards[0]])] == [names[2], names[0]]
     loose = tmp_path / "loose"
@@ -195,3 +203,16 @@ def test_writing_a_run_to_a_store_without_a_lease_is_refused():
     with pytest.raises(DistillError, match="which it implements for s3"), \
             LabelRun("gs://bucket/run").lock():
         pass
+
+
+def test_shard_names_carry_the_index_only_and_older_names_still_parse():
+    assert shard_name("train2017", 42) == "train2017-00042.parquet"
+    assert shard_name("train2017", 123456) == "train2017-123456.parquet"
+    assert parse_shard_name("train2017-00042.parquet") == ("train2017", 42, None)
+    assert parse_shard_name("s3://b/run/shards/train2017-00042-of-00119.parquet") == \
+        ("train2017", 42, 119)
+    assert parse_shard_name("my-split-00003.parquet") == ("my-split", 3, None)
+    with pytest.raises(DistillError):
+        parse_shard_name("train2017.parquet")
+    with pytest.raises(ValueError):
+        shard_name("x", -1)

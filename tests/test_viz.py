@@ -17,7 +17,8 @@ from distill.labels.depth import quantize_unit
 from distill.labels.groups import GroupTable, encode_group_mask
 from distill.labels.keypoints import JOINT_NAMES, render_heatmaps, render_pafs
 from distill.labels.normals import encode_normals8, normals_from_unit
-from distill.shards import Sample, ShardWriter, make_metadata, shard_name
+from distill.runfolder import shard_name
+from distill.shards import Sample, ShardWriter, make_metadata
 from distill.student.labels import CLASS_GROUPS, Labels, labels_from_sample
 from distill.viz import (
     COMPARE_PREFIX,
@@ -143,7 +144,7 @@ def shard(tmp_path_factory) -> Path:
         make_labelled_sample(2, depth=False, text=False, caption=False, people=0),
         make_labelled_sample(3, w=64, h=128),
     ]
-    return write_shard(folder / shard_name("val2017", 0, 1), samples)
+    return write_shard(folder / shard_name("val2017", 0), samples)
 
 
 def reopen(sheet: Image.Image, path: Path) -> np.ndarray:
@@ -355,8 +356,8 @@ def test_random_weight_teachers_put_a_red_banner_on_the_sheet(tmp_path):
     samples = [make_labelled_sample(1)]
     random_meta = {"depth": _provenance("tiny"), "text": _provenance("pretrained", {"w": "ab"})}
     real_meta = {"depth": _provenance("pretrained", {"w": "cd"})}
-    tiny = tmp_path / "tiny" / shard_name("val2017", 0, 1)
-    real = tmp_path / "real" / shard_name("val2017", 0, 1)
+    tiny = tmp_path / "tiny" / shard_name("val2017", 0)
+    real = tmp_path / "real" / shard_name("val2017", 0)
     for path, prov in ((tiny, random_meta), (real, real_meta)):
         path.parent.mkdir()
         with ShardWriter(path, make_metadata("f" * 16, prov)) as w:

@@ -63,8 +63,8 @@ def test_every_image_lands_in_one_row_with_every_column_decodable(full_run, coco
         assert meta["fingerprint"] == result.plan.manifest.fingerprint
         assert {"schema_version", "versions"} <= set(meta)
     assert [p.name for p in sorted((out / "shards").glob("*.parquet"))] == [
-        "val2017-00000-of-00003.parquet", "val2017-00001-of-00003.parquet",
-        "val2017-00002-of-00003.parquet"]
+        "val2017-00000.parquet", "val2017-00001.parquet",
+        "val2017-00002.parquet"]
     # No temp files left behind.
     assert not list((out / "shards").glob(".*"))
 
@@ -100,7 +100,7 @@ def test_rerunning_the_same_command_skips_complete_shards(full_run, coco7):
 def test_a_damaged_shard_is_redone_and_nothing_else(full_run, coco7, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(full_run[0], out)
-    victim = out / "shards" / "val2017-00001-of-00003.parquet"
+    victim = out / "shards" / "val2017-00001.parquet"
     victim.write_bytes(victim.read_bytes()[:1000])  # a torn copy: footer unreadable
     plan = plan_run(label_config(coco7), RunOptions(out=out, dry_run=True))
     assert [j.entry.name for j in plan.jobs] == [victim.name]
@@ -114,7 +114,7 @@ def test_a_shard_that_does_not_account_for_its_images_is_redone(full_run, coco7,
     doc["shards"][0]["image_ids"].append(2)  # planned, but neither written nor quarantined
     (out / "manifest.json").write_text(json.dumps(doc))
     plan = plan_run(label_config(coco7), RunOptions(out=out, dry_run=True))
-    assert [j.entry.name for j in plan.jobs] == ["val2017-00000-of-00003.parquet"]
+    assert [j.entry.name for j in plan.jobs] == ["val2017-00000.parquet"]
 
 
 def test_new_run_checks_the_new_request_before_clearing_the_old_run(full_run, coco7, tmp_path):
@@ -161,7 +161,7 @@ def test_adding_a_teacher_runs_only_that_teacher(full_run, coco7, tmp_path):
     full = shard_rows(full_run[0])
     for image_id, sample in shard_rows(out).items():
         assert_same_sample(sample, full[image_id])
-    meta = read_metadata(out / "shards" / "val2017-00000-of-00003.parquet")
+    meta = read_metadata(out / "shards" / "val2017-00000.parquet")
     assert set(meta["provenance"]) == set(ROLES)
     assert read_manifest(out / "manifest.json").fingerprint == full_run[1].plan.manifest.fingerprint
 

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from distill.config import TrainConfig
 from distill.errors import ShardError
 from distill.labels.tokens import Vocabulary
-from distill.shards import ShardWriter, make_metadata, shard_name
+from distill.runfolder import shard_name
+from distill.shards import ShardWriter, make_metadata
 from distill.student.data import ShardStream
 from distill.student.targets import PRESENT_KEYS
 from tests.test_shards import make_sample
@@ -28,7 +29,7 @@ def shard_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("shards")
     image_id = 1
     for index, rows in enumerate(ROWS):
-        path = folder / shard_name("train2017", index, len(ROWS))
+        path = folder / shard_name("train2017", index)
         with ShardWriter(path, make_metadata("f", {}), row_group_size=2) as writer:
             for _ in range(rows):
                 writer.write(make_sample(image_id, h=12, w=16, full=image_id % 4 != 0))

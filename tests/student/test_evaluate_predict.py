@@ -317,14 +317,14 @@ def test_evaluate_knows_the_shards_a_student_trained_on(tmp_path):
     path and as copies (same name and label fingerprint), not a shard of another run."""
     import shutil
 
-    from distill.runfolder import StudentRun
-    from distill.shards import ShardWriter, make_metadata, shard_identity, shard_name
+    from distill.runfolder import StudentRun, shard_name
+    from distill.shards import ShardWriter, make_metadata, shard_identity
     from distill.storage import Location
     from distill.student.evaluate import trained_on
     from tests.test_viz import make_labelled_sample
 
     def shard(folder: Path, index: int, fingerprint: str) -> Location:
-        path = folder / shard_name("val2017", index, 2)
+        path = folder / shard_name("val2017", index)
         path.parent.mkdir(parents=True, exist_ok=True)
         with ShardWriter(path, make_metadata(fingerprint, {})) as writer:
             writer.write(make_labelled_sample(index + 1))

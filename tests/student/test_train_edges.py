@@ -36,7 +36,7 @@ from distill.student.train import (
 from tests.conftest import upload_folder
 
 TINY = ["student.input_size=64", "train.num_workers=0", "train.batch_size=4"]
-SHARD0, SHARD1, SHARD2 = (f"val2017-0000{i}-of-00003.parquet" for i in range(3))  # 3, 3, 1 rows
+SHARD0, SHARD1, SHARD2 = (f"val2017-0000{i}.parquet" for i in range(3))  # 3, 3, 1 rows
 
 
 def _config(*overrides: str):
