@@ -42,7 +42,11 @@ def import_failure(exc: ImportError, package: str) -> str:
     """Why an optional framework did not import, in words a user can act on: `package` is not
     installed, or it is installed and its own import failed (on what). detectron2's model zoo
     imports `pkg_resources`, which setuptools 81 removed: that case says what to pin."""
-    if importlib.util.find_spec(package) is None:
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a half-imported module without a spec
+        found = True
+    if not found:
         return f"{package} is not installed"
     why = f"{type(exc).__name__}: {exc}"
     if getattr(exc, "name", None) == "pkg_resources":

@@ -211,8 +211,11 @@ def _newer(folder: Location) -> tuple[bytes, bytes]:
                        weights_only=True)
     token = secrets.token_hex(8)
     buffer = io.BytesIO()
+    scheduler = dict(state["scheduler"])  # a real next epoch has stepped its lr schedule too
+    scheduler["last_epoch"] += 1
+    scheduler["_step_count"] = scheduler.get("_step_count", 0) + 1
     torch.save({**state, "epoch": state["epoch"] + 1, "step": state["step"] + 1,
-                "checkpoint": token}, buffer)
+                "scheduler": scheduler, "checkpoint": token}, buffer)
     return save(weights, metadata={CHECKPOINT_ID: token}), buffer.getvalue()
 
 
