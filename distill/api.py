@@ -62,11 +62,14 @@ def load_config(preset: str | None = None, *,
     `distill config show` prints every setting with its value."""
     if isinstance(files, (str, os.PathLike)):
         files = [files]
+    return _load_config(preset, files, _set_strings(overrides))
+
+
+def _set_strings(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+    """Overrides as `--set` strings: a mapping's values spelled as TOML."""
     if isinstance(overrides, Mapping):
-        texts = [f"{key}={_toml_value(value)}" for key, value in overrides.items()]
-    else:
-        texts = list(overrides or [])
-    return _load_config(preset, files, texts)
+        return [f"{key}={_toml_value(value)}" for key, value in overrides.items()]
+    return list(overrides or [])
 
 
 def _toml_value(value: Any) -> str:
@@ -130,6 +133,8 @@ class LabelledImage:
     captions: list[str] | None  # the caption teacher's captions
     coco_captions: list[str]
     row: Sample = field(repr=False)  # the shard row as stored (PNG maps decoded, depth16)
+    # the same labels in the form `distill show` draws and a student prediction has
+    labels: Labels = field(repr=False)
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -137,22 +142,15 @@ class LabelledImage:
 
         return tuple(GROUP_NAMES)
 
-    def labels(self) -> Labels:
-        """The same labels in the form `distill show` draws and a student prediction has."""
-        from distill.student.labels import labels_from_sample
-
-        return labels_from_sample(self.row)
-
 
 def _labelled(sample: Sample) -> LabelledImage:
+    """A row in the API's form: the maps of `labels_from_sample` (the common label form), the
+    11 group planes as bools and the image decoded as the row says."""
     from distill.images import decode_image
-    from distill.labels.depth import DEPTH_LEVELS
     from distill.labels.groups import decode_group_mask
-    from distill.labels.keypoints import NUM_JOINTS
-    from distill.labels.normals import decode_normals8
+    from distill.student.labels import labels_from_sample
 
-    people = (np.stack([np.asarray(p.keypoints, np.float32) for p in sample.persons])
-              if sample.persons else np.zeros((0, NUM_JOINTS, 3), np.float32))
+    labels = labels_from_sample(sample)
     depth_range = (None if sample.depth_min is None or sample.depth_max is None
                    else (float(sample.depth_min), float(sample.depth_max)))
     return LabelledImage(
@@ -160,14 +158,11 @@ def _labelled(sample: Sample) -> LabelledImage:
         # the row was accepted under its run's data.max_image_pixels: decode it whatever it is
         image=decode_image(sample.image, max_pixels=max(sample.width * sample.height, 1),
                            exif_transpose=sample.exif_transpose),
-        depth=(None if sample.depth16 is None
-               else sample.depth16.astype(np.float32) / DEPTH_LEVELS),
-        depth_range=depth_range,
-        normals=None if sample.normals is None else decode_normals8(sample.normals),
+        depth=labels.depth, depth_range=depth_range, normals=labels.normals,
         groups=None if sample.groups is None else decode_group_mask(sample.groups),
-        text_mask=sample.text_mask, panoptic=sample.panoptic, people=people,
+        text_mask=sample.text_mask, panoptic=sample.panoptic, people=labels.people,
         tokens=sample.tokens, captions=sample.teacher_captions,
-        coco_captions=list(sample.coco_captions), row=sample)
+        coco_captions=list(sample.coco_captions), row=sample, labels=labels)
 
 
 class LabelRunReader:
@@ -207,14 +202,10 @@ class LabelRunReader:
     def rows(self, columns: Sequence[str] | None = None) -> Iterator[Sample]:
         """Shard rows as stored (`distill.shards.Sample`: PNG maps decoded, depth16, the image
         still encoded), one row group in memory at a time. `columns` reads only those."""
-        from distill.shards import decode_row, open_shard
+        from distill.shards import iter_samples
 
         for path in self.shards:
-            pf = open_shard(path)
-            for group in range(pf.num_row_groups):
-                table = pf.read_row_group(group, columns=list(columns) if columns else None)
-                for row in table.to_pylist():
-                    yield decode_row(row)
+            yield from iter_samples(path, columns)
 
     def samples(self) -> Iterator[LabelledImage]:
         """Every labelled image, decoded to numpy arrays (`LabelledImage`)."""
@@ -335,8 +326,4 @@ def load_student(path: PathLike, device: str = "cpu", *,
     `predict.*` settings (token decoding, depth refinement)."""
     from distill.student.predict import load_student as _load
 
-    if isinstance(overrides, Mapping):
-        texts = [f"{key}={_toml_value(value)}" for key, value in overrides.items()]
-    else:
-        texts = list(overrides or [])
-    return Student(_load(path, device, overrides=texts), device)
+    return Student(_load(path, device, overrides=_set_strings(overrides)), device)

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -500,9 +500,15 @@ def read_shard(path: str | Path | Location, columns: list[str] | None = None) ->
         raise ShardError(f"shard {path} cannot be read: {exc}") from exc
 
 
-def iter_samples(path: str | Path | Location) -> Iterator[Sample]:
-    """Decoded samples of a shard, one row group at a time."""
-    table = read_shard(path)
-    for batch in table.to_batches():
-        for row in batch.to_pylist():
+def iter_samples(path: str | Path | Location,
+                 columns: Sequence[str] | None = None) -> Iterator[Sample]:
+    """Decoded samples of a shard, reading one row group at a time (only `columns`, when
+    given: the others decode as None)."""
+    pf = open_shard(path)
+    for group in range(pf.num_row_groups):
+        try:
+            table = pf.read_row_group(group, columns=list(columns) if columns else None)
+        except (OSError, pa.ArrowException) as exc:
+            raise ShardError(f"shard {path} cannot be read: {exc}") from exc
+        for row in table.to_pylist():
             yield decode_row(row)

@@ -57,7 +57,7 @@ def test_open_run_decodes_every_row(labelled_coco7):
         assert np.array_equal(s.text_mask, row.text_mask)
         assert s.people.shape == (len(row.persons), 17, 3)
         assert s.tokens == row.tokens and s.captions == row.teacher_captions
-        assert s.labels().width == row.width
+        assert s.labels.width == row.width and s.labels.source == "teachers"
     one = distill.open_run(run.shards[0])  # a single shard reads too, and knows its run
     assert len(one) == len(list(one.rows(columns=["image_id"])))
     assert one.manifest.fingerprint == run.manifest.fingerprint
