@@ -20,6 +20,7 @@ are imported on first call: `import distill` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,14 +227,15 @@ def open_run(path: PathLike) -> LabelRunReader:
 
 def create_teacher(name: str, *, variant: str = "tiny", checkpoint: str = "",
                    revision: str = "main", device: str = "cpu", dtype: str = "float32",
-                   input_size: int = 0, batch_size: int = 8) -> Teacher[Any]:
+                   input_size: int = 0, batch_size: int = 8, **options: Any) -> Teacher[Any]:
     """A teacher, loaded and ready: `.predict([rgb_uint8, ...])` gives one result per image at
     its own size, and `.provenance` says which weights produced it.
 
     `name` is a backend (`depth-anything-v2`, `mask2former`, `craft`, `visiongpt2`, …) or a role
     (`depth`, `panoptic`, `text`, `caption`: its default backend). `variant="tiny"` builds the
     real model code at a tiny random-initialised size (no download); "pretrained" loads
-    `checkpoint` (a hub id, pinned by `revision`, or a local path)."""
+    `checkpoint` (a hub id, pinned by `revision`, or a local path). `options` are the other
+    `teachers.<role>.*` settings, e.g. `decoding="sample", max_new_tokens=20` for a captioner."""
     from teachers.registry import create_teacher as _create
 
     if name in TEACHER_BACKENDS:
@@ -251,6 +253,13 @@ def create_teacher(name: str, *, variant: str = "tiny", checkpoint: str = "",
     config = TeacherConfig(backend=backend, checkpoint=checkpoint, revision=revision,
                            variant=variant, dtype=dtype,  # type: ignore[arg-type]
                            input_size=input_size, device=device, batch_size=batch_size)
+    known_options = {f.name for f in dataclasses.fields(TeacherConfig)} - {"backend"}
+    unknown = sorted(set(options) - known_options)
+    if unknown:
+        raise ConfigError(f"unknown teacher option {unknown[0]!r}; known: "
+                          f"{', '.join(sorted(known_options))}")
+    config = dataclasses.replace(config, **options)
+    config.validate(role)
     return _create(role, config)
 
 

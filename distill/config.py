@@ -66,10 +66,25 @@ TEACHER_BACKENDS: dict[str, tuple[str, ...]] = {
 # Fields marked like this change how fast a run goes, never what it writes, so they stay out of
 # the fingerprint: a run resumed on a different machine or cluster keeps its identity.
 _RUNTIME = {"fingerprint": False}
+# Fields added after runs were made: they enter the fingerprint only when set to something other
+# than their default (which is what every earlier run did), so those runs keep their identity.
+_UNLESS_DEFAULT = {"fingerprint": "unless-default"}
+
+# Caption decoding per backend (`teachers.caption.decoding`); the first is the default.
+# visiongpt2: greedy (reproducible labels) or sampling as the original `generate` does by
+# default; vit-gpt2: beam search (its model card's 4 beams) or greedy.
+CAPTION_DECODING: dict[str, tuple[str, ...]] = {
+    "visiongpt2": ("greedy", "sample"),
+    "vit-gpt2": ("beam", "greedy"),
+}
 
 
 def _runtime(default: Any) -> Any:
     return field(default=default, metadata=_RUNTIME)
+
+
+def _added(default: Any) -> Any:
+    return field(default=default, metadata=_UNLESS_DEFAULT)
 
 
 @dataclass
@@ -109,6 +124,13 @@ class TeacherConfig:
     # per actor, reserved with Ray (`memory=`, what Ray Data's memory warning recommends);
     # 0 = no reservation (Ray's default)
     memory_gb: float = _runtime(0.0)
+    # Caption teachers only. decoding: "" = the backend's default (CAPTION_DECODING); "sample"
+    # draws each token from softmax(logits / temperature) with a generator seeded by the image's
+    # pixels, so a label is still reproducible. max_new_tokens: the caption's token cap, 0 = the
+    # backend's default (visiongpt2 32, vit-gpt2 15).
+    decoding: str = _added("")
+    max_new_tokens: int = _added(0)
+    temperature: float = _added(1.0)
 
     def validate(self, role: str) -> None:
         allowed = TEACHER_BACKENDS[role]
@@ -129,6 +151,25 @@ class TeacherConfig:
         _positive(f"teachers.{role}.num_cpus", self.num_cpus)
         if self.memory_gb < 0:
             raise ConfigError(f"teachers.{role}.memory_gb must be >= 0, got {self.memory_gb}")
+        self._validate_decoding(role)
+
+    def _validate_decoding(self, role: str) -> None:
+        where = f"teachers.{role}"
+        if role != "caption":
+            for name in ("decoding", "max_new_tokens", "temperature"):
+                if getattr(self, name) != _field_default(TeacherConfig, name):
+                    raise ConfigError(f"{where}.{name} applies to caption teachers only")
+            return
+        allowed = CAPTION_DECODING.get(self.backend, ())
+        if self.decoding and self.decoding not in allowed:
+            raise ConfigError(f"{where}.decoding = {self.decoding!r} is not one of "
+                              f"{self.backend}'s: {', '.join(allowed)}")
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"{where}.max_new_tokens must be >= 0 (0 = the backend's "
+                              f"default), got {self.max_new_tokens}")
+        _positive(f"{where}.temperature", self.temperature)
+        if self.temperature != 1.0 and self.decoding != "sample":
+            raise ConfigError(f"{where}.temperature only applies to decoding = 'sample'")
 
 
 @dataclass
@@ -392,12 +433,23 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be > 0, got {value}")
 
 
+def _field_default(cls: Any, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _fingerprinted(obj: Any, f: dataclasses.Field[Any]) -> bool:
+    rule = f.metadata.get("fingerprint", True)
+    if rule == "unless-default":
+        return bool(getattr(obj, f.name) != f.default)
+    return bool(rule) and f.name != "preset"
+
+
 def _fingerprint_view(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {
             f.name: _fingerprint_view(getattr(obj, f.name))
             for f in dataclasses.fields(obj)
-            if f.metadata.get("fingerprint", True) and f.name != "preset"
+            if _fingerprinted(obj, f)
         }
     return obj
 

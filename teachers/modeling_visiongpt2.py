@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "KVCache",
+    "Sampler",
     "VisionGPT2Config",
     "VisionGPT2Decoder",
     "VisionGPT2Model",
@@ -293,8 +294,10 @@ class VisionGPT2Model(nn.Module):
 
     @torch.no_grad()
     def generate(self, pixels: Tensor, bos_id: int, eos_id: int, max_new_tokens: int,
-                 min_new_tokens: int = 0, suppress: tuple[int, ...] = ()) -> Tensor:
-        """Greedy decoding (the original's `deterministic=True`) from `bos_id` for a batch:
+                 min_new_tokens: int = 0, suppress: tuple[int, ...] = (),
+                 sampler: Sampler | None = None) -> Tensor:
+        """Decoding from `bos_id` for a batch: greedy (the original's `deterministic=True`), or
+        with a `Sampler` drawing from softmax(logits / temperature) as the original's default.
         (B, 1 + n) token ids, n <= max_new_tokens; a row that has emitted eos is padded with
         eos, and decoding stops when every row has. `suppress` ids are never chosen, nor is
         eos before `min_new_tokens`."""
@@ -309,9 +312,33 @@ class VisionGPT2Model(nn.Module):
             banned = [*suppress, *([eos_id] if step < min_new_tokens else [])]
             if banned:
                 scores[:, banned] = -math.inf
-            step_ids = torch.where(done, eos_id, scores.argmax(dim=-1)).unsqueeze(1)
+            chosen = scores.argmax(dim=-1) if sampler is None else sampler(scores)
+            step_ids = torch.where(done, eos_id, chosen).unsqueeze(1)
             seq = torch.cat([seq, step_ids], dim=1)
             done |= step_ids[:, 0] == eos_id
             if bool(done.all()):
                 break
         return seq
+
+
+class Sampler:
+    """Draws one token per row from softmax(scores / temperature), as the original `generate`
+    does (`torch.multinomial`), each row from its own seeded generator: a row's tokens do not
+    depend on the other rows of its batch."""
+
+    def __init__(self, temperature: float, seeds: list[int]) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.seeds = seeds
+        self._generators: list[torch.Generator] = []
+
+    def __call__(self, scores: Tensor) -> Tensor:
+        if not self._generators:
+            if len(self.seeds) != scores.shape[0]:
+                raise ValueError(f"{len(self.seeds)} seeds for {scores.shape[0]} rows")
+            self._generators = [torch.Generator(device=scores.device).manual_seed(s)
+                                for s in self.seeds]
+        probs = torch.softmax(scores / self.temperature, dim=-1)
+        return torch.cat([torch.multinomial(p, 1, generator=g)
+                          for p, g in zip(probs, self._generators, strict=True)])

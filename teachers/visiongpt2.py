@@ -20,6 +20,7 @@ Variants:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -32,7 +33,7 @@ from transformers import PreTrainedTokenizerBase
 
 from distill.config import TeacherConfig
 from teachers.base import CaptionResult, Provenance, Teacher, TeacherError, check_images
-from teachers.modeling_visiongpt2 import VisionGPT2Config, VisionGPT2Model
+from teachers.modeling_visiongpt2 import Sampler, VisionGPT2Config, VisionGPT2Model
 from teachers.registry import register
 from teachers.runtime import (
     load_state_dict,
@@ -48,6 +49,7 @@ __all__ = [
     "GPT2_VOCAB_SIZE",
     "VisionGPT2Teacher",
     "config_from_state_dict",
+    "image_seed",
     "load_checkpoint",
     "preprocess",
 ]
@@ -55,6 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GPT2_VOCAB_SIZE = 50257
+DEFAULT_MAX_NEW_TOKENS = 32
 _TIED = ("transformer.wte.weight", "lm_head.weight")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 _GPT2_HELP = (
@@ -63,6 +66,15 @@ _GPT2_HELP = (
     "GPT2TokenizerFast.from_pretrained('gpt2').save_pretrained('<checkpoint folder>')\") or have "
     "'gpt2' in the local Hugging Face cache (HF_HOME)"
 )
+
+
+def image_seed(image: np.ndarray) -> int:
+    """A sampling seed that depends only on the image's pixels (and shape), so a sampled caption
+    is the same on a resume, in any batch."""
+    pixels = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(repr(pixels.shape).encode(), digest_size=8)
+    digest.update(pixels.tobytes())
+    return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
 
 
 def preprocess(images: list[np.ndarray], size: int, device: torch.device,
@@ -189,17 +201,24 @@ def _build(config: TeacherConfig) -> tuple[VisionGPT2Model, PreTrainedTokenizerB
 
 @register
 class VisionGPT2Teacher(Teacher[CaptionResult]):
-    """VisionGPT2 captioner → one caption string per image (greedy, deterministic)."""
+    """VisionGPT2 captioner → one caption string per image (greedy by default; deterministic
+    either way)."""
 
     name = "visiongpt2"
     role = "caption"
 
-    def __init__(self, config: TeacherConfig, *, max_new_tokens: int = 32,
+    def __init__(self, config: TeacherConfig, *, max_new_tokens: int | None = None,
                  min_new_tokens: int = 0) -> None:
-        """`max_new_tokens` caps a caption (the original's default is 50; COCO captions
-        almost never pass 32 GPT-2 tokens); `min_new_tokens = max_new_tokens` forces exactly
-        that many."""
+        """`max_new_tokens` caps a caption: `config.max_new_tokens`, 0 → 32 (the original's
+        default is 50; COCO captions almost never pass 32 GPT-2 tokens). `min_new_tokens =
+        max_new_tokens` forces exactly that many. `config.decoding`: "greedy" (default) or
+        "sample" at `config.temperature`, as the original `generate` without
+        `deterministic=True`, seeded per image (`image_seed`)."""
         super().__init__(config)
+        max_new_tokens = max_new_tokens or config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        self.decoding = config.decoding or "greedy"
+        if self.decoding not in ("greedy", "sample"):
+            raise TeacherError(f"visiongpt2 decodes 'greedy' or 'sample', not {self.decoding!r}")
         if config.batch_size < 1:
             raise TeacherError(f"batch_size must be >= 1, got {config.batch_size}")
         if not 0 <= min_new_tokens <= max_new_tokens or max_new_tokens < 1:
@@ -228,7 +247,10 @@ class VisionGPT2Teacher(Teacher[CaptionResult]):
                     self.device, self._provenance.dtype, cfg.image_size)
 
     def _decoding(self) -> dict[str, Any]:
-        return {"decoding": "greedy", "max_new_tokens": self.max_new_tokens,
+        sampling = {"temperature": self.config.temperature,
+                    "seed": "per image: blake2b-64 of its RGB pixels"} \
+            if self.decoding == "sample" else {}
+        return {"decoding": self.decoding, **sampling, "max_new_tokens": self.max_new_tokens,
                 "min_new_tokens": self.min_new_tokens, "tokenizer": type(self.tokenizer).__name__,
                 "vocab_size": len(self.tokenizer),
                 "preprocess": "bilinear resize (no antialias, uint8), mean = std = 0.5",
@@ -248,8 +270,10 @@ class VisionGPT2Teacher(Teacher[CaptionResult]):
         for start in range(0, len(images), self.config.batch_size):
             chunk = images[start:start + self.config.batch_size]
             pixels = preprocess(chunk, self.input_size, self.device, self.dtype)
+            sampler = None if self.decoding == "greedy" else Sampler(
+                self.config.temperature, [image_seed(img) for img in chunk])
             seq = self.model.generate(pixels, bos, eos, self.max_new_tokens, self.min_new_tokens,
-                                      tuple(suppressed_ids(self.tokenizer)))
+                                      tuple(suppressed_ids(self.tokenizer)), sampler)
             for row in seq[:, 1:].tolist():
                 out.append(row[:row.index(eos)] if eos in row else row)
         return out

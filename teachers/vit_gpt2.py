@@ -63,6 +63,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "nlpconnect/vit-gpt2-image-captioning"
+# The model card's `generate(pixel_values, max_length=16, num_beams=4)`.
+DEFAULT_NUM_BEAMS = 4
+DEFAULT_MAX_NEW_TOKENS = 15
 GPT2_VOCAB_SIZE = 50257
 FULL_IMAGE_SIZE = 224  # ViT-B/16 at 224, as nlpconnect's encoder
 TINY_IMAGE_SIZE = 32
@@ -191,11 +194,17 @@ class VitGpt2Teacher(Teacher[CaptionResult]):
     name = "vit-gpt2"
     role = "caption"
 
-    def __init__(self, config: TeacherConfig, *, num_beams: int = 4, max_new_tokens: int = 15,
-                 min_new_tokens: int = 0) -> None:
-        """`max_new_tokens=15` is the model card's `max_length=16` minus the start token;
-        `min_new_tokens = max_new_tokens` forces captions of exactly that many tokens."""
+    def __init__(self, config: TeacherConfig, *, num_beams: int | None = None,
+                 max_new_tokens: int | None = None, min_new_tokens: int = 0) -> None:
+        """Defaults come from the config: `decoding` "beam" (4 beams, the model card's) or
+        "greedy" (1 beam); `max_new_tokens` 0 → 15, the model card's `max_length=16` minus the
+        start token. `min_new_tokens = max_new_tokens` forces captions of exactly that many."""
         super().__init__(config)
+        if config.decoding not in ("", "beam", "greedy"):
+            raise TeacherError(f"vit-gpt2 decodes 'beam' or 'greedy', not {config.decoding!r}")
+        if num_beams is None:
+            num_beams = 1 if config.decoding == "greedy" else DEFAULT_NUM_BEAMS
+        max_new_tokens = max_new_tokens or config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
         if config.batch_size < 1:
             raise TeacherError(f"batch_size must be >= 1, got {config.batch_size}")
         if num_beams < 1 or not 0 <= min_new_tokens <= max_new_tokens or max_new_tokens < 1:
@@ -242,7 +251,8 @@ class VitGpt2Teacher(Teacher[CaptionResult]):
 
     def _decoding(self) -> dict[str, Any]:
         gen = self.generation
-        return {"decoding": "beam search", "num_beams": gen.num_beams,
+        return {"decoding": "beam search" if gen.num_beams > 1 else "greedy",
+                "num_beams": gen.num_beams,
                 "max_new_tokens": gen.max_new_tokens, "min_new_tokens": gen.min_new_tokens,
                 "tokenizer": type(self.tokenizer).__name__, "vocab_size": len(self.tokenizer),
                 "preprocess": "PIL bilinear resize, mean = std = 0.5"}

@@ -111,6 +111,19 @@ def test_fingerprint_tracks_outputs_not_runtime_settings():
     assert trained.fingerprint(labels) == base.fingerprint(labels)
 
 
+def test_settings_added_later_leave_earlier_runs_their_identity():
+    """Caption decoding settings came after runs were made: at their defaults they are not in
+    the fingerprint view (so those runs keep their fingerprint); set, they are."""
+    base = load_config("paper")
+    caption = base.fingerprint_view()["teachers"]["caption"]
+    assert not {"decoding", "max_new_tokens", "temperature"} & set(caption)
+    sampled = load_config("paper", overrides=["teachers.caption.decoding=sample"])
+    assert sampled.fingerprint_view()["teachers"]["caption"]["decoding"] == "sample"
+    assert sampled.fingerprint() != base.fingerprint()
+    capped = load_config("paper", overrides=["teachers.caption.max_new_tokens=20"])
+    assert capped.fingerprint() not in (base.fingerprint(), sampled.fingerprint())
+
+
 def test_fingerprint_is_stable_across_processes():
     code = "from distill.config import load_config; print(load_config('demo').fingerprint())"
     seen = set()

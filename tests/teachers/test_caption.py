@@ -275,3 +275,41 @@ def test_vit_gpt2_preprocessing_is_nlpconnect_s():
     pixels = teacher.processor(images=[image], return_tensors="pt")["pixel_values"]
     assert pixels.shape == (1, 3, 32, 32)
     assert pixels[0, :, :, 0].eq(-1).all() and pixels[0, :, :, -1].eq(1).all()
+
+
+def test_decoding_and_token_cap_come_from_the_config(mixed_batch):
+    """Greedy stays the default; `decoding = "sample"` draws as the original `generate` does,
+    seeded by each image's pixels (the same caption in any batch, on a resume), and both the
+    decoding and the cap are in the provenance."""
+    greedy = create_teacher("caption", _config("visiongpt2"))
+    assert greedy.provenance.extra["decoding"] == "greedy"
+    assert greedy.provenance.extra["max_new_tokens"] == 32
+    sample = create_teacher("caption", _config("visiongpt2", decoding="sample",
+                                               temperature=0.7, max_new_tokens=6))
+    assert (sample.provenance.extra["decoding"], sample.provenance.extra["temperature"],
+            sample.provenance.extra["max_new_tokens"]) == ("sample", 0.7, 6)
+    ids = sample.token_ids(mixed_batch)
+    assert all(1 <= len(row) <= 6 for row in ids)
+    alone = [sample.token_ids([image])[0] for image in mixed_batch[::-1]][::-1]
+    assert alone == ids
+    assert ids != [row[:6] for row in greedy.token_ids(mixed_batch)]
+
+
+def test_vit_gpt2_greedy_is_one_beam():
+    teacher = create_teacher("caption", _config("vit-gpt2", decoding="greedy", max_new_tokens=5))
+    assert (teacher.generation.num_beams, teacher.generation.max_new_tokens) == (1, 5)
+    assert teacher.provenance.extra["decoding"] == "greedy"
+
+
+@pytest.mark.parametrize(("role", "backend", "kw", "says"), [
+    ("caption", "visiongpt2", {"decoding": "beam"}, "not one of visiongpt2's: greedy, sample"),
+    ("caption", "vit-gpt2", {"decoding": "sample"}, "not one of vit-gpt2's: beam, greedy"),
+    ("caption", "visiongpt2", {"temperature": 0.5}, "only applies to decoding = 'sample'"),
+    ("caption", "visiongpt2", {"max_new_tokens": -1}, "must be >= 0"),
+    ("depth", "depth-anything-v2", {"max_new_tokens": 9}, "caption teachers only"),
+])
+def test_decoding_settings_are_checked(role, backend, kw, says):
+    from distill.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        _config(backend, **kw).validate(role)
