@@ -122,6 +122,21 @@ def test_teachers_list_shows_every_backend_and_the_papers_choice():
     assert "depth-anything/Depth-Anything-V2-Large-hf" in out
 
 
+def test_teachers_list_tells_installed_but_broken_from_missing(tmp_path, monkeypatch):
+    """A detectron2 whose model zoo cannot import (setuptools 81 dropped pkg_resources) is not
+    "ready": the list says so and prints the cause with the pin that fixes it."""
+    zoo = tmp_path / "detectron2"
+    zoo.mkdir()
+    (zoo / "__init__.py").write_text("")
+    (zoo / "model_zoo.py").write_text("import pkg_resources_gone_for_this_test as pkg_resources\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    out = distill("teachers", "list").stdout
+    assert "`detectron2` installed, fails to import" in out
+    assert "detectron2: ModuleNotFoundError: No module named 'pkg_resources_gone_for_this_test'" \
+        in out
+    assert "needs `adet` (not installed)" in out
+
+
 def test_generate_labels_help_shows_its_options_and_examples():
     out = distill("run", "generate-labels", "--help").stdout
     for opt in ("--shard-size", "--limit", "--image-ids", "--dry-run", "--new-run", "--address",
