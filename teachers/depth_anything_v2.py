@@ -8,8 +8,8 @@ The prediction is upsampled back bilinearly (align_corners=True) as `infer_image
 
 Position embeddings follow the ORIGINAL too (`DinoVisionTransformer.interpolate_pos_encoding`
 in depth_anything_v2/dinov2.py), not transformers' `Dinov2Embeddings`: the 37x37 grid is
-resized bicubically (no antialias, in float32) by `scale_factor = (grid + 0.1) / 37` per axis
-rather than to `size = grid`. The two sample different points (4-9 % relative L2 apart on the
+resized bicubically (no antialias, in float32) by `scale_factor = ((rows + 0.1) / 37,
+(cols + 0.1) / 37)` for a rows x cols patch grid rather than to `size = (rows, cols)`. The two sample different points (4-9 % relative L2 apart on the
 37x55 grid of a 518x770 input), and the released weights were trained and evaluated with the
 former. Every variant's model gets it (`use_upstream_pos_encoding`); the native square 37x37
 grid uses the stored embeddings unchanged in both.
