@@ -5,16 +5,26 @@ The preprocessing follows the ORIGINAL `DepthAnythingV2.image2tensor`, not trans
 processor: the short side is scaled to at least `input_size` (518) keeping the aspect ratio,
 each side is rounded to a multiple of 14, the resize is bicubic, then ImageNet normalisation.
 The prediction is upsampled back bilinearly (align_corners=True) as `infer_image` does.
+
+Position embeddings follow the ORIGINAL too (`DinoVisionTransformer.interpolate_pos_encoding`
+in depth_anything_v2/dinov2.py), not transformers' `Dinov2Embeddings`: the 37x37 grid is
+resized bicubically (no antialias, in float32) by `scale_factor = ((rows + 0.1) / 37,
+(cols + 0.1) / 37)` for a rows x cols patch grid rather than to `size = (rows, cols)`. The two sample different points (4-9 % relative L2 apart on the
+37x55 grid of a 518x770 input), and the released weights were trained and evaluated with the
+former. Every variant's model gets it (`use_upstream_pos_encoding`); the native square 37x37
+grid uses the stored embeddings unchanged in both.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
 from distill.config import TeacherConfig
 from teachers import runtime
@@ -24,16 +34,23 @@ from teachers.registry import register
 __all__ = [
     "DEFAULT_INPUT_SIZE",
     "PATCH_SIZE",
+    "POS_EMBED_OFFSET",
     "DepthAnythingV2Teacher",
+    "UpstreamPosEmbeddings",
     "dav2_input_size",
+    "interpolate_pos_encoding",
     "large_config",
     "tiny_config",
+    "use_upstream_pos_encoding",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SIZE = 518  # the original `infer_image(raw_image, input_size=518)`
 PATCH_SIZE = 14  # DINOv2 ViT patch; network inputs are multiples of it
+# The original `DINOv2(...)` passes interpolate_offset=0.1 ("a small number to avoid floating
+# point error", facebookresearch/dino#8) and interpolate_antialias=False.
+POS_EMBED_OFFSET = 0.1
 _MEAN = (0.485, 0.456, 0.406)  # ImageNet, as the original `NormalizeImage`
 _STD = (0.229, 0.224, 0.225)
 
@@ -61,9 +78,60 @@ def dav2_input_size(
             _constrain_to_multiple_of(scale * width, multiple, target))
 
 
+def interpolate_pos_encoding(position_embeddings: torch.Tensor, num_patches: int, height: int,
+                             width: int, patch_size: int = PATCH_SIZE,
+                             offset: float = POS_EMBED_OFFSET) -> torch.Tensor:
+    """(1, 1 + N, C) stored position embeddings (CLS first, a square sqrt(N) grid) -> those for a
+    `height` x `width` pixel input with `num_patches` patches, by the original
+    `DinoVisionTransformer.interpolate_pos_encoding`. There `B, nc, w, h = x.shape`, so its `w`
+    is the pixel HEIGHT and `sx` the height factor: `scale_factor=(sx, sy)` does go (rows,
+    columns) and a non-square grid comes out the right way round; we name them as they are.
+    The bicubic resize runs in float32 with the factors, not the target size, so the sampling
+    points are those of a (grid + offset) grid; the output is cast to the embeddings' dtype."""
+    n_stored = position_embeddings.shape[1] - 1
+    if num_patches == n_stored and height == width:  # the original's early return, as is
+        return position_embeddings
+    grid = math.sqrt(n_stored)
+    side = int(grid)
+    pos = position_embeddings.float()
+    cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+    dim = pos.shape[-1]
+    rows, cols = height // patch_size, width // patch_size
+    scale = ((rows + offset) / grid, (cols + offset) / grid)
+    patch_pos = F.interpolate(patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2),
+                              scale_factor=scale, mode="bicubic", antialias=False)
+    if tuple(patch_pos.shape[-2:]) != (rows, cols):  # the original asserts the same
+        raise ValueError(f"position embeddings resized to {tuple(patch_pos.shape[-2:])}, "
+                         f"not the {rows}x{cols} patch grid")
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
+    return torch.cat((cls_pos, patch_pos), dim=1).to(position_embeddings.dtype)
+
+
+class UpstreamPosEmbeddings(Dinov2Embeddings):
+    """transformers' `Dinov2Embeddings` with the original DAv2 position-embedding interpolation
+    (`interpolate_pos_encoding` above); parameters, state-dict keys and forward are unchanged."""
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int,
+                                 width: int) -> torch.Tensor:
+        patch = self.patch_embeddings.patch_size  # (h, w); DINOv2's patches are square
+        return interpolate_pos_encoding(self.position_embeddings, embeddings.shape[1] - 1,
+                                        height, width, int(patch[0]))
+
+
+def use_upstream_pos_encoding(model: DepthAnythingForDepthEstimation) -> None:
+    """Give `model`'s DINOv2 backbone the original position-embedding rule, in place (the
+    module's class becomes `UpstreamPosEmbeddings`; no weights are touched or re-initialised)."""
+    embeddings = model.backbone.embeddings
+    if not isinstance(embeddings, Dinov2Embeddings):
+        raise TeacherError(f"expected a DINOv2 backbone, got {type(embeddings).__name__}")
+    embeddings.__class__ = UpstreamPosEmbeddings
+
+
 def tiny_config() -> DepthAnythingConfig:
     """A small DAv2 for CPU tests and the demo (DESIGN §3 `tiny`): a 4-layer, 32-wide DINOv2
-    with patch 14 and a narrow DPT neck; same code path as the real model."""
+    with patch 14 and a narrow DPT neck; same code path as the real model. The head's hidden
+    width is 32 as in every original DPTHead (`head_features_2 = 32`), so these weights also
+    load into the original code built at these sizes (the parity check does)."""
     backbone = Dinov2Config(
         hidden_size=32, num_hidden_layers=4, num_attention_heads=2, mlp_ratio=2,
         image_size=DEFAULT_INPUT_SIZE, patch_size=PATCH_SIZE,
@@ -73,7 +141,7 @@ def tiny_config() -> DepthAnythingConfig:
     )
     return DepthAnythingConfig(
         backbone_config=backbone, patch_size=PATCH_SIZE, reassemble_hidden_size=32,
-        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
+        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=32,
         depth_estimation_type="relative",
         # With the default std 0.02 the narrow neck shrinks the output to ~1e-7; 0.1 keeps
         # the random depth map at a readable scale for the demo and the tests.
@@ -116,14 +184,18 @@ def _load_pretrained(config: TeacherConfig) -> DepthAnythingForDepthEstimation:
 
 
 def _build_model(config: TeacherConfig) -> DepthAnythingForDepthEstimation:
-    """The network for `config.variant`: real weights, or a seeded random init (DESIGN §3)."""
+    """The network for `config.variant`: real weights, or a seeded random init (DESIGN §3),
+    with the original position-embedding interpolation."""
     if config.variant == "pretrained":
-        return _load_pretrained(config)
-    if config.variant not in ("tiny", "random"):
+        model = _load_pretrained(config)
+    elif config.variant in ("tiny", "random"):
+        arch = tiny_config() if config.variant == "tiny" else large_config()
+        with runtime.seeded():
+            model = DepthAnythingForDepthEstimation(arch)
+    else:
         raise TeacherError(f"unknown variant {config.variant!r}; choose pretrained, tiny or random")
-    arch = tiny_config() if config.variant == "tiny" else large_config()
-    with runtime.seeded():
-        return DepthAnythingForDepthEstimation(arch)
+    use_upstream_pos_encoding(model)
+    return model
 
 
 @register
@@ -149,7 +221,9 @@ class DepthAnythingV2Teacher(Teacher[DepthResult]):
             if config.variant == "pretrained" else []
         rule = {"short_side_min": self.input_size, "multiple_of": PATCH_SIZE,
                 "resize": "bicubic lower_bound", "normalize": "imagenet",
-                "upsample": "bilinear align_corners"}
+                "upsample": "bilinear align_corners",
+                "pos_embed": f"bicubic scale_factor (patches + {POS_EMBED_OFFSET}) / sqrt(N), no antialias "
+                             "(original dinov2.py)"}
         self._provenance = runtime.make_provenance(self.role, self.name, config, self.device,
                                            self.dtype, input_size=rule, files=files, hub=True)
         logger.info("depth-anything-v2 %s: %.1fM parameters on %s (%s), short side >= %d",

@@ -1,22 +1,29 @@
-"""Depth Anything V2 teacher: the original repo's resize rule, size-grouped batching, output at
-the original size, deterministic tiny variant, the pretrained path and its errors."""
+"""Depth Anything V2 teacher: the original repo's resize rule and position-embedding
+interpolation, size-grouped batching, output at the original size, deterministic tiny variant,
+reference output slices, the pretrained path and its errors."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import DepthAnythingForDepthEstimation
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
 from distill.config import TeacherConfig
+from distill.labels.depth import encode_depth16
 from teachers.base import DepthResult, TeacherError
 from teachers.depth_anything_v2 import (
     DepthAnythingV2Teacher,
+    UpstreamPosEmbeddings,
     dav2_input_size,
+    interpolate_pos_encoding,
     large_config,
     tiny_config,
 )
@@ -24,6 +31,7 @@ from teachers.runtime import batches_by_size, seeded
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+REFERENCE = Path(__file__).parent / "reference" / "depth_anything_v2.json"
 
 
 def _teacher(**overrides: Any) -> DepthAnythingV2Teacher:
@@ -193,3 +201,134 @@ def test_random_variant_is_the_335m_large_architecture():
     n = sum(p.numel() for p in model.parameters())
     assert round(n / 1e6, 1) == 335.3  # DAv2-L as published (ViT-L/14 + DPT head)
     assert model.config.backbone_config.out_indices == [5, 12, 18, 24]
+
+
+# --- position embeddings: the original dinov2.py rule, not transformers' size= resize ----------
+
+def _stored_pos_embed(dim: int = 8, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(1, 1 + 37 * 37, dim) embeddings as a 518-pixel DINOv2 stores them, CLS first."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(1, 1 + 37 * 37, dim, generator=gen).to(dtype)
+
+
+def _original_formula(pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Upstream `DinoVisionTransformer.interpolate_pos_encoding` written out: bicubic by
+    scale_factor (rows + 0.1) / 37 on the height axis, (cols + 0.1) / 37 on the width axis."""
+    rows, cols = height // 14, width // 14
+    grid = pos[:, 1:].float().reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
+    out = F.interpolate(grid, scale_factor=((rows + 0.1) / 37, (cols + 0.1) / 37),
+                        mode="bicubic", antialias=False)
+    assert out.shape[-2:] == (rows, cols)
+    return torch.cat([pos[:, :1].float(), out.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)],
+                     dim=1).to(pos.dtype)
+
+
+def _transformers_default(pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    embeddings = Dinov2Embeddings(tiny_config().backbone_config)
+    embeddings.position_embeddings = torch.nn.Parameter(pos)
+    tokens = torch.zeros(1, 1 + (height // 14) * (width // 14), pos.shape[-1])
+    return Dinov2Embeddings.interpolate_pos_encoding(embeddings, tokens, height, width).detach()
+
+
+def _rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("hw", [(518, 770), (770, 518)])  # 37x55 and 55x37 patch grids
+def test_pos_encoding_is_the_original_formula_on_a_37x55_grid(hw):
+    pos = _stored_pos_embed()
+    n = (hw[0] // 14) * (hw[1] // 14)
+    ours = interpolate_pos_encoding(pos, n, *hw)
+    assert ours.shape == (1, 1 + n, 8)
+    assert torch.equal(ours, _original_formula(pos, *hw))  # the same op: bit for bit
+    # transformers resizes to size=(37, 55): other sampling points, several % apart.
+    assert _rel_l2(_transformers_default(pos, *hw), ours) > 0.04
+
+
+def test_pos_encoding_keeps_rows_and_columns_apart():
+    # A ramp along the height axis stays a ramp along the height axis on a 37x55 grid (the
+    # original's `w`/`h` names are swapped, its axes are not).
+    rows = torch.arange(37.0)[:, None, None].expand(37, 37, 1).reshape(1, 37 * 37, 1)
+    pos = torch.cat([torch.zeros(1, 1, 1), rows], dim=1)
+    out = interpolate_pos_encoding(pos, 37 * 55, 518, 770)[0, 1:, 0].reshape(37, 55)
+    assert torch.allclose(out, out[:, :1].expand(37, 55))  # constant along each row
+    assert bool((out[1:, 0] > out[:-1, 0]).all())  # increasing down the columns
+
+
+def test_pos_encoding_on_square_grids():
+    pos = _stored_pos_embed()
+    # The native 37x37 grid: both return the stored embeddings themselves (no resize).
+    assert interpolate_pos_encoding(pos, 37 * 37, 518, 518) is pos
+    assert torch.equal(_transformers_default(pos, 518, 518), pos)
+    # Any other square grid is resized, and there the two rules differ like on 37x55.
+    ours = interpolate_pos_encoding(pos, 16, 56, 56)
+    assert torch.equal(ours, _original_formula(pos, 56, 56))
+    assert _rel_l2(_transformers_default(pos, 56, 56), ours) > 0.04
+
+
+def test_pos_encoding_interpolates_in_float32_and_returns_the_model_dtype():
+    pos = _stored_pos_embed(dtype=torch.bfloat16)
+    ours = interpolate_pos_encoding(pos, 37 * 55, 518, 770)
+    assert ours.dtype == torch.bfloat16
+    assert torch.equal(ours, _original_formula(pos, 518, 770))
+
+
+@pytest.mark.parametrize("variant", ["tiny", "random", "pretrained"])
+def test_every_variant_embeds_positions_by_the_original_rule(variant, tmp_path, monkeypatch):
+    overrides: dict[str, Any] = {"variant": variant}
+    if variant == "random":  # the same build path at a CPU-friendly size
+        monkeypatch.setattr("teachers.depth_anything_v2.large_config", tiny_config)
+    if variant == "pretrained":
+        with seeded():
+            DepthAnythingForDepthEstimation(tiny_config()).save_pretrained(tmp_path)
+        overrides["checkpoint"] = str(tmp_path)
+    teacher = _teacher(**overrides)
+    embeddings = teacher.model.backbone.embeddings
+    assert isinstance(embeddings, UpstreamPosEmbeddings)
+    pixels = torch.randn(1, 3, 518, 770, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        out = embeddings(pixels)
+        patches = embeddings.patch_embeddings(pixels)
+        tokens = torch.cat([embeddings.cls_token, patches], dim=1)
+        expected = tokens + _original_formula(embeddings.position_embeddings, 518, 770)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert "0.1" in teacher.provenance.input_size["pos_embed"]
+
+
+# --- reference slices (tiny variant, fixed seed; parity run against the original code) --------
+
+def test_tiny_variant_reproduces_the_reference_slices():
+    """Our tiny teacher on skimage's chelsea at 518 against stored slices; the same weights in
+    the original Depth-Anything-V2 code gave the `*_upstream` values (issue 15 parity run)."""
+    skdata = pytest.importorskip("skimage.data")
+    ref = json.loads(REFERENCE.read_text())
+    tol = ref["tolerance"]
+    image = skdata.chelsea()
+    teacher = _teacher(input_size=0)
+    seen = _record_inputs(teacher.model)
+    outputs: list[np.ndarray] = []
+    teacher.model.register_forward_hook(
+        lambda _m, _a, out: outputs.append(out.predicted_depth[0].float().numpy().copy()))
+    (result,) = teacher.predict([image])
+    assert [list(x.shape[-2:]) for x in seen] == [ref["input_shape"]]
+    (raw,) = outputs
+    y, x = ref["raw_peak_at"]
+    close = {"rtol": tol["raw_rtol"], "atol": tol["raw_atol"]}
+    for ours, key in ((raw[:3, :3], "raw_corner_3x3"), (raw[y:y + 3, x:x + 3], "raw_peak_3x3")):
+        np.testing.assert_allclose(ours, ref[key], **close)
+        np.testing.assert_allclose(ours, ref[key + "_upstream"], **close)
+    np.testing.assert_allclose(raw.sum(dtype=np.float64), ref["raw_sum"], rtol=tol["summary_rtol"])
+    np.testing.assert_allclose(raw.max(), ref["raw_max"], rtol=tol["summary_rtol"])
+
+    depth = result.depth
+    assert list(depth.shape) == ref["final_shape"]
+    summary = {"final_mean": depth.mean(dtype=np.float64), "final_std": depth.std(dtype=np.float64),
+               "final_max": depth.max(), "final_nonzero_fraction": (depth > 0).mean()}
+    for key, value in summary.items():
+        np.testing.assert_allclose(value, ref[key], rtol=tol["summary_rtol"], err_msg=key)
+    for key in ("final_mean", "final_max"):
+        np.testing.assert_allclose(summary[key], ref[key + "_upstream"], rtol=tol["summary_rtol"])
+    d16, lo, hi = encode_depth16(depth)
+    np.testing.assert_allclose([lo, hi], [ref["depth16_min"], ref["depth16_max"]],
+                               rtol=tol["summary_rtol"])
+    assert abs(d16.mean() - ref["depth16_mean_level"]) <= tol["depth16_mean_level_atol"]
