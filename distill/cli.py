@@ -582,9 +582,12 @@ def teachers_list() -> None:
     """List teacher backends per role, whether they can run here, and the paper's choice."""
     import importlib.util
 
+    import torch
+
     from distill.config import TEACHER_BACKENDS, TeachersConfig
 
     paper = TeachersConfig().roles()
+    cuda = torch.cuda.is_available()
     needs = {"detectron2": "detectron2", "dptext-detr": "adet", "craft": "easyocr_en_models"}
     typer.echo(f"{'role':<9} {'backend':<18} {'status':<34} paper default")
     for role, names in TEACHER_BACKENDS.items():
@@ -594,6 +597,8 @@ def teachers_list() -> None:
             status = "ready" if ok else f"needs `{module}` (not installed)"
             if name == "craft" and not ok:
                 status = "ready with a weights path (no wheel)"
+            if name == "dptext-detr" and ok and not cuda:
+                status = "needs a CUDA GPU (none here)"  # no CPU deformable attention
             mark = paper[role].checkpoint if paper[role].backend == name else ""
             typer.echo(f"{role:<9} {name:<18} {status:<34} {mark}")
 
