@@ -186,28 +186,29 @@ def _normalisation(config: TeacherConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(3,) mean and std on the 0–255 scale: upstream's PIXEL_MEAN / PIXEL_STD, or for a
     pretrained checkpoint its processor's image_mean / image_std over its rescale factor (the
     same numbers for the facebook/mask2former-* checkpoints)."""
-    mean, std = torch.tensor(PIXEL_MEAN, dtype=torch.float64), torch.tensor(PIXEL_STD,
-                                                                           dtype=torch.float64)
-    if config.variant == "pretrained":
-        from transformers import Mask2FormerImageProcessor
+    upstream_mean = torch.tensor(PIXEL_MEAN, dtype=torch.float64)
+    upstream_std = torch.tensor(PIXEL_STD, dtype=torch.float64)
+    if config.variant != "pretrained":
+        return upstream_mean.float(), upstream_std.float()
+    from transformers import Mask2FormerImageProcessor
 
-        try:
-            source = runtime.pretrained_source(config, "Mask2Former", _EXAMPLE, _HOLDS)
-            processor = Mask2FormerImageProcessor.from_pretrained(
-                source, **runtime.hub_kwargs(config))
-        except OSError as exc:
-            raise _load_error(config, exc) from exc
-        scale = float(processor.rescale_factor) if processor.do_rescale else 1.0
-        normalise = bool(processor.do_normalize)
-        mean = torch.tensor(processor.image_mean if normalise else [0.0] * 3,
-                            dtype=torch.float64) / scale
-        std = torch.tensor(processor.image_std if normalise else [1.0] * 3,
-                           dtype=torch.float64) / scale
-        if not (torch.allclose(mean, torch.tensor(PIXEL_MEAN, dtype=torch.float64), atol=1e-3)
-                and torch.allclose(std, torch.tensor(PIXEL_STD, dtype=torch.float64), atol=1e-3)):
-            logger.warning("this checkpoint's processor normalises with mean %s, std %s (0-255), "
-                           "not Mask2Former's COCO %s, %s; using the checkpoint's",
-                           mean.tolist(), std.tolist(), PIXEL_MEAN, PIXEL_STD)
+    try:
+        source = runtime.pretrained_source(config, "Mask2Former", _EXAMPLE, _HOLDS)
+        processor = Mask2FormerImageProcessor.from_pretrained(source, **runtime.hub_kwargs(config))
+    except OSError as exc:
+        raise _load_error(config, exc) from exc
+    # the processor computes (x · rescale_factor − image_mean) / image_std
+    scale = float(processor.rescale_factor) if processor.do_rescale else 1.0
+    normalise = bool(processor.do_normalize)
+    mean = torch.tensor(processor.image_mean if normalise else [0.0] * 3,
+                        dtype=torch.float64) / scale
+    std = torch.tensor(processor.image_std if normalise else [1.0] * 3,
+                       dtype=torch.float64) / scale
+    if not (torch.allclose(mean, upstream_mean, atol=1e-3)
+            and torch.allclose(std, upstream_std, atol=1e-3)):
+        logger.warning("this checkpoint's processor normalises with mean %s, std %s (0-255), "
+                       "not Mask2Former's COCO %s, %s; using the checkpoint's",
+                       mean.tolist(), std.tolist(), PIXEL_MEAN, PIXEL_STD)
     return mean.float(), std.float()
 
 

@@ -3,6 +3,7 @@ mapping, and Detectron2's output conversion and missing-package error (no detect
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from teachers.registry import create_teacher
 m2f = pytest.importorskip("teachers.mask2former")
 d2 = pytest.importorskip("teachers.detectron2")
 
+REFERENCE = Path(__file__).parent / "reference" / "mask2former.json"
 TABLE = GroupTable.load()
 VALID_IDS = {c.id for c in TABLE.categories}
 
@@ -228,6 +230,45 @@ def test_mask2former_network_input_is_upstream_test_size(
     # 480 × 640 → 800 × 1067, padded to 800 × 1088; 300 × 451 → 800 × 1203, padded to 800 × 1216
     assert seen == [(1, 3, 800, 1088), (800, 1067), (1, 3, 800, 1216), (800, 1203)]
     assert [r.class_map.shape for r in results] == [(480, 640), (300, 451)]
+
+
+def test_tiny_mask2former_matches_reference_slices(tiny_teacher: Any) -> None:
+    """Raw logits and final class map of the tiny variant on skimage images, against the values
+    stored from the parity run, where upstream Mask2Former on the same weights gave the
+    'upstream' numbers (report m2f.md)."""
+    skdata = pytest.importorskip("skimage.data")
+    ref = json.loads(REFERENCE.read_text())
+    tol = ref["tolerance"]
+    seen: dict[str, Any] = {}
+
+    def hook(_m: Any, _a: Any, kwargs: dict[str, Any], out: Any) -> None:
+        seen.update(x=kwargs["pixel_values"], out=out)
+
+    handle = tiny_teacher.model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        for name, want in ref["images"].items():
+            image = np.ascontiguousarray(getattr(skdata, name)())
+            [result] = tiny_teacher.predict([image])
+            cls = seen["out"].class_queries_logits[0].double()
+            masks = seen["out"].masks_queries_logits[0].double()
+            assert list(seen["x"].shape[-2:]) == want["net_input"]
+            assert list(masks.shape) == want["mask_logits_shape"]
+            for got, key in ((cls[:3, :3], "class_logits_q0_2_c0_2"),
+                             (cls[:3, 133], "no_object_logits_q0_2"),
+                             (masks[0, :3, :3], "mask_logits_q0_top_left_3x3")):
+                for expected in (want[key], want["upstream"][key]):
+                    np.testing.assert_allclose(got.numpy(), expected, rtol=0,
+                                               atol=tol["logits_atol"], err_msg=f"{name} {key}")
+            cats, counts = np.unique(result.class_map, return_counts=True)
+            got_counts = dict(zip(cats.tolist(), counts.tolist(), strict=True))
+            slack = tol["class_map_count_frac"] * result.class_map.size
+            for expected in (want["class_map_pixel_counts"],
+                             want["upstream"]["class_map_pixel_counts"]):
+                assert sorted(got_counts) == sorted(int(c) for c in expected), name
+                for cat, n in expected.items():
+                    assert abs(got_counts[int(cat)] - n) <= slack, (name, cat)
+    finally:
+        handle.remove()
 
 
 def test_pretrained_mask2former_from_local_folder(
