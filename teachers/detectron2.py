@@ -62,7 +62,6 @@ INSTALL_HINT = (
     "--set teachers.panoptic.checkpoint=facebook/mask2former-swin-large-coco-panoptic"
 )
 STUFF_SCORE = 1.0  # Panoptic FPN's semantic head gives stuff segments no score
-_LONGEST_PER_SHORTEST = 1333 / 800  # detectron2's INPUT.{MIN,MAX}_SIZE_TEST defaults
 TINY_INPUT_SIZE = 64
 _REMOTE_PREFIXES = ("http://", "https://", "detectron2://")
 # What a weights pickle may reference: containers and numpy arrays, nothing that runs code.
@@ -190,7 +189,7 @@ def _build_cfg(d2: SimpleNamespace, config: TeacherConfig, device: torch.device)
     shortest = config.input_size or (TINY_INPUT_SIZE if config.variant == "tiny" else 0)
     if shortest > 0:
         cfg.INPUT.MIN_SIZE_TEST = shortest
-        cfg.INPUT.MAX_SIZE_TEST = round(shortest * _LONGEST_PER_SHORTEST)
+        cfg.INPUT.MAX_SIZE_TEST = runtime.max_size_for(shortest)
     cfg.MODEL.WEIGHTS = ""  # loaded by `_load_weights`, never by detectron2's pickle loader
     cfg.MODEL.DEVICE = str(device)
     cfg.freeze()

@@ -1,10 +1,15 @@
 """Panoptic teacher "mask2former": transformers' `Mask2FormerForUniversalSegmentation` labelling the
 133 COCO-panoptic categories (DESIGN.md §3), the installable alternative to Detectron2.
 
-Pre-processing is the checkpoint's own `Mask2FormerImageProcessor` (the hub COCO-panoptic
-processors resize to a fixed 384 × 384); `input_size = N` switches to the original Mask2Former test
-resize instead: shortest edge N, longest edge ≤ N · 1333 / 800. Each image is padded to a multiple
-of 32 on its own, never to its batch's largest image, so a label never depends on its batch.
+Pre-processing is Mask2Former's own test pipeline (detectron2's `DefaultPredictor` with the COCO
+configs), not the hub processor (which resizes to a fixed 384 × 384): the uint8 RGB image is
+resized with detectron2's `ResizeShortestEdge` (shortest edge 800, longest ≤ 1333, aspect kept,
+`int(x + 0.5)` rounding; PIL bilinear on uint8 as `ResizeTransform.apply_image` does), then
+normalised as `MaskFormer.forward` does, `(x - PIXEL_MEAN) / PIXEL_STD` on the 0–255 scale, and
+padded with zeros to a multiple of 32. `input_size = N` sets the shortest edge to N and the longest
+to at most N · 1333 / 800 (`runtime.max_size_for`; upstream keeps 1333 whatever MIN_SIZE_TEST is,
+we scale it so a small N really shrinks the input); the tiny variant uses 64. Each image is padded
+on its own, never to its batch's largest image, so a label never depends on its batch.
 
 Post-processing follows the original `MaskFormer.panoptic_inference` (facebookresearch/Mask2Former)
 rather than transformers' `post_process_panoptic_segmentation`, which rescales padded mask logits
@@ -36,14 +41,17 @@ from teachers.base import PanopticResult, Provenance, Teacher, TeacherError, che
 from teachers.registry import register
 
 __all__ = [
-    "HUB_PROCESSOR_SIZE",
     "NUM_CATEGORIES",
     "OBJECT_MASK_THRESHOLD",
     "OVERLAP_THRESHOLD",
+    "PIXEL_MEAN",
+    "PIXEL_STD",
     "Mask2FormerTeacher",
     "coco_panoptic_categories",
     "merge_segments",
+    "preprocess",
     "resize_mask_logits",
+    "resize_shortest_edge",
     "select_queries",
     "swin_large_coco_panoptic_config",
     "tiny_config",
@@ -57,14 +65,14 @@ NUM_CATEGORIES = 133
 # TEST.OBJECT_MASK_THRESHOLD, TEST.OVERLAP_THRESHOLD).
 OBJECT_MASK_THRESHOLD = 0.8
 OVERLAP_THRESHOLD = 0.8
-SIZE_DIVISIBILITY = 32
-# Detectron2's test resize: shortest edge 800, longest edge at most 1333.
-_LONGEST_PER_SHORTEST = 1333 / 800
-# What the hub's facebook/mask2former-swin-* COCO processors do (transformers' integration test
-# gets 384 × 384 pixel values for a 480 × 640 COCO image). Used by the random variant; pretrained
-# checkpoints bring their own processor.
-HUB_PROCESSOR_SIZE = {"height": 384, "width": 384}
+SIZE_DIVISIBILITY = 32  # MODEL.MASK_FORMER.SIZE_DIVISIBILITY of the COCO-panoptic configs
+# MODEL.PIXEL_MEAN / PIXEL_STD of the COCO-panoptic configs (RGB, 0–255 scale; INPUT.FORMAT "RGB").
+# The hub checkpoints' processors hold the same numbers / 255 (transformers' conversion script).
+PIXEL_MEAN = (123.675, 116.280, 103.530)
+PIXEL_STD = (58.395, 57.120, 57.375)
 TINY_INPUT_SIZE = 64
+RESIZE_RULE = ("detectron2 ResizeShortestEdge (int(x + 0.5) rounding), PIL bilinear on uint8; "
+               "(x - pixel_mean) / pixel_std; zero-padded to a multiple of 32 per image")
 # Random init gives near-uniform class scores (≈ 1/134) that never pass the 0.8 object threshold;
 # the tiny and random variants re-draw the class head so that class logits have this spread and
 # a few queries per image survive, exercising post-processing as a trained model does.
@@ -166,29 +174,62 @@ def _load_error(config: TeacherConfig, exc: Exception) -> TeacherError:
                                    f"{type(exc).__name__}: {exc}", _EXAMPLE, _HOLDS)
 
 
-def _build_processor(config: TeacherConfig) -> Any:
-    """The checkpoint's processor, or one made in code; `input_size` > 0 switches it to the
-    original shortest-edge resize (padding to a multiple of 32 happens in `predict`)."""
+def _input_size(config: TeacherConfig) -> tuple[int, int]:
+    """(shortest edge, longest-edge cap) of the test resize: upstream's 800 / 1333 by default."""
+    shortest = config.input_size or (TINY_INPUT_SIZE if config.variant == "tiny" else 0)
+    if shortest <= 0:
+        return runtime.TEST_MIN_SIZE, runtime.TEST_MAX_SIZE
+    return shortest, runtime.max_size_for(shortest)
+
+
+def _normalisation(config: TeacherConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3,) mean and std on the 0–255 scale: upstream's PIXEL_MEAN / PIXEL_STD, or for a
+    pretrained checkpoint its processor's image_mean / image_std over its rescale factor (the
+    same numbers for the facebook/mask2former-* checkpoints)."""
+    upstream_mean = torch.tensor(PIXEL_MEAN, dtype=torch.float64)
+    upstream_std = torch.tensor(PIXEL_STD, dtype=torch.float64)
+    if config.variant != "pretrained":
+        return upstream_mean.float(), upstream_std.float()
     from transformers import Mask2FormerImageProcessor
 
-    size: dict[str, int] | None = None
-    if config.input_size > 0 or config.variant == "tiny":
-        shortest = config.input_size if config.input_size > 0 else TINY_INPUT_SIZE
-        size = {"shortest_edge": shortest,
-                "longest_edge": round(shortest * _LONGEST_PER_SHORTEST)}
-    overrides: dict[str, Any] = {} if size is None else {"size": size, "size_divisor": 0}
-    if config.variant == "pretrained":
-        try:
-            source = runtime.pretrained_source(config, "Mask2Former", _EXAMPLE, _HOLDS)
-            return Mask2FormerImageProcessor.from_pretrained(
-                source, **overrides, **runtime.hub_kwargs(config)
-            )
-        except OSError as exc:
-            raise _load_error(config, exc) from exc
-    defaults: dict[str, Any] = {"size": HUB_PROCESSOR_SIZE, "size_divisor": SIZE_DIVISIBILITY}
-    return Mask2FormerImageProcessor(
-        **{**defaults, **overrides}, ignore_index=VOID, num_labels=NUM_CATEGORIES
-    )
+    try:
+        source = runtime.pretrained_source(config, "Mask2Former", _EXAMPLE, _HOLDS)
+        processor = Mask2FormerImageProcessor.from_pretrained(source, **runtime.hub_kwargs(config))
+    except OSError as exc:
+        raise _load_error(config, exc) from exc
+    # the processor computes (x · rescale_factor − image_mean) / image_std
+    scale = float(processor.rescale_factor) if processor.do_rescale else 1.0
+    normalise = bool(processor.do_normalize)
+    mean = torch.tensor(processor.image_mean if normalise else [0.0] * 3,
+                        dtype=torch.float64) / scale
+    std = torch.tensor(processor.image_std if normalise else [1.0] * 3,
+                       dtype=torch.float64) / scale
+    if not (torch.allclose(mean, upstream_mean, atol=1e-3)
+            and torch.allclose(std, upstream_std, atol=1e-3)):
+        logger.warning("this checkpoint's processor normalises with mean %s, std %s (0-255), "
+                       "not Mask2Former's COCO %s, %s; using the checkpoint's",
+                       mean.tolist(), std.tolist(), PIXEL_MEAN, PIXEL_STD)
+    return mean.float(), std.float()
+
+
+def resize_shortest_edge(image: np.ndarray, shortest: int, max_size: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) → resized as detectron2's `ResizeShortestEdge` + `ResizeTransform`
+    do at test time: output size `runtime.shortest_edge_size`, PIL bilinear on the uint8 image."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    new_h, new_w = runtime.shortest_edge_size(h, w, shortest, max_size)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+
+
+def preprocess(
+    image: np.ndarray, shortest: int, max_size: int, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) → (3, h, w) float32 network input before padding: resized
+    (`resize_shortest_edge`), then `(x - mean) / std` per channel as `MaskFormer.forward` does."""
+    resized = resize_shortest_edge(image, shortest, max_size)
+    x = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+    return (x - mean.view(3, 1, 1)) / std.view(3, 1, 1)
 
 
 def _build_model(config: TeacherConfig) -> Any:
@@ -297,16 +338,11 @@ def to_panoptic_result(
     return PanopticResult(class_map=lut[seg_map], segments=out)
 
 
-def _pad_to_multiple(
-    pixel_values: torch.Tensor, pixel_mask: torch.Tensor, multiple: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad (B, 3, H, W) bottom/right with zeros (the normalised mean) to a multiple of `multiple`,
-    as detectron2's `ImageList.from_tensors(size_divisibility=32)` does."""
+def _pad_to_multiple(pixel_values: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (3, h, w) bottom/right with zeros (the normalised mean) to a multiple of `multiple`,
+    as detectron2's `ImageList.from_tensors(size_divisibility=32)` does for one image."""
     h, w = pixel_values.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return pixel_values, pixel_mask
-    return (F.pad(pixel_values, (0, pad_w, 0, pad_h)), F.pad(pixel_mask, (0, pad_w, 0, pad_h)))
+    return F.pad(pixel_values, (0, -w % multiple, 0, -h % multiple))
 
 
 @register
@@ -322,7 +358,8 @@ class Mask2FormerTeacher(Teacher[PanopticResult]):
         self.dtype = runtime.resolve_dtype(config, self.device)
         self.categories = coco_panoptic_categories()
         self._is_thing = [c.isthing for c in self.categories]
-        self.processor = _build_processor(config)
+        self.shortest, self.max_size = _input_size(config)
+        self.pixel_mean, self.pixel_std = _normalisation(config)
         model = _build_model(config)
         _check_labels(model.config, self.categories)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -330,8 +367,12 @@ class Mask2FormerTeacher(Teacher[PanopticResult]):
                  if config.variant == "pretrained" else [])
         self._provenance = runtime.make_provenance(
             self.role, self.name, config, self.device, self.dtype,
-            input_size=dict(self.processor.size), files=files, hub=True,
+            input_size={"shortest_edge": self.shortest, "longest_edge": self.max_size},
+            files=files, hub=True,
             extra={
+                "resize": RESIZE_RULE,
+                "pixel_mean": [round(float(v), 4) for v in self.pixel_mean],
+                "pixel_std": [round(float(v), 4) for v in self.pixel_std],
                 "num_queries": int(model.config.num_queries),
                 "object_mask_threshold": OBJECT_MASK_THRESHOLD,
                 "overlap_threshold": OVERLAP_THRESHOLD,
@@ -350,24 +391,24 @@ class Mask2FormerTeacher(Teacher[PanopticResult]):
 
     @torch.inference_mode()
     def _predict_batch(self, images: list[np.ndarray]) -> list[PanopticResult]:
-        inputs = self.processor(images=images, return_tensors="pt",
-                                input_data_format="channels_last")
-        pixel_values, pixel_mask = _pad_to_multiple(
-            inputs["pixel_values"], inputs["pixel_mask"], SIZE_DIVISIBILITY
-        )
-        valid = [(int(m.any(1).sum()), int(m.any(0).sum())) for m in pixel_mask]
-        results: dict[int, PanopticResult] = {}
+        inputs = [preprocess(image, self.shortest, self.max_size, self.pixel_mean, self.pixel_std)
+                  for image in images]
+        valid = [(int(x.shape[1]), int(x.shape[2])) for x in inputs]
         padded = [runtime.padded_size(h, w, SIZE_DIVISIBILITY) for h, w in valid]
+        results: dict[int, PanopticResult] = {}
         for index in runtime.batches_by_size(padded, len(valid)):
-            h, w = padded[index[0]]
-            outputs = self.model(
-                pixel_values=pixel_values[index, :, :h, :w].to(self.device, self.dtype),
-                pixel_mask=pixel_mask[index, :h, :w].to(self.device),
-            )
+            pixel_values = torch.stack([_pad_to_multiple(inputs[i], SIZE_DIVISIBILITY)
+                                        for i in index])
+            pixel_mask = torch.zeros(pixel_values.shape[0], *pixel_values.shape[-2:],
+                                     dtype=torch.long)
+            for j, i in enumerate(index):
+                pixel_mask[j, : valid[i][0], : valid[i][1]] = 1
+            outputs = self.model(pixel_values=pixel_values.to(self.device, self.dtype),
+                                 pixel_mask=pixel_mask.to(self.device))
             for j, i in enumerate(index):
                 results[i] = self._postprocess(
                     outputs.class_queries_logits[j], outputs.masks_queries_logits[j],
-                    (h, w), valid[i], (images[i].shape[0], images[i].shape[1]),
+                    padded[i], valid[i], (images[i].shape[0], images[i].shape[1]),
                 )
         return [results[i] for i in range(len(images))]
 

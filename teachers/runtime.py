@@ -18,11 +18,14 @@ from distill.storage import file_sha256
 from teachers.base import Provenance, TeacherError
 
 __all__ = [
+    "TEST_MAX_SIZE",
+    "TEST_MIN_SIZE",
     "TINY_SEED",
     "batches_by_size",
     "hub_kwargs",
     "load_state_dict",
     "make_provenance",
+    "max_size_for",
     "missing_weights",
     "padded_size",
     "predict_in_chunks",
@@ -31,6 +34,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "seeded",
+    "shortest_edge_size",
     "weight_files",
 ]
 
@@ -132,6 +136,33 @@ def pretrained_source(config: TeacherConfig, model: str, example: str, holds: st
     if path.is_absolute() or ckpt.startswith((".", "~")) or len(path.parts) > 2:
         raise missing_weights(model, ckpt, "no such local folder", example, holds)
     return ckpt
+
+
+# detectron2's test-time resize (config/defaults.py INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST), which
+# Mask2Former and Panoptic FPN test with.
+TEST_MIN_SIZE = 800
+TEST_MAX_SIZE = 1333
+
+
+def max_size_for(shortest: int) -> int:
+    """The longest-edge cap for a shortest edge other than 800: detectron2's 1333 / 800 ratio kept,
+    rounded half up in integers (800 → 1333, 64 → 107). Upstream never scales MAX_SIZE_TEST with
+    MIN_SIZE_TEST; this is our rule for `input_size` overrides."""
+    return (shortest * TEST_MAX_SIZE + TEST_MIN_SIZE // 2) // TEST_MIN_SIZE
+
+
+def shortest_edge_size(height: int, width: int, shortest: int, max_size: int) -> tuple[int, int]:
+    """(height, width) after detectron2's `ResizeShortestEdge`: the shorter edge scaled to
+    `shortest`, aspect kept, then scaled down so that the longer edge is at most `max_size`; both
+    rounded with `int(x + 0.5)` (detectron2 `ResizeShortestEdge.get_output_shape`), so 480 × 640
+    at 800 / 1333 → 800 × 1067."""
+    size = float(shortest)
+    scale = size / min(height, width)
+    new_h, new_w = (size, scale * width) if height < width else (scale * height, size)
+    if max(new_h, new_w) > max_size:
+        down = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * down, new_w * down
+    return int(new_h + 0.5), int(new_w + 0.5)
 
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:

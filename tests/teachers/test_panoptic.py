@@ -3,6 +3,7 @@ mapping, and Detectron2's output conversion and missing-package error (no detect
 
 from __future__ import annotations
 
+import json
 import pickle
 import sys
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from teachers.registry import create_teacher
 m2f = pytest.importorskip("teachers.mask2former")
 d2 = pytest.importorskip("teachers.detectron2")
 
+REFERENCE = Path(__file__).parent / "reference" / "mask2former.json"
 TABLE = GroupTable.load()
 VALID_IDS = {c.id for c in TABLE.categories}
 
@@ -156,13 +158,133 @@ def test_select_queries_keeps_confident_objects_only() -> None:
     assert index.tolist() == [0] and labels.tolist() == [5] and scores[0] > 0.99
 
 
+# (H, W, shortest, max) → detectron2 `ResizeShortestEdge.get_output_shape`, worked by hand:
+# 480 × 640: 640 · 800 / 480 = 1066.7 → 1067; 100 × 1000: 800 × 8000 capped, 800 · 1333 / 8000 =
+# 133.3 → 133; 64 × 200 at 64 / 107: 64 × 200 capped, 64 · 107 / 200 = 34.2 → 34.
+SHORTEST_EDGE_CASES = [
+    ((480, 640, 800, 1333), (800, 1067)),
+    ((640, 480, 800, 1333), (1067, 800)),
+    ((300, 451, 800, 1333), (800, 1203)),
+    ((333, 500, 800, 1333), (800, 1201)),
+    ((427, 640, 800, 1333), (800, 1199)),
+    ((1000, 1000, 800, 1333), (800, 800)),
+    ((100, 1000, 800, 1333), (133, 1333)),
+    ((1, 3, 800, 1333), (444, 1333)),
+    ((64, 200, 64, 107), (34, 107)),
+    ((97, 130, 64, 107), (64, 86)),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), SHORTEST_EDGE_CASES)
+def test_shortest_edge_size_rounds_as_detectron2(
+    args: tuple[int, int, int, int], expected: tuple[int, int]
+) -> None:
+    from teachers import runtime
+
+    assert runtime.shortest_edge_size(*args) == expected
+
+
+def test_longest_edge_cap_scales_with_the_shortest_edge() -> None:
+    from teachers import runtime
+
+    assert (runtime.TEST_MIN_SIZE, runtime.TEST_MAX_SIZE) == (800, 1333)
+    assert [runtime.max_size_for(n) for n in (800, 64, 96, 1000)] == [1333, 107, 160, 1666]
+
+
+def test_mask2former_resize_is_pil_bilinear_on_uint8_then_upstream_normalisation() -> None:
+    from PIL import Image
+
+    skdata = pytest.importorskip("skimage.data")
+    image = np.ascontiguousarray(skdata.chelsea())  # 300 × 451
+    resized = m2f.resize_shortest_edge(image, 800, 1333)
+    # detectron2's ResizeTransform.apply_image on uint8: PIL resize to (new_w, new_h), BILINEAR
+    expected = np.asarray(Image.fromarray(image).resize((1203, 800), Image.BILINEAR))
+    assert resized.dtype == np.uint8
+    np.testing.assert_array_equal(resized, expected)
+    mean, std = torch.tensor(m2f.PIXEL_MEAN), torch.tensor(m2f.PIXEL_STD)
+    x = m2f.preprocess(image, 800, 1333, mean, std)
+    assert x.shape == (3, 800, 1203) and x.dtype == torch.float32
+    for c in range(3):  # MaskFormer.forward: (x - pixel_mean) / pixel_std, float32
+        chan = torch.from_numpy(expected[..., c].copy()).float()
+        torch.testing.assert_close(x[c], (chan - m2f.PIXEL_MEAN[c]) / m2f.PIXEL_STD[c],
+                                   rtol=0, atol=0)
+
+
+def test_mask2former_network_input_is_upstream_test_size(
+    mixed_batch: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    teacher: Any = create_teacher("panoptic", TeacherConfig(
+        backend="mask2former", variant="tiny", input_size=800, device="cpu"))
+    seen: list[tuple[int, ...]] = []
+    crafted = _CraftedMask2Former()
+
+    def spy(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> SimpleNamespace:
+        seen.append(tuple(pixel_values.shape))
+        valid = (int(pixel_mask[0].any(1).sum()), int(pixel_mask[0].any(0).sum()))
+        seen.append(valid)
+        return crafted(pixel_values, pixel_mask)
+
+    monkeypatch.setattr(teacher, "model", spy)
+    coco_like = np.zeros((480, 640, 3), np.uint8)
+    results = teacher.predict([coco_like, mixed_batch[0]])
+    # 480 × 640 → 800 × 1067, padded to 800 × 1088; 300 × 451 → 800 × 1203, padded to 800 × 1216
+    assert seen == [(1, 3, 800, 1088), (800, 1067), (1, 3, 800, 1216), (800, 1203)]
+    assert [r.class_map.shape for r in results] == [(480, 640), (300, 451)]
+
+
+def test_tiny_mask2former_matches_reference_slices(tiny_teacher: Any) -> None:
+    """Raw logits and final class map of the tiny variant on skimage images, against the values
+    stored from the parity run, where upstream Mask2Former on the same weights gave the
+    'upstream' numbers (report m2f.md)."""
+    skdata = pytest.importorskip("skimage.data")
+    ref = json.loads(REFERENCE.read_text())
+    tol = ref["tolerance"]
+    seen: dict[str, Any] = {}
+
+    def hook(_m: Any, _a: Any, kwargs: dict[str, Any], out: Any) -> None:
+        seen.update(x=kwargs["pixel_values"], out=out)
+
+    handle = tiny_teacher.model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        for name, want in ref["images"].items():
+            image = np.ascontiguousarray(getattr(skdata, name)())
+            [result] = tiny_teacher.predict([image])
+            cls = seen["out"].class_queries_logits[0].double()
+            masks = seen["out"].masks_queries_logits[0].double()
+            assert list(seen["x"].shape[-2:]) == want["net_input"]
+            assert list(masks.shape) == want["mask_logits_shape"]
+            for got, key in ((cls[:3, :3], "class_logits_q0_2_c0_2"),
+                             (cls[:3, 133], "no_object_logits_q0_2"),
+                             (masks[0, :3, :3], "mask_logits_q0_top_left_3x3")):
+                for expected in (want[key], want["upstream"][key]):
+                    np.testing.assert_allclose(got.numpy(), expected, rtol=0,
+                                               atol=tol["logits_atol"], err_msg=f"{name} {key}")
+            cats, counts = np.unique(result.class_map, return_counts=True)
+            got_counts = dict(zip(cats.tolist(), counts.tolist(), strict=True))
+            slack = tol["class_map_count_frac"] * result.class_map.size
+            for expected in (want["class_map_pixel_counts"],
+                             want["upstream"]["class_map_pixel_counts"]):
+                assert sorted(got_counts) == sorted(int(c) for c in expected), name
+                for cat, n in expected.items():
+                    assert abs(got_counts[int(cat)] - n) <= slack, (name, cat)
+    finally:
+        handle.remove()
+
+
 def test_pretrained_mask2former_from_local_folder(
     tmp_path: Path, tiny_teacher: Any, mixed_batch: list[np.ndarray]
 ) -> None:
+    from transformers import Mask2FormerImageProcessor
+
     tiny_teacher.model.save_pretrained(tmp_path)
-    tiny_teacher.processor.save_pretrained(tmp_path)
-    loaded = create_teacher("panoptic", TeacherConfig(
+    Mask2FormerImageProcessor().save_pretrained(tmp_path)  # ImageNet mean/std = upstream's / 255
+    default = create_teacher("panoptic", TeacherConfig(
         backend="mask2former", checkpoint=str(tmp_path), device="cpu"))
+    assert default.provenance.input_size == {"shortest_edge": 800, "longest_edge": 1333}
+    assert default.provenance.extra["pixel_mean"] == list(m2f.PIXEL_MEAN)
+    assert default.provenance.extra["pixel_std"] == list(m2f.PIXEL_STD)
+    loaded = create_teacher("panoptic", TeacherConfig(
+        backend="mask2former", checkpoint=str(tmp_path), device="cpu", input_size=64))
     assert "model.safetensors" in loaded.provenance.weights_sha256
     assert loaded.provenance.input_size == {"shortest_edge": 64, "longest_edge": 107}
     for a, b in zip(loaded.predict(mixed_batch[1:]), tiny_teacher.predict(mixed_batch[1:]),
@@ -176,14 +298,13 @@ def test_pretrained_mask2former_from_local_folder(
 
 
 def test_mask2former_rejects_a_checkpoint_without_133_labels(tmp_path: Path) -> None:
-    from transformers import Mask2FormerForUniversalSegmentation
+    from transformers import Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
 
     config = m2f.tiny_config()
     config.id2label = {i: f"class{i}" for i in range(19)}  # e.g. Cityscapes
     config.label2id = {v: k for k, v in config.id2label.items()}
     Mask2FormerForUniversalSegmentation(config).save_pretrained(tmp_path)
-    tiny: Any = create_teacher("panoptic", tiny_config())
-    tiny.processor.save_pretrained(tmp_path)
+    Mask2FormerImageProcessor().save_pretrained(tmp_path)
     with pytest.raises(TeacherError, match="133"):
         create_teacher("panoptic", TeacherConfig(
             backend="mask2former", checkpoint=str(tmp_path), device="cpu"))
@@ -206,7 +327,7 @@ def test_full_size_random_config_is_swin_large_coco_panoptic() -> None:
 def test_random_mask2former_runs_full_size(mixed_batch: list[np.ndarray]) -> None:
     teacher = create_teacher("panoptic", TeacherConfig(
         backend="mask2former", variant="random", device="cpu", batch_size=1))
-    assert teacher.provenance.input_size == m2f.HUB_PROCESSOR_SIZE
+    assert teacher.provenance.input_size == {"shortest_edge": 800, "longest_edge": 1333}
     [result] = teacher.predict(mixed_batch[1:2])
     assert_consistent(result, mixed_batch[1].shape)
 
