@@ -24,9 +24,10 @@ COEF_SCALE = 1 << COEF_BITS
 
 def _taps(dst: int, src: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per output index along one axis: the two source indices and their 11-bit weights,
-    computed as OpenCV's `resize` does (float32 offsets, edges clamped with weight 0)."""
+    computed as OpenCV's `resize` does (float32 offsets, edges clamped with weight 0). On the
+    CPU (float64 is not on every device), then moved to `device`."""
     scale = 1.0 / (dst / src)  # OpenCV: scale_x = 1. / inv_scale_x, inv_scale_x = dst / src
-    pos = ((torch.arange(dst, dtype=torch.float64, device=device) + 0.5) * scale - 0.5).float()
+    pos = ((torch.arange(dst, dtype=torch.float64) + 0.5) * scale - 0.5).float()
     first = torch.floor(pos).to(torch.int64)
     frac = pos - first.float()
     clamp = (first < 0) | (first >= src - 1)
@@ -34,7 +35,8 @@ def _taps(dst: int, src: int, device: torch.device) -> tuple[Tensor, Tensor, Ten
     first = first.clamp(0, src - 1)
     w0 = torch.round((1.0 - frac) * COEF_SCALE).to(torch.int32)  # saturate_cast<short>: rint
     w1 = torch.round(frac * COEF_SCALE).to(torch.int32)
-    return first, (first + 1).clamp(max=src - 1), w0, w1
+    second = (first + 1).clamp(max=src - 1)
+    return first.to(device), second.to(device), w0.to(device), w1.to(device)
 
 
 def resize_bilinear_uint8(image: Tensor, size: tuple[int, int]) -> Tensor:
