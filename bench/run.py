@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.baseline import summary_lines as baseline_lines
 from bench.commit import bench_single_writer
 from bench.commit import summary_lines as single_writer_lines
 from distill.images import encode_png
@@ -253,6 +254,21 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  _num(best_train, ".1f") if best_train else no_gpu,
                  verdict(best_train, bool(best_train and best_train >= 500))
                  if best_train else "–"))
+    base = results.get("baseline", {})
+    if isinstance(base, dict) and base.get("rows"):
+        first, big = base["rows"][0], [r for r in base["rows"] if r["images"] >= 224]
+        excess = base.get("start_up_excess_seconds")
+        rows.append(("start-up: first shard vs the plain loop's first batch", "≤ 8 s more",
+                     f"{_num(excess, '.1f')} s more at {first['images']} images",
+                     verdict(excess, isinstance(excess, float) and excess <= 8)))
+        pss = max(r["pss_ratio"] for r in base["rows"])
+        rows.append(("peak PSS of the process tree ÷ the plain loop's", "≤ 2×",
+                     f"{pss:.2f}× (worst of {len(base['rows'])} sizes)", verdict(pss, pss <= 2)))
+        per = base.get("per_image_ratio")
+        rows.append(("per-image cost ÷ the plain loop's (N ≥ 224)", "≤ 0.9×",
+                     f"{_num(per)} (fit over {', '.join(str(r['images']) for r in base['rows'])}"
+                     " images)",
+                     verdict(per, isinstance(per, float) and per <= 0.9 and bool(big))))
     sw = results.get("single_writer", {})
     if isinstance(sw, dict) and "local" in sw:
         loc, s3 = sw["local"]["rows_per_second"], sw["s3_moto"]["rows_per_second"]
@@ -277,6 +293,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
         "|---|---|---:|---|",
     ]
     lines += [f"| {g} | {t} | {v} | {ok} |" for g, t, v, ok in goals(results)]
+    lines += ["", "## 0. generate-labels against the plain loop a user would write", "",
+              "Both label the same JPEGs with the same tiny teachers and the project's own "
+              "post-processing; the loop in one process, one Parquet file (bench/baseline.py). "
+              "Each run is a fresh process, Ray's start included; medians, runs interleaved.", ""]
+    lines += baseline_lines(results.get("baseline", {"error": "not run"}))
     lines += _pipeline_lines(results.get("pipeline"))
     lines += _postprocess_lines(results.get("postprocess"))
     lines += _loader_lines(results.get("loader"))
@@ -459,11 +480,12 @@ def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
     return lines
 
 
-SECTIONS = ("postprocess", "pipeline", "loader", "student", "teachers", "scaling",
+SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "teachers", "scaling",
             "single_writer", "profile")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from bench.baseline import bench_baseline
     from bench.pipeline import bench_pipeline, bench_scaling
     from bench.student import bench_loader, bench_student
 
@@ -472,6 +494,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     wanted = args.only or list(SECTIONS)
     quick = max(3, args.repeat // 5)
     plan: dict[str, Callable[[], Any]] = {
+        "baseline": lambda: bench_baseline(work / "baseline", args.baseline_copies, 3),
         "postprocess": lambda: bench_postprocess(args.repeat),
         "pipeline": lambda: bench_pipeline(work, args.copies, 3),
         "loader": lambda: bench_loader(_shards(work, args.copies), quick),
@@ -515,6 +538,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15, help="repeats of the fast figures")
     parser.add_argument("--copies", type=int, default=8,
                         help="each demo photo is listed this many times (8 → 56 images)")
+    parser.add_argument("--baseline-copies", type=lambda v: tuple(int(x) for x in v.split(",")),
+                        default=(8, 32, 128), help="image counts ÷ 7 for the plain-loop baseline "
+                        "(8,32,128 → 56, 224, 896 images)")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--work", type=Path, default=None,
                         help="scratch folder (default: a temporary one, removed after)")
