@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_loader", "bench_student", "student_throughput"]
+__all__ = ["bench_loader", "bench_student", "naive_loader", "student_throughput"]
 
 
 def _median_seconds(fn: Callable[[], Any], repeat: int, sync: Callable[[], None]) -> float:
@@ -25,17 +25,55 @@ def _median_seconds(fn: Callable[[], Any], repeat: int, sync: Callable[[], None]
     return statistics.median(times)
 
 
-def bench_loader(shards: Path, repeat: int, size: int = 256) -> dict[str, Any]:
+def naive_loader(row: dict[str, Any], size: int, rng: Any) -> dict[str, Any]:
+    """The torchvision-style baseline of the loader benchmark: decode the JPEG and the four
+    label PNGs (depth, normals, groups, text) with PIL, resize each to `size`×`size` (bilinear,
+    nearest for the label maps), apply one random affine (PIL's, the transform torchvision's
+    `RandomAffine` runs on PIL images) to all five, and make tensors. No letterbox, heatmaps,
+    PAFs, photometric augmentation or bit unpacking: the floor a plain loader pays."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    zoom = float(rng.uniform(1.0, 1.1))
+    tx, ty = (float(v) for v in rng.uniform(-0.2 * size, 0.2 * size, 2))
+    c = (size - 1) / 2.0
+    inverse = (1 / zoom, 0.0, c - (c + tx) / zoom, 0.0, 1 / zoom, c - (c + ty) / zoom)
+    out: dict[str, Any] = {}
+    for column, nearest in (("image", False), ("depth_png", False), ("normals_png", False),
+                            ("groups_png", True), ("text_png", True)):
+        data = row.get(column)
+        if data is None:
+            continue
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode.startswith("I;16"):
+                img = img.convert("I")  # 32-bit, PIL's only resizable 16-bit form
+            elif column == "image":
+                img = img.convert("RGB")
+            resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+            moved = img.resize((size, size), resample).transform(
+                (size, size), Image.Transform.AFFINE, inverse, resample)
+            out[column] = torch.from_numpy(np.asarray(moved).copy())
+    return out
+
+
+def bench_loader(shards: Path, repeat: int, size: int = 256,
+                 source: str = "") -> dict[str, Any]:
     """Training examples per second on ONE core (this process, torch and numpy on one thread):
     shard row → decoded image and labels → letterbox → full augmentation → heatmaps and PAFs →
-    uint8 tensors; and the same rows' bare JPEG decode, for the ratio."""
+    uint8 tensors; beside it, on the same rows, the naive torchvision-style loader
+    (`naive_loader`) and the bare JPEG decode. The three run interleaved, `repeat` rounds,
+    medians of this process's CPU time (the cost on one core, steady under other load)."""
+    import numpy as np
     import pyarrow.parquet as pq
     import torch
 
     from distill.config import load_config
-    from distill.images import decode_image
+    from distill.images import decode_image, image_size
     from distill.labels.tokens import read_vocabulary
-    from distill.runfolder import find_label_run
+    from distill.runfolder import find_label_run, resolve_shards
     from distill.student.data import ShardStream
 
     torch.set_num_threads(1)
@@ -45,9 +83,13 @@ def bench_loader(shards: Path, repeat: int, size: int = 256) -> dict[str, Any]:
     stream = ShardStream(shards, size, vocab, cfg, train=True, shuffle_buffer=1,
                          token_dim=vocab.dim if vocab else 50)
     rows = stream.count_rows()
-    images = [b for p in sorted(shards.glob("*.parquet"))
-              for b in pq.read_table(p, columns=["image"]).column("image").to_pylist()]
+    table = [r for p in resolve_shards(shards) for r in pq.read_table(
+        p.as_path(), columns=["image", "depth_png", "normals_png", "groups_png", "text_png"]
+    ).to_pylist()]
+    images = [r["image"] for r in table]
+    sizes = [image_size(b) for b in images]
     epoch = [0]
+    rng = np.random.default_rng(0)
 
     def loader() -> None:
         stream.set_epoch(epoch[0])  # new augmentation draws every pass
@@ -55,20 +97,41 @@ def bench_loader(shards: Path, repeat: int, size: int = 256) -> dict[str, Any]:
         for _ in stream:
             pass
 
+    def naive() -> None:
+        for row in table:
+            naive_loader(row, size, rng)
+
     def decode() -> None:
         for data in images:
             decode_image(data)
 
-    t_loader = _median_seconds(loader, repeat, lambda: None)
-    t_decode = _median_seconds(decode, repeat, lambda: None)
+    times: dict[str, list[float]] = {"loader": [], "naive": [], "decode": []}
+    fns = {"loader": loader, "naive": naive, "decode": decode}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(repeat):  # CPU seconds of this process: what a core spends, whatever the load
+        for name, fn in fns.items():
+            t0 = time.process_time()
+            fn()
+            times[name].append(time.process_time() - t0)
+    t_loader, t_naive, t_decode = (statistics.median(times[k]) for k in fns)
     return {
         "rows": rows,
         "size": size,
+        "source": source or str(shards),
+        "median_image_size": [int(statistics.median(w for w, _ in sizes)),
+                              int(statistics.median(h for _, h in sizes))],
+        "median_jpeg_kb": statistics.median(len(b) for b in images) / 1000,
         "samples_per_second_per_core": rows / t_loader,
+        "naive_samples_per_second_per_core": len(table) / t_naive,
         "jpeg_decode_per_second_per_core": len(images) / t_decode,
         "ratio_to_jpeg_decode": t_loader / t_decode,
+        "ratio_to_naive": t_loader / t_naive,
+        "rounds": {k: [round(len(table) / t, 1) for t in v] for k, v in times.items()},
         "note": "one process, torch.set_num_threads(1); augmentation at the paper's "
-                "probabilities; heatmaps at the schedule's start size (23 px joints, 6 px PAFs)",
+                "probabilities; heatmaps at the schedule's start size (23 px joints, 6 px "
+                "PAFs); loader, naive loader and bare decode interleaved, medians of the "
+                "process's CPU time (time.process_time), not wall time, on a shared machine",
     }
 
 

@@ -8,6 +8,8 @@ joints and 0 elsewhere. Joints with v = 0 (not labelled) are skipped; v = 1 and 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from distill.errors import LabelError
@@ -17,6 +19,8 @@ __all__ = [
     "LIMBS",
     "LIMB_NAMES",
     "NUM_JOINTS",
+    "heatmap_windows",
+    "paf_windows",
     "render_heatmaps",
     "render_pafs",
 ]
@@ -55,12 +59,15 @@ def _check_people(keypoints: np.ndarray) -> np.ndarray:
     return kp
 
 
-def render_heatmaps(
+Window = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 (ends exclusive)
+
+
+def heatmap_windows(
     keypoints: np.ndarray, height: int, width: int, size: float = 23.0
-) -> np.ndarray:
-    """(17, H, W) float32 in [0, 1]: one Gaussian per labelled joint, max over people."""
+) -> Iterator[tuple[int, Window, np.ndarray]]:
+    """(joint, window, float32 Gaussian values) of each labelled joint's footprint in the frame,
+    person by person: what `render_heatmaps` takes the max of."""
     kp = _check_people(keypoints)
-    out = np.zeros((NUM_JOINTS, height, width), np.float32)
     sigma = size / 6.0
     half = size / 2.0
     inv = -1.0 / (2.0 * sigma * sigma)
@@ -74,18 +81,26 @@ def render_heatmaps(
                 continue
             gx = np.exp((np.arange(c0, c1 + 1, dtype=np.float32) - x) ** 2 * inv)
             gy = np.exp((np.arange(r0, r1 + 1, dtype=np.float32) - y) ** 2 * inv)
-            window = out[j, r0 : r1 + 1, c0 : c1 + 1]
-            np.maximum(window, gy[:, None] * gx[None, :], out=window)
+            yield j, (r0, r1 + 1, c0, c1 + 1), gy[:, None] * gx[None, :]
+
+
+def render_heatmaps(
+    keypoints: np.ndarray, height: int, width: int, size: float = 23.0
+) -> np.ndarray:
+    """(17, H, W) float32 in [0, 1]: one Gaussian per labelled joint, max over people."""
+    out = np.zeros((NUM_JOINTS, height, width), np.float32)
+    for j, (r0, r1, c0, c1), values in heatmap_windows(keypoints, height, width, size):
+        window = out[j, r0:r1, c0:c1]
+        np.maximum(window, values, out=window)
     return out
 
 
-def render_pafs(
+def paf_windows(
     keypoints: np.ndarray, height: int, width: int, line_width: float = 6.0
-) -> np.ndarray:
-    """(12, H, W) float32: limb k is 1 where a pixel centre is within `line_width`/2 of the
-    segment between its two joints (both labelled), 0 elsewhere; union over people."""
+) -> Iterator[tuple[int, Window, np.ndarray]]:
+    """(limb, window, bool mask of the pixels within `line_width`/2 of the segment) of each
+    limb with both joints labelled, person by person: what `render_pafs` unites."""
     kp = _check_people(keypoints)
-    out = np.zeros((len(LIMBS), height, width), np.float32)
     r = line_width / 2.0
     for person in kp:
         for k, (a, b) in enumerate(LIMBS):
@@ -105,6 +120,15 @@ def render_pafs(
             length2 = dx * dx + dy * dy
             t = np.clip((px * dx + py * dy) / length2, 0.0, 1.0) if length2 > 0 else 0.0
             dist2 = (px - t * dx) ** 2 + (py - t * dy) ** 2
-            window = out[k, r0 : r1 + 1, c0 : c1 + 1]
-            window[dist2 <= r * r] = 1.0
+            yield k, (r0, r1 + 1, c0, c1 + 1), dist2 <= r * r
+
+
+def render_pafs(
+    keypoints: np.ndarray, height: int, width: int, line_width: float = 6.0
+) -> np.ndarray:
+    """(12, H, W) float32: limb k is 1 where a pixel centre is within `line_width`/2 of the
+    segment between its two joints (both labelled), 0 elsewhere; union over people."""
+    out = np.zeros((len(LIMBS), height, width), np.float32)
+    for k, (r0, r1, c0, c1), on in paf_windows(keypoints, height, width, line_width):
+        out[k, r0:r1, c0:c1][on] = 1.0
     return out

@@ -115,10 +115,21 @@ class Letterbox:
         return self._rgb_canvas(rgb)
 
     def _rgb_canvas(self, rgb: np.ndarray) -> np.ndarray:
-        resized = np.asarray(
-            Image.fromarray(rgb).resize((self.new_w, self.new_h), Image.Resampling.BILINEAR)
-        )
-        return self._canvas(rgb, resized, 0)
+        return self._pil_canvas(Image.fromarray(rgb), 0)
+
+    def pil_image(self, img: Image.Image, fill: float = 0) -> np.ndarray:
+        """`image` (an RGB image) or `float_map` (a mode "F" one) of a Pillow image of the
+        source, e.g. a PNG just decoded: no round trip through numpy, the same pixels."""
+        if img.size != (self.src_w, self.src_h):
+            raise LabelError(f"an image of {img.size} does not match the letterbox source "
+                             f"{self.src_w}x{self.src_h}")
+        return self._pil_canvas(img, fill)
+
+    def _pil_canvas(self, img: Image.Image, fill: float) -> np.ndarray:
+        resized = np.asarray(img.resize((self.new_w, self.new_h), Image.Resampling.BILINEAR))
+        out = np.full((self.dst_h, self.dst_w, *resized.shape[2:]), fill, dtype=resized.dtype)
+        out[self.pad_y : self.pad_y + self.new_h, self.pad_x : self.pad_x + self.new_w] = resized
+        return out
 
     def image_scaled(self, rgb: np.ndarray) -> np.ndarray:
         """`image` of the source decoded at a reduced scale (a JPEG's DCT-scaled decode): the
@@ -135,16 +146,26 @@ class Letterbox:
     def float_map(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Bilinear resize of an (H, W) float map (e.g. depth)."""
         self._check(values)
-        img = Image.fromarray(values.astype(np.float32))
-        resized = np.asarray(img.resize((self.new_w, self.new_h), Image.Resampling.BILINEAR))
-        return self._canvas(values.astype(np.float32), resized, fill)
+        return self.pil_image(Image.fromarray(values.astype(np.float32)), fill)
 
     def label_map(self, labels: np.ndarray, fill: int = 0) -> np.ndarray:
         """Nearest-neighbour resize of an (H, W) or (H, W, C) map of any dtype (class ids, bit
         masks): every output pixel takes the source pixel its centre falls in."""
         self._check(labels)
-        cols = np.minimum(((np.arange(self.new_w) + 0.5) / self.sx).astype(np.int64),
-                          self.src_w - 1)
-        rows = np.minimum(((np.arange(self.new_h) + 0.5) / self.sy).astype(np.int64),
-                          self.src_h - 1)
-        return self._canvas(labels, labels[rows[:, None], cols[None, :]], fill)
+        rows, cols = self.label_indices()
+        inner = labels[rows[self.pad_y : self.pad_y + self.new_h, None],
+                       cols[None, self.pad_x : self.pad_x + self.new_w]]
+        return self._canvas(labels, inner, fill)
+
+    def label_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """The nearest-neighbour taps of `label_map`: for each destination row and column the
+        source row or column it takes, −1 in the padding. Composing these with another
+        nearest resampling is exact, so a label map can go to its final geometry in one gather
+        (`distill.student.targets`)."""
+        rows = np.full(self.dst_h, -1, np.int64)
+        cols = np.full(self.dst_w, -1, np.int64)
+        rows[self.pad_y : self.pad_y + self.new_h] = np.minimum(
+            ((np.arange(self.new_h) + 0.5) / self.sy).astype(np.int64), self.src_h - 1)
+        cols[self.pad_x : self.pad_x + self.new_w] = np.minimum(
+            ((np.arange(self.new_w) + 0.5) / self.sx).astype(np.int64), self.src_w - 1)
+        return rows, cols

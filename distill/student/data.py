@@ -52,7 +52,7 @@ from distill.shards import decode_row, open_shard
 from distill.storage import Location
 from distill.student.targets import PRESENT_KEYS, build_example, heatmap_schedule
 
-__all__ = ["BadRows", "ShardSpec", "ShardStream", "Unit", "collate"]
+__all__ = ["LOADER_COLUMNS", "BadRows", "ShardSpec", "ShardStream", "Unit", "collate"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ Unit = tuple[int, int]  # (index into ShardStream.paths, row group)
 _BUFFER_STREAM = 1  # keeps the shuffle buffer's generator apart from any per-example one
 BadRows = Literal["raise", "skip"]
 _PNG_COLUMNS = ("depth_png", "normals_png", "panoptic_png", "groups_png", "text_png")
+# The columns an example is built from (`build_example`); the others (panoptic ids and their
+# segments, text polygons, captions) are not read, and their PNGs are not decoded.
+LOADER_COLUMNS = ("image_id", "width", "height", "image", "exif_transpose", "depth_png",
+                  "normals_png", "groups_png", "text_png", "tokens", "persons")
 # What decoding a damaged row raises: distill's own errors, Pillow's (OSError, SyntaxError for a
 # broken PNG chunk, its decompression-bomb guard), zlib's and numpy's. Anything else is a bug.
 _ROW_ERRORS = (DistillError, ValueError, OSError, SyntaxError, EOFError, zlib.error,
@@ -202,8 +206,9 @@ class ShardStream(IterableDataset[dict[str, Any]]):
             path = self.paths[f]
             if f not in files:
                 files[f] = open_shard(path)
+            names = files[f].schema_arrow.names  # an older shard may lack exif_transpose
             try:
-                table = files[f].read_row_group(g)
+                table = files[f].read_row_group(g, [c for c in LOADER_COLUMNS if c in names])
             except (OSError, pa.ArrowException) as exc:
                 raise ShardError(f"shard {path}: row group {g} cannot be read: {exc}") from exc
             for row in table.to_pylist():
@@ -212,6 +217,8 @@ class ShardStream(IterableDataset[dict[str, Any]]):
     def _tensors(self, unit: Unit, row: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.config
         try:
+            # Depth and normals PNGs go straight into the letterbox (build_example's `encoded`).
+            encoded = {c: row.pop(c, None) for c in ("depth_png", "normals_png")}
             sample = decode_row(row)
             rng = np.random.default_rng([self.seed, self.epoch, int(sample.image_id)])
             example = build_example(
@@ -223,8 +230,10 @@ class ShardStream(IterableDataset[dict[str, Any]]):
                 rng if self.train else None,
                 cfg.augment if self.train else None,
                 token_dim=self.token_dim,
+                encoded=encoded,
             )
         except _ROW_ERRORS as exc:
+            row.update(encoded)
             cause = _cause(row, exc)
             raise _BadRow(
                 f"shard {self.paths[unit[0]]}, row group {unit[1]}: image {row.get('image_id')} "

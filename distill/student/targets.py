@@ -9,21 +9,24 @@ photometric augmentation. Targets are uint8 in the order of `distill.student.lay
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from distill.config import AugmentConfig, HeatmapScheduleConfig
-from distill.images import decode_image, image_size
+from distill.images import decode_image, decode_png, image_size
 from distill.labels.depth import DEPTH_LEVELS
-from distill.labels.groups import TEXT_GROUP, decode_group_mask
-from distill.labels.keypoints import NUM_JOINTS, render_heatmaps, render_pafs
+from distill.labels.groups import NUM_GROUPS, TEXT_GROUP
+from distill.labels.keypoints import NUM_JOINTS, heatmap_windows, paf_windows
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary, token_targets
 from distill.shards import Sample
 from distill.student import layout
-from distill.student.augment import Affine, augment_pixels, sample_pan_zoom, warp
+from distill.student.augment import Resampler, augment_pixels, sample_pan_zoom
 
 __all__ = [
     "PRESENT_KEYS",
@@ -98,31 +101,64 @@ def _to_u8(unit: np.ndarray) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def _letterboxed(sample: Sample, lb: Letterbox) -> dict[str, np.ndarray]:
-    """Every dense label the sample has, letterboxed; plus `content`, 1 on the image area."""
-    ones = np.ones((sample.height, sample.width), np.uint8)
-    maps = {"content": lb.label_map(ones)}
-    if sample.depth16 is not None:
-        maps["depth"] = lb.float_map(sample.depth16.astype(np.float32))  # bilinear, 0..65535
-    if sample.normals is not None:
-        maps["normals"] = lb.image(sample.normals)  # bilinear on the stored 8-bit encoding
-    if sample.text_mask is not None:
-        maps["text"] = lb.label_map(sample.text_mask.astype(np.uint8))
-    if sample.groups is not None:
-        maps["groups"] = lb.label_map(sample.groups)  # nearest: bits must not blend
-    return maps
-
-
-def _warp_maps(maps: dict[str, np.ndarray], affine: Affine) -> dict[str, np.ndarray]:
-    content = maps["content"]
-    out = {"content": warp(content, affine, "nearest")}
-    for name in ("depth", "normals"):
-        if name in maps:
-            out[name] = warp(maps[name], affine, "bilinear", mask=content)
-    for name in ("text", "groups"):
-        if name in maps:
-            out[name] = warp(maps[name], affine, "nearest")
+def _label_map(labels: np.ndarray, lb: Letterbox, resampler: Resampler | None) -> np.ndarray:
+    """`lb.label_map(labels)`, then `resampler.nearest` of it when given, in ONE gather from the
+    source: both are nearest-neighbour, so composing their taps is exact."""
+    rows, cols = lb.label_indices()
+    if resampler is not None:
+        (r, rok), (c, cok) = resampler.nearest_rows, resampler.nearest_cols
+        rows = np.where(rok, rows[r], -1)
+        cols = np.where(cok, cols[c], -1)
+    out = labels.take(np.maximum(rows, 0), axis=0).take(np.maximum(cols, 0), axis=1)
+    out[rows < 0] = 0
+    out[:, cols < 0] = 0
     return out
+
+
+# The PNG mode of each map `_letterboxed_png` letterboxes straight from Pillow, and the mode
+# it is resized in (what `Letterbox.float_map` / `Letterbox.image` resize the array in).
+_PIL_MODES = {"depth": ("I;16", "F"), "normals": ("RGB", "RGB")}
+
+
+def _letterboxed_png(encoded: Mapping[str, bytes | None] | None, name: str,
+                     lb: Letterbox) -> np.ndarray | None:
+    """The letterbox of a row's `<name>_png` decoded straight into Pillow's resize: the pixels
+    of decoding it into the sample first (`decode_row`) and letterboxing that, without the
+    round trips through numpy. None when `encoded` lacks it."""
+    data = None if encoded is None else encoded.get(f"{name}_png")
+    if data is None:
+        return None
+    stored, resized = _PIL_MODES[name]
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode == stored:
+            return lb.pil_image(img.convert(resized) if resized != stored else img)
+    array = decode_png(data)  # another PNG mode: as `decode_row` reads it
+    return lb.float_map(array.astype(np.float32)) if name == "depth" else lb.image(array)
+
+
+def _dense_maps(sample: Sample, lb: Letterbox, resampler: Resampler | None,
+                encoded: Mapping[str, bytes | None] | None = None) -> dict[str, np.ndarray]:
+    """Every dense label the sample has, letterboxed and, with a `resampler`, moved by the
+    augmentation. Depth and normals are letterboxed (bilinear, antialiased; from `encoded`
+    PNGs when given) and then warped (bilinear, blending only pixels of the image area); text
+    and groups go from the decoded map to the output in one nearest gather (`_label_map`)."""
+    maps: dict[str, np.ndarray] = {}
+    content = np.zeros((lb.dst_h, lb.dst_w), np.uint8)  # 1 on the image area
+    content[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] = 1
+    for name in ("depth", "normals"):
+        letterboxed = _letterboxed_png(encoded, name, lb)
+        if letterboxed is None and name == "depth" and sample.depth16 is not None:
+            letterboxed = lb.float_map(sample.depth16.astype(np.float32))  # bilinear, 0..65535
+        if letterboxed is None and name == "normals" and sample.normals is not None:
+            letterboxed = lb.image(sample.normals)  # bilinear on the stored 8-bit encoding
+        if letterboxed is not None:
+            maps[name] = letterboxed if resampler is None else \
+                resampler.bilinear(letterboxed, content)
+    if sample.text_mask is not None:
+        maps["text"] = _label_map(sample.text_mask, lb, resampler)
+    if sample.groups is not None:
+        maps["groups"] = _label_map(sample.groups, lb, resampler)  # nearest: bits must not blend
+    return maps
 
 
 def _people(sample: Sample) -> np.ndarray:
@@ -140,23 +176,33 @@ def _tokens(sample: Sample, vocab: Vocabulary | None, max_tokens: int,
     return token_targets(sample.tokens, vocab, max_tokens)
 
 
+# The group bits of the 10 class channels, in layout order (the Text bit has its own channel).
+_CLASS_BITS = np.array([k for k in range(NUM_GROUPS) if k != TEXT_GROUP], np.uint16)
+
+
 def _assemble(maps: dict[str, np.ndarray], kp: np.ndarray, size: int,
               schedule: tuple[float, float]) -> np.ndarray:
     target = np.zeros((layout.CHANNELS, size, size), np.uint8)
     joint_size, paf_width = schedule
-    target[layout.JOINTS] = _to_u8(render_heatmaps(kp, size, size, joint_size))
-    target[layout.PAFS] = _to_u8(render_pafs(kp, size, size, paf_width))
+    # Rendered window by window straight into uint8: `_to_u8` is monotone, so the max over
+    # people of the converted windows is the conversion of the float maps' max.
+    joints = target[layout.JOINTS]
+    for j, (r0, r1, c0, c1), values in heatmap_windows(kp, size, size, joint_size):
+        window = joints[j, r0:r1, c0:c1]
+        np.maximum(window, _to_u8(values), out=window)
+    pafs = target[layout.PAFS]
+    for k, (r0, r1, c0, c1), on in paf_windows(kp, size, size, paf_width):
+        pafs[k, r0:r1, c0:c1][on] = 255
     if "depth" in maps:
         # Stored depth is relative inverse depth spread over 0..65535: near is already high.
         target[layout.DEPTH] = _to_u8(maps["depth"] / DEPTH_LEVELS)[None]
     if "normals" in maps:
         target[layout.NORMALS] = maps["normals"].transpose(2, 0, 1)
     if "text" in maps:
-        target[layout.TEXT] = (maps["text"] > 0)[None].astype(np.uint8) * 255
+        target[layout.TEXT] = maps["text"][None].astype(np.uint8) * 255
     if "groups" in maps:
-        bits = decode_group_mask(maps["groups"])
-        classes = [k for k in range(len(bits)) if k != TEXT_GROUP]
-        target[layout.GROUPS] = bits[classes].astype(np.uint8) * 255
+        bits = (maps["groups"][None] >> _CLASS_BITS[:, None, None]) & 1
+        np.multiply(bits, 255, out=target[layout.GROUPS], casting="unsafe")
     return target
 
 
@@ -169,6 +215,8 @@ def build_example(
     rng: np.random.Generator | None,
     augment: AugmentConfig | None,
     token_dim: int = 0,
+    *,
+    encoded: Mapping[str, bytes | None] | None = None,
 ) -> Example:
     """Decode, letterbox, augment (when both `rng` and `augment` are given) and encode one sample.
 
@@ -178,28 +226,36 @@ def build_example(
     False. When augmentation replaces a person-free image by noise, its targets become empty
     (no joints, text, objects or words) and depth and normals, which noise has none of, are
     marked absent.
+
+    `encoded`: the row's `depth_png` and `normals_png` for a `sample` decoded without them
+    (`decode_row` of the other columns, as `ShardStream` does): they are decoded straight into
+    the letterbox, the same pixels as decoding them into the sample.
     """
+    encoded = {k: v for k, v in (encoded or {}).items() if v is not None}
     image, lb = student_image(sample.image, size, sample.width, sample.height,
                               exif_transpose=sample.exif_transpose)
     kp = lb.keypoints(_people(sample))
-    maps = _letterboxed(sample, lb)
     has_person = bool(sample.persons)
     present = {
         "tokens": vocab is not None and sample.tokens is not None,
         "joints": True,
         "pafs": True,
-        "depth": sample.depth16 is not None,
-        "normals": sample.normals is not None,
+        "depth": sample.depth16 is not None or "depth_png" in encoded,
+        "normals": sample.normals is not None or "normals_png" in encoded,
         "text": sample.text_mask is not None,
         "segmentation": sample.groups is not None,
     }
     replaced = False
+    affine = None
     if rng is not None and augment is not None:
         affine = sample_pan_zoom(kp, size, augment, rng)
-        if affine is not None:
-            image = warp(image, affine, "bilinear")
-            maps = _warp_maps(maps, affine)
-            kp = affine.keypoints(kp, size)
+    # The geometry once per sample: one resampler's taps for the image and every map.
+    resampler = None if affine is None else Resampler(affine, size, size)
+    maps = _dense_maps(sample, lb, resampler, encoded)
+    if affine is not None and resampler is not None:
+        image = resampler.bilinear(image)
+        kp = affine.keypoints(kp, size)
+    if rng is not None and augment is not None:
         image, replaced = augment_pixels(image, augment, rng, has_person)
     target = _assemble(maps, kp, size, epoch_schedule)
     tokens = _tokens(sample, vocab, max_tokens, token_dim)
