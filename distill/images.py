@@ -6,7 +6,9 @@ import contextlib
 import io
 import logging
 import re
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -191,18 +193,49 @@ def decode_image(
     return np.asarray(img, dtype=np.uint8).copy()
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_UP = 2  # the PNG filter type "Up": each byte minus the byte above it
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
 def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
-    """Encode a uint8 (H, W), uint8 (H, W, 3) or uint16 (H, W) array losslessly as PNG."""
+    """Encode a uint8 (H, W), uint8 (H, W, 3) or uint16 (H, W) array losslessly as PNG
+    (8-bit grayscale, 8-bit RGB, 16-bit grayscale; any PNG reader decodes it).
+
+    Written here rather than by Pillow, which spends most of its time choosing a filter per row
+    and letting deflate search for long matches: every row is filtered "Up" (one vectorised
+    subtraction; label maps and smooth depth become runs of zeros) and, at `compress_level`
+    1..3, deflated with zlib's Z_RLE strategy (matches at distance 1 only), several times faster
+    at about the same size (bench/RESULTS.md, docs/DECISIONS.md). Levels 4..9 use zlib's default
+    strategy at that level; 0 stores."""
     ok = (array.dtype in (np.uint8, np.uint16) and array.ndim == 2) or (
         array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
     )
     if not ok:
         raise ValueError(f"cannot PNG-encode an array of dtype {array.dtype} shape {array.shape}")
-    # PIL infers L / RGB / I;16 (a true 16-bit grayscale PNG) from dtype and shape.
-    img = Image.fromarray(np.ascontiguousarray(array))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    if not 0 <= compress_level <= 9:
+        raise ValueError(f"compress_level must be 0..9, got {compress_level}")
+    height, width = array.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"cannot PNG-encode an empty array of shape {array.shape}")
+    bit_depth = 16 if array.dtype == np.uint16 else 8
+    colour_type = 2 if array.ndim == 3 else 0  # RGB / grayscale
+    rows = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder(">")).view(np.uint8)
+    rows = rows.reshape(height, -1)  # PNG samples are big-endian, rows of bytes
+    raw = np.empty((height, rows.shape[1] + 1), np.uint8)
+    raw[:, 0] = _PNG_UP
+    raw[0, 1:] = rows[0]  # the row above the first is zeros
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps mod 256, as PNG's
+    strategy = zlib.Z_RLE if 1 <= compress_level <= 3 else zlib.Z_DEFAULT_STRATEGY
+    deflate = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, strategy)
+    idat = deflate.compress(raw.data) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", idat),
+                     _png_chunk(b"IEND", b"")))
 
 
 def decode_png(data: bytes) -> np.ndarray:

@@ -32,14 +32,56 @@ DECODE_BATCH = 8  # images per decode / post-process task
 # Ray Data operators (module-level so Ray can pickle them by reference)
 
 
-def _load(batch: dict[str, np.ndarray]) -> list[Item]:
-    return [pickle.loads(b) for b in batch["item"]]
+# Items cross every stage boundary as one Arrow table per block: `item`, each Item pickled
+# (protocol 5) with its numpy buffers (the decoded image, teacher outputs) taken out of band;
+# `sizes`, those buffers' lengths; `data`, the buffers back to back. Ray moves the table
+# through its object store without pickling it again, and a reader copies each block's `data`
+# once (arrays stay writable, as a teacher may expect) instead of unpickling a pickle of every
+# array within Ray's own. Plan blocks (`_blocks`) carry `item` alone.
 
 
-def _dump(items: list[Item]) -> dict[str, np.ndarray]:
-    out = np.empty(len(items), dtype=object)
-    out[:] = [pickle.dumps(it, protocol=5) for it in items]
-    return {"item": out}
+def _load(table: Any) -> list[Item]:
+    heads = table.column("item").to_pylist()
+    if "data" not in table.column_names:
+        return [pickle.loads(h) for h in heads]
+    sizes = table.column("sizes").to_pylist()
+    data = table.column("data").combine_chunks()
+    offsets = np.frombuffer(data.buffers()[1], np.int64)[data.offset:data.offset + len(data) + 1]
+    raw = np.frombuffer(data.buffers()[2], np.uint8)
+    blob = raw[offsets[0]:offsets[-1]].copy().data  # one copy per block, writable
+    items, at = [], 0
+    for head, lengths in zip(heads, sizes, strict=True):
+        buffers = []
+        for n in lengths:
+            buffers.append(blob[at:at + n])
+            at += n
+        items.append(pickle.loads(head, buffers=buffers))
+    return items
+
+
+def _dump(items: list[Item]) -> Any:
+    import pyarrow as pa
+
+    heads, sizes, raws = [], [], []
+    for it in items:
+        out_of_band: list[pickle.PickleBuffer] = []
+        heads.append(pickle.dumps(it, protocol=5, buffer_callback=out_of_band.append))
+        views = [b.raw() for b in out_of_band]
+        sizes.append([v.nbytes for v in views])
+        raws.append(views)
+    row_bytes = [sum(n) for n in sizes]
+    offsets = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(row_bytes, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), np.uint8)
+    at = 0
+    for views in raws:
+        for v in views:
+            data[at:at + v.nbytes] = np.frombuffer(v, np.uint8)
+            at += v.nbytes
+    column = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(items), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.table({"item": pa.array(heads, pa.binary()),
+                     "sizes": pa.array(sizes, pa.list_(pa.int64())), "data": column})
 
 
 def _report(board: Any, stage: str, n: int) -> None:
@@ -50,14 +92,13 @@ def _report(board: Any, stage: str, n: int) -> None:
             logger.debug("progress report failed", exc_info=True)
 
 
-def _decode_op(batch: dict[str, np.ndarray], data: Any, board: Any) -> dict[str, np.ndarray]:
+def _decode_op(batch: Any, data: Any, board: Any) -> Any:
     items = decode_items(_load(batch), data)
     _report(board, "decode", len(items))
     return _dump(items)
 
 
-def _postprocess_op(batch: dict[str, np.ndarray], labels: Any,
-                    board: Any) -> dict[str, np.ndarray]:
+def _postprocess_op(batch: Any, labels: Any, board: Any) -> Any:
     items = postprocess_items(_load(batch), labels)
     _report(board, "postprocess", len(items))
     return _dump(items)
@@ -67,12 +108,12 @@ class TeacherOp:
     """A teacher stage as a Ray Data actor: the model loads once per actor."""
 
     def __init__(self, role: str, config: TeacherConfig, threads: int, board: Any,
-                 dtype: str | None = None) -> None:
-        self.stage = TeacherStage(role, config, threads)
+                 dtype: str | None = None, last: bool = False) -> None:
+        self.stage = TeacherStage(role, config, threads, last)
         self.board = board
         check_dtype(role, dtype, self.stage.provenance)  # before labelling a single image
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: Any) -> Any:
         items = self.stage(_load(batch))
         _report(self.board, self.stage.role, len(items))
         return _dump(items)
@@ -109,7 +150,7 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
     tasks = task_cpus(config, stage_roles, cpus)
     # batch_size=None everywhere: a call gets one whole block, never a slice across blocks.
     ds: Any = ray.data.from_arrow(_blocks(plan, block_size(plan, stage_roles)))
-    ds = ds.map_batches(_decode_op, batch_size=None, batch_format="numpy",
+    ds = ds.map_batches(_decode_op, batch_size=None, batch_format="pyarrow",
                         fn_kwargs={"data": config.data, "board": board}, num_cpus=tasks)
     check_gpus(config, stage_roles, cluster)
     memory = actor_memory(config, stage_roles, cluster)
@@ -118,14 +159,15 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
         t = teachers[role]
         reserve = {"memory": memory[role]} if memory[role] else {}
         ds = ds.map_batches(
-            TeacherOp, batch_size=None, batch_format="numpy",
+            TeacherOp, batch_size=None, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=t.concurrency),
             fn_constructor_kwargs={"role": role, "config": t,
                                    "threads": max(1, int(cpus[role])), "board": board,
-                                   "dtype": plan.manifest.dtypes.get(role)},
+                                   "dtype": plan.manifest.dtypes.get(role),
+                                   "last": role == stage_roles[-1]},
             num_cpus=cpus[role], num_gpus=t.num_gpus or None, **reserve,
         )
-    return ds.map_batches(_postprocess_op, batch_size=None, batch_format="numpy",
+    return ds.map_batches(_postprocess_op, batch_size=None, batch_format="pyarrow",
                           fn_kwargs={"labels": config.labels, "board": board}, num_cpus=tasks)
 
 
@@ -174,7 +216,7 @@ def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
         poller.start()
         try:
             ds = _build_dataset(plan, cluster, board)
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy",
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
                                          prefetch_batches=2):
                 for item in _load(batch):
                     committer.add(item)

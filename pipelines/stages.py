@@ -56,7 +56,8 @@ class Item:
     problem: Problem | None = None  # the reader's reason when it could not use this image
     shard_path: str | None = None  # a committed shard holding this image's row (add a teacher)
     image: bytes | None = None  # the original encoded bytes
-    array: np.ndarray | None = None  # decoded RGB
+    array: np.ndarray | None = None  # decoded RGB, until the last teacher that needs it is done
+    size: tuple[int, int] | None = None  # (width, height) decoded: what post-processing needs
     row: dict[str, Any] | None = None  # the committed row being extended
     outputs: dict[str, Any] = field(default_factory=dict)  # role → teacher result
     seconds: dict[str, float] = field(default_factory=dict)  # stage → seconds spent on this image
@@ -168,7 +169,7 @@ def decode_items(items: list[Item], data: DataConfig) -> list[Item]:
             item.fail("decode", "SizeMismatch",
                       f"the image is {w}x{h} but {said} {expected[0]}x{expected[1]}; {why}")
             continue
-        item.array = array
+        item.array, item.size = array, (w, h)
     _share_seconds(items, "decode", time.perf_counter() - start)
     return items
 
@@ -250,9 +251,12 @@ def predict_resilient(
 
 
 class TeacherStage:
-    """One teacher role as a stateful stage: the model loads once, then labels batches."""
+    """One teacher role as a stateful stage: the model loads once, then labels batches.
+    `last`: no later teacher needs the decoded image, so items leave without it (post-processing
+    needs only its size), and the next boundary does not carry it."""
 
-    def __init__(self, role: str, config: TeacherConfig, threads: int = 0) -> None:
+    def __init__(self, role: str, config: TeacherConfig, threads: int = 0,
+                 last: bool = False) -> None:
         import torch
 
         from teachers.registry import create_teacher
@@ -264,11 +268,19 @@ class TeacherStage:
         self.teacher = create_teacher(role, self.config)  # reads config.batch_size per call
         self.provenance = self.teacher.provenance.to_dict()
         self.halvings = 0
+        self.last = last
 
     def _halved(self, size: int) -> None:  # `size`: the new batch size (logged by the caller)
         self.halvings += 1
 
     def __call__(self, items: list[Item]) -> list[Item]:
+        labelled = self._label(items)
+        if self.last:
+            for item in labelled:
+                item.array = None
+        return labelled
+
+    def _label(self, items: list[Item]) -> list[Item]:
         todo = [it for it in items if it.ok and self.role in it.roles and it.array is not None]
         if not todo:
             return items
@@ -315,8 +327,12 @@ def postprocess_items(items: list[Item], labels: LabelsConfig) -> list[Item]:
         if not item.ok:
             continue
         try:
-            assert item.array is not None and item.image is not None
-            h, w = item.array.shape[:2]
+            assert item.image is not None
+            if item.size is not None:
+                w, h = item.size
+            else:  # an item that did not come through `decode_items`
+                assert item.array is not None
+                h, w = item.array.shape[:2]
             if item.row is not None:  # a stored row: re-encode only what the new teachers set
                 sample: Sample = apply_outputs(decode_row(item.row), item.outputs, ctx)
                 item.encoded = {**item.row, **encode_sample(

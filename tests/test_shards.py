@@ -99,6 +99,32 @@ def test_written_shard_reads_back_equal_for_every_column(tmp_path):
     assert read_shard(path).schema.remove_metadata() == SCHEMA
 
 
+def test_labels_from_a_shard_with_pillows_pngs_equal_todays(tmp_path, monkeypatch):
+    """A shard written before the PNG encoder changed (Pillow, compress_level 1) and one written
+    now decode to the same labels, pixel for pixel; only the PNG bytes differ."""
+    import distill.shards as shards
+
+    samples = [make_sample(i) for i in (5, 9)]
+    now, before = tmp_path / "now.parquet", tmp_path / "before.parquet"
+    with ShardWriter(now, make_metadata("f", {})) as w:
+        for s in samples:
+            w.write(s)
+
+    def pillow_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG",
+                                                          compress_level=compress_level)
+        return buf.getvalue()
+
+    monkeypatch.setattr(shards, "encode_png", pillow_png)
+    with ShardWriter(before, make_metadata("f", {})) as w:
+        for s in samples:
+            w.write(s)
+    for a, b, s in zip(iter_samples(before), iter_samples(now), samples, strict=True):
+        assert_same(a, b)
+        assert_same(s, b)
+
+
 def test_plain_pyarrow_and_pil_decode_every_image_column(tmp_path):
     path = tmp_path / "val2017-00000-of-00001.parquet"
     with ShardWriter(path, make_metadata("f", {})) as w:

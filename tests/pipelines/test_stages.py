@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +327,57 @@ def test_teacher_stage_records_halvings_and_fails_only_the_bad_image():
     bad = items[1].failure
     assert bad is not None and (bad.stage, bad.error_type) == ("teacher:depth", "ValueError")
     assert "sevens" in bad.message and items[1].outputs == {}
+
+
+def test_the_last_teacher_stage_drops_the_image_and_postprocess_needs_only_its_size(tmp_path):
+    stage = TeacherStage("depth", _tiny_depth(), last=True)
+    item = _png_item(1, tmp_path)
+    item.size = (32, 24)
+    other = _png_item(2, tmp_path)  # not this teacher's: leaves without its image too
+    other.roles, other.size = ("caption",), (32, 24)
+    stage([item, other])
+    assert item.array is None and other.array is None
+    assert item.ok and isinstance(item.outputs["depth"], DepthResult)
+    postprocess_items([item], load_config("demo").labels)
+    assert item.ok and item.encoded is not None
+    assert (item.encoded["width"], item.encoded["height"]) == (32, 24)
+    kept = _array_item(3)
+    TeacherStage("depth", _tiny_depth())([kept])
+    assert kept.array is not None  # not the last: the image travels on
+
+
+def test_items_cross_a_stage_boundary_whole_with_their_arrays_out_of_band():
+    import pyarrow as pa
+
+    from pipelines.graph import _dump, _load
+
+    rng = np.random.default_rng(0)
+    live = _array_item(1)
+    live.size = (30, 20)
+    live.outputs = {"depth": DepthResult(rng.random((20, 30)).astype(np.float32))}
+    live.seconds, live.provenance = {"decode": 0.5}, {"depth": {"backend": "x"}}
+    failed = _array_item(2)
+    failed.fail("decode", "ImageDecodeError", "corrupt")
+    strided = _array_item(3)
+    strided.array = np.asfortranarray(strided.array)
+    items = [live, failed, strided]
+    table = _dump(items)
+    assert isinstance(table, pa.Table)
+    assert table.column("item").nbytes < 4096  # the pixels travel in `data`, not pickled
+    # what Ray's object store hands the next stage: a table over the same buffers, sliced
+    back = _load(pa.concat_tables([_dump([]), table]))
+    assert [vars(a).keys() for a in back] == [vars(a).keys() for a in items]
+    for a, b in zip(items, back, strict=True):
+        assert (a.image_id, a.roles, a.image, a.size, a.seconds, a.provenance, a.failure) == (
+            b.image_id, b.roles, b.image, b.size, b.seconds, b.provenance, b.failure)
+        if a.array is None:
+            assert b.array is None
+        else:
+            assert b.array.dtype == a.array.dtype and np.array_equal(a.array, b.array)
+            assert b.array.flags.writeable  # a teacher may work in place
+    assert np.array_equal(back[0].outputs["depth"].depth, live.outputs["depth"].depth)
+    plan_block = pa.table({"item": pa.array([pickle.dumps(failed)], pa.binary())})
+    assert _load(plan_block)[0].failure == failed.failure  # the plan's blocks: `item` alone
 
 
 # ---------------------------------------------------------------------------------------------
