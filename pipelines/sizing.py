@@ -96,9 +96,9 @@ def object_store_budget(config: Config, roles: list[str], cluster: ClusterInfo,
     worker slot (each teacher actor and each CPU). Without it Ray Data lets the fast stages
     run ahead of the slowest one until half the object store (30% of RAM) is full of their
     outputs: memory that grows with the number of images up to gigabytes, and the driver, which
-    reads the finished blocks from wherever the store put them, maps ever more of it (its RSS
-    grew ~26 MiB per 1,000 images). This window keeps every stage busy and the store's
-    footprint fixed, whatever the number of images."""
+    reads the finished blocks from wherever the store put them, maps ever more of it. This
+    window keeps every stage busy and the store's footprint fixed, whatever the number of
+    images; the driver maps at most the window."""
     teachers = config.teachers.roles()
     slots = sum(teachers[r].concurrency for r in roles) + max(1.0, cluster.cpus)
     return int(BLOCKS_IN_FLIGHT * block * IMAGE_BYTES * slots)
