@@ -18,7 +18,8 @@ from typing import Any
 
 from distill.config import Config, load_config
 
-__all__ = ["bench_config", "bench_pipeline", "bench_scaling", "replicated_demo"]
+__all__ = ["bench_config", "bench_driver_memory", "bench_pipeline", "bench_scaling",
+           "replicated_demo"]
 
 # The demo preset with every teacher tiny (CRAFT too): the figure is the pipeline's overhead.
 TINY_TEXT = ["teachers.text.variant=tiny", "teachers.text.checkpoint=''"]
@@ -176,4 +177,135 @@ def bench_scaling(work: Path, copies: int) -> dict[str, Any]:
         "efficiency": times["1_node"] / (2 * times["2_node"]),
         "note": "local ray.cluster_utils.Cluster: a head that only drives plus 1 or 2 worker "
                 "nodes of 1 CPU each, on this 2-core machine",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver's memory over a long run
+
+DEPTH_ONLY = ["teachers.panoptic.enabled=false", "teachers.text.enabled=false",
+              "teachers.caption.enabled=false"]
+
+
+def _status_mib(pid: int) -> dict[str, float]:
+    """VmRSS and its parts (private anonymous, shared memory: the object store pages it
+    mapped) of one process, MiB."""
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssShmem"):
+                out[key] = int(value.split()[0]) / 1024
+    if "VmRSS" not in out:
+        raise OSError(f"process {pid} is exiting")  # a zombie has no memory lines
+    return out
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a local Ray: gcs_server, raylet, its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _pss_mib(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            continue  # a worker that just exited
+    return total / 1024
+
+
+def _written(out: Path) -> int:
+    try:
+        doc = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return sum(len(e["image_ids"]) for e in doc.get("shards", []) if e.get("sha256"))
+
+
+def _slope(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares MiB per 1,000 images."""
+    if len(points) < 3:
+        return None
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return 1000 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx \
+        if sxx else None
+
+
+def bench_driver_memory(work: Path, copies: int = 512, shard_size: int = 8,
+                        interval: float = 1.0) -> dict[str, Any]:
+    """`distill run generate-labels` as its own process on 7·`copies` images (only the tiny
+    depth teacher: the cheapest honest setup, the driver's side is the same whatever the
+    teachers), its driver's RSS sampled every `interval` s against the images committed so
+    far, and the peak PSS of its whole process tree (driver, gcs, raylet, Ray's workers)."""
+    root = replicated_demo(work / "coco-memory", copies)
+    out = work / "run-memory"
+    shutil.rmtree(out, ignore_errors=True)
+    sets = [f"data.root={root}", *TINY_TEXT, *DEPTH_ONLY, f"shards.shard_size={shard_size}"]
+    cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+           "--out", str(out), "--no-live", *[a for s in sets for a in ("--set", s)]]
+    samples: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        while proc.poll() is None:
+            try:
+                row = {"t": time.perf_counter() - t0, "written": _written(out),
+                       **_status_mib(proc.pid), "tree_pss": _pss_mib(_tree(proc.pid))}
+            except OSError:
+                break  # the driver is exiting
+            samples.append(row)
+            time.sleep(interval)
+        err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        return {"error": f"generate-labels failed ({proc.returncode}): {err[-2000:]}"}
+    n = 7 * copies
+    warm = [s for s in samples if s["written"] >= n // 8]  # after the first eighth
+    checkpoints = {}
+    for k in (n // 8, n // 2, n):
+        near = [s for s in samples if s["written"] <= k]
+        if near:
+            checkpoints[str(k)] = round(max(s["VmRSS"] for s in near), 1)
+    return {
+        "images": n,
+        "shard_size": shard_size,
+        "teachers": ["depth (tiny)"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "samples": len(samples),
+        "driver_rss_peak_mib": max(s["VmRSS"] for s in samples),
+        "driver_rss_peak_by_images": checkpoints,  # peak RSS until that many were committed
+        "driver_rss_slope_mib_per_1000": _slope([(int(s["written"]), s["VmRSS"]) for s in warm]),
+        "driver_rss_slope_second_half_mib_per_1000": _slope(
+            [(int(s["written"]), s["VmRSS"]) for s in samples if s["written"] >= n // 2]),
+        # the curve: the driver's RSS when each further eighth of the images was committed
+        "driver_rss_curve_mib": {str(k): round(max(s["VmRSS"] for s in samples
+                                                   if s["written"] <= k), 1)
+                                 for k in range(n // 8, n + 1, n // 8)},
+        "driver_anon_slope_mib_per_1000": _slope(
+            [(int(s["written"]), s["RssAnon"]) for s in warm]),
+        "driver_shmem_slope_mib_per_1000": _slope(
+            [(int(s["written"]), s["RssShmem"]) for s in warm]),
+        "driver_anon_peak_mib": max(s["RssAnon"] for s in samples),
+        "driver_shmem_peak_mib": max(s["RssShmem"] for s in samples),
+        "tree_pss_peak_mib": max(s["tree_pss"] for s in samples),
+        "note": "one run; RSS sampled every second against the images committed so far; slopes "
+                "fitted after the first eighth of the images (warm-up); the tree is the driver "
+                "and its descendants (the local Ray it starts)",
     }

@@ -307,6 +307,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _teacher_lines(results.get("teachers", {}))
     lines += _scaling_lines(results.get("scaling"))
     lines += single_writer_lines(results.get("single_writer"))
+    lines += _driver_memory_lines(results.get("driver_memory"))
     lines += _profile_lines(results.get("profile"))
     return "\n".join(lines) + "\n"
 
@@ -451,6 +452,25 @@ def bench_profile(repeat: int) -> dict[str, Any]:
     return out
 
 
+def _driver_memory_lines(dm: Any) -> list[str]:
+    lines = ["", "## 8. The driver's memory over a long run"]
+    if not isinstance(dm, dict) or "error" in dm:
+        return lines + _error(dm)
+    by = ", ".join(f"{v:.0f} MiB by {int(k):,}" for k, v in dm["driver_rss_peak_by_images"].items())
+    slope = dm["driver_rss_slope_mib_per_1000"]
+    return [*lines, "", f"`distill run generate-labels` on {dm['images']:,} images "
+            f"({', '.join(dm['teachers'])}, shards of {dm['shard_size']}) in its own process, "
+            f"{dm['seconds']:.0f} s. The driver's RSS peaked at {dm['driver_rss_peak_mib']:.0f} "
+            f"MiB ({by} images committed): after warm-up "
+            f"**{_num(slope, '+.1f')} MiB per 1,000 images** (private "
+            f"{_num(dm['driver_anon_slope_mib_per_1000'], '+.1f')}, object-store pages it "
+            f"mapped {_num(dm['driver_shmem_slope_mib_per_1000'], '+.1f')}); over the second "
+            f"half {_num(dm.get('driver_rss_slope_second_half_mib_per_1000'), '+.1f')} MiB per "
+            f"1,000. Peak PSS of its "
+            f"whole process tree (driver, gcs, raylet, Ray's workers): "
+            f"{dm['tree_pss_peak_mib']:.0f} MiB."]
+
+
 def _profile_lines(pr: Any) -> list[str]:
     lines = ["", "## Profiling the slowest CPU stage"]
     if pr is None or "error" in pr:
@@ -494,12 +514,12 @@ def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "teachers", "scaling",
-            "single_writer", "profile")
+            "single_writer", "driver_memory", "profile")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from bench.baseline import bench_baseline
-    from bench.pipeline import bench_pipeline, bench_scaling
+    from bench.pipeline import bench_driver_memory, bench_pipeline, bench_scaling
     from bench.student import bench_student
 
     results: dict[str, Any] = {"machine": machine(), "versions": library_versions(),
@@ -515,6 +535,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "teachers": lambda: bench_teachers(args.repeat),
         "scaling": lambda: bench_scaling(work, args.copies),
         "single_writer": lambda: bench_single_writer(work),
+        "driver_memory": lambda: bench_driver_memory(work),
         "profile": lambda: bench_profile(args.repeat),
     }
     for name in SECTIONS:

@@ -18,7 +18,13 @@ from pipelines.cluster import ClusterInfo, unwrap_error
 from pipelines.commit import Committer, check_dtype
 from pipelines.plan import RunOptions, RunPlan
 from pipelines.progress import ProgressBoard, ProgressDisplay
-from pipelines.sizing import actor_cpus, actor_memory, check_gpus, task_cpus
+from pipelines.sizing import (
+    actor_cpus,
+    actor_memory,
+    check_gpus,
+    object_store_budget,
+    task_cpus,
+)
 from pipelines.stages import Item, TeacherStage, decode_items, postprocess_items
 
 __all__ = ["DECODE_BATCH", "TeacherOp", "block_size", "execute"]
@@ -196,6 +202,11 @@ def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
     ctx.enable_progress_bars = options.verbose
     ctx.execution_options.preserve_order = True  # shards finish in order: bounded driver memory
     ctx.actor_init_max_retries = 0  # a teacher that cannot load fails the run at once, clearly
+    roles = plan.stage_names()[1:-1]
+    budget = object_store_budget(plan.config, roles, cluster, block_size(plan, roles))
+    # bounded memory whatever the number of images (Ray Data caps it at the cluster's share)
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=budget)
     here = ray.get_runtime_context().get_node_id()
     board: Any = ray.remote(num_cpus=0)(ProgressBoard).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()

@@ -1,5 +1,6 @@
 """Fitting the teacher pools to a Ray cluster: CPUs per actor and per CPU task, the memory
-each actor reserves, and checks that the GPUs and memory the pools ask for exist."""
+each actor reserves, how much of the object store the graph may fill, and checks that the GPUs
+and memory the pools ask for exist."""
 
 from __future__ import annotations
 
@@ -10,9 +11,16 @@ from distill.config import Config
 from distill.errors import ConfigError
 from pipelines.cluster import ClusterInfo
 
-__all__ = ["actor_cpus", "actor_memory", "check_gpus", "task_cpus"]
+__all__ = ["BLOCKS_IN_FLIGHT", "IMAGE_BYTES", "actor_cpus", "actor_memory", "check_gpus",
+           "object_store_budget", "task_cpus"]
 
 logger = logging.getLogger(__name__)
+
+# The object store budget of the graph (`object_store_budget`): blocks in flight per worker
+# slot, and the bytes an image takes between stages at most (a 640×640 COCO image decoded,
+# 1.2 MB, its encoded bytes and its teachers' full-resolution outputs).
+BLOCKS_IN_FLIGHT = 4
+IMAGE_BYTES = 4 * 2**20
 
 
 def actor_cpus(config: Config, roles: list[str], cluster: ClusterInfo) -> dict[str, float]:
@@ -79,3 +87,18 @@ def _short_of(cluster: ClusterInfo, msg: str, what: str) -> None:
     if cluster.address in ("local", "existing"):
         raise ConfigError(msg)
     logger.warning("%s (waiting for an autoscaler to add %s)", msg, what)
+
+
+def object_store_budget(config: Config, roles: list[str], cluster: ClusterInfo,
+                        block: int) -> int:
+    """Bytes of the object store the graph's blocks may hold at once (Ray Data's
+    `resource_limits.object_store_memory`): `BLOCKS_IN_FLIGHT` blocks of `block` images per
+    worker slot (each teacher actor and each CPU). Without it Ray Data lets the fast stages
+    run ahead of the slowest one until half the object store (30% of RAM) is full of their
+    outputs: memory that grows with the number of images up to gigabytes, and the driver, which
+    reads the finished blocks from wherever the store put them, maps ever more of it. This
+    window keeps every stage busy and the store's footprint fixed, whatever the number of
+    images; the driver maps at most the window."""
+    teachers = config.teachers.roles()
+    slots = sum(teachers[r].concurrency for r in roles) + max(1.0, cluster.cpus)
+    return int(BLOCKS_IN_FLIGHT * block * IMAGE_BYTES * slots)

@@ -89,6 +89,15 @@ def test_manifest_vocab_and_summary_describe_the_run(full_run):
     assert summary["shards"] == {"planned": 3, "complete": 3}
 
 
+def test_the_graph_holds_a_bounded_window_of_the_object_store(full_run):
+    """Ray Data's object store limit is the graph's window (`object_store_budget`), not half the
+    store: memory stays flat whatever the number of images (issue 16)."""
+    import ray.data
+
+    limits = ray.data.DataContext.get_current().execution_options.resource_limits
+    assert 0 < limits.object_store_memory <= 1 << 30
+
+
 def test_rerunning_the_same_command_skips_complete_shards(full_run, coco7):
     out, _ = full_run
     before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")}
