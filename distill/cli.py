@@ -264,9 +264,11 @@ def _report_dry_run(plan: Any, est: Any) -> None:
         )
     Console().print(table)
     if est.bytes_per_image:
+        pace = ("the stages follow one another in every worker (layout fused): their "
+                "projected times add up" if est.layout == "fused" else
+                "the slowest stage sets the pace once every pool is busy")
         typer.echo(f"  output: about {est.total_bytes / 1e6:.1f} MB "
-                   f"({sum(est.bytes_per_image.values()) / 1e3:.0f} kB per image; the slowest "
-                   "stage sets the pace once every pool is busy)")
+                   f"({sum(est.bytes_per_image.values()) / 1e3:.0f} kB per image); {pace}")
     for stage, why in est.errors.items():
         typer.echo(f"  {stage} could not be timed: {why}")
 

@@ -261,6 +261,20 @@ class RayConfig:
     address: str = _runtime("")  # "" = a local embedded Ray; "auto" or "ray://host:10001" joins
     num_cpus: int = _runtime(0)  # 0 = all of this machine's cores (local Ray only)
     num_gpus: int = _runtime(-1)  # -1 = detect (local Ray only)
+    # How generate-labels places its stages (pipelines.sizing.choose_layout): "fused" runs
+    # decode, every teacher and post-processing in one actor per `worker_cpus` CPUs; "pools"
+    # gives each teacher its own actor pool; "auto" fuses unless a teacher asks for a GPU.
+    layout: str = _runtime("auto")
+    workers: int = _runtime(0)  # fused actors; 0 = one per `worker_cpus` CPUs of the cluster
+    worker_cpus: float = _runtime(1.0)  # CPUs (and torch threads) per fused actor
+
+    def validate(self) -> None:
+        if self.layout not in ("auto", "fused", "pools"):
+            raise ConfigError(f"ray.layout must be auto, fused or pools, got {self.layout!r}")
+        if self.workers < 0:
+            raise ConfigError(f"ray.workers must be >= 0 (0 = one per CPU), got {self.workers}")
+        if self.worker_cpus <= 0:
+            raise ConfigError(f"ray.worker_cpus must be > 0, got {self.worker_cpus}")
 
 
 @dataclass
@@ -401,8 +415,8 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
-        for section in (self.data, self.teachers, self.labels, self.shards, self.student,
-                        self.train, self.predict):
+        for section in (self.data, self.teachers, self.labels, self.shards, self.ray,
+                        self.student, self.train, self.predict):
             section.validate()
 
     def fingerprint(self, sections: tuple[str, ...] | None = None) -> str:

@@ -40,8 +40,9 @@ from distill.config import RayConfig
 from distill.errors import DistillError
 from pipelines.console import native_lines_dropped
 
-__all__ = ["ClusterInfo", "cluster_memory", "cluster_resources", "loopback_only", "ray_logs", "ray_session",
-           "reap_dead_sessions", "session_processes", "start_local_ray", "unwrap_error"]
+__all__ = ["ClusterInfo", "cluster_memory", "cluster_resources", "first_line", "loopback_only",
+           "ray_logs", "ray_session", "reap_dead_sessions", "session_processes",
+           "start_local_ray", "unwrap_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def ray_session(config: RayConfig, address: str | None = None,
                             None if config.num_gpus < 0 else config.num_gpus, **common)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         target = where or address or "a local Ray instance"
-        raise DistillError(f"cannot start or join Ray at {target}: {_first_line(exc)}") from exc
+        raise DistillError(f"cannot start or join Ray at {target}: {first_line(exc)}") from exc
     try:
         # Ray's native lines (the driver's C++ core worker) stay in its log file, not here
         with native_lines_dropped(not verbose):
@@ -200,7 +201,7 @@ def ray_session(config: RayConfig, address: str | None = None,
 # Joining a cluster: fail in seconds, with one line, when nothing answers
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -228,7 +229,7 @@ def _join(address: str, common: dict[str, Any]) -> str:
         if not os.environ.get("RAY_AUTH_MODE") and address != "auto":
             hint = ("; if the cluster uses token authentication, export RAY_AUTH_MODE=token "
                     "(the token comes from RAY_AUTH_TOKEN or ~/.ray/auth_token)")
-        raise DistillError(f"cannot join Ray at {where}: {_first_line(exc)}{hint}") from exc
+        raise DistillError(f"cannot join Ray at {where}: {first_line(exc)}{hint}") from exc
     finally:
         if unset:
             os.environ.pop(key, None)
@@ -248,7 +249,7 @@ def _resolve(address: str) -> str:
     try:
         found = services.canonicalize_bootstrap_address_or_die(address)
     except (ConnectionError, ValueError) as exc:
-        raise DistillError(f"--address {address}: {_first_line(exc)}") from exc
+        raise DistillError(f"--address {address}: {first_line(exc)}") from exc
     finally:
         quiet.setLevel(level)
     if address != "auto":  # Ray itself turns 127.0.0.1 into this machine's address

@@ -8,12 +8,15 @@ times and encoded row sizes are then scaled to the images the run will process.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from distill.errors import DistillError
+from pipelines.cluster import ClusterInfo
 from pipelines.plan import RunPlan
+from pipelines.sizing import choose_layout, fused_workers
 from pipelines.stages import Item, TeacherStage, decode_items, postprocess_items
 
 __all__ = ["Estimate", "estimate"]
@@ -25,12 +28,14 @@ class Estimate:
     images: int  # images the run will process
     seconds_per_image: dict[str, float] = field(default_factory=dict)  # stage → s/image
     load_seconds: dict[str, float] = field(default_factory=dict)  # teacher → model load time
-    concurrency: dict[str, int] = field(default_factory=dict)
+    concurrency: dict[str, int] = field(default_factory=dict)  # stage → actors running it
+    layout: str = "pools"  # fused: every stage runs in each of the `concurrency` workers
     errors: dict[str, str] = field(default_factory=dict)  # stage → why it could not be timed
     bytes_per_image: dict[str, float] = field(default_factory=dict)  # column → bytes
 
     def stage_seconds(self, stage: str) -> float | None:
-        """Projected wall time of a stage over the whole run (its pool working in parallel)."""
+        """Projected wall time of a stage over the whole run (its pool working in parallel;
+        fused, the stages follow one another in every worker, so these add up)."""
         per = self.seconds_per_image.get(stage)
         if per is None:
             return None
@@ -52,9 +57,20 @@ def _sample_items(plan: RunPlan, n: int) -> list[Item]:
     return picked
 
 
+def _local_cluster(plan: RunPlan) -> ClusterInfo:
+    """The cluster a run without --address would start (a dry run starts no Ray)."""
+    return ClusterInfo("local", float(plan.config.ray.num_cpus or os.cpu_count() or 1), 0.0, 1)
+
+
 def estimate(plan: RunPlan, sample: int = 2) -> Estimate:
-    """Time the run's stages on `sample` of its images and project them over the run."""
+    """Time the run's stages on `sample` of its images and project them over the run (the
+    fused layout's workers counted for a local run on this machine)."""
     est = Estimate(sample=0, images=plan.images_to_process)
+    roles = plan.stage_names()[1:-1]
+    if choose_layout(plan.config, roles) == "fused":
+        est.layout = "fused"
+        workers = fused_workers(plan.config, roles, _local_cluster(plan)).count
+        est.concurrency = dict.fromkeys(plan.stage_names(), workers)
     items = _sample_items(plan, sample)
     if not items:
         return est
@@ -69,8 +85,9 @@ def estimate(plan: RunPlan, sample: int = 2) -> Estimate:
         return est
     est.seconds_per_image["decode"] = (time.perf_counter() - start) / len(items)
     teachers = config.teachers.roles()
-    for role in plan.stage_names()[1:-1]:
-        est.concurrency[role] = teachers[role].concurrency
+    for role in roles:
+        if est.layout == "pools":
+            est.concurrency[role] = teachers[role].concurrency
         try:
             t0 = time.perf_counter()
             stage = TeacherStage(role, teachers[role])

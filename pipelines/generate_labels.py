@@ -3,7 +3,7 @@ resumable, self-describing Parquet shards. This module only wires the pieces:
 
     lock      one writer per run folder                         distill.runfolder
     plan      images sorted by id → shards → OUT/manifest.json   pipelines.plan
-    stages    decode → one actor pool per teacher → post-process pipelines.graph (Ray), .stages
+    stages    decode → teachers → post-process (fused, or pools)   pipelines.graph (Ray), .stages
     commit    shard → quarantine → manifest, per shard           pipelines.commit
     finalize  OUT/vocab.parquet and OUT/summary.json             pipelines.finalize
 

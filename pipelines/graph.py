@@ -1,20 +1,27 @@
-"""The Ray Data graph of generate-labels: decode (CPU tasks) → one actor pool per enabled
-teacher → post-process (CPU tasks) → the driver, which hands each finished item to the
-`Committer`. The stages themselves are Ray-free (`pipelines.stages`)."""
+"""The Ray Data graph of generate-labels, in one of two layouts (`sizing.choose_layout`):
+
+    fused   plan blocks → one actor per CPU running decode, every teacher, post-process
+    pools   decode (CPU tasks) → one actor pool per enabled teacher → post-process (CPU tasks)
+
+then the driver, which hands each finished item to the `Committer`. Both cut the same blocks
+and run the same stages on them, so they write the same labels. The stages themselves are
+Ray-free (`pipelines.stages`)."""
 
 from __future__ import annotations
 
 import logging
 import pickle
 import threading
+from collections import deque
+from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any
 
 import numpy as np
 
-from distill.config import TeacherConfig
+from distill.config import DataConfig, LabelsConfig, TeacherConfig
 from distill.errors import DistillError
-from pipelines.cluster import ClusterInfo, unwrap_error
+from pipelines.cluster import ClusterInfo, first_line, unwrap_error
 from pipelines.commit import Committer, check_dtype
 from pipelines.plan import RunOptions, RunPlan
 from pipelines.progress import ProgressBoard, ProgressDisplay
@@ -22,12 +29,20 @@ from pipelines.sizing import (
     actor_cpus,
     actor_memory,
     check_gpus,
+    choose_layout,
+    fused_workers,
     object_store_budget,
     task_cpus,
 )
-from pipelines.stages import Item, TeacherStage, decode_items, postprocess_items
+from pipelines.stages import (
+    Item,
+    TeacherStage,
+    decode_items,
+    labels_context,
+    postprocess_items,
+)
 
-__all__ = ["DECODE_BATCH", "TeacherOp", "block_size", "execute"]
+__all__ = ["DECODE_BATCH", "LabelOp", "TeacherOp", "block_size", "execute"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +140,42 @@ class TeacherOp:
         return _dump(items)
 
 
+def _trim_heap() -> None:
+    """Give the heap pages freed by a block back to the OS (glibc keeps them otherwise)."""
+    import ctypes
+    import ctypes.util
+
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+class LabelOp:
+    """The fused layout's worker (a plain Ray actor): decode, every teacher and post-processing
+    in one process, so only the plan's items come in and finished rows go out, with nothing in
+    between crossing the object store. The models and the label context (GloVe words) load in
+    the constructor, before the first block."""
+
+    def __init__(self, roles: list[str], teachers: dict[str, TeacherConfig], threads: int,
+                 data: DataConfig, labels: LabelsConfig, dtypes: dict[str, str]) -> None:
+        self.stages = [TeacherStage(r, teachers[r], threads, last=r == roles[-1])
+                       for r in roles]
+        for stage in self.stages:
+            check_dtype(stage.role, dtypes.get(stage.role), stage.provenance)
+        self.data, self.labels = data, labels
+        labels_context(labels)
+
+    def ready(self) -> bool:
+        return True
+
+    def label(self, items: list[Item]) -> list[Item]:
+        items = decode_items(items, self.data)
+        for stage in self.stages:
+            items = stage(items)
+        items = postprocess_items(items, self.labels)
+        _trim_heap()
+        return items
+
+
 def block_size(plan: RunPlan, roles: list[str]) -> int:
     """Images per block: every stage handles one whole block per call, so a teacher's batches
     are cut from the block in plan order (`teachers.<role>.batch_size` at a time, same input
@@ -135,16 +186,18 @@ def block_size(plan: RunPlan, roles: list[str]) -> int:
     return max([DECODE_BATCH, *(teachers[r].batch_size for r in roles)])
 
 
+def _block_items(plan: RunPlan, size: int) -> list[list[Item]]:
+    """The plan cut into blocks: `size` consecutive items of one shard job each."""
+    return [job.items[i:i + size] for job in plan.jobs for i in range(0, len(job.items), size)]
+
+
 def _blocks(plan: RunPlan, size: int) -> list[Any]:
-    """One Arrow table per block: `size` consecutive items of one shard job."""
+    """One Arrow table per block, for Ray Data (`item` alone)."""
     import pyarrow as pa
 
-    out = []
-    for job in plan.jobs:
-        for i in range(0, len(job.items), size):
-            part = [pickle.dumps(it, protocol=5) for it in job.items[i:i + size]]
-            out.append(pa.table({"item": pa.array(part, pa.binary())}))
-    return out
+    return [pa.table({"item": pa.array([pickle.dumps(it, protocol=5) for it in block],
+                                       pa.binary())})
+            for block in _block_items(plan, size)]
 
 
 def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
@@ -152,10 +205,10 @@ def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
 
     config = plan.config
     stage_roles = plan.stage_names()[1:-1]
-    cpus = actor_cpus(config, stage_roles, cluster)
-    tasks = task_cpus(config, stage_roles, cpus)
     # batch_size=None everywhere: a call gets one whole block, never a slice across blocks.
     ds: Any = ray.data.from_arrow(_blocks(plan, block_size(plan, stage_roles)))
+    cpus = actor_cpus(config, stage_roles, cluster)
+    tasks = task_cpus(config, stage_roles, cpus)
     ds = ds.map_batches(_decode_op, batch_size=None, batch_format="pyarrow",
                         fn_kwargs={"data": config.data, "board": board}, num_cpus=tasks)
     check_gpus(config, stage_roles, cluster)
@@ -189,27 +242,178 @@ def _quiet_ray_data_console() -> None:
             handler.setLevel(logging.ERROR)
 
 
+class _Pools:
+    """The pools layout on Ray Data: counts come from a `ProgressBoard` actor the stages
+    report to."""
+
+    def __init__(self, plan: RunPlan, options: RunOptions, cluster: ClusterInfo) -> None:
+        import ray
+        import ray.data
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if not options.verbose:
+            _quiet_ray_data_console()
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = options.verbose
+        ctx.execution_options.preserve_order = True  # shards finish in order: bounded memory
+        ctx.actor_init_max_retries = 0  # a teacher that cannot load fails the run at once
+        roles = plan.stage_names()[1:-1]
+        budget = object_store_budget(plan.config, roles, cluster, block_size(plan, roles))
+        # bounded memory whatever the number of images (Ray Data caps it at the cluster's share)
+        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+            object_store_memory=budget)
+        here = ray.get_runtime_context().get_node_id()
+        self.board: Any = ray.remote(num_cpus=0)(ProgressBoard).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+        self.plan, self.cluster = plan, cluster
+
+    def counts(self) -> dict[str, int]:
+        import ray
+
+        return dict(ray.get(self.board.snapshot.remote(), timeout=5))
+
+    def items(self) -> Iterator[Item]:
+        ds = _build_dataset(self.plan, self.cluster, self.board)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
+                                     prefetch_batches=2):
+            yield from _load(batch)
+
+    def close(self) -> None:
+        import ray
+
+        with suppress(Exception):  # the cluster may be gone: keep the original error
+            ray.kill(self.board)
+
+
+class _Fused:
+    """The fused layout on plain Ray actors (`LabelOp`), without Ray Data: no stats, autoscaling
+    or location actors, no executor in the driver.
+
+    - Each worker has at most `DEPTH` blocks queued, so it never waits for the driver; blocks
+      go out in plan order, so shards finish about in order and the driver holds at most the
+      window's items.
+    - The first worker starts alone and the others once it is ready: on a machine with a core
+      per worker, workers that import torch and build models side by side are all ready late,
+      while one alone labels the first shard early.
+    - A worker lost with its node (or killed) is replaced, and its blocks go to the others;
+      a block whose worker died `MAX_TRIES` times ends the run, naming its shard. A worker
+      whose constructor fails ends the run with its own message."""
+
+    DEPTH = 2
+    MAX_TRIES = 3
+
+    def __init__(self, plan: RunPlan, cluster: ClusterInfo) -> None:
+        self.plan, self.cluster = plan, cluster
+        self.roles = plan.stage_names()[1:-1]
+        self.workers = fused_workers(plan.config, self.roles, cluster)
+        self.done: dict[str, int] = {}
+        self.actors: list[Any] = []
+        self.starting: dict[Any, Any] = {}  # ready() ref → actor being built
+        self.load: dict[Any, int] = {}  # ready actor → blocks queued on it
+        self.gone: set[Any] = set()  # workers lost and replaced
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.done)
+
+    def _start(self, n: int) -> None:
+        import ray
+
+        config, w = self.plan.config, self.workers
+        reserve = {"memory": w.memory} if w.memory else {}
+        worker = ray.remote(LabelOp).options(num_cpus=w.cpus, num_gpus=w.gpus or None,
+                                             max_restarts=0, **reserve)
+        for _ in range(n):
+            actor: Any = worker.remote(self.roles, config.teachers.roles(), max(1, int(w.cpus)),
+                                  config.data, config.labels, dict(self.plan.manifest.dtypes))
+            self.actors.append(actor)
+            self.starting[actor.ready.remote()] = actor
+
+    def _lost(self, actor: Any, exc: Exception) -> None:
+        """A worker died (`actor`, ready or still starting): a constructor that raised ends
+        the run; anything else (its node or process lost) is replaced, once per worker."""
+        import ray
+
+        if getattr(exc, "actor_init_failed", False) or unwrap_error(exc) is not None:
+            raise exc
+        if actor in self.gone:
+            return
+        logger.warning("a fused worker was lost (%s); starting another", first_line(exc))
+        self.gone.add(actor)
+        self.load.pop(actor, None)
+        with suppress(Exception):
+            ray.kill(actor)
+        self._start(1)
+
+    def items(self) -> Iterator[Item]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        logger.info("layout fused: %d worker(s), %g CPU(s) each", self.workers.count,
+                    self.workers.cpus)
+        todo = deque(enumerate(_block_items(self.plan, block_size(self.plan, self.roles))))
+        tries: dict[int, int] = {}
+        queued: dict[Any, tuple[Any, int, list[Item]]] = {}  # result ref → (actor, block)
+        rest = self.workers.count - 1  # workers started once the first one is ready
+        self._start(1)
+        while todo or queued:
+            for ref in ray.wait(list(self.starting), num_returns=len(self.starting),
+                                timeout=0)[0] if self.starting else []:
+                actor = self.starting.pop(ref)
+                try:
+                    ray.get(ref)
+                except RayActorError as exc:
+                    self._lost(actor, exc)
+                    continue
+                self.load[actor] = 0
+                if rest:
+                    self._start(rest)
+                    rest = 0
+            while todo and self.load:
+                actor = min(self.load, key=self.load.__getitem__)
+                if self.load[actor] >= self.DEPTH:
+                    break
+                index, block = todo.popleft()
+                queued[actor.label.remote(block)] = (actor, index, block)
+                self.load[actor] += 1
+            waiting = list(queued) or list(self.starting)
+            if not waiting:  # cannot happen: a lost worker is always replaced
+                raise DistillError("generate-labels has no worker left to label with")
+            for ref in ray.wait(waiting, num_returns=1, timeout=0.5)[0]:
+                if ref not in queued:
+                    continue  # a worker became ready: taken at the top
+                actor, index, block = queued.pop(ref)
+                if actor in self.load:
+                    self.load[actor] -= 1
+                try:
+                    items = ray.get(ref)
+                except RayActorError as exc:
+                    tries[index] = tries.get(index, 0) + 1
+                    if tries[index] >= self.MAX_TRIES:
+                        raise DistillError(
+                            f"the workers labelling shard {block[0].shard} died "
+                            f"{tries[index]} times ({first_line(exc)}); see Ray's logs") from exc
+                    self._lost(actor, exc)
+                    todo.appendleft((index, block))
+                    continue
+                for stage in ["decode", *self.roles, "postprocess"]:
+                    self.done[stage] = self.done.get(stage, 0) + len(items)
+                yield from items
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            with suppress(Exception):
+                ray.kill(actor)
+
+
 def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
             committer: Committer) -> None:
     """Run the graph over the plan's jobs, committing shards as they complete."""
-    import ray
-    import ray.data
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    if not options.verbose:
-        _quiet_ray_data_console()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = options.verbose
-    ctx.execution_options.preserve_order = True  # shards finish in order: bounded driver memory
-    ctx.actor_init_max_retries = 0  # a teacher that cannot load fails the run at once, clearly
     roles = plan.stage_names()[1:-1]
-    budget = object_store_budget(plan.config, roles, cluster, block_size(plan, roles))
-    # bounded memory whatever the number of images (Ray Data caps it at the cluster's share)
-    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-        object_store_memory=budget)
-    here = ray.get_runtime_context().get_node_id()
-    board: Any = ray.remote(num_cpus=0)(ProgressBoard).options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote()
+    source: _Pools | _Fused = (_Fused(plan, cluster)
+                               if choose_layout(plan.config, roles) == "fused"
+                               else _Pools(plan, options, cluster))
     total = plan.images_to_process
     display = ProgressDisplay(plan.stage_names(), total, live=options.live)
     stop = threading.Event()
@@ -217,7 +421,7 @@ def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
     def poll() -> None:
         while not stop.wait(0.5):
             try:
-                counts = ray.get(board.snapshot.remote(), timeout=5)
+                counts = source.counts()
             except Exception:
                 continue
             display.update(counts, committer.written)
@@ -226,11 +430,8 @@ def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
         poller = threading.Thread(target=poll, name="progress", daemon=True)
         poller.start()
         try:
-            ds = _build_dataset(plan, cluster, board)
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
-                                         prefetch_batches=2):
-                for item in _load(batch):
-                    committer.add(item)
+            for item in source.items():
+                committer.add(item)
         except DistillError:
             raise
         except Exception as exc:
@@ -242,9 +443,8 @@ def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
             stop.set()
             poller.join()
             with suppress(Exception):
-                display.update(ray.get(board.snapshot.remote(), timeout=5), committer.written)
-            with suppress(Exception):  # the cluster may be gone: keep the original error
-                ray.kill(board)
+                display.update(source.counts(), committer.written)
+            source.close()
     if committer.got:
         left = {k: f"{len(v)}/{committer.expected[k]}" for k, v in committer.got.items()}
         raise DistillError(f"the pipeline ended with shards still missing images: {left}; "

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 from distill.config import Config
 from distill.errors import ConfigError
 from pipelines.cluster import ClusterInfo
 
-__all__ = ["BLOCKS_IN_FLIGHT", "IMAGE_BYTES", "actor_cpus", "actor_memory", "check_gpus",
-           "object_store_budget", "task_cpus"]
+__all__ = ["BLOCKS_IN_FLIGHT", "IMAGE_BYTES", "FusedWorkers", "actor_cpus", "actor_memory",
+           "check_gpus", "choose_layout", "fused_workers", "object_store_budget", "task_cpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +90,64 @@ def _short_of(cluster: ClusterInfo, msg: str, what: str) -> None:
     logger.warning("%s (waiting for an autoscaler to add %s)", msg, what)
 
 
+def choose_layout(config: Config, roles: list[str]) -> str:
+    """`fused` (one actor kind runs decode, every teacher and post-processing) or `pools` (an
+    actor pool per teacher between decode and post-process tasks), from `ray.layout`.
+
+    `auto` fuses when no enabled teacher asks for a GPU. CPU teachers in separate pools only
+    compete for the same cores, while each pool costs a process that imports torch and holds a
+    model, and every image crosses the object store once per stage; one process per core
+    running the whole chain is what a user's loop does, times the cores (bench `baseline`).
+    GPU teachers keep their own pools: each gets its share of a device, its batch size and
+    its number of actors, and the CPU stages around them run beside it."""
+    layout = config.ray.layout
+    if layout != "auto":
+        return layout
+    teachers = config.teachers.roles()
+    return "pools" if any(teachers[r].num_gpus > 0 for r in roles) else "fused"
+
+
+@dataclass(frozen=True)
+class FusedWorkers:
+    """The actors of the fused layout: how many, and what each one holds."""
+
+    count: int
+    cpus: float  # also its torch threads
+    gpus: float
+    memory: int  # bytes reserved with Ray (every teacher's `memory_gb`, summed)
+
+
+def fused_workers(config: Config, roles: list[str], cluster: ClusterInfo) -> FusedWorkers:
+    """One worker per `ray.worker_cpus` CPUs of the cluster (default 1: one torch thread each,
+    which tiny and CPU-sized models use better than one process with many threads), or
+    `ray.workers` when set. Forced onto GPU teachers (`ray.layout = "fused"`), a worker takes
+    the largest `num_gpus` any of them asks, and there are no more workers than the GPUs
+    hold."""
+    teachers = config.teachers.roles()
+    cpus = float(config.ray.worker_cpus)
+    gpus = max(teachers[r].num_gpus for r in roles)
+    count = config.ray.workers or max(1, int(cluster.cpus // cpus))
+    if gpus > 0:
+        count = min(count, max(1, int(cluster.gpus // gpus + 1e-9)))
+        if gpus > cluster.gpus + 1e-9:
+            _short_of(cluster, f"a fused worker needs {gpus:g} GPUs (the largest "
+                      f"teachers.<role>.num_gpus) but the cluster has {cluster.gpus:g}", "them")
+    if cpus > cluster.cpus:
+        _short_of(cluster, f"ray.worker_cpus = {cpus:g} but the cluster has {cluster.cpus:g} "
+                  "CPUs", "nodes")
+    memory = sum(int(teachers[r].memory_gb * 2**30) for r in roles)
+    if memory and cluster.memory and memory * count > cluster.memory:
+        count = max(1, int(cluster.memory // memory))
+        logger.info("fused workers reserve %.1f GiB each: %d fit in Ray's memory resource",
+                    memory / 2**30, count)
+    return FusedWorkers(count, cpus, gpus, memory)
+
+
 def object_store_budget(config: Config, roles: list[str], cluster: ClusterInfo,
                         block: int) -> int:
     """Bytes of the object store the graph's blocks may hold at once (Ray Data's
-    `resource_limits.object_store_memory`): `BLOCKS_IN_FLIGHT` blocks of `block` images per
+    `resource_limits.object_store_memory`, the pools layout; the fused one holds `DEPTH`
+    blocks per worker, `graph._Fused`): `BLOCKS_IN_FLIGHT` blocks of `block` images per
     worker slot (each teacher actor and each CPU). Without it Ray Data lets the fast stages
     run ahead of the slowest one until half the object store (30% of RAM) is full of their
     outputs: memory that grows with the number of images up to gigabytes, and the driver, which

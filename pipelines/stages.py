@@ -36,6 +36,7 @@ __all__ = [
     "TeacherStage",
     "decode_items",
     "is_out_of_memory",
+    "labels_context",
     "postprocess_items",
     "predict_resilient",
 ]
@@ -318,11 +319,16 @@ def labels_key(labels: LabelsConfig) -> str:
     return json.dumps(dataclasses.asdict(labels), sort_keys=True)
 
 
+def labels_context(labels: LabelsConfig) -> LabelContext:
+    """This process's `LabelContext` for `labels`, loaded on first use."""
+    return _context(labels_key(labels))
+
+
 def postprocess_items(items: list[Item], labels: LabelsConfig) -> list[Item]:
     """Teacher outputs → label arrays → the encoded shard row (PNG encoding happens here, on
     the CPU workers, not in the single writer)."""
     start = time.perf_counter()
-    ctx = _context(labels_key(labels))
+    ctx = labels_context(labels)
     for item in items:
         if not item.ok:
             continue

@@ -59,7 +59,8 @@ def test_without_v_no_ray_line_reaches_stderr_and_the_summary_names_rays_logs(
     args = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
             "--set", f"data.root={root}", "--set", "teachers.text.input_size=160",
             "--set", "teachers.depth.batch_size=2", "--limit", "4", "--out", str(out),
-            "--no-live", "--address", str(ray_address)]
+            "--no-live", "--address", str(ray_address),
+            "--set", "ray.layout=pools"]  # the layout whose Ray Data actors Ray warns about
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     stdout, stderr = proc.communicate(timeout=600)

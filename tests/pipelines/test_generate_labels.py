@@ -89,7 +89,28 @@ def test_manifest_vocab_and_summary_describe_the_run(full_run):
     assert summary["shards"] == {"planned": 3, "complete": 3}
 
 
-def test_the_graph_holds_a_bounded_window_of_the_object_store(full_run):
+@pytest.fixture(scope="module")
+def pools_run(coco7, tmp_path_factory):
+    """The same run in the pools layout (an actor pool per teacher, on Ray Data)."""
+    out = tmp_path_factory.mktemp("pools") / "out"
+    result = generate_labels(label_config(coco7, "ray.layout=pools"),
+                             RunOptions(out=out, live=False))
+    return out, result
+
+
+def test_both_layouts_write_the_same_labels(full_run, pools_run):
+    """The default on CPU teachers is the fused layout (every stage in one actor per CPU);
+    the pools layout cuts the same blocks and runs the same stages: the same rows, column for
+    column, and the same manifest fingerprint."""
+    got, want = shard_rows(full_run[0]), shard_rows(pools_run[0])
+    assert sorted(got) == sorted(want) == sorted(IDS)
+    for image_id, sample in want.items():
+        assert_same_sample(got[image_id], sample)
+    assert full_run[1].plan.manifest.fingerprint == pools_run[1].plan.manifest.fingerprint
+    assert pools_run[1].summary["images"]["written"] == len(IDS)
+
+
+def test_the_pools_graph_holds_a_bounded_window_of_the_object_store(pools_run):
     """Ray Data's object store limit is the graph's window (`object_store_budget`), not half the
     store: memory stays flat whatever the number of images (issue 16)."""
     import ray.data
@@ -221,3 +242,32 @@ def test_a_resume_in_another_precision_is_refused(tmp_path, labelled_coco7, ray_
     with pytest.raises(FingerprintMismatch, match=r"float16.*never mixes precisions"):
         generate_labels(label_config(root), RunOptions(out=out, live=False))
     assert not (out / "shards" / manifest.shards[-1].name).exists()
+
+
+def test_a_fused_worker_lost_mid_run_is_replaced_and_nothing_is_lost(coco7, full_run, tmp_path,
+                                                                       monkeypatch):
+    """A worker that dies (here killed; on a cluster, with its node) has its queued blocks
+    sent to the others and a replacement started; the run writes every image, the same rows."""
+    import ray
+
+    import pipelines.graph as graph
+
+    killed: list[object] = []
+
+    class KillsOne(graph._Fused):
+        def items(self):
+            for item in super().items():
+                if not killed:
+                    killed.append(self.actors[0])
+                    ray.kill(self.actors[0])
+                yield item
+
+    monkeypatch.setattr(graph, "_Fused", KillsOne)
+    out = tmp_path / "out"
+    result = generate_labels(label_config(coco7), RunOptions(out=out, live=False))
+    assert killed
+    assert result.summary["images"]["written"] == len(IDS)
+    got, want = shard_rows(out), shard_rows(full_run[0])
+    assert sorted(got) == sorted(want)
+    for image_id, sample in want.items():
+        assert_same_sample(got[image_id], sample)

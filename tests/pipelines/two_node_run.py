@@ -64,7 +64,9 @@ def main(root: str, out: str, result_path: str) -> None:
 
     watcher = threading.Thread(target=remove_a_worker_mid_run, daemon=True)
     watcher.start()
-    cfg = label_config(root, "shards.shard_size=2")
+    # three fused workers (one per node's worth of work) rather than one per CPU: six torch
+    # processes on the test machine's two real cores would only slow the start
+    cfg = label_config(root, "shards.shard_size=2", "ray.workers=3")
     result = generate_labels(cfg, RunOptions(out=out, live=False))
     watcher.join(timeout=5)
     deadline = time.monotonic() + 60  # the GCS marks a killed node dead after health checks
