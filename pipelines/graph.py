@@ -1,7 +1,9 @@
-"""The Ray Data graph of generate-labels, in one of two layouts (`sizing.choose_layout`):
+"""The Ray side of generate-labels, in one of two layouts (`sizing.choose_layout`):
 
-    fused   plan blocks → one actor per CPU running decode, every teacher, post-process
-    pools   decode (CPU tasks) → one actor pool per enabled teacher → post-process (CPU tasks)
+    fused   plan blocks → plain Ray actors, one per CPU, each running decode, every teacher
+            and post-processing (`LabelOp`, driven by `_Fused`)
+    pools   a Ray Data graph: decode (CPU tasks) → one actor pool per enabled teacher →
+            post-process (CPU tasks) (`_build_dataset`, `_Pools`)
 
 then the driver, which hands each finished item to the `Committer`. Both cut the same blocks
 and run the same stages on them, so they write the same labels. The stages themselves are
@@ -140,15 +142,6 @@ class TeacherOp:
         return _dump(items)
 
 
-def _trim_heap() -> None:
-    """Give the heap pages freed by a block back to the OS (glibc keeps them otherwise)."""
-    import ctypes
-    import ctypes.util
-
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
 class LabelOp:
     """The fused layout's worker (a plain Ray actor): decode, every teacher and post-processing
     in one process, so only the plan's items come in and finished rows go out, with nothing in
@@ -171,9 +164,7 @@ class LabelOp:
         items = decode_items(items, self.data)
         for stage in self.stages:
             items = stage(items)
-        items = postprocess_items(items, self.labels)
-        _trim_heap()
-        return items
+        return postprocess_items(items, self.labels)
 
 
 def block_size(plan: RunPlan, roles: list[str]) -> int:
