@@ -1,13 +1,15 @@
 """Image decoding: every odd input either becomes RGB uint8 or fails with a clear reason."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from distill.errors import ImageDecodeError
-from distill.images import decode_image, decode_png, encode_png
+from distill.images import decode_image, decode_own_png, decode_png, encode_png
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -102,6 +104,52 @@ def test_every_label_kind_decodes_to_itself_and_to_what_pillows_png_gave(level):
         before = decode_png(_encode(Image.fromarray(np.ascontiguousarray(array)), "PNG",
                                     compress_level=1))
         assert np.array_equal(before, back), name
+
+
+def _pillow_png(data: bytes) -> np.ndarray:
+    """Pillow's own decode of a PNG, as decode_png read every PNG before its fast path."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode.startswith("I"):
+            return np.asarray(img, dtype=np.uint32).astype(np.uint16)
+        return np.asarray(img, dtype=np.uint8).copy()
+
+
+@pytest.mark.parametrize("level", [0, 1, 3, 6, 9])
+def test_the_own_layout_decoder_reads_encode_png_as_pillow_does(level):
+    """encode_png's layout is decoded by zlib + numpy (decode_own_png), to Pillow's pixels;
+    a PNG Pillow wrote (its own filters per row) is left to Pillow."""
+    for name, array in _label_arrays().items():
+        data = encode_png(array, level)
+        own = decode_own_png(data)
+        assert own is not None, name
+        pillow = _pillow_png(data)
+        assert own.dtype == pillow.dtype and own.shape == pillow.shape, name
+        assert np.array_equal(own, pillow), name
+        foreign = _encode(Image.fromarray(np.ascontiguousarray(array)), "PNG", compress_level=6)
+        if decode_own_png(foreign) is not None:  # only if Pillow happened to filter all Up
+            assert np.array_equal(decode_own_png(foreign), array), name
+
+
+def test_png_the_own_decoder_does_not_read_is_left_to_pillow():
+    """Anything but encode_png's exact layout (an ancillary chunk, another filter, a damaged
+    or truncated stream, another bit depth) goes to Pillow: the same pixels or the same error
+    as before the fast path."""
+    data = encode_png(RGB)
+    ihdr_end = 8 + 25
+    gamma = struct.pack(">I", 45455)
+    chunk = struct.pack(">I", 4) + b"gAMA" + gamma + struct.pack(">I", zlib.crc32(b"gAMA" + gamma))
+    with_gamma = data[:ihdr_end] + chunk + data[ihdr_end:]
+    assert decode_own_png(with_gamma) is None
+    assert np.array_equal(decode_png(with_gamma), RGB)
+    gray1 = _encode(Image.fromarray(RGB[:, :, 0] > 127), "PNG")  # 1-bit
+    assert decode_own_png(gray1) is None
+    for broken in (data[: len(data) // 2], data[:40] + b"\0" * 20 + data[60:], b"not a png"):
+        assert decode_own_png(broken) is None
+        with pytest.raises(Exception) as ours:
+            decode_png(broken)
+        with pytest.raises(Exception) as pillows:
+            _pillow_png(broken)
+        assert type(ours.value) is type(pillows.value)
 
 
 def test_png_encoder_rejects_empty_arrays_and_bad_levels():

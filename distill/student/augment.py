@@ -119,10 +119,6 @@ def _take2(array: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return array.take(rows, axis=0).take(cols, axis=1)
 
 
-def _expand(weight: np.ndarray, ndim: int) -> np.ndarray:
-    return weight.reshape(weight.shape + (1,) * (ndim - 2))
-
-
 class Resampler:
     """`warp` under one affine on one h×w canvas, with its taps computed once for every map of
     a sample. Separable: the affine has no rotation, so each tap is a row index × a column
@@ -164,15 +160,17 @@ class Resampler:
         return out
 
     def _taps_of(self, array: np.ndarray) -> list[np.ndarray]:
-        gathered = []
-        for rows, _ in self._rows:
-            picked = array.take(rows, axis=0)
-            gathered += [picked.take(cols, axis=1) for cols, _ in self._cols]
-        return gathered
+        """The 4 bilinear taps of an (H, W) or (C, H, W) map, in `_weights` order: columns
+        gathered first (2 element-wise gathers of the whole map), then rows (4 row copies),
+        fewer element-wise gathers than rows first."""
+        axis = array.ndim - 2
+        by_cols = [array.take(cols, axis=axis + 1) for cols, _ in self._cols]
+        return [picked.take(rows, axis=axis) for rows, _ in self._rows for picked in by_cols]
 
     def _mask_weights(self, mask: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray,
                                                        np.ndarray]:
-        """(mask, weights, den, labelled) of a source mask, computed once per mask."""
+        """(mask, weights, 1/den's safe divisor, unlabelled) of a source mask, computed once
+        per mask."""
         if self._masked is not None and self._masked[0] is mask:
             return self._masked
         m = mask.astype(np.float32)
@@ -182,32 +180,42 @@ class Resampler:
             den += weight
         (rows, rok), (cols, cok) = self.nearest_rows, self.nearest_cols
         labelled = (_take2(m, rows, cols) > 0) & (rok[:, None] & cok[None, :]) & (den > 0)
-        self._masked = (mask, weights, den, labelled)
+        safe = np.where(den > 0, den, np.float32(1.0))
+        self._masked = (mask, weights, safe, ~labelled)
         return self._masked
 
-    def bilinear(self, array: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """`warp(array, affine, "bilinear", mask)`."""
-        self._check(array)
+    def bilinear(self, array: np.ndarray, mask: np.ndarray | None = None, *,
+                 channels_first: bool = False) -> np.ndarray:
+        """`warp(array, affine, "bilinear", mask)`. `channels_first`: `array` is (C, H, W) and
+        so is the result, the faster layout (every step runs along whole rows; a channels-last
+        map is warped through a transposed view of it, then transposed back)."""
+        if array.ndim == 3 and not channels_first:
+            planes = self.bilinear(array.transpose(2, 0, 1), mask, channels_first=True)
+            return np.ascontiguousarray(planes.transpose(1, 2, 0))
+        if array.shape[-2:] != self.shape:
+            raise ValueError(f"a {array.shape} map on a resampler of {self.shape}")
         if mask is None:
-            weights, den, labelled = self._weights, None, None
+            weights, safe, unlabelled = self._weights, None, None
         else:
-            _, weights, den, labelled = self._mask_weights(mask)
+            _, weights, safe, unlabelled = self._mask_weights(mask)
+        # sum of value·weight over the taps in float32, in `warp`'s order; the same elementwise
+        # operations as the original formula, done in place.
         num: np.ndarray | None = None
         for vals, weight in zip(self._taps_of(array), weights, strict=True):
-            term = np.multiply(vals, _expand(weight, array.ndim), dtype=np.float32)
             if num is None:
-                num = term
+                num = np.multiply(vals, weight, dtype=np.float32)
             else:
-                num += term
+                num += np.multiply(vals, weight, dtype=np.float32)
         assert num is not None
-        out = num  # without a mask, taps outside the source count as 0 (black padding)
-        if den is not None and labelled is not None:
-            safe = _expand(np.where(den > 0, den, 1.0), array.ndim)
-            out = np.where(labelled.reshape(safe.shape), num / safe, 0.0)
+        # without a mask, taps outside the source count as 0 (black padding)
+        if safe is not None and unlabelled is not None:
+            np.divide(num, safe, out=num)
+            num[..., unlabelled] = 0.0
         if np.issubdtype(array.dtype, np.integer):
             info = np.iinfo(array.dtype)
-            return np.clip(np.rint(out), info.min, info.max).astype(array.dtype)
-        return out.astype(array.dtype)
+            np.rint(num, out=num)
+            np.clip(num, info.min, info.max, out=num)
+        return num.astype(array.dtype, copy=False)
 
 
 def warp(
@@ -231,15 +239,22 @@ def warp(
 
 
 def augment_pixels(
-    image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, has_person: bool
+    image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, has_person: bool, *,
+    channels_first: bool = False,
 ) -> tuple[np.ndarray, bool]:
     """The photometric augmentations of an (H, W, 3) uint8 image, each with its own chance.
+    `channels_first`: the image is (3, H, W), and so is the result: the same draws in the same
+    order and the same pixels, transposed.
 
     Returns the new image and whether it was replaced by noise (then its targets no longer
     describe it; the caller decides what they become)."""
+    # Channels-last views of a channels-first image: the draws (noise, burned pixels, the
+    # replacement) keep their (H, W, 3) shapes, so the RNG stream is that of the (H, W, 3) form.
+    hwc = image.transpose(1, 2, 0) if channels_first else image
+    shape = hwc.shape
     # float64 only once colour or noise touch the pixels, in place: the values of the plain
     # `out = (out - mean) * contrast + mean + brightness; out = out + noise` form, bit for bit.
-    out: np.ndarray | None = None
+    out: np.ndarray | None = None  # float64, in `image`'s layout
     if rng.random() < cfg.color:
         # Contrast about the channel mean and a brightness shift, each up to ±color_max_change:
         # one pair for all channels, or (with chance color_per_channel) one pair per channel.
@@ -247,8 +262,12 @@ def augment_pixels(
         contrast = 1.0 + rng.uniform(-cfg.color_max_change, cfg.color_max_change, channels)
         brightness = 255.0 * rng.uniform(-cfg.color_max_change, cfg.color_max_change, channels)
         # The float64 mean of integers is their exact sum over the count, in any order.
-        mean = image.reshape(-1, image.shape[-1]).sum(axis=0, dtype=np.int64).astype(
-            np.float64) / (image.shape[0] * image.shape[1])
+        sums = image.reshape(shape[-1], -1).sum(axis=1, dtype=np.int64) if channels_first \
+            else image.reshape(-1, shape[-1]).sum(axis=0, dtype=np.int64)
+        mean = sums.astype(np.float64) / (shape[0] * shape[1])
+        if channels_first:  # per-channel values along the leading axis
+            mean, contrast, brightness = (v.reshape(-1, 1, 1)
+                                          for v in (mean, contrast, brightness))
         out = image.astype(np.float64)
         out -= mean
         out *= contrast
@@ -256,18 +275,24 @@ def augment_pixels(
         out += brightness
     if rng.random() < cfg.noise:
         std = rng.uniform(_NOISE_STD_MIN, NOISE_STD_MAX)
-        noise = rng.normal(0.0, std, image.shape)
+        noise = rng.normal(0.0, std, shape)
         if out is None:
             out = image.astype(np.float64)
-        out += noise
+        out += noise.transpose(2, 0, 1) if channels_first else noise
     pixels = image.copy() if out is None else out  # no colour or noise: still whole levels
     if rng.random() < cfg.burned_pixels and cfg.max_burned_pixels > 0:
         n = int(rng.integers(1, cfg.max_burned_pixels + 1))
-        flat = rng.choice(image.shape[0] * image.shape[1], size=n, replace=False)
-        pixels[np.unravel_index(flat, image.shape[:2])] = 255  # saturated in every channel
+        flat = rng.choice(shape[0] * shape[1], size=n, replace=False)
+        burned = np.unravel_index(flat, shape[:2])
+        if channels_first:
+            pixels[:, burned[0], burned[1]] = 255  # saturated in every channel
+        else:
+            pixels[burned] = 255
     replaced = not has_person and rng.random() < cfg.replace_with_noise
     if replaced:
-        return rng.integers(0, 256, image.shape, dtype=np.uint8), True
+        noise_image = rng.integers(0, 256, shape, dtype=np.uint8)
+        return (np.ascontiguousarray(noise_image.transpose(2, 0, 1)) if channels_first
+                else noise_image), True
     if out is None:
         return pixels, False
     np.rint(out, out=out)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from distill.config import AugmentConfig, HeatmapScheduleConfig
-from distill.images import decode_image, decode_png, image_size
+from distill.images import decode_image, decode_own_png, decode_png, image_size
 from distill.labels.depth import DEPTH_LEVELS
 from distill.labels.groups import NUM_GROUPS, TEXT_GROUP
 from distill.labels.keypoints import NUM_JOINTS, heatmap_windows, paf_windows
@@ -122,17 +122,25 @@ _PIL_MODES = {"depth": ("I;16", "F"), "normals": ("RGB", "RGB")}
 
 def _letterboxed_png(encoded: Mapping[str, bytes | None] | None, name: str,
                      lb: Letterbox) -> np.ndarray | None:
-    """The letterbox of a row's `<name>_png` decoded straight into Pillow's resize: the pixels
-    of decoding it into the sample first (`decode_row`) and letterboxing that, without the
-    round trips through numpy. None when `encoded` lacks it."""
+    """The letterbox of a row's `<name>_png`: the pixels of decoding it into the sample first
+    (`decode_row`) and letterboxing that. A PNG in `encode_png`'s layout is decoded by zlib and
+    numpy (`decode_own_png`); any other goes straight from Pillow's decoder into its resize,
+    without a round trip through numpy. None when `encoded` lacks it."""
     data = None if encoded is None else encoded.get(f"{name}_png")
     if data is None:
         return None
+    array = decode_own_png(data)  # encode_png's layout: zlib + numpy, faster than Pillow
+    if array is not None:
+        return _letterboxed_array(array, name, lb)
     stored, resized = _PIL_MODES[name]
     with Image.open(io.BytesIO(data)) as img:
         if img.mode == stored:
             return lb.pil_image(img.convert(resized) if resized != stored else img)
-    array = decode_png(data)  # another PNG mode: as `decode_row` reads it
+    return _letterboxed_array(decode_png(data), name, lb)  # another mode: as decode_row reads it
+
+
+def _letterboxed_array(array: np.ndarray, name: str, lb: Letterbox) -> np.ndarray:
+    """The letterbox of a decoded depth (bilinear in float32, 0..65535) or normals map."""
     return lb.float_map(array.astype(np.float32)) if name == "depth" else lb.image(array)
 
 
@@ -147,13 +155,14 @@ def _dense_maps(sample: Sample, lb: Letterbox, resampler: Resampler | None,
     content[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] = 1
     for name in ("depth", "normals"):
         letterboxed = _letterboxed_png(encoded, name, lb)
-        if letterboxed is None and name == "depth" and sample.depth16 is not None:
-            letterboxed = lb.float_map(sample.depth16.astype(np.float32))  # bilinear, 0..65535
-        if letterboxed is None and name == "normals" and sample.normals is not None:
-            letterboxed = lb.image(sample.normals)  # bilinear on the stored 8-bit encoding
+        decoded = sample.depth16 if name == "depth" else sample.normals
+        if letterboxed is None and decoded is not None:
+            letterboxed = _letterboxed_array(decoded, name, lb)  # bilinear, as stored
+        if letterboxed is not None and letterboxed.ndim == 3:  # normals: channels first
+            letterboxed = np.ascontiguousarray(letterboxed.transpose(2, 0, 1))
         if letterboxed is not None:
             maps[name] = letterboxed if resampler is None else \
-                resampler.bilinear(letterboxed, content)
+                resampler.bilinear(letterboxed, content, channels_first=True)
     if sample.text_mask is not None:
         maps["text"] = _label_map(sample.text_mask, lb, resampler)
     if sample.groups is not None:
@@ -197,7 +206,7 @@ def _assemble(maps: dict[str, np.ndarray], kp: np.ndarray, size: int,
         # Stored depth is relative inverse depth spread over 0..65535: near is already high.
         target[layout.DEPTH] = _to_u8(maps["depth"] / DEPTH_LEVELS)[None]
     if "normals" in maps:
-        target[layout.NORMALS] = maps["normals"].transpose(2, 0, 1)
+        target[layout.NORMALS] = maps["normals"]  # (3, S, S)
     if "text" in maps:
         target[layout.TEXT] = maps["text"][None].astype(np.uint8) * 255
     if "groups" in maps:
@@ -252,11 +261,12 @@ def build_example(
     # The geometry once per sample: one resampler's taps for the image and every map.
     resampler = None if affine is None else Resampler(affine, size, size)
     maps = _dense_maps(sample, lb, resampler, encoded)
+    image = np.ascontiguousarray(image.transpose(2, 0, 1))  # (3, S, S) from here on
     if affine is not None and resampler is not None:
-        image = resampler.bilinear(image)
+        image = resampler.bilinear(image, channels_first=True)
         kp = affine.keypoints(kp, size)
     if rng is not None and augment is not None:
-        image, replaced = augment_pixels(image, augment, rng, has_person)
+        image, replaced = augment_pixels(image, augment, rng, has_person, channels_first=True)
     target = _assemble(maps, kp, size, epoch_schedule)
     tokens = _tokens(sample, vocab, max_tokens, token_dim)
     if replaced:
@@ -265,7 +275,7 @@ def build_example(
         present["depth"] = present["normals"] = False
     return Example(
         image_id=int(sample.image_id),
-        image=np.ascontiguousarray(image.transpose(2, 0, 1)),
+        image=image,
         target=target,
         tokens=tokens,
         has_person=has_person,

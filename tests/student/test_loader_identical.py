@@ -11,11 +11,12 @@ from PIL import Image
 
 from distill.coco import Person
 from distill.config import AugmentConfig, TrainConfig
+from distill.images import decode_own_png
 from distill.labels.depth import encode_depth16
 from distill.labels.tokens import Vocabulary
 from distill.runfolder import shard_name
 from distill.shards import Sample, ShardWriter, decode_row, make_metadata, open_shard
-from distill.student.augment import Affine, augment_pixels, warp
+from distill.student.augment import Affine, Resampler, augment_pixels, warp
 from distill.student.data import ShardStream
 from distill.student.targets import build_example
 from tests.student import old_loader
@@ -109,9 +110,27 @@ def test_warp_is_identical_to_the_old_warp():
                 new = warp(array, affine, mode, m)  # type: ignore[arg-type]
                 old = old_loader.warp(array, affine, mode, m)  # type: ignore[arg-type]
                 assert new.dtype == old.dtype and np.array_equal(new, old), (mode, m is None)
+                if mode == "bilinear" and array.ndim == 3:  # the loader's (C, H, W) layout
+                    planes = Resampler(affine, 40, 40).bilinear(
+                        np.ascontiguousarray(array.transpose(2, 0, 1)), m, channels_first=True)
+                    assert planes.dtype == old.dtype
+                    assert np.array_equal(planes, old.transpose(2, 0, 1)), m is None
 
 
-def test_the_stream_reading_fewer_columns_yields_the_old_examples(tmp_path):
+def _pillow_encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """A PNG as Pillow writes it (its own filter per row), as shards written before
+    `encode_png`'s Up-filter layout hold: the loader decodes those through Pillow."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG",
+                                                      compress_level=compress_level)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("encoder", ["own", "pillow"])
+def test_the_stream_reading_fewer_columns_yields_the_old_examples(tmp_path, monkeypatch,
+                                                                  encoder):
+    if encoder == "pillow":
+        monkeypatch.setattr("distill.shards.encode_png", _pillow_encode_png)
     path = tmp_path / shard_name("train2017", 0)
     with ShardWriter(path, make_metadata("f", {}), row_group_size=2) as writer:
         for sample in SAMPLES:
@@ -119,6 +138,10 @@ def test_the_stream_reading_fewer_columns_yields_the_old_examples(tmp_path):
     cfg = TrainConfig()
     stream = ShardStream(tmp_path, S, VOCAB, cfg, train=True, shuffle_buffer=1, seed=3)
     rows = {r["image_id"]: r for r in open_shard(path).read().to_pylist()}
+    pngs = [r[c] for r in rows.values() for c in ("depth_png", "normals_png", "groups_png",
+                                                   "text_png") if r[c] is not None]
+    own = [decode_own_png(png) is not None for png in pngs]
+    assert all(own) if encoder == "own" else not any(own)  # the path under test is taken
     for epoch in (0, 1):
         stream.set_epoch(epoch)
         seen = 0
@@ -146,3 +169,8 @@ def test_augment_pixels_is_identical_to_the_old_one(cfg):
             old, was = old_loader.augment_pixels(image, cfg, np.random.default_rng(seed),
                                                  has_person)
             assert replaced == was and new.dtype == old.dtype and np.array_equal(new, old)
+            planes, replaced = augment_pixels(np.ascontiguousarray(image.transpose(2, 0, 1)),
+                                              cfg, np.random.default_rng(seed), has_person,
+                                              channels_first=True)
+            assert replaced == was and planes.dtype == old.dtype
+            assert np.array_equal(planes, old.transpose(2, 0, 1))
