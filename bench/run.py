@@ -117,7 +117,7 @@ def bench_postprocess(repeat: int) -> dict[str, Any]:
         "png_bytes": png_bytes,
         "render_256_ms": render,
         "note": "synthetic teacher-shaped outputs (depth is noise: near-incompressible); PNG "
-                "compress_level=1 (Up filter, zlib Z_RLE); bytes depend on content",
+                "compress_level=1 (Up filter, zlib default strategy); bytes depend on content",
     }
 
 
