@@ -277,7 +277,33 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("one driver commits shards (16-GPU cluster's rate)", "≥ 500 images/s",
                      f"{loc:.0f} local disk, {s3:.0f} S3 test server (moto: a lower bound)",
                      f"{verdict(loc, loc >= 500)} locally, {verdict(s3, s3 >= 500)} on moto"))
+    vw = results.get("viewer", {})
+    if isinstance(vw, dict) and "first_page_s" in vw:
+        worst = max(vw["first_page_s"], vw["next_page_s"])
+        rows.append((f"`distill view` on a {vw['rows']:,}-row run: first page, next page",
+                     "< 1 s each", f"{vw['first_page_s']:.2f} s, {vw['next_page_s']:.2f} s "
+                     "(2-core VM)", verdict(worst, worst < 1.0)))
     return rows
+
+
+def _viewer_lines(vw: Any) -> list[str]:
+    lines = ["", "## Viewer (`distill view`)"]
+    if vw is None or "error" in vw:
+        return lines + _error(vw)
+    return [
+        *lines, "", f"A {vw['rows']:,}-row run ({vw['shards']} shards, {vw['bytes'] / 1e9:.1f} GB; "
+        f"{vw['source'] or 'COCO-size rows'} copied over and over), pages of {vw['page']} "
+        f"cards, medians of {vw['repeat']} fresh apps: {vw['note']}.", "",
+        "| step | seconds |", "|---|---:|",
+        f"| open the run (footers of every shard) | {vw['open_s']:.3f} |",
+        f"| first page (open + cards + thumbnails) | **{vw['first_page_s']:.3f}** |",
+        f"| next page | **{vw['next_page_s']:.3f}** |",
+        f"| a page in the middle of the run | {vw['deep_page_s']:.3f} |",
+        f"| statistics of all rows for filters and sorts (background, once) | "
+        f"{vw['statistics_all_rows_s']:.1f} |",
+        f"| a filtered, sorted query once they are there | "
+        f"{vw['filtered_sorted_query_s']:.3f} |",
+    ]
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
@@ -286,8 +312,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
         "# Benchmark results",
         "",
         f"Machine: {m['processor']}, {m['cpu_count']} cores, GPU: {m['gpu']}. Every figure is "
-        f"the median of repeated runs within one `make bench` ({results.get('total_seconds', '?')}"
-        " s in all); ratios compare figures from the same run.",
+        "the median of repeated runs within its section; ratios compare figures measured side "
+        "by side in the same section run. `make bench` runs every section; `--only S` reruns "
+        "some and keeps the others' last figures (the last invocation took "
+        f"{results.get('total_seconds', '?')} s).",
         "",
         "## Goals",
         "",
@@ -308,6 +336,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _scaling_lines(results.get("scaling"))
     lines += single_writer_lines(results.get("single_writer"))
     lines += _driver_memory_lines(results.get("driver_memory"))
+    lines += _viewer_lines(results.get("viewer"))
     lines += _profile_lines(results.get("profile"))
     return "\n".join(lines) + "\n"
 
@@ -514,7 +543,7 @@ def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "teachers", "scaling",
-            "single_writer", "driver_memory", "profile")
+            "single_writer", "driver_memory", "viewer", "profile")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -536,6 +565,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "scaling": lambda: bench_scaling(work, args.copies),
         "single_writer": lambda: bench_single_writer(work),
         "driver_memory": lambda: bench_driver_memory(work),
+        "viewer": lambda: _bench_viewer(work, args),
         "profile": lambda: bench_profile(args.repeat),
     }
     for name in SECTIONS:
@@ -591,6 +621,13 @@ def _coco_size_demo(root: Path, copies: int) -> Path:
                 ann["bbox"] = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
         (root / "annotations" / name).write_text(json.dumps(doc))
     return root
+
+
+def _bench_viewer(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.viewer import bench_viewer
+
+    shards, what = _shards(work, args.copies, args.loader_shards)
+    return bench_viewer(shards, work, source_what=what)
 
 
 def _bench_loader(work: Path, args: argparse.Namespace) -> dict[str, Any]:

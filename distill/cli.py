@@ -888,6 +888,53 @@ def show(
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
+@app.command("view")
+@handles_errors
+def view(
+    run: Annotated[str, typer.Argument(help="A generate-labels run folder, a shards folder, a "
+                                       "glob or one shard (a path or a URI).")],
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", "-k", help="A trained student: its outputs become layers beside the "
+        "teachers', with each sample's HDM and token cosine.")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8765,
+    host: Annotated[str, typer.Option(
+        help="Address to bind. 127.0.0.1 keeps the viewer on this machine; anything else "
+        "lets others on the network read the run.")] = "127.0.0.1",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Browse a run in a web browser: a grid of samples (thumbnails, captions, badges) with
+    filters and sorts, a sample page with toggleable label layers, a run page with per-stage
+    rates, shard status and the quarantine. Read-only; pages a 118k-row run without loading it.
+
+    \b
+    Examples:
+      distill view demo-data/run      # then open http://127.0.0.1:8765
+      distill view s3://bucket/runs/coco -k demo-data/student --port 9000
+      ssh -L 8765:127.0.0.1:8765 gpu-box distill view /runs/coco
+    """
+    import socket
+
+    import uvicorn
+
+    from distill.view import create_app
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: serving on {host}: anyone who can reach this machine on port "
+                    f"{port} can read the run (no authentication)", fg=typer.colors.YELLOW,
+                    err=True)
+    app = create_app(run, checkpoint=checkpoint, device=_device(device) if checkpoint else "cpu")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise DistillError(f"cannot serve on {host}:{port}: {exc.strerror or exc} "
+                               "(pass another --port)") from None
+    rows = app.state.view.total_rows()
+    typer.echo(f"distill view: {run} ({rows:,} rows) at http://{host}:{port}/  (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 @app.command("inspect")
 @handles_errors
 def inspect(

@@ -53,6 +53,7 @@ __all__ = [
     "parse_shard_name",
     "resolve_shards",
     "shard_name",
+    "writer_active",
 ]
 
 logger = logging.getLogger(__name__)
@@ -473,6 +474,33 @@ def _local_lock(root: Location) -> Lease:
         fh.close()
 
     return Lease(str(root), release)
+
+
+def writer_active(root: Location) -> bool:
+    """Whether a distill run holds `root`'s write lock now (the local lock file's flock, or an
+    unexpired lease on S3). Only reads: a viewer can ask without disturbing the writer."""
+    if root.is_local:
+        import fcntl
+
+        try:
+            fh = (root.as_path() / LOCK).open("rb")
+        except OSError:
+            return False
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+    lease = root / LEASE
+    if not lease.is_file():
+        return False
+    try:
+        held = json.loads(lease.read_bytes() or b"{}")
+    except (OSError, ValueError):
+        return False
+    return time.time() <= float(held.get("expires", 0))
 
 
 def _cannot_write(root: Location, exc: OSError) -> str:

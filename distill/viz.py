@@ -42,9 +42,13 @@ __all__ = [
     "SheetLayout",
     "contact_sheet",
     "depth_colormap",
+    "draw_skeletons",
+    "group_index",
     "group_shares",
     "panel_boxes",
+    "people_maps",
     "read_row",
+    "resize_map",
     "row_warning",
     "save_sheet",
     "sheet_for_row",
@@ -227,7 +231,7 @@ def depth_colormap(depth: np.ndarray) -> np.ndarray:
     return np.rint(rgb).astype(np.uint8)
 
 
-def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+def resize_map(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
     """Resize a 2-D float map or an (H, W, 3) uint8 image to size = (width, height)."""
     if array.shape[1::-1] == size:
         return array
@@ -255,7 +259,7 @@ def _u8(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(array), 0, 255).astype(np.uint8)
 
 
-def _group_index(groups: np.ndarray) -> np.ndarray:
+def group_index(groups: np.ndarray) -> np.ndarray:
     """(G, H, W) maps → (H, W) int: the first group present at each pixel, -1 for none."""
     present = groups > _THRESHOLD
     first = np.argmax(present, axis=0)
@@ -280,6 +284,48 @@ def _joint_colors() -> list[tuple[int, int, int]]:
 _JOINT_COLORS = _joint_colors()
 
 
+def people_maps(labels: Labels, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray,
+                                                                   float, float]:
+    """Joint heat and PAF strength (H, W) at `size` (width, height) and the opacity each is
+    drawn with: the student's own maps, or faint renderings of ground-truth people."""
+    w, h = size
+    if labels.joints is not None or labels.pafs is not None:  # the student's maps
+        heat = (resize_map(np.max(labels.joints, axis=0), size)
+                if labels.joints is not None else np.zeros((h, w), np.float32))
+        paf = (resize_map(np.max(np.abs(labels.pafs), axis=0), size)
+               if labels.pafs is not None else np.zeros((h, w), np.float32))
+        return heat, paf, 0.8, 0.6
+    scale = w / labels.width
+    scaled = np.asarray(labels.people, np.float32).reshape(-1, NUM_JOINTS, 3).copy()
+    scaled[..., :2] *= scale
+    heat = render_heatmaps(scaled, h, w, size=max(23.0 * scale, 5.0)).max(axis=0)
+    paf = render_pafs(scaled, h, w, line_width=max(6.0 * scale, 2.0)).max(axis=0)
+    return heat, paf, 0.45, 0.3
+
+
+def draw_skeletons(draw: ImageDraw.ImageDraw, labels: Labels, size: tuple[int, int],
+                   offset: tuple[int, int] = (0, 0)) -> int:
+    """Draw each person's limbs and joints of `labels`, scaled to `size` (width, height) and
+    placed at `offset`; returns the number of people."""
+    w = size[0]
+    scale = w / labels.width
+    people = np.asarray(labels.people, np.float32).reshape(-1, NUM_JOINTS, 3)
+    lw = max(2, round(w / 120))
+    radius = max(2.5, w / 100)
+    for person in people:
+        pts = person[:, :2] * scale + offset
+        seen = person[:, 2] > 0
+        for k, (a, b) in enumerate(LIMBS):
+            if seen[a] and seen[b]:
+                color = _JOINT_COLORS[(3 * k) % NUM_JOINTS]
+                draw.line([tuple(pts[a]), tuple(pts[b])], fill=color, width=lw)
+        for j in np.flatnonzero(seen):
+            x, y = pts[j]
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius),
+                         fill=_JOINT_COLORS[j], outline=(0, 0, 0))
+    return len(people)
+
+
 # ---------------------------------------------------------------------------------------------
 # Panels
 
@@ -301,7 +347,7 @@ class _Painter:
 
     def image_at(self, size: tuple[int, int]) -> np.ndarray:
         if size not in self._scaled:
-            self._scaled[size] = _resize(self.image_rgb, size)
+            self._scaled[size] = resize_map(self.image_rgb, size)
         return self._scaled[size]
 
     # -- frame ----------------------------------------------------------------------------
@@ -425,7 +471,7 @@ class _Painter:
             self.missing(panel, _MISSING[name])
             return
         size = self.content_size(panel)
-        self.paste(panel, depth_colormap(_resize(depth, size)))
+        self.paste(panel, depth_colormap(resize_map(depth, size)))
         self.colorbar(panel)
 
     def colorbar(self, panel: Panel) -> None:
@@ -450,15 +496,15 @@ class _Painter:
             self.missing(panel, _MISSING["normals"])
             return
         rgb = _u8((np.clip(normals, -1.0, 1.0) + 1.0) * 127.5)
-        self.paste(panel, _resize(rgb, self.content_size(panel)))
+        self.paste(panel, resize_map(rgb, self.content_size(panel)))
 
     def groups(self, panel: Panel, groups: np.ndarray | None) -> None:
         if groups is None:
             self.missing(panel, _MISSING["groups"])
             return
         size = self.content_size(panel)
-        index = _group_index(groups).astype(np.float32)
-        index = _resize(index, size, nearest=True).astype(np.int64)
+        index = group_index(groups).astype(np.float32)
+        index = resize_map(index, size, nearest=True).astype(np.int64)
         palette = np.array([*GROUP_COLORS, (0, 0, 0)], np.float32)
         base = _dim(self.image_at(size))
         rgb = _blend(base, palette[index], (index >= 0) * 0.65)
@@ -469,7 +515,7 @@ class _Painter:
             self.missing(panel, _MISSING["text"])
             return
         size = self.content_size(panel)
-        prob = _resize(np.clip(text.astype(np.float32), 0.0, 1.0), size)
+        prob = resize_map(np.clip(text.astype(np.float32), 0.0, 1.0), size)
         rgb = _blend(_dim(self.image_at(size)), np.array(TEXT_COLOR, np.float32), prob * 0.85)
         self.paste(panel, _u8(rgb))
         share = float((text > _THRESHOLD).mean()) if text.size else 0.0
@@ -477,40 +523,13 @@ class _Painter:
 
     def people(self, panel: Panel, labels: Labels) -> None:
         size = self.content_size(panel)
-        w, h = size
-        scale = w / labels.width
-        people = np.asarray(labels.people, np.float32).reshape(-1, NUM_JOINTS, 3)
-        if labels.joints is not None or labels.pafs is not None:  # the student's maps
-            heat = (_resize(np.max(labels.joints, axis=0), size)
-                    if labels.joints is not None else np.zeros((h, w), np.float32))
-            paf = (_resize(np.max(np.abs(labels.pafs), axis=0), size)
-                   if labels.pafs is not None else np.zeros((h, w), np.float32))
-            heat_alpha, paf_alpha = 0.8, 0.6
-        else:  # ground truth: faint renderings of the people
-            scaled = people.copy()
-            scaled[..., :2] *= scale
-            heat = render_heatmaps(scaled, h, w, size=max(23.0 * scale, 5.0)).max(axis=0)
-            paf = render_pafs(scaled, h, w, line_width=max(6.0 * scale, 2.0)).max(axis=0)
-            heat_alpha, paf_alpha = 0.45, 0.3
+        heat, paf, heat_alpha, paf_alpha = people_maps(labels, size)
         base = self.image_at(size).astype(np.float32) * 0.6
         rgb = _blend(base, PAF_COLOR, np.clip(paf, 0, 1) * paf_alpha)
         rgb = _blend(rgb, HEAT_COLOR, np.clip(heat, 0, 1) * heat_alpha)
         self.paste(panel, _u8(rgb))
         x0, y0, _, _ = self._content_box(panel)
-        lw = max(2, round(w / 120))
-        radius = max(2.5, w / 100)
-        for person in people:
-            pts = person[:, :2] * scale + (x0, y0)
-            seen = person[:, 2] > 0
-            for k, (a, b) in enumerate(LIMBS):
-                if seen[a] and seen[b]:
-                    color = _JOINT_COLORS[(3 * k) % NUM_JOINTS]
-                    self.draw.line([tuple(pts[a]), tuple(pts[b])], fill=color, width=lw)
-            for j in np.flatnonzero(seen):
-                x, y = pts[j]
-                self.draw.ellipse((x - radius, y - radius, x + radius, y + radius),
-                                  fill=_JOINT_COLORS[j], outline=(0, 0, 0))
-        n = len(people)
+        n = draw_skeletons(self.draw, labels, size, (x0, y0))
         self.badge(panel, f"{n} {'person' if n == 1 else 'people'}")
 
     # -- text panels ----------------------------------------------------------------------

@@ -28,7 +28,7 @@ from distill.student.data import ShardSpec, ShardStream
 from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
 from distill.student.pose import decode_letterboxed, keypoint_ap, to_coco_results
 
-__all__ = ["PAPER_TABLE2", "evaluate", "format_evaluation", "trained_on"]
+__all__ = ["PAPER_TABLE2", "evaluate", "format_evaluation", "score_sample", "trained_on"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,35 @@ def evaluate(
     if pose:
         report["pose"] = keypoint_ap([truth[i] for i in seen], results)
     return report
+
+
+@torch.no_grad()
+def score_sample(model: Model, config: Config, sample: Sample, *, vocab: Vocabulary | None,
+                 epoch: int = 0, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """One shard row's scores, as `evaluate` scores a whole run: HDM@0.1 and MSE per modality
+    (None where the row has no label) and the token cosine per position with a word."""
+    from distill.student.targets import build_example
+
+    student = config.student
+    token_dim = vocab.dim if vocab is not None else student.token_dim
+    example = build_example(sample, student.input_size, vocab, student.num_tokens,
+                            _schedule(config, epoch), None, None, token_dim=token_dim)
+    device = torch.device(device)
+    outputs = model(to_unit(torch.from_numpy(example.image)[None].to(device)))
+    meter = Meter()
+    measure(meter, {k: v.float() for k, v in outputs.items()},
+            torch.from_numpy(example.target)[None].to(device),
+            torch.from_numpy(example.tokens)[None].to(device),
+            torch.from_numpy(example.present_vector())[None].to(device))
+    metrics = meter.means()
+    cosines = [metrics.get(f"token_cosine/{i + 1}") for i in range(student.num_tokens)]
+    have = [c for c in cosines if c is not None]
+    return {
+        "hdm@0.1": {name: metrics.get(f"hdm@0.1/{name}") for name in layout.MODALITIES},
+        "mse": {name: metrics.get(f"mse/{name}") for name in layout.MODALITIES},
+        "token_cosine": cosines,
+        "token_cosine_mean": sum(have) / len(have) if have else None,
+    }
 
 
 def _schedule(config: Config, epoch: int) -> tuple[float, float]:
