@@ -270,3 +270,20 @@ def test_cli_busy_port_and_other_host(labelled_coco7):
     assert res.exit_code == 2 and "does not exist" in res.output
     help_text = CliRunner().invoke(cli_app, ["view", "--help"]).output
     assert "--checkpoint" in help_text and "127.0.0.1" in help_text
+
+
+def test_shards_committed_later_appear(labelled_coco7, tmp_path):
+    """A run that is still going gains shards: the view reads the list again."""
+    import shutil
+
+    shards = sorted((labelled_coco7[1] / "shards").glob("*.parquet"))
+    assert len(shards) >= 2
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    shutil.copy(shards[0], folder)
+    view = RunView(folder)
+    first = view.total_rows()
+    shutil.copy(shards[1], folder)
+    view.refresh(force=True)
+    assert view.total_rows() == first + pq.ParquetFile(shards[1]).metadata.num_rows
+    assert [c["shard"] for c in view.page(0, 100)][-1] == shards[1].name
