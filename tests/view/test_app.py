@@ -287,3 +287,35 @@ def test_shards_committed_later_appear(labelled_coco7, tmp_path):
     view.refresh(force=True)
     assert view.total_rows() == first + pq.ParquetFile(shards[1]).metadata.num_rows
     assert [c["shard"] for c in view.page(0, 100)][-1] == shards[1].name
+
+
+def test_a_row_without_a_teacher(labelled_coco7, tmp_path):
+    """A row the text teacher did not label: its card says so, the `missing` filter finds it,
+    and it has no text layer."""
+    from starlette.testclient import TestClient
+
+    from distill.shards import ShardWriter, make_metadata, read_metadata
+    from distill.view import create_app
+
+    src = sorted((labelled_coco7[1] / "shards").glob("*.parquet"))[0]
+    rows = pq.read_table(src).to_pylist()
+    rows[0] |= {"text_png": None, "text_regions": None}
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    meta = read_metadata(src)
+    with ShardWriter(folder / src.name, make_metadata(meta["fingerprint"],
+                                                       meta.get("provenance") or {})) as w:
+        for row in rows:
+            w.write_row(row)
+    with TestClient(create_app(folder)) as client:
+        cards = client.get("/api/rows").json()["rows"]
+        assert cards[0]["teachers"]["text"] is False and cards[0]["text_share"] is None
+        assert all(c["teachers"]["text"] for c in cards[1:])
+        found = _complete(client, {"missing": "text"})
+        assert [c["key"] for c in found["rows"]] == [cards[0]["key"]]
+        ranked = _complete(client, {"sort": "text_share", "order": "desc"})
+        assert ranked["rows"][-1]["key"] == cards[0]["key"]  # no value sorts last
+        doc = client.get(f"/api/sample/{src.name}/0").json()
+        assert "text" not in doc["layers"] and "depth" in doc["layers"]
+        assert client.get(f"/layer/teacher/{src.name}/0/text.png").status_code == 404
+        assert not client.get("/api/run").json()["is_run"]
