@@ -140,3 +140,19 @@ def test_grid_filter_sample_and_layer_toggle(server, browser, labelled_coco7, tm
     browser.get(server + "/#/run")
     _wait(lambda: "rows in" in browser.find_element(By.ID, "run-status").text, what="run page")
     assert "quarantine (0)" in browser.find_element(By.ID, "run-info").text
+
+
+@pytest.mark.parametrize("path", ["/static/../../cli.py", "/static/../app.py",
+                                  "/api/sample/../../manifest.json/0",
+                                  "/thumb/../config.toml/0.jpg", "/static/%2e%2e/app.py"])
+def test_raw_paths_over_the_wire_stay_inside(server, path):
+    """Paths sent as they are (no client-side normalisation), to the real server."""
+    import http.client
+
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", path)
+    res = conn.getresponse()
+    body = res.read()
+    assert res.status in (400, 404), path
+    assert b"import" not in body and b"[project]" not in body
