@@ -262,11 +262,15 @@ class RayConfig:
     num_cpus: int = _runtime(0)  # 0 = all of this machine's cores (local Ray only)
     num_gpus: int = _runtime(-1)  # -1 = detect (local Ray only)
     # How generate-labels places its stages (pipelines.sizing.choose_layout): "fused" runs
-    # decode, every teacher and post-processing in one actor per `worker_cpus` CPUs; "pools"
-    # gives each teacher its own actor pool; "auto" fuses unless a teacher asks for a GPU.
+    # decode, every teacher and post-processing on one block per `worker_cpus` CPUs, in worker
+    # processes that each hold one copy of the models; "pools" gives each teacher its own actor
+    # pool; "auto" fuses unless a teacher asks for a GPU.
     layout: str = _runtime("auto")
-    workers: int = _runtime(0)  # fused actors; 0 = one per `worker_cpus` CPUs of the cluster
-    worker_cpus: float = _runtime(1.0)  # CPUs (and torch threads) per fused actor
+    workers: int = _runtime(0)  # fused block slots; 0 = one per `worker_cpus` CPUs of the cluster
+    worker_cpus: float = _runtime(1.0)  # CPUs (and torch threads) per fused block slot
+    # Slots per fused worker process (threads sharing its models); 0 = 2 on one machine, 1 per
+    # process on a multi-node cluster (pipelines.sizing.fused_workers)
+    worker_threads: int = _runtime(0)
 
     def validate(self) -> None:
         if self.layout not in ("auto", "fused", "pools"):
@@ -275,6 +279,9 @@ class RayConfig:
             raise ConfigError(f"ray.workers must be >= 0 (0 = one per CPU), got {self.workers}")
         if self.worker_cpus <= 0:
             raise ConfigError(f"ray.worker_cpus must be > 0, got {self.worker_cpus}")
+        if self.worker_threads < 0:
+            raise ConfigError("ray.worker_threads must be >= 0 (0 = all slots of a machine in "
+                              f"one process), got {self.worker_threads}")
 
 
 @dataclass

@@ -69,7 +69,7 @@ def estimate(plan: RunPlan, sample: int = 2) -> Estimate:
     roles = plan.stage_names()[1:-1]
     if choose_layout(plan.config, roles) == "fused":
         est.layout = "fused"
-        workers = fused_workers(plan.config, roles, _local_cluster(plan)).count
+        workers = fused_workers(plan.config, roles, _local_cluster(plan)).slots
         est.concurrency = dict.fromkeys(plan.stage_names(), workers)
     items = _sample_items(plan, sample)
     if not items:

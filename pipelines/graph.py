@@ -280,7 +280,8 @@ class _Fused:
     """The fused layout on plain Ray actors (`LabelOp`), without Ray Data: no stats, autoscaling
     or location actors, no executor in the driver.
 
-    - Each worker has at most `DEPTH` blocks queued, so it never waits for the driver; blocks
+    - Each worker has at most `DEPTH` blocks queued beyond one per slot (its threads), so it
+      never waits for the driver; blocks
       go out in plan order, so shards finish about in order and the driver holds at most the
       window's items.
     - The first worker starts alone and the others once it is ready: on a machine with a core
@@ -311,10 +312,13 @@ class _Fused:
 
         config, w = self.plan.config, self.workers
         reserve = {"memory": w.memory} if w.memory else {}
+        # a threaded actor: its `threads` slots label blocks side by side on one set of models
         worker = ray.remote(LabelOp).options(num_cpus=w.cpus, num_gpus=w.gpus or None,
-                                             max_restarts=0, **reserve)
+                                             max_restarts=0, max_concurrency=w.threads,
+                                             **reserve)
         for _ in range(n):
-            actor: Any = worker.remote(self.roles, config.teachers.roles(), max(1, int(w.cpus)),
+            actor: Any = worker.remote(self.roles, config.teachers.roles(),
+                                       max(1, int(w.slot_cpus)),
                                   config.data, config.labels, dict(self.plan.manifest.dtypes))
             self.actors.append(actor)
             self.starting[actor.ready.remote()] = actor
@@ -339,8 +343,8 @@ class _Fused:
         import ray
         from ray.exceptions import RayActorError
 
-        logger.info("layout fused: %d worker(s), %g CPU(s) each", self.workers.count,
-                    self.workers.cpus)
+        logger.info("layout fused: %d worker process(es), %d block slot(s) of %g CPU(s) each",
+                    self.workers.count, self.workers.threads, self.workers.slot_cpus)
         todo = deque(enumerate(_block_items(self.plan, block_size(self.plan, self.roles))))
         tries: dict[int, int] = {}
         queued: dict[Any, tuple[Any, int, list[Item]]] = {}  # result ref → (actor, block)
@@ -361,7 +365,7 @@ class _Fused:
                     rest = 0
             while todo and self.load:
                 actor = min(self.load, key=self.load.__getitem__)
-                if self.load[actor] >= self.DEPTH:
+                if self.load[actor] >= self.DEPTH - 1 + self.workers.threads:
                     break
                 index, block = todo.popleft()
                 queued[actor.label.remote(block)] = (actor, index, block)

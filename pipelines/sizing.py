@@ -12,7 +12,7 @@ from distill.config import Config
 from distill.errors import ConfigError
 from pipelines.cluster import ClusterInfo
 
-__all__ = ["BLOCKS_IN_FLIGHT", "IMAGE_BYTES", "FusedWorkers", "actor_cpus", "actor_memory",
+__all__ = ["AUTO_THREADS", "BLOCKS_IN_FLIGHT", "IMAGE_BYTES", "FusedWorkers", "actor_cpus", "actor_memory",
            "check_gpus", "choose_layout", "fused_workers", "object_store_budget", "task_cpus"]
 
 logger = logging.getLogger(__name__)
@@ -107,40 +107,61 @@ def choose_layout(config: Config, roles: list[str]) -> str:
     return "pools" if any(teachers[r].num_gpus > 0 for r in roles) else "fused"
 
 
+# Block slots per fused process by default on one machine. Two threads label as fast as two
+# processes on the tiny preset (bench/RESULTS.md, issue 16) at the memory of one set of models;
+# more threads contend for the GIL in the Python between torch kernels, so a 16-core box runs
+# 8 processes of 2 threads, not one of 16.
+AUTO_THREADS = 2
+
+
 @dataclass(frozen=True)
 class FusedWorkers:
-    """The actors of the fused layout: how many, and what each one holds."""
+    """The processes of the fused layout: how many, and what each one holds."""
 
-    count: int
-    cpus: float  # also its torch threads
+    count: int  # worker processes
+    cpus: float  # CPUs each reserves: threads × slot_cpus
     gpus: float
     memory: int  # bytes reserved with Ray (every teacher's `memory_gb`, summed)
+    threads: int = 1  # block slots per process: threads sharing its one copy of the models
+    slot_cpus: float = 1.0  # CPUs (and torch threads) per slot
+
+    @property
+    def slots(self) -> int:
+        return self.count * self.threads
 
 
 def fused_workers(config: Config, roles: list[str], cluster: ClusterInfo) -> FusedWorkers:
-    """One worker per `ray.worker_cpus` CPUs of the cluster (default 1: one torch thread each,
-    which tiny and CPU-sized models use better than one process with many threads), or
-    `ray.workers` when set. Forced onto GPU teachers (`ray.layout = "fused"`), a worker takes
-    the largest `num_gpus` any of them asks, and there are no more workers than the GPUs
-    hold."""
+    """One block slot per `ray.worker_cpus` CPUs of the cluster (default 1: one torch thread
+    each, which tiny and CPU-sized models use better than one process with many threads), or
+    `ray.workers` when set. Slots share worker processes, `ray.worker_threads` per process
+    (threads: torch releases the GIL in its kernels, so they run side by side on one copy of
+    the models — the memory of one set of teachers instead of one per CPU); by default
+    `AUTO_THREADS` slots share a process on a local machine and a multi-node cluster's get one
+    process each, since a process must fit on one node. Forced onto GPU teachers (`ray.layout = "fused"`),
+    a worker is one slot that takes the largest `num_gpus` any of them asks, and there are no
+    more workers than the GPUs hold."""
     teachers = config.teachers.roles()
-    cpus = float(config.ray.worker_cpus)
+    slot = float(config.ray.worker_cpus)
     gpus = max(teachers[r].num_gpus for r in roles)
-    count = config.ray.workers or max(1, int(cluster.cpus // cpus))
+    slots = config.ray.workers or max(1, int(cluster.cpus // slot))
     if gpus > 0:
-        count = min(count, max(1, int(cluster.gpus // gpus + 1e-9)))
+        slots = min(slots, max(1, int(cluster.gpus // gpus + 1e-9)))
         if gpus > cluster.gpus + 1e-9:
             _short_of(cluster, f"a fused worker needs {gpus:g} GPUs (the largest "
                       f"teachers.<role>.num_gpus) but the cluster has {cluster.gpus:g}", "them")
-    if cpus > cluster.cpus:
-        _short_of(cluster, f"ray.worker_cpus = {cpus:g} but the cluster has {cluster.cpus:g} "
+    if slot > cluster.cpus:
+        _short_of(cluster, f"ray.worker_cpus = {slot:g} but the cluster has {cluster.cpus:g} "
                   "CPUs", "nodes")
+    threads = config.ray.worker_threads or (min(AUTO_THREADS, slots) if cluster.nodes <= 1
+                                            else 1)
+    threads = 1 if gpus > 0 else max(1, min(threads, slots))
+    count = max(1, slots // threads)
     memory = sum(int(teachers[r].memory_gb * 2**30) for r in roles)
     if memory and cluster.memory and memory * count > cluster.memory:
         count = max(1, int(cluster.memory // memory))
         logger.info("fused workers reserve %.1f GiB each: %d fit in Ray's memory resource",
                     memory / 2**30, count)
-    return FusedWorkers(count, cpus, gpus, memory)
+    return FusedWorkers(count, threads * slot, gpus, memory, threads, slot)
 
 
 def object_store_budget(config: Config, roles: list[str], cluster: ClusterInfo,

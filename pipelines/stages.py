@@ -285,10 +285,15 @@ class TeacherStage:
         todo = [it for it in items if it.ok and self.role in it.roles and it.array is not None]
         if not todo:
             return items
-        before = self.halvings
+        halved: list[int] = []  # this call's halvings (threads of a fused worker share a stage)
+
+        def on_halved(size: int) -> None:
+            halved.append(size)
+            self._halved(size)
+
         start = time.perf_counter()
         images = [it.array for it in todo if it.array is not None]  # all of them
-        results = predict_resilient(self.teacher.predict, self.config, images, self._halved)
+        results = predict_resilient(self.teacher.predict, self.config, images, on_halved)
         per_image = (time.perf_counter() - start) / len(todo)
         for item, result in zip(todo, results, strict=True):
             if isinstance(result, BaseException):
@@ -297,8 +302,8 @@ class TeacherStage:
             item.outputs[self.role] = result
             item.seconds[self.role] = per_image
             item.provenance[self.role] = self.provenance
-            if self.halvings > before:
-                item.halvings[self.role] = self.halvings - before
+            if halved:
+                item.halvings[self.role] = len(halved)
         return items
 
 

@@ -35,28 +35,44 @@ def test_auto_fuses_cpu_teachers_and_keeps_pools_for_gpu_ones():
     assert choose_layout(forced, ROLES) == "pools"
 
 
-def test_a_fused_worker_per_cpu_unless_told_or_short_of_memory():
+def test_a_fused_slot_per_cpu_in_one_process_per_machine():
     import pytest
 
     from distill.errors import ConfigError
     from pipelines.sizing import fused_workers
 
     config = load_config("demo")
+    # a local machine: a thread (block slot, one torch thread) per CPU, two per process
     two = fused_workers(config, ROLES, ClusterInfo("local", 2, 0, 1))
-    assert (two.count, two.cpus, two.gpus, two.memory) == (2, 1.0, 0.0, 0)
-    assert fused_workers(config, ROLES, ClusterInfo("ray://x", 64, 0, 8)).count == 64
+    assert (two.count, two.threads, two.slot_cpus, two.cpus, two.gpus, two.memory) == (
+        1, 2, 1.0, 2.0, 0.0, 0)
+    assert two.slots == 2
+    # a multi-node cluster: a process per slot (a process must fit on one node)
+    wide = fused_workers(config, ROLES, ClusterInfo("ray://x", 64, 0, 8))
+    assert (wide.count, wide.threads, wide.slots) == (64, 1, 64)
     halves = load_config("demo", overrides=["ray.worker_cpus=2"])
-    assert fused_workers(halves, ROLES, ClusterInfo("local", 5, 0, 1)).count == 2
+    h = fused_workers(halves, ROLES, ClusterInfo("local", 5, 0, 1))
+    assert (h.count, h.threads, h.slot_cpus, h.cpus) == (1, 2, 2.0, 4.0)
     one = load_config("demo", overrides=["ray.workers=1"])
-    assert fused_workers(one, ROLES, ClusterInfo("local", 16, 0, 1)).count == 1
-    # every teacher's memory_gb is reserved by each worker: no more workers than fit
+    assert fused_workers(one, ROLES, ClusterInfo("local", 16, 0, 1)).slots == 1
+    eight = fused_workers(config, ROLES, ClusterInfo("local", 16, 0, 1))
+    assert (eight.count, eight.threads) == (8, 2)
+    apart = load_config("demo", overrides=["ray.worker_threads=1"])
+    a = fused_workers(apart, ROLES, ClusterInfo("local", 4, 0, 1))
+    assert (a.count, a.threads) == (4, 1)
+    fours = load_config("demo", overrides=["ray.worker_threads=4"])
+    f = fused_workers(fours, ROLES, ClusterInfo("local", 8, 0, 1))
+    assert (f.count, f.threads, f.cpus) == (2, 4, 4.0)
+    # every teacher's memory_gb is reserved by each process: no more processes than fit
     big = load_config("demo", overrides=["teachers.depth.memory_gb=3",
                                          "teachers.caption.memory_gb=1"])
-    w = fused_workers(big, ROLES, ClusterInfo("local", 8, 0, 1, memory=10 * 2**30))
+    w = fused_workers(big, ROLES, ClusterInfo("ray://x", 8, 0, 4, memory=10 * 2**30))
     assert (w.count, w.memory) == (2, 4 * 2**30)
+    assert fused_workers(big, ROLES, ClusterInfo("local", 8, 0, 1, memory=10 * 2**30)).slots == 4
     # forced onto GPU teachers: a worker takes the largest share, as many as the GPUs hold
     gpu = load_config("demo", overrides=["ray.layout=fused", "teachers.text.num_gpus=0.5"])
-    assert fused_workers(gpu, ROLES, ClusterInfo("local", 16, 2, 1)).count == 4
+    g = fused_workers(gpu, ROLES, ClusterInfo("local", 16, 2, 1))
+    assert (g.count, g.threads) == (4, 1)
     with pytest.raises(ConfigError, match="worker_cpus"):
         fused_workers(halves, ROLES, ClusterInfo("local", 1, 0, 1))
 
@@ -67,6 +83,6 @@ def test_the_layout_settings_are_checked():
     from distill.errors import ConfigError
 
     for bad, match in [("ray.layout=ring", "auto, fused or pools"), ("ray.workers=-1", ">= 0"),
-                       ("ray.worker_cpus=0", "> 0")]:
+                       ("ray.worker_cpus=0", "> 0"), ("ray.worker_threads=-1", ">= 0")]:
         with pytest.raises(ConfigError, match=match):
             load_config("demo", overrides=[bad])
