@@ -30,6 +30,7 @@ import numpy as np
 from bench.baseline import summary_lines as baseline_lines
 from bench.commit import bench_single_writer
 from bench.commit import summary_lines as single_writer_lines
+from bench.export import export_lines
 from distill.images import encode_png
 from distill.labels.depth import encode_depth16
 from distill.labels.groups import GroupTable, encode_group_mask
@@ -332,6 +333,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _postprocess_lines(results.get("postprocess"))
     lines += _loader_lines(results.get("loader"))
     lines += _student_lines(results.get("student"))
+    lines += export_lines(results.get("export"))
     lines += _teacher_lines(results.get("teachers", {}))
     lines += _scaling_lines(results.get("scaling"))
     lines += single_writer_lines(results.get("single_writer"))
@@ -542,12 +544,13 @@ def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
     return lines
 
 
-SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "teachers", "scaling",
-            "single_writer", "driver_memory", "viewer", "profile")
+SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "export", "teachers",
+            "scaling", "single_writer", "driver_memory", "viewer", "profile")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from bench.baseline import bench_baseline
+    from bench.export import bench_export
     from bench.pipeline import bench_driver_memory, bench_pipeline, bench_scaling
     from bench.student import bench_student
 
@@ -561,6 +564,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "pipeline": lambda: bench_pipeline(work, args.copies, 3),
         "loader": lambda: _bench_loader(work, args),
         "student": lambda: bench_student(quick),
+        "export": lambda: bench_export(args.repeat),
         "teachers": lambda: bench_teachers(args.repeat),
         "scaling": lambda: bench_scaling(work, args.copies),
         "single_writer": lambda: bench_single_writer(work),

@@ -623,7 +623,8 @@ def teachers_list() -> None:
 CheckpointOpt = Annotated[
     str,
     typer.Option("--checkpoint", "-k", help="A train-student run folder (its best checkpoint, "
-                 "else last), a checkpoint folder, or its model.safetensors."),
+                 "else last), a checkpoint folder, or its model.safetensors (predict: also a "
+                 "file distill export wrote)."),
 ]
 DeviceOpt = Annotated[
     str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1.")]
@@ -735,29 +736,66 @@ def _image_files(path: Path) -> list[Path]:
     raise DistillError(f"{path} does not exist")
 
 
+EngineOpt = Annotated[
+    str, typer.Option(help="What runs the network: auto (a checkpoint: PyTorch; a file distill "
+                      "export wrote: its runtime), torch, onnxruntime, torchscript.")]
+
+
+def _load_for_predict(checkpoint: str, engine: str, dev: str, vocab: str | None,
+                      set_: list[str] | None) -> Any:
+    """A train-student checkpoint (PyTorch) or a file `distill export` wrote (ONNX Runtime,
+    TorchScript), as `Predictor` takes it."""
+    from distill.student.export import ENGINES, is_exported, load_exported
+    from distill.student.predict import load_student
+
+    if engine not in ENGINES:
+        raise DistillError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine in ("onnxruntime", "torchscript") or is_exported(checkpoint):
+        if not Path(checkpoint).is_file():
+            raise DistillError(f"--engine {engine} runs a file distill export wrote; "
+                               f"{checkpoint} is not a file (distill export --checkpoint "
+                               f"{checkpoint} --format onnx --out student.onnx)")
+        return load_exported(checkpoint, engine, dev, vocab=vocab, overrides=list(set_ or []))
+    if Path(checkpoint).suffix.lower() in (".onnx", ".pt", ".ts") and Path(checkpoint).is_file():
+        raise DistillError(f"{checkpoint} is not a student distill export wrote (no distill "
+                           "metadata): refusing to run it")
+    return load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
+
+
+def _fps_line(steps: dict[str, float]) -> str:
+    return ", ".join(f"{k} {1e3 / v:.1f}" if v > 0 else f"{k} –" for k, v in steps.items())
+
+
 @app.command("predict")
 @handles_errors
 def predict(
-    images: Annotated[Path, typer.Argument(help="An image file or a folder of images (turned "
-                                           "as their EXIF orientation says, as a viewer shows "
-                                           "them).")],
     checkpoint: CheckpointOpt,
+    images: Annotated[Path | None, typer.Argument(
+        help="An image file or a folder of images (turned as their EXIF orientation says, as "
+        "a viewer shows them); or --video instead.")] = None,
+    video: Annotated[Path | None, typer.Option(
+        "--video", help="A video file (anything FFmpeg reads): writes <name>.annotated.mp4 "
+        "(people and words drawn) and <name>.jsonl (one record per frame) into --out.")] = None,
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Folder for <image>.png panels and predictions.json.")] = Path(
-        "predictions"),
+        "--out", "-o", help="Folder for <image>.png panels and predictions.json (a video: "
+        "its annotated copy and JSON lines).")] = Path("predictions"),
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 1,
     refine: Annotated[bool, typer.Option(
         "--refine/--no-refine", help="Refine depth from the predicted normals (paper §3.2).")
     ] = True,
     sheets: Annotated[bool, typer.Option(
-        "--sheets/--no-sheets", help="Draw a PNG panel per image.")] = True,
+        "--sheets/--no-sheets", help="Draw a PNG panel per image (a video: write its annotated "
+        "copy).")] = True,
     device: DeviceOpt = "auto",
+    engine: EngineOpt = "auto",
     vocab: VocabOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Run a trained student on images: depth (refined from its normals), normals, text, class
-    groups, people (joints + PAFs decoded) and caption words. Writes a PNG panel per image and
-    predictions.json (people, words, timings), and reports frames per second.
+    """Run a trained student on images or a video: depth (refined from its normals), normals,
+    text, class groups, people (joints + PAFs decoded) and caption words. Writes a PNG panel per
+    image and predictions.json (people, words, timings), and reports frames per second, per
+    step too. The checkpoint may be a file distill export wrote (ONNX, TorchScript): the same
+    refinement and decoding run around its runtime.
 
     \b
     Examples:
@@ -765,8 +803,11 @@ def predict(
           --out demo-data/pred
       distill predict photo.jpg -k /runs/student --device cuda \\
           --set predict.refine_iterations=0
+      distill predict photos/ --checkpoint student.onnx --out pred
+      distill predict --video clip.mp4 --checkpoint student.onnx --out pred
     """
     import json
+    import statistics
     import time
 
     import numpy as np
@@ -774,13 +815,20 @@ def predict(
 
     from distill.images import decode_image
     from distill.storage import atomic_write_bytes
-    from distill.student.predict import Predictor, describe, load_student, panel_paths
+    from distill.student.predict import Predictor, describe, panel_paths
     from distill.viz import contact_sheet, save_sheet
 
+    if (images is None) == (video is None):
+        raise DistillError("pass images (a file or a folder) or --video FILE, one of the two")
+    dev = _device(device)
+    if video is not None:
+        _predict_video(video, checkpoint, out, batch_size, refine, sheets, dev, engine, vocab,
+                       set_)
+        return
+    assert images is not None
     files = _image_files(images)
     panels, kept = panel_paths(files, out)
-    dev = _device(device)
-    student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
+    student = _load_for_predict(checkpoint, engine, dev, vocab, set_)
     # Maps come back at most 1024 px on a side (the panels are 320 px wide; a 12 MP photo at full
     # size would cost GBs); people and words are not affected.
     predictor = Predictor(student, dev, refine=refine, full_maps=sheets, display_max=1024)
@@ -827,19 +875,102 @@ def predict(
         "predict": round(len(records) / predict_seconds, 2) if predict_seconds else None,
         "end_to_end": round(len(records) / wall, 2) if wall else None,
     }
-    doc = {"checkpoint": str(student.checkpoint), "device": dev, "batch_size": batch_size,
-           "refine": refine, "frames_per_second": fps, "images": records, "failed": failed}
+    steps = {k: statistics.median(r["timings_ms"][k] for r in records)
+             for k in (records[0]["timings_ms"] if records else {})}
+    doc = {"checkpoint": str(student.checkpoint), "engine": predictor.engine.name,
+           "device": dev, "batch_size": batch_size, "refine": refine,
+           "frames_per_second": fps, "steps_ms": {k: round(v, 3) for k, v in steps.items()},
+           "images": records, "failed": failed}
     atomic_write_bytes(out / "predictions.json", (json.dumps(doc, indent=1) + "\n").encode())
-    typer.echo(f"{len(records)} image(s) on {dev}: {fps['model']} frames/s model only, "
-               f"{fps['predict']} with reading, letterboxing, refinement and decoding, "
-               f"{fps['end_to_end']} end to end "
+    typer.echo(f"{len(records)} image(s) on {dev} ({predictor.engine.name}): {fps['model']} "
+               f"frames/s model only, {fps['predict']} with reading, letterboxing, refinement "
+               f"and decoding, {fps['end_to_end']} end to end "
                "(reading, drawing and writing included)")
+    if steps:
+        typer.echo(f"  frames/s per step (medians): {_fps_line(steps)}")
     for item in failed:
         typer.echo(f"  failed {item['image']}: {item['error']}")
     typer.echo(f"outputs: {out}/  (predictions.json" + (", <image>.png panels)" if sheets else ")"))
     if sheets and kept:
         typer.echo(f"  {len(kept)} panel(s) keep the image's extension ({kept[0]}.png): another "
                    "input has the same name without it, or a file distill did not write is there")
+
+
+def _predict_video(video: Path, checkpoint: str, out: Path, batch_size: int, refine: bool,
+                   draw: bool, dev: str, engine: str, vocab: str | None,
+                   set_: list[str] | None) -> None:
+    import json
+
+    from distill.storage import atomic_write_bytes
+    from distill.student.predict import Predictor
+    from distill.student.video import predict_video, video_frames, video_paths
+
+    if not video.is_file():
+        raise DistillError(f"--video {video} does not exist" if not video.exists() else
+                           f"--video {video} is not a file")
+    video_paths(video, out)  # refuse a foreign file before loading anything
+    student = _load_for_predict(checkpoint, engine, dev, vocab, set_)
+    predictor = Predictor(student, dev, refine=refine, full_maps=False, display_max=256)
+    frames = video_frames(video)
+    with _bar(frames or 0, "predict", "frames", sys.stderr.isatty() and frames > 0) as advance:
+        summary = predict_video(predictor, video, out, batch_size=batch_size, draw=draw,
+                                progress=advance)
+    summary = {"checkpoint": str(student.checkpoint), "engine": predictor.engine.name,
+               "device": dev, "refine": refine, **summary}
+    atomic_write_bytes(out / f"{video.stem}.summary.json",
+                       (json.dumps(summary, indent=1) + "\n").encode())
+    fps = summary["frames_per_second"]
+    typer.echo(f"{summary['frames']} frame(s) of {video} on {dev} ({predictor.engine.name}): "
+               f"{fps['model']} frames/s model only, {fps['predict']} with letterboxing, "
+               f"refinement and decoding, {fps['end_to_end']} end to end (decoding, drawing "
+               "and encoding the video included)")
+    typer.echo(f"  frames/s per step (medians): {_fps_line(summary['steps_ms'])}")
+    typer.echo(f"outputs: {summary['jsonl']}" + (f", {summary['annotated']}" if draw else "")
+               + f", {out / (video.stem + '.summary.json')}")
+
+
+@app.command("export")
+@handles_errors
+def export(
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="The file to write (atomically; a file distill did not export is "
+        "never overwritten).")],
+    format_: Annotated[str, typer.Option(
+        "--format", "-f", help="onnx (ONNX Runtime, TensorRT, any ONNX runtime) or torchscript "
+        "(libtorch, C++).")] = "onnx",
+    fp16: Annotated[bool, typer.Option(
+        "--fp16", help="Compute in float16 (float32 input and outputs); for GPUs. ONNX "
+        "Runtime's CPU provider may not run it.")] = False,
+    dynamic_batch: Annotated[bool, typer.Option(
+        "--dynamic-batch", help="Any batch size (default: batch 1; predict runs a larger batch "
+        "as several calls).")] = False,
+    vocab: VocabOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Export a trained student to one self-contained file: ONNX (opset 18) or TorchScript. The
+    file carries the student config, the output channel layout, the input size and
+    normalisation, the vocabulary and the checkpoint's fingerprint, so that it runs alone
+    (distill predict --checkpoint FILE). Before writing, the export runs on a check input and
+    must match PyTorch within 1e-4 (2e-2 with --fp16), max absolute difference.
+
+    \b
+    Examples:
+      distill export --checkpoint demo-data/student --format onnx --out student.onnx
+      distill export -k /runs/student --format torchscript --dynamic-batch --out student.pt
+      distill predict --video clip.mp4 --checkpoint student.onnx --out pred
+    """
+    from distill.student.export import export_student
+
+    meta = export_student(checkpoint, format_, out, fp16=fp16, dynamic_batch=dynamic_batch,
+                          vocab=vocab, overrides=list(set_ or []))
+    tol = meta["tolerance"]
+    vocab_doc = meta.get("vocabulary")
+    typer.echo(f"wrote {out} ({format_}, {meta['dtype']}, batch "
+               f"{meta['batch'] or 'dynamic'}, input {meta['input']['size']}×"
+               f"{meta['input']['size']}, {len(vocab_doc['words']) if vocab_doc else 0} "
+               f"vocabulary words, {out.stat().st_size / 1e6:.1f} MB); max |difference| from "
+               f"PyTorch {tol['measured_max_abs']:.2g} (tolerance {tol['max_abs']:g})")
 
 
 @app.command("show")

@@ -28,12 +28,14 @@ from distill.labels.tokens import Vocabulary
 from distill.runfolder import StudentRun
 from distill.storage import Location
 from distill.student import layout
+from distill.student.engines import Engine, TorchEngine
 from distill.student.labels import Labels
 from distill.student.model import YMapNet, build_student
 from distill.student.pose import DecodedPerson, decode_letterboxed
 from distill.student.targets import student_image
 
 __all__ = [
+    "ExportedStudent",
     "LoadedStudent",
     "Prediction",
     "Predictor",
@@ -65,6 +67,20 @@ class LoadedStudent:
     vocab: Vocabulary | None
     checkpoint: Location  # the checkpoint folder
     epoch: int  # the epoch the checkpoint ended (drives the heatmap sizes it was trained on)
+
+
+@dataclass
+class ExportedStudent:
+    """A student `distill export` wrote (ONNX or TorchScript), loaded with everything it carries
+    (`distill.student.export.load_exported`): the engine that runs it, the config and
+    vocabulary it was exported with, and its metadata."""
+
+    engine: Engine
+    config: Config
+    vocab: Vocabulary | None
+    checkpoint: Location  # the exported file
+    epoch: int
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def find_checkpoint(path: str | os.PathLike[str] | Location) -> Location:
@@ -230,14 +246,22 @@ def _sync(device: torch.device) -> None:
 
 
 class Predictor:
-    """Batches of RGB images → `Prediction`s. Settings come from `config.predict`."""
+    """Batches of RGB images → `Prediction`s. Settings come from `config.predict`.
 
-    def __init__(self, student: LoadedStudent, device: str | torch.device = "cpu",
-                 *, refine: bool = True, full_maps: bool = True,
-                 display_max: int | None = None) -> None:
+    The forward pass is the student's engine (`distill.student.engines`): its PyTorch module
+    for a checkpoint, the exported file's runtime for an `ExportedStudent`; everything around
+    it (letterbox, refinement, decoding) is this one class's, whatever the engine."""
+
+    def __init__(self, student: LoadedStudent | ExportedStudent,
+                 device: str | torch.device = "cpu", *, refine: bool = True,
+                 full_maps: bool = True, display_max: int | None = None) -> None:
         self.student = student
         self.device = torch.device(device)
-        self.model = student.model.to(self.device).eval()
+        self.engine: Engine
+        if isinstance(student, ExportedStudent):
+            self.engine = student.engine
+        else:
+            self.engine = TorchEngine(student.model.to(self.device).eval(), self.device)
         self.size = student.config.student.input_size
         self.settings: PredictConfig = student.config.predict
         self.refine = refine
@@ -268,11 +292,10 @@ class Predictor:
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         _sync(self.device)
         started = time.perf_counter()
-        out = self.model(x)
+        out = self.engine(x)
         _sync(self.device)
         ms = (time.perf_counter() - started) * 1e3
-        return {k: (v.float() + 1) / 2 if k == "maps" else v.float() for k, v in out.items()}, \
-            boxes, ms
+        return {k: (v + 1) / 2 if k == "maps" else v for k, v in out.items()}, boxes, ms
 
     @torch.no_grad()
     def refine_batch(self, maps: torch.Tensor, boxes: list[Letterbox]) -> torch.Tensor:

@@ -1,0 +1,161 @@
+"""The `export` section of `make bench`: the student's forward frames/s at batch 1, side by side
+for PyTorch eager, `torch.compile`, TorchScript and ONNX Runtime on the CPU (the tiny and the
+paper preset at their input sizes, random weights: speed does not depend on them), and the GPU
+rows (CUDA eager, ONNX Runtime's CUDA and TensorRT execution providers) when there is a GPU —
+otherwise those rows say "not measured: no GPU". Each engine runs the same (1, 3, S, S) input
+through `distill.student.engines`, the interface `distill predict` runs; medians of repeated
+calls after a warm-up. A row that fails (torch.compile without a compiler, an exporter error)
+keeps its error string instead of a figure."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["bench_export", "export_lines"]
+
+
+def _median_fps(fn: Callable[[], Any], repeat: int, sync: Callable[[], None]) -> float:
+    fn()  # warm-up (compiles, allocates)
+    times = []
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 1.0 / statistics.median(times)
+
+
+def _row(preset: str, engine: str, device: str, measure: Callable[[], float]) -> dict[str, Any]:
+    row: dict[str, Any] = {"preset": preset, "engine": engine, "device": device}
+    t0 = time.perf_counter()
+    try:
+        row["frames_per_second"] = measure()
+    except Exception as exc:  # a row says why it is missing
+        row["error"] = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def _preset_rows(preset: str, repeat: int, work: Path) -> list[dict[str, Any]]:
+    import torch
+
+    from distill.config import load_config
+    from distill.student.engines import OnnxEngine, TorchEngine, TorchScriptEngine
+    from distill.student.export import ExportWrapper, onnx_model_proto, onnx_session
+    from distill.student.model import build_student
+
+    scfg = load_config("paper" if preset == "paper" else "demo").student
+    model = build_student(scfg, 0, "cpu").eval()
+    x = torch.rand(1, 3, scfg.input_size, scfg.input_size) * 2 - 1
+    names = ["maps", "tokens"]
+    none = lambda: None  # noqa: E731
+    reps = max(3, repeat // 3) if preset == "paper" else repeat
+
+    def timed(engine: Callable[[torch.Tensor], Any]) -> float:
+        def call() -> None:
+            with torch.inference_mode():
+                engine(x)
+        return _median_fps(call, reps, none)
+
+    def eager() -> float:
+        return timed(TorchEngine(model))
+
+    def compiled() -> float:
+        return timed(TorchEngine(torch.compile(model)))
+
+    def torchscript() -> float:
+        wrapper = ExportWrapper(copy.deepcopy(model), names, False).eval()
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, (x,), check_trace=False)
+        return timed(TorchScriptEngine(traced, names, 1))
+
+    def onnxruntime() -> float:
+        wrapper = ExportWrapper(model, names, False).eval()
+        proto = onnx_model_proto(wrapper, x, names, dynamic_batch=False)
+        path = work / f"{preset}.onnx"
+        path.write_bytes(proto.SerializeToString())
+        del proto
+        return timed(OnnxEngine(onnx_session(str(path)), 1))
+
+    rows = [_row(preset, "PyTorch eager", "cpu", eager),
+            _row(preset, "torch.compile (inductor)", "cpu", compiled),
+            _row(preset, "TorchScript (trace)", "cpu", torchscript),
+            _row(preset, "ONNX Runtime (CPU EP)", "cpu", onnxruntime)]
+    for r in rows:
+        r["parameters"] = sum(p.numel() for p in model.parameters())
+        r["input_size"] = scfg.input_size
+    return rows
+
+
+def _gpu_rows(presets: tuple[str, ...]) -> list[dict[str, Any]]:
+    import torch
+
+    engines = ("PyTorch eager (CUDA)", "ONNX Runtime (CUDA EP)", "ONNX Runtime (TensorRT EP)")
+    if not torch.cuda.is_available():
+        return [{"preset": p, "engine": e, "device": "cuda", "not_measured": "no GPU"}
+                for p in presets for e in engines]
+    rows: list[dict[str, Any]] = []
+    for preset in presets:  # only eager: onnxruntime-gpu is not a dependency of distill
+        from distill.config import load_config
+        from distill.student.model import build_student
+
+        scfg = load_config("paper" if preset == "paper" else "demo").student
+        model = build_student(scfg, 0, "cuda").eval()
+        x = torch.rand(1, 3, scfg.input_size, scfg.input_size, device="cuda") * 2 - 1
+
+        def call(model: Any = model, x: Any = x) -> None:
+            with torch.inference_mode():
+                model(x)
+
+        rows.append(_row(preset, engines[0], "cuda",
+                         lambda call=call: _median_fps(call, 20, torch.cuda.synchronize)))
+        import onnxruntime as ort
+
+        for name, ep in (("ONNX Runtime (CUDA EP)", "CUDAExecutionProvider"),
+                         ("ONNX Runtime (TensorRT EP)", "TensorrtExecutionProvider")):
+            if ep not in ort.get_available_providers():
+                rows.append({"preset": preset, "engine": name, "device": "cuda",
+                             "not_measured": f"this onnxruntime has no {ep} (onnxruntime-gpu)"})
+    return rows
+
+
+def bench_export(repeat: int = 15, presets: tuple[str, ...] = ("tiny", "paper")) -> dict[str, Any]:
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="distill-bench-export-") as tmp:
+        rows = [r for p in presets for r in _preset_rows(p, repeat, Path(tmp))]
+    return {"batch": 1, "torch_threads": torch.get_num_threads(), "cpu": rows,
+            "gpu": _gpu_rows(presets),
+            "note": "batch 1, random weights, float32; medians of repeated calls after one "
+                    "warm-up call (torch.compile's compile time is in the warm-up, not the "
+                    "figure); each engine through distill.student.engines, as distill "
+                    "predict runs it; one process on a shared 2-core machine"}
+
+
+def export_lines(ex: Any) -> list[str]:
+    """The section's Markdown for RESULTS.md."""
+    lines = ["", "## Export: one student forward pass per engine (batch 1)"]
+    if ex is None:
+        return [*lines, "", "(not run)"]
+    if "error" in ex:
+        return [*lines, "", f"failed: {ex['error']}"]
+    lines += ["", f"{ex['note']}; torch threads {ex['torch_threads']}.", "",
+              "| preset | input | engine | device | frames/s |", "|---|---:|---|---|---:|"]
+    for r in ex["cpu"]:
+        value = (f"**{r['frames_per_second']:.1f}**" if "frames_per_second" in r
+                 else f"failed: {r['error']}")
+        lines.append(f"| {r['preset']} | {r.get('input_size', '')} | {r['engine']} | "
+                     f"{r['device']} | {value} |")
+    for r in ex["gpu"]:
+        value = (f"**{r['frames_per_second']:.1f}**" if "frames_per_second" in r
+                 else f"not measured: {r['not_measured']}" if "not_measured" in r
+                 else f"failed: {r['error']}")
+        lines.append(f"| {r['preset']} | | {r['engine']} | {r['device']} | {value} |")
+    return lines

@@ -1,0 +1,187 @@
+"""`distill export` (ONNX, TorchScript) and running the exported file: its outputs equal
+PyTorch's within `distill.student.export.TOLERANCE` on real photos (scikit-image's), the file
+carries what running it alone needs, `distill predict` runs it with the same refinement and
+decoding, `distill predict --video` on a video the test writes, and the error paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.config import config_to_dict
+from distill.storage import file_sha256
+from distill.student import layout
+from distill.student.predict import Predictor, load_student
+from tests.student import test_evaluate_predict as _trained_student
+from tests.test_cli import distill, one_error_line
+
+pytest.importorskip("onnxruntime")
+skdata = pytest.importorskip("skimage.data")
+
+# The tiny student trained 2 epochs on the real coco7 shards (tests/student/
+# test_evaluate_predict.py's fixture, reused here): (run folder, shards folder).
+trained = _trained_student.trained
+
+
+def _photos() -> list[np.ndarray]:
+    """Real photos of different shapes (letterboxed differently)."""
+    return [skdata.astronaut(), skdata.coffee(), skdata.chelsea()]
+
+
+def _forward(predictor: Predictor, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    outputs, _, _ = predictor.forward(predictor.letterbox(images))
+    return outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,fp16,dynamic", [
+    ("onnx", False, False), ("onnx", False, True), ("onnx", True, False),
+    ("torchscript", False, True),
+    ("torchscript", True, False)])
+def test_export_matches_pytorch_on_real_photos_and_carries_what_it_needs(
+        trained, tmp_path, fmt, fp16, dynamic):
+    from distill.student.export import (
+        TOLERANCE,
+        export_student,
+        load_exported,
+        read_export_metadata,
+    )
+
+    out, _ = trained
+    path = tmp_path / ("student.onnx" if fmt == "onnx" else "student.pt")
+    meta = export_student(out, fmt, path, fp16=fp16, dynamic_batch=dynamic)
+    student = load_student(out)
+    tol = TOLERANCE["float16" if fp16 else "float32"]
+
+    # the file says, alone, how to run it
+    doc = read_export_metadata(path)
+    assert doc == json.loads(json.dumps(meta))
+    assert doc["format"] == fmt and doc["dtype"] == ("float16" if fp16 else "float32")
+    assert doc["batch"] == (None if dynamic else 1)
+    assert doc["config"]["student"] == config_to_dict(student.config.student)
+    assert doc["input"]["size"] == student.config.student.input_size == 64
+    assert doc["input"]["layout"] == "NCHW" and "127.5" in doc["input"]["normalisation"]
+    assert doc["layout"]["maps"]["depth"] == [layout.DEPTH.start, layout.DEPTH.stop]
+    assert doc["layout"]["channels"] == layout.CHANNELS
+    assert student.vocab is not None and doc["vocabulary"]["words"] == student.vocab.words
+    assert doc["checkpoint"]["model_sha256"] == file_sha256(student.checkpoint /
+                                                            "model.safetensors")
+    assert doc["tolerance"]["max_abs"] == tol
+    assert doc["tolerance"]["measured_max_abs"] <= tol
+
+    exported = load_exported(path)
+    assert exported.vocab is not None
+    assert np.array_equal(exported.vocab.vectors, student.vocab.vectors)
+    assert exported.config.student == student.config.student
+    assert exported.config.predict == student.config.predict
+
+    eager, other = Predictor(student), Predictor(exported)
+    assert other.engine.name == ("onnxruntime" if fmt == "onnx" else "torchscript")
+    photos = _photos()
+    # one batch of three: a fixed-batch file runs it as three calls of its own batch
+    ref, got = _forward(eager, photos), _forward(other, photos)
+    assert set(got) == set(ref)
+    for key in ref:
+        diff = float((ref[key] - got[key]).abs().max())
+        # maps are unit (v + 1) / 2 here: half the [-1, 1] difference the tolerance states
+        assert diff * (2 if key == "maps" else 1) <= tol, (key, diff)
+    if not fp16:  # same code after the forward pass: the same words and people
+        for a, b in zip(eager.predict(photos), other.predict(photos), strict=True):
+            assert [w.word for w in a.words] == [w.word for w in b.words]
+            assert len(a.people) == len(b.people)
+            assert np.abs(a.labels.depth - b.labels.depth).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_cli_export_then_predict_with_the_onnx_file_and_the_error_paths(trained, tmp_path):
+    from PIL import Image
+
+    out, _ = trained
+    onnx = tmp_path / "student.onnx"
+    proc = distill("export", "--checkpoint", str(out), "--format", "onnx", "--out", str(onnx))
+    assert "wrote" in proc.stdout and "max |difference|" in proc.stdout
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, photo in (("astronaut", skdata.astronaut()), ("coffee", skdata.coffee())):
+        Image.fromarray(photo).save(images / f"{name}.jpg", quality=92)
+    pred = tmp_path / "pred"
+    proc = distill("predict", str(images), "--checkpoint", str(onnx), "--out", str(pred),
+                   "--device", "cpu")
+    assert "(onnxruntime)" in proc.stdout and "frames/s per step" in proc.stdout
+    doc = json.loads((pred / "predictions.json").read_text())
+    assert doc["engine"] == "onnxruntime" and len(doc["images"]) == 2
+    assert doc["frames_per_second"]["model"] > 0
+    assert set(doc["steps_ms"]) >= {"forward", "refine", "tokens", "pose"}
+    assert all(Path(r["panel"]).is_file() for r in doc["images"])
+    # a second export over its own earlier file is fine
+    distill("export", "-k", str(out), "--format", "onnx", "--out", str(onnx))
+
+    foreign = tmp_path / "notes.onnx"
+    foreign.write_text("my notes")
+    err = one_error_line(distill("export", "-k", str(out), "--out", str(foreign), check=False))
+    assert "not a file distill exported" in err and foreign.read_text() == "my notes"
+    err = one_error_line(distill("export", "-k", str(out), "--format", "tflite", "--out",
+                                 str(tmp_path / "x"), check=False))
+    assert "--format 'tflite'" in err
+    err = one_error_line(distill("export", "-k", str(tmp_path / "nothing"), "--out",
+                                 str(tmp_path / "y.onnx"), check=False))
+    assert "no student checkpoint" in err
+    assert not (tmp_path / "y.onnx").exists()
+    err = one_error_line(distill("predict", str(images), "-k", str(foreign), "--out",
+                                 str(pred), check=False))
+    assert "not a student distill export wrote" in err
+    err = one_error_line(distill("predict", str(images), "-k", str(onnx), "--engine",
+                                 "torchscript", "--out", str(pred), check=False))
+    assert "it is a onnx file" in err
+
+
+def _write_video(path: Path, frames: int = 8) -> None:
+    """A short real video: the astronaut photo panning, 8 frames at 8 frames/s (PyAV)."""
+    import av
+
+    photo = skdata.astronaut()[::4, ::4]  # 128 × 128
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 96, 80, "yuv420p"
+        for i in range(frames):
+            rgb = np.ascontiguousarray(photo[i * 4:i * 4 + 80, i * 3:i * 3 + 96])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.slow
+def test_cli_predict_video_writes_an_annotated_video_and_a_record_per_frame(trained, tmp_path):
+    av = pytest.importorskip("av")
+    out, _ = trained
+    clip = tmp_path / "clip.mp4"
+    _write_video(clip)
+    pred = tmp_path / "pred"
+    proc = distill("predict", "--video", str(clip), "--checkpoint", str(out), "--out",
+                   str(pred), "--device", "cpu", "--batch-size", "3")
+    assert "8 frame(s)" in proc.stdout and "frames/s per step" in proc.stdout
+    lines = (pred / "clip.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["frame"] for r in records] == list(range(8))
+    assert all({"people", "words", "time_s", "timings_ms"} <= set(r) for r in records)
+    assert records[0]["width"] == 96 and records[0]["height"] == 80
+    with av.open(str(pred / "clip.annotated.mp4")) as container:
+        decoded = list(container.decode(video=0))
+    assert len(decoded) == 8 and decoded[0].width == 96 and decoded[0].height == 80
+    summary = json.loads((pred / "clip.summary.json").read_text())
+    assert summary["frames"] == 8 and summary["frames_per_second"]["model"] > 0
+    # again into the same folder: its own files are replaced
+    distill("predict", "--video", str(clip), "-k", str(out), "--out", str(pred), "--device",
+            "cpu")
+    (pred / "clip.jsonl").write_text("the user's own file\n")
+    err = one_error_line(distill("predict", "--video", str(clip), "-k", str(out), "--out",
+                                 str(pred), check=False))
+    assert "distill did not write" in err
+    err = one_error_line(distill("predict", "--video", str(tmp_path / "none.mp4"), "-k",
+                                 str(out), check=False))
+    assert "does not exist" in err
