@@ -956,9 +956,10 @@ def export(
 
     \b
     Examples:
-      distill export --checkpoint demo-data/student --format onnx --out student.onnx
-      distill export -k /runs/student --format torchscript --dynamic-batch --out student.pt
-      distill predict --video clip.mp4 --checkpoint student.onnx --out pred
+      distill export -k demo-data/student --format onnx --out student.onnx
+      distill export -k /runs/student --format torchscript \\
+          --dynamic-batch --out student.pt
+      distill predict photo.jpg -k student.onnx --out pred
     """
     from distill.student.export import export_student
 
