@@ -1004,10 +1004,10 @@ def show(
     sample = decode_row(data)
     compare = None
     if checkpoint is not None:
-        from distill.student.predict import Predictor, load_student
+        from distill.student.predict import Predictor
 
         dev = _device(device)
-        student = load_student(checkpoint, dev, overrides=list(set_ or []))
+        student = _load_for_predict(checkpoint, "auto", dev, None, set_)  # or an exported file
         compare = Predictor(student, dev).predict_encoded(
             [sample.image], exif_transpose=sample.exif_transpose)[0].labels
     warning = row_warning(shard, row)
