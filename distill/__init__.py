@@ -7,7 +7,7 @@ The Python API (README, "Python API"); each name is documented where it lives, i
     open_run         read a label run: `.samples()` gives decoded numpy arrays
     create_teacher   one teacher, loaded: `.predict([image])`
     train_student    `distill run train-student`
-    load_student     a trained student: `.predict(image)`
+    load_student     a trained student (or a file `distill export` wrote): `.predict(image)`
     DistillError     every error a user can fix (the CLI's exit code 2)
 
 Names are imported on first use, so `import distill` loads neither torch nor Ray.

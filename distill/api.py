@@ -24,6 +24,7 @@ import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from distill.quarantine import Failure
     from distill.shards import Sample
     from distill.student.labels import Labels
-    from distill.student.predict import LoadedStudent, Prediction, Predictor
+    from distill.student.predict import ExportedStudent, LoadedStudent, Prediction, Predictor
     from teachers.base import Teacher
 
 __all__ = list(_API)  # the names `import distill` exports
@@ -300,7 +301,7 @@ class Student:
     gives a `Prediction` (`.labels` — depth, normals, text, groups, people at the image's size —
     `.words`, `.people`), `predict([a, b])` a list."""
 
-    def __init__(self, loaded: LoadedStudent, device: str) -> None:
+    def __init__(self, loaded: LoadedStudent | ExportedStudent, device: str) -> None:
         from distill.student.predict import Predictor
 
         self.loaded = loaded
@@ -331,8 +332,16 @@ class Student:
 def load_student(path: PathLike, device: str = "cpu", *,
                  overrides: Mapping[str, Any] | Sequence[str] | None = None) -> Student:
     """A student from a train-student run folder, a checkpoint folder or its model.safetensors
-    (a path or a URI), in eval mode with its config and vocabulary. `overrides` change
+    (a path or a URI), in eval mode with its config and vocabulary; or a file `distill export`
+    wrote (ONNX, TorchScript), run by its runtime with the same decoding. `overrides` change
     `predict.*` settings (token decoding, depth refinement)."""
     from distill.student.predict import load_student as _load
 
-    return Student(_load(path, device, overrides=_set_strings(overrides)), device)
+    sets = _set_strings(overrides)
+    if isinstance(path, (str, os.PathLike)) and Path(path).suffix.lower() in (".onnx", ".pt",
+                                                                               ".ts"):
+        from distill.student.export import is_exported, load_exported
+
+        if is_exported(path):
+            return Student(load_exported(path, "auto", device, overrides=sets), device)
+    return Student(_load(path, device, overrides=sets), device)

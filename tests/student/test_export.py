@@ -94,6 +94,12 @@ def test_export_matches_pytorch_on_real_photos_and_carries_what_it_needs(
             assert [w.word for w in a.words] == [w.word for w in b.words]
             assert len(a.people) == len(b.people)
             assert np.abs(a.labels.depth - b.labels.depth).max() < 1e-3
+    if fmt == "onnx" and not fp16 and not dynamic:  # the Python API takes the file too
+        import distill
+
+        api = distill.load_student(path)
+        assert api.predictor.engine.name == "onnxruntime"
+        assert api.predict(photos[1]).labels.width == photos[1].shape[1]
 
 
 @pytest.mark.slow
