@@ -365,8 +365,10 @@ def _pipeline_lines(p: Any) -> list[str]:
               f"({4 * p['images']} images took "
               f"{statistics.median(p['four_times_images_runs']):.1f} s). About "
               f"{p['fixed_seconds']:.1f} s per run is fixed: planning and "
-              "starting the actor pools (a process per teacher that imports torch and "
-              "transformers and builds its model); over a real split it vanishes.",
+              "starting the workers (processes that import torch and transformers and build "
+              "the models); over a real split it vanishes. The bare forward runs each teacher "
+              "alone with both cores' torch threads, so a ratio near 1 means the pipeline's "
+              "decode, post-processing and writing cost about what they overlap.",
               "", "| stage | images | compute s | images/s per worker |", "|---|---:|---:|---:|"]
     for stage, row in p["stages"].items():
         lines.append(f"| {stage} | {row['images']} | {row['seconds']:.2f} | "
