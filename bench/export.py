@@ -18,19 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.student import _median_seconds
+
 __all__ = ["bench_export", "export_lines"]
 
 
 def _median_fps(fn: Callable[[], Any], repeat: int, sync: Callable[[], None]) -> float:
-    fn()  # warm-up (compiles, allocates)
-    times = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1.0 / statistics.median(times)
+    return 1.0 / _median_seconds(fn, repeat, sync)
 
 
 def _row(preset: str, engine: str, device: str, measure: Callable[[], float]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The Ray side of generate-labels, in one of two layouts (`sizing.choose_layout`):
 
-    fused   plan blocks → plain Ray actors, one per CPU, each running decode, every teacher
-            and post-processing (`LabelOp`, driven by `_Fused`)
+    fused   plan blocks → plain threaded Ray actors (a block slot per CPU, `worker_threads`
+            slots per actor sharing its models), each slot running decode, every teacher and
+            post-processing (`LabelOp`, driven by `_Fused`)
     pools   a Ray Data graph: decode (CPU tasks) → one actor pool per enabled teacher →
             post-process (CPU tasks) (`_build_dataset`, `_Pools`)
 

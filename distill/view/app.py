@@ -34,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from distill.errors import DistillError
 from distill.storage import Location
+from distill.student.labels import Labels, labels_from_sample
 from distill.view.index import (
     CLASS_GROUP_NAMES,
     LRU,
@@ -49,7 +50,6 @@ from distill.view.render import (
     layer_names,
     layer_png,
     segment_names,
-    teacher_labels,
     thumbnail_jpeg,
 )
 
@@ -149,8 +149,16 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
     run_cache: dict[str, Any] = {}
     names = segment_names()
 
-    def sample_of(key: tuple[str, int]) -> Any:
-        return view.sample(*key)
+    # A sample page asks for its JSON, its image and each layer: the row is read and its maps
+    # decoded once for all of them.
+    decoded: LRU[tuple[str, int], tuple[Any, Labels]] = LRU(4)
+
+    def sample_of(key: tuple[str, int]) -> tuple[Any, Labels]:
+        def make() -> tuple[Any, Labels]:
+            sample = view.sample(*key)
+            return sample, labels_from_sample(sample)
+
+        return decoded.get_or_make(key, make)
 
     async def index(request: Request) -> Response:
         page = resources.files("distill.view").joinpath("static", "index.html").read_bytes()
@@ -178,9 +186,8 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
         return JSONResponse(await run_in_threadpool(rows_sync, request))
 
     def sample_sync(key: tuple[str, int]) -> dict[str, Any]:
-        sample = sample_of(key)
+        sample, labels = sample_of(key)
         shard = view.shard(key[0])
-        labels = teacher_labels(sample)
         size = display_size(sample.width, sample.height)
         doc: dict[str, Any] = {
             "key": f"{key[0]}/{key[1]}", "shard": key[0], "row": key[1],
@@ -196,7 +203,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
             "layers": layer_names(labels, sample.panoptic is not None),
             "provenance": shard.provenance, "random_weights": shard.random_roles,
             "quarantine": [{"stage": s, "reason": r}
-                           for s, r in view._quarantined().get(sample.image_id, [])],
+                           for s, r in view.quarantined().get(sample.image_id, [])],
             "student": None,
         }
         if student is not None:
@@ -228,7 +235,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
 
     def image_sync(key: tuple[str, int]) -> bytes:
         def make() -> bytes:
-            s = sample_of(key)
+            s, _ = sample_of(key)
             return image_jpeg(s.image, s.width, s.height, s.exif_transpose)
 
         return pictures.get_or_make(("image", *key), make)
@@ -239,10 +246,9 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
 
     def layer_sync(source: str, key: tuple[str, int], name: str) -> bytes:
         def make() -> bytes:
-            sample = sample_of(key)
+            sample, labels = sample_of(key)
             size = display_size(sample.width, sample.height)
             if source == "teacher":
-                labels = teacher_labels(sample)
                 allowed = layer_names(labels, sample.panoptic is not None)
             else:
                 if student is None:

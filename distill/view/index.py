@@ -323,8 +323,9 @@ class RunView:
         keys = {k: [] for k in SORT_KEYS}  # type: dict[str, list[float]]
         words: list[str] = []
         first = 0
+        pf = open_shard(shard.location)
         for g, n in enumerate(shard.group_rows):
-            table = open_shard(shard.location).read_row_group(g, columns=list(STATS_COLUMNS))
+            table = pf.read_row_group(g, columns=list(STATS_COLUMNS))
             texts, groups = table.column("text_png"), table.column("groups_png")
             lo, hi = table.column("depth_min"), table.column("depth_max")
             for k in range(n):
@@ -375,7 +376,7 @@ class RunView:
                 "rows": sum(s.rows for s in shards),
                 "indexed_rows": sum(s.rows for s in shards if s.name in self._stats)}
 
-    def _quarantined(self) -> dict[int, list[tuple[str, str]]]:
+    def quarantined(self) -> dict[int, list[tuple[str, str]]]:
         """image id → (stage, "type: reason") of its quarantine entries."""
         if self._quarantine is None:
             out: dict[int, list[tuple[str, str]]] = {}
@@ -421,7 +422,7 @@ class RunView:
         if q.missing:
             keep &= np.array([not c["teachers"][q.missing] for c in cards], bool)
         if q.quarantined or q.reason:
-            bad = self._quarantined()
+            bad = self.quarantined()
             stage, reason = q.quarantined, q.reason.lower()
 
             def hit(image_id: int) -> bool:

@@ -9,6 +9,7 @@ like the matching `distill show` panel.
 
 from __future__ import annotations
 
+import colorsys
 import io
 from typing import Any
 
@@ -17,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from distill.images import decode_image
 from distill.labels.groups import GroupTable
-from distill.student.labels import CLASS_GROUPS, Labels, labels_from_sample
+from distill.student.labels import CLASS_GROUPS, Labels
 from distill.viz import (
     GROUP_COLORS,
     HEAT_COLOR,
@@ -111,14 +112,8 @@ def _panoptic_palette() -> np.ndarray:
     palette = np.zeros((256, 3), np.float32)
     for i in range(256):
         hue = (i * 0.618033988749895) % 1.0
-        palette[i] = np.array(_hsv(hue, 0.65, 0.95)) * 255
+        palette[i] = np.array(colorsys.hsv_to_rgb(hue, 0.65, 0.95)) * 255
     return palette
-
-
-def _hsv(h: float, s: float, v: float) -> tuple[float, float, float]:
-    import colorsys
-
-    return colorsys.hsv_to_rgb(h, s, v)
 
 
 _PALETTE = _panoptic_palette()
@@ -161,10 +156,6 @@ def layer_png(labels: Labels, name: str, size: tuple[int, int],
     else:
         raise KeyError(name)
     return _png(rgba)
-
-
-def teacher_labels(sample: Any) -> Labels:
-    return labels_from_sample(sample)
 
 
 def segment_names() -> dict[int, str]:
