@@ -17,9 +17,12 @@ kernel when the writer dies). Object stores have no locks, so the writer holds a
 creator loses with 412), renewed every TTL/3 with `If-Match` on its own ETag, and deleted on
 exit. A writer that dies stops renewing: the next run takes the lease over once it has expired
 (TTL, default 60 s, `DISTILL_LEASE_SECONDS`), or at once when the holder was a process on the
-same host that no longer exists. A writer that fails to renew (someone took the lease over)
-stops before its next commit. Clock skew between writers shortens or lengthens the wait but
-never lets two writers commit: the takeover itself is conditional on the ETag it read.
+same host that no longer exists. A writer confirms its lease with the store (a conditional
+renewal) before each commit, so one that was paused past its lease (SIGSTOP) and taken over
+stops there, and from then on touches nothing under the run: no commit, no undo of a failed
+first run, no clean-up, not the lease object. Clock skew between writers shortens or lengthens
+the wait but never lets two writers commit: the takeover itself is conditional on the ETag it
+read.
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
     with run.lock() as lease:
         first = run.is_new()
         try:
-            plan = plan_run(config, options)
+            plan = plan_run(config, options, lease)
+            lease.check()  # (checking every shard's footer takes a while on a large run)
             run.remove_stale_temps([e.name for e in plan.manifest.shards])
             for note in plan.notes:
                 logger.warning(note)
