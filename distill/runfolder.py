@@ -17,9 +17,12 @@ kernel when the writer dies). Object stores have no locks, so the writer holds a
 creator loses with 412), renewed every TTL/3 with `If-Match` on its own ETag, and deleted on
 exit. A writer that dies stops renewing: the next run takes the lease over once it has expired
 (TTL, default 60 s, `DISTILL_LEASE_SECONDS`), or at once when the holder was a process on the
-same host that no longer exists. A writer that fails to renew (someone took the lease over)
-stops before its next commit. Clock skew between writers shortens or lengthens the wait but
-never lets two writers commit: the takeover itself is conditional on the ETag it read.
+same host that no longer exists. A writer confirms its lease with the store (a conditional
+renewal) before each commit, so one that was paused past its lease (SIGSTOP) and taken over
+stops there, and from then on touches nothing under the run: no commit, no undo of a failed
+first run, no clean-up, not the lease object. Clock skew between writers shortens or lengthens
+the wait but never lets two writers commit: the takeover itself is conditional on the ETag it
+read.
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.errors import DistillError, ShardError
-from distill.storage import Location, StorageError, atomic_write_bytes, is_temp_name, s3_client
+from distill.storage import (
+    Location,
+    StorageError,
+    atomic_write_bytes,
+    is_temp_name,
+    s3_client,
+    written_here,
+)
 
 __all__ = [
     "CONFIG",
@@ -246,6 +256,15 @@ class LabelRun(_RunFolder):
             f.delete()
         return len(files)
 
+    def undo_writes(self, shard_names: Sequence[str]) -> int:
+        """A failed first run: remove the run files this process wrote, each only while it
+        still holds what this process wrote (`storage.written_here`: by name and by identity,
+        so a file another writer has replaced since stays); returns how many."""
+        files = [f for f in self.own_files(shard_names) if written_here(f)]
+        for f in files:
+            f.delete()
+        return len(files)
+
     def remove_stale_temps(self, shard_names: Sequence[str]) -> int:
         """Temp files a killed run left behind under our names (also unfinished multipart
         uploads on S3). Only called while holding the lock, so no live writer owns them."""
@@ -436,14 +455,25 @@ def resolve_shards(spec: str | os.PathLike[str] | Location |
 
 @dataclass
 class Lease:
-    """The writer's hold on a run folder; `check()` before every commit."""
+    """The writer's hold on a run folder; `check()` before every commit. Once lost, a lease
+    stays lost: the writer touches nothing under the run any more (no commit, no undo of a
+    failed first run, no clean-up), and leaves the lease object to its new holder."""
 
     where: str
     release_fn: Any = None
     lost: str = ""
+    confirm_fn: Any = None  # asks the store whether we still hold it (S3); None: a local flock
+
+    def holds(self) -> bool:
+        """Whether this writer still holds the run, confirmed with the store now (on S3 one
+        conditional renewal: a writer paused past its lease learns here that it was taken
+        over, not at its renew thread's next turn)."""
+        if not self.lost and self.confirm_fn is not None:
+            self.confirm_fn()
+        return not self.lost
 
     def check(self) -> None:
-        if self.lost:
+        if not self.holds():
             raise RunLocked(f"lost the write lease on {self.where}: {self.lost}; stopped before "
                             "committing more. Re-run the same command to resume")
 
@@ -549,8 +579,10 @@ class _S3Lease:
         self.token = secrets.token_hex(8)
         self.client = s3_client()
         self.etag = ""
+        self.expires = 0.0  # when the lease runs out unless renewed (this host's clock)
         self.lease = Lease(str(root))
         self.stop = threading.Event()
+        self.renewing = threading.Lock()
 
     def _body(self) -> bytes:
         now = time.time()
@@ -574,6 +606,7 @@ class _S3Lease:
         return str(r["ETag"])
 
     def acquire(self) -> Lease:
+        sent = time.time()
         etag = self._put(IfNoneMatch="*")
         if etag is None:
             r = self.client.get_object(Bucket=self.bucket, Key=self.key)
@@ -594,25 +627,50 @@ class _S3Lease:
             logger.info("took over the %s write lease of %s (pid %s on %s)",
                         "expired" if expired else "dead", self.root, held.get("pid"),
                         held.get("host"))
-        self.etag = etag
+        self.etag, self.expires = etag, sent + self.ttl
         self.lease.release_fn = self.release
-        threading.Thread(target=self._renew, name="lease", daemon=True).start()
+        self.lease.confirm_fn = self.confirm
+        threading.Thread(target=self._keep, name="lease", daemon=True).start()
         return self.lease
 
-    def _renew(self) -> None:
-        while not self.stop.wait(self.ttl / 3):
+    def _keep(self) -> None:
+        while not self.stop.wait(self.ttl / 3) and not self.lease.lost:
             try:
-                etag = self._put(IfMatch=self.etag)
+                self.renew()
             except Exception as exc:  # a network blip: try again before the lease runs out
                 logger.warning("could not renew the write lease on %s: %s", self.root, exc)
-                continue
+
+    def confirm(self) -> None:
+        """`Lease.holds`: renew now. A store that cannot be reached leaves the lease held until
+        the time it was last renewed for, and lost after (another writer may have it by then)."""
+        try:
+            self.renew()
+        except Exception as exc:
+            if time.time() < self.expires:
+                logger.warning("could not renew the write lease on %s: %s", self.root, exc)
+            else:
+                self.lease.lost = f"could not renew it before it expired ({exc})"
+
+    def renew(self) -> None:
+        """One conditional renewal (`If-Match` on our ETag); a refusal means another writer
+        took the lease over, and marks it lost for good. Serialised: the renew thread and a
+        `Lease.check` must not both send the same ETag (the second would be refused)."""
+        with self.renewing:
+            if self.lease.lost:
+                return
+            sent = time.time()
+            etag = self._put(IfMatch=self.etag)
             if etag is None:
                 self.lease.lost = "another writer took it over"
+                logger.warning("lost the write lease on %s: another writer took it over; this "
+                               "process writes nothing more there", self.root)
                 return
-            self.etag = etag
+            self.etag, self.expires = etag, sent + self.ttl
 
     def release(self) -> None:
         self.stop.set()
+        with contextlib.suppress(Exception):
+            self.renew()  # a lease taken over meanwhile is found lost here, and left alone
         if self.lease.lost:
             return
         with contextlib.suppress(Exception):

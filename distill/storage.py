@@ -10,13 +10,21 @@ secret ever passes through distill's config, manifest or logs.
 Commit protocol (`atomic_output`): a file appears under its final name only when complete.
 - On a local disk: bytes go to a hidden temp name beside the final one (`.NAME.tmp-PID-HEX`,
   which no `*.parquet` / `*.json` pattern matches), then fsync, `os.replace`, fsync the folder.
-- On S3: bytes are spooled to a local temp file, then uploaded to the final key in one go — a
-  single PUT, or a multipart upload that S3 shows only once it is completed (boto3 aborts it on
-  an error). A killed writer leaves at most an unfinished multipart upload, which is invisible;
-  the run-folder owner aborts those on resume (`distill.runfolder`).
+- On S3: bytes are spooled to a local file (`distill.spool`: a folder per process, removed at
+  exit, a killed process's by the next one), then uploaded to the final key in one go — a single
+  PUT, or a multipart upload that S3 shows only once it is completed (boto3 aborts it on an
+  error). A killed writer leaves at most an unfinished multipart upload, which is invisible; the
+  run-folder owner aborts those on resume (`distill.runfolder`). Deletes go through boto3 too:
+  pyarrow's `delete_file`/`delete_dir` put an empty "folder" object (`RUN/`) in place of a
+  prefix they leave empty.
 - On other object stores: the temp object is completed, then moved to the final key (a
   server-side copy, so the final key appears only whole) and the temp deleted; a killed writer
   can leave a temp object, removed on resume.
+
+What this process wrote (`written_here`): every file `atomic_output` completes is remembered by
+its identity — the local file's inode, size and mtime, or on S3 a token of this process stored
+in the object's metadata — so that undoing a failed run removes only what is still this
+process's own bytes, never a file another writer has since replaced (even with equal bytes).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from distill.errors import DistillError
+from distill.spool import spool_folder
 
 __all__ = [
     "Location",
@@ -53,6 +62,7 @@ __all__ = [
     "remove_tree",
     "s3_client",
     "temp_name",
+    "written_here",
 ]
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
@@ -258,6 +268,13 @@ class Location:
         if self.is_local:
             Path(self.path).unlink(missing_ok=True)
             return
+        if self.scheme == "s3" and _boto3() is not None:  # no folder marker left behind
+            bucket, _, key = self.path.partition("/")
+            try:
+                s3_client().delete_object(Bucket=bucket, Key=key)
+            except Exception as exc:
+                raise StorageError(f"cannot remove {self}: {exc}") from exc
+            return
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.path)
 
@@ -356,7 +373,8 @@ def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOu
         if loc.is_local:
             raw: Any = open(tmp.path, "wb")  # noqa: SIM115 (closed below, on every path)
         elif direct:  # spooled locally, then one upload that S3 completes atomically
-            raw = tempfile.NamedTemporaryFile(prefix="distill-upload-", delete=False)  # noqa: SIM115
+            raw = tempfile.NamedTemporaryFile(prefix="distill-upload-", dir=spool_folder(),  # noqa: SIM115
+                                              delete=False)
         else:
             raw = loc.fs.open_output_stream(tmp.path)
     except (OSError, pa.ArrowException) as exc:
@@ -371,12 +389,15 @@ def atomic_output(final: str | os.PathLike[str] | Location) -> Iterator[AtomicOu
             if loc.is_local:
                 raw.flush()
                 os.fsync(raw.fileno())
+                stamp: tuple[Any, ...] = _local_stamp(os.fstat(raw.fileno()))
                 raw.close()
                 os.replace(tmp.path, loc.path)
                 fsync_dir(loc.parent.path)
+                _WRITTEN[loc] = stamp
             elif direct:
                 raw.close()
                 _s3_upload(raw.name, loc)
+                _WRITTEN[loc] = (_writer_token(), out.size)
             else:
                 raw.close()  # the temp object is complete only now
                 loc.fs.move(tmp.path, loc.path)
@@ -405,23 +426,77 @@ def _boto3() -> Any:
     return boto3
 
 
+@lru_cache(maxsize=1)
 def s3_client() -> Any:
-    """A boto3 S3 client from the standard environment (endpoint, credentials, region)."""
+    """A boto3 S3 client from the standard environment (endpoint, credentials, region); one per
+    process (boto3 clients are thread-safe, and making one costs tens of milliseconds)."""
     boto3 = _boto3()
     if boto3 is None:
         raise DistillError("this needs boto3 (pip install 'distill[s3]')")
     return boto3.client("s3")
 
 
+os.register_at_fork(after_in_child=s3_client.cache_clear)
+
+
 def _s3_upload(filename: str, loc: Location) -> None:
     """One upload to the final key: a single PUT, or a multipart upload that S3 makes visible
     only when it completes (boto3 aborts it on an error). No partial object is ever visible, and
-    unlike a temp key + copy, no second pass over the bytes."""
+    unlike a temp key + copy, no second pass over the bytes. The object carries this process's
+    writer token (`written_here`)."""
     bucket, _, key = loc.path.partition("/")
     try:
-        s3_client().upload_file(filename, bucket, key)
+        s3_client().upload_file(filename, bucket, key,
+                                ExtraArgs={"Metadata": {_WRITER_META: _writer_token()}})
     except Exception as exc:
         raise StorageError(f"cannot write {loc}: {exc}") from exc
+
+
+# -- what this process wrote ------------------------------------------------------------------
+
+_WRITER_META = "distill-writer"  # S3 user metadata: the token of the process that wrote it
+_WRITTEN: dict[Location, tuple[Any, ...]] = {}  # final location -> identity of what we wrote
+_token: list[str] = []
+
+
+def _writer_token() -> str:
+    """A random token naming this process as a writer (a forked child gets its own)."""
+    if not _token:
+        _token.append(secrets.token_hex(8))
+    return _token[0]
+
+
+def _local_stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _forget_writes() -> None:
+    _WRITTEN.clear()
+    _token.clear()
+
+
+os.register_at_fork(after_in_child=_forget_writes)
+
+
+def written_here(final: str | os.PathLike[str] | Location) -> bool:
+    """Whether `final` still holds what this process last wrote there with `atomic_output`:
+    the same local file (inode, size, mtime), or an S3 object carrying this process's writer
+    token. A file another writer has replaced since — even with the same bytes — is not."""
+    loc = Location(final)
+    stamp = _WRITTEN.get(loc)
+    if stamp is None:
+        return False
+    if loc.is_local:
+        try:
+            return _local_stamp(os.stat(loc.path)) == stamp
+        except OSError:
+            return False
+    bucket, _, key = loc.path.partition("/")
+    try:
+        head = s3_client().head_object(Bucket=bucket, Key=key)
+    except Exception:  # gone, or unreachable: not known to be ours
+        return False
+    return (head.get("Metadata", {}).get(_WRITER_META), head.get("ContentLength")) == stamp
 
 
 def fsync_dir(folder: str) -> None:
@@ -438,11 +513,30 @@ def remove_tree(folder: Location) -> None:
     only distill's own staging folders are ever passed here."""
     if folder.is_local:
         shutil.rmtree(folder.path, ignore_errors=True)
+    elif folder.scheme == "s3" and _boto3() is not None:  # no folder marker left behind
+        _s3_remove_prefix(folder)
     elif folder.is_dir():
         try:
             folder.fs.delete_dir(folder.path)
         except (OSError, pa.ArrowException) as exc:
             raise StorageError(f"cannot remove {folder}: {exc}") from exc
+
+
+def _s3_remove_prefix(folder: Location) -> None:
+    """Delete every object under `folder/` with boto3, a page (up to 1000 keys) per request."""
+    bucket, _, prefix = folder.path.partition("/")
+    if not prefix:
+        raise StorageError(f"refusing to remove the whole bucket {folder}")
+    client = s3_client()
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                  Prefix=f"{prefix}/")
+        for page in pages:
+            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if objects:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+    except Exception as exc:
+        raise StorageError(f"cannot remove {folder}: {exc}") from exc
 
 
 def atomic_write_bytes(final: str | os.PathLike[str] | Location, data: bytes) -> Location:

@@ -68,6 +68,10 @@ class Committer:
         if len(bucket) == self.expected[item.shard]:
             self.commit(self.jobs[item.shard], self.got.pop(item.shard))
 
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
     def commit(self, job: ShardJob, items: list[Item]) -> None:
         plan, run = self.plan, self.plan.run
         entry = job.entry
@@ -103,11 +107,11 @@ class Committer:
             "shard": entry.name, "split": plan.manifest.split, "planned_images": entry.image_ids,
             "teachers": plan.roles, "oom_batch_halvings": stats["oom_halvings"],
         })
-        if self.lease is not None:
-            self.lease.check()  # a writer that lost its lease commits nothing more
+        self._check_lease()  # a writer that lost its lease commits nothing more
         with ShardWriter(path, meta, plan.config.shards.row_group_size) as writer:
             for row in rows:
                 writer.write_row(row)
+        self._check_lease()  # nor after a shard upload it was paused in
         replace_failures(run.quarantine, [entry.name], [it.image_id for it in items], failures)
         entry.rows, entry.sha256, entry.size = len(rows), writer.sha256, writer.size
         entry.teachers = {**entry.teachers, **{r: "done" for r in plan.roles}}

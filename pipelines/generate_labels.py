@@ -22,7 +22,7 @@ from typing import Any
 from distill.config import Config, dump_toml
 from distill.manifest import read_manifest
 from distill.provenance import unpinned_warning
-from distill.runfolder import LabelRun
+from distill.runfolder import LabelRun, Lease
 from distill.shards import read_metadata
 from pipelines.cluster import ray_session
 from pipelines.commit import Committer
@@ -42,17 +42,21 @@ class RunResult:
     ray_logs: str = ""  # where this run's Ray session kept its logs (this machine); "" if no Ray
 
 
-def _undo_first_run(run: LabelRun) -> None:
+def _undo_first_run(run: LabelRun, lease: Lease) -> None:
     """A first run (into a new or empty folder) that failed before committing a shard leaves
-    nothing: its plan, config and quarantine go (`LabelRun.clear`, distill's own
-    files only), and the lock then takes the folder it made. One that committed a shard keeps
-    everything, to resume."""
+    nothing: its plan, config and quarantine go (`LabelRun.undo_writes`: only files this
+    process wrote that still hold what it wrote), and the lock then takes the folder it made.
+    One that committed a shard keeps everything, to resume; one that lost its write lease
+    touches nothing (the run is another writer's now)."""
     try:
+        if not lease.holds():
+            logger.info("left %s as it is: another writer holds it now", run)
+            return
         planned = read_manifest(run.manifest).shards if run.manifest.is_file() else []
         names = [e.name for e in planned]
         if any(e.sha256 for e in planned) or any(run.shard(n).is_file() for n in names):
             return
-        removed = run.clear(names)
+        removed = run.undo_writes(names)
         if run.shards.is_local and run.shards.is_dir() and not run.shards.iterdir():
             run.shards.as_path().rmdir()
     except Exception:  # the original failure is the one to report
@@ -68,7 +72,8 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
     with run.lock() as lease:
         first = run.is_new()
         try:
-            plan = plan_run(config, options)
+            plan = plan_run(config, options, lease)
+            lease.check()  # (checking every shard's footer takes a while on a large run)
             run.remove_stale_temps([e.name for e in plan.manifest.shards])
             for note in plan.notes:
                 logger.warning(note)
@@ -83,7 +88,7 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
                     execute(plan, options, cluster, committer)
         except Exception:  # a failure; Ctrl-C and SIGTERM keep the plan (a re-run resumes)
             if first:
-                _undo_first_run(run)
+                _undo_first_run(run, lease)
             raise
         elapsed = time.monotonic() - started
         processed = committer.written
@@ -96,6 +101,7 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
             "added_teachers": plan.added_roles,
             "retry_failed": options.retry_failed,
         }
+        lease.check()  # the vocabulary and summary are commits too
         present = {f.name for f in run.shards.files("*.parquet")}
         written = [run.shard(e.name) for e in plan.manifest.shards
                    if e.sha256 and e.name in present]

@@ -29,7 +29,7 @@ from distill.manifest import (
     write_manifest,
 )
 from distill.quarantine import Failure, read_quarantine, replace_failures
-from distill.runfolder import LabelRun
+from distill.runfolder import LabelRun, Lease
 from distill.storage import Location
 from pipelines.stages import Item
 
@@ -267,13 +267,17 @@ def _accounted(path: Location, entry: ShardEntry, quarantined: dict[str, set[int
     return False
 
 
-def plan_run(config: Config, options: RunOptions) -> RunPlan:
+def plan_run(config: Config, options: RunOptions, lease: Lease | None = None) -> RunPlan:
     """Decide what this invocation does: which shards are complete, which need labelling,
-    which need only a newly added teacher, and (retry-failed) which samples to retry."""
+    which need only a newly added teacher, and (retry-failed) which samples to retry. With the
+    writer's `lease`, it is confirmed before the plan is written (reading a large split's
+    annotations takes long enough for a paused writer to lose the run)."""
     run = LabelRun(options.out)
     roles = _enabled_roles(config)
     notes: list[str] = []
     dataset = open_dataset(config.data.root, config.data.split)
+    if lease is not None:
+        lease.check()
     manifest, added = _open_manifest(run, config, options, dataset, notes)
     if not options.dry_run:
         _record_unlisted(run, dataset)

@@ -1,6 +1,8 @@
 """A full disk (or any failing write) while a file is being committed: one `StorageError` that
 names the file and the cause, and nothing left behind — no temp file, no partial final file.
-ENOSPC is simulated in-process: the temp file's writes, flush, fsync or rename fail."""
+ENOSPC is simulated in-process: the temp file's writes, flush, fsync or rename fail.
+Also: what this process wrote is known by identity (`written_here`), not by bytes, and removing
+files on S3 leaves no empty "folder" marker object."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 
 import distill.storage as storage
 from distill.shards import ShardWriter, make_metadata
-from distill.storage import StorageError, atomic_write_bytes
+from distill.storage import Location, StorageError, atomic_write_bytes, remove_tree, written_here
 from tests.test_shards import make_sample
 
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"
@@ -133,3 +135,40 @@ def test_a_folder_that_cannot_be_written_names_the_file_not_the_temp(tmp_path, m
     with pytest.raises(StorageError) as caught:
         atomic_write_bytes(tmp_path / "config.toml", b"x")
     assert str(caught.value) == f"cannot write {tmp_path / 'config.toml'}: Read-only file system"
+
+
+def test_written_here_is_what_this_process_wrote_not_equal_bytes(tmp_path, s3_bucket):
+    import boto3
+
+    local = tmp_path / "config.toml"
+    atomic_write_bytes(local, b"same")
+    assert written_here(local)
+    replaced = tmp_path / "other"
+    replaced.write_bytes(b"same")
+    os.replace(replaced, local)  # another writer, the same bytes
+    assert not written_here(local)
+    assert not written_here(tmp_path / "never-written")
+
+    remote = f"{s3_bucket}/run/config.toml"
+    atomic_write_bytes(remote, b"same")
+    assert written_here(remote)
+    boto3.client("s3").put_object(Bucket=s3_bucket.removeprefix("s3://"),
+                                  Key="run/config.toml", Body=b"same")
+    assert not written_here(remote)
+    Location(remote).delete()
+    assert not written_here(remote)
+
+
+def test_removing_files_on_s3_leaves_no_folder_marker(s3_bucket):
+    """pyarrow's `delete_file` and `delete_dir` put an empty `PREFIX/` object in place of a
+    prefix they leave empty (a stray 0-byte `RUN/` "folder" in a finished run)."""
+    import boto3
+
+    for name in ("manifest.json", "shards/a.parquet", "checkpoints/.last.next/model.bin",
+                 "checkpoints/.last.next/state.pt"):
+        atomic_write_bytes(f"{s3_bucket}/run/{name}", b"x")
+    Location(f"{s3_bucket}/run/shards/a.parquet").delete()
+    remove_tree(Location(f"{s3_bucket}/run/checkpoints/.last.next"))
+    Location(f"{s3_bucket}/run/manifest.json").delete()
+    listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket.removeprefix("s3://"))
+    assert listed.get("Contents", []) == []

@@ -1,10 +1,14 @@
 """A first generate-labels run that fails before committing a shard leaves nothing behind (no
-plan, config, quarantine or lock, and not the folder it made); a run that already had a plan
-keeps it, and so does a first run stopped with Ctrl-C. Ray is replaced by a session that fails to start, so no Ray runs here."""
+plan, config, quarantine or lock, and not the folder it made; on S3 not even a "folder" marker
+object); a run that already had a plan keeps it, and so does a first run stopped with Ctrl-C.
+A first run that lost its write lease to another writer touches nothing: the files are the new
+writer's. Ray is replaced by a session that fails to start, so no Ray runs here."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -96,3 +100,52 @@ def test_a_folder_of_someone_elses_files_is_refused_and_left_alone(synthetic_coc
         generate_labels(label_config(synthetic_coco), RunOptions(out=out))
     assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
     assert (out / "config.toml").read_text() == "mine"
+
+
+def _objects(uri: str) -> dict[str, bytes]:
+    """Every object under `uri` with its bytes, "folder" marker objects (keys ending in /)
+    included."""
+    import boto3
+
+    client = boto3.client("s3")
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            for o in listed if o["Key"].startswith(prefix)}
+
+
+def test_a_failed_first_run_on_s3_leaves_no_object(synthetic_coco, s3_bucket, ray_fails):
+    out = f"{s3_bucket}/run"
+    with pytest.raises(DistillError, match="cannot join Ray"):
+        generate_labels(label_config(synthetic_coco), RunOptions(out=out))
+    assert _objects(s3_bucket) == {}  # no plan, no config, no lease, no empty `run/` marker
+
+
+def test_a_first_run_that_lost_its_lease_leaves_the_new_writers_files(synthetic_coco, s3_bucket,
+                                                                      monkeypatch):
+    """Writer A planned a first run, then paused (SIGSTOP) past its lease; writer B took the
+    run over and rewrote the config (the same bytes: it is the same command). A's failure that
+    follows must not undo "its" first run: every file is B's now, and so is the lease."""
+    import boto3
+
+    out = f"{s3_bucket}/run"
+    bucket = s3_bucket.removeprefix("s3://")
+    client = boto3.client("s3")
+
+    @contextlib.contextmanager
+    def taken_over_then_fails(*args: object, **kwargs: object) -> Iterator[None]:
+        client.put_object(Bucket=bucket, Key="run/.lease.json", Body=json.dumps(
+            {"token": "b", "host": "elsewhere", "pid": 1, "renewed": time.time(),
+             "expires": time.time() + 3600}).encode())
+        config = client.get_object(Bucket=bucket, Key="run/config.toml")["Body"].read()
+        client.put_object(Bucket=bucket, Key="run/config.toml", Body=config)
+        raise DistillError("cannot join Ray at 127.0.0.1:1: Connection refused")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(generate, "ray_session", taken_over_then_fails)
+    with pytest.raises(DistillError, match="cannot join Ray"):
+        generate_labels(label_config(synthetic_coco), RunOptions(out=out))
+    left = _objects(out)
+    assert {"run/manifest.json", "run/config.toml", "run/.lease.json"} <= set(left), sorted(left)
+    assert json.loads(left["run/.lease.json"])["token"] == "b"
+    assert not [k for k in left if k.endswith("/")], sorted(left)
