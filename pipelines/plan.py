@@ -187,8 +187,9 @@ def _open_manifest(run: LabelRun, config: Config, options: RunOptions, dataset: 
                         shard_size=config.shards.shard_size,
                         shards=make_plan(ids, config.data.split, config.shards.shard_size),
                         selection=_selection(options))
+    old = _planned_names(run) if start_over else []
+    run.check_new_shards([e.name for e in manifest.shards], old)
     if start_over:
-        old = _planned_names(run)
         if options.dry_run:
             notes.append(f"--new-run would clear {len(run.own_files(old))} file(s) of the "
                          f"previous run in {run}")
@@ -210,7 +211,9 @@ def _grow(run: LabelRun, manifest: Manifest, dataset: Dataset, options: RunOptio
     new = _select(dataset, options, manifest.planned_ids(), run)
     if not new:
         return False
+    planned = [e.name for e in manifest.shards]
     entries = manifest.grow(new, _selection(options))
+    run.check_new_shards([e.name for e in entries], planned)
     names = entries[0].name + (f" … {entries[-1].name}" if len(entries) > 1 else "")
     notes.append(f"the run grows by {len(new)} image(s) in {len(entries)} new shard(s) "
                  f"({names}); its {before} planned shard(s) stay as they are")

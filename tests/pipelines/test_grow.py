@@ -18,6 +18,7 @@ from distill.inspect import format_inspect, inspect_path
 from distill.labels.tokens import read_vocabulary
 from distill.manifest import read_manifest
 from distill.runfolder import resolve_shards
+from distill.storage import Location
 from distill.viz import read_row
 from pipelines.generate_labels import RunOptions, generate_labels, plan_run
 from tests.conftest import (
@@ -49,8 +50,8 @@ def _plan(root: Path, out: Path, **options):
     return plan_run(label_config(root), RunOptions(out=out, **options))
 
 
-def _shards(out: Path) -> dict[str, list[int]]:
-    return {e.name: e.image_ids for e in read_manifest(out / "manifest.json").shards}
+def _shards(out: Path | str) -> dict[str, list[int]]:
+    return {e.name: e.image_ids for e in read_manifest(Location(out) / "manifest.json").shards}
 
 
 def test_a_larger_limit_plans_only_the_next_images_in_new_shards(tmp_path):
@@ -164,6 +165,45 @@ def test_a_run_from_before_growth_keeps_its_names_and_grows_after_them(tmp_path)
     assert list(_shards(out)) == ["val2017-00000-of-00002.parquet",
                                   "val2017-00001-of-00002.parquet", "val2017-00002.parquet"]
     assert plan.manifest.version == 2 and len(plan.manifest.extensions) == 1
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_growth_never_replaces_a_file_distill_did_not_write(tmp_path, request, where):
+    """A user's own file where a grown plan puts a new shard: refused in one line naming it,
+    the plan is not extended, the file stays as it was (local disk and S3)."""
+    root = make_coco7(tmp_path / "coco")
+    out = tmp_path / "out" if where == "local" else f"{request.getfixturevalue('s3_bucket')}/run"
+    _plan(root, out, limit=4)  # val2017-00000 [1, 3, 5], val2017-00001 [7]
+    mine = Location(out) / "shards" / "val2017-00002.parquet"
+    mine.write_bytes(b"my own table")
+    before = (Location(out) / "manifest.json").read_bytes()
+    for dry_run in (True, False):
+        with pytest.raises(DistillError) as err:
+            _plan(root, out, limit=7, dry_run=dry_run)
+        assert str(err.value).startswith(f"{mine} is not a shard of this run")
+        assert "\n" not in str(err.value) and "never replaces" in str(err.value)
+    assert mine.read_bytes() == b"my own table"
+    assert (Location(out) / "manifest.json").read_bytes() == before  # not extended
+    mine.delete()
+    _plan(root, out, limit=7)  # once it is moved away, the run grows
+    assert list(_shards(out))[-1] == "val2017-00002.parquet"
+
+
+def test_a_new_run_never_replaces_a_file_distill_did_not_write(tmp_path):
+    """--new-run plans afresh: a user's file under a name the old plan did not have is refused
+    before anything of the old run is cleared; the old plan's own shards are replaced."""
+    root, out = make_coco7(tmp_path / "coco"), tmp_path / "out"
+    _plan(root, out, limit=2)  # val2017-00000 only
+    (out / "shards").mkdir()
+    (out / "shards" / "val2017-00000.parquet").write_bytes(b"distill's (planned)")
+    (out / "shards" / "val2017-00001.parquet").write_bytes(b"mine")
+    with pytest.raises(DistillError, match=r"val2017-00001.parquet is not a shard of this run"):
+        _plan(root, out, limit=7, new_run=True)
+    assert (out / "shards" / "val2017-00000.parquet").exists()  # nothing cleared yet
+    assert (out / "shards" / "val2017-00001.parquet").read_bytes() == b"mine"
+    (out / "shards" / "val2017-00001.parquet").rename(out / "mine.parquet")
+    _plan(root, out, limit=7, new_run=True)
+    assert not (out / "shards" / "val2017-00000.parquet").exists()  # the old run's: cleared
 
 
 def _digests(out: Path) -> dict[str, str]:
