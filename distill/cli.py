@@ -158,7 +158,7 @@ def _root(
     )
 
 
-def _parse_ids(text: str | None) -> list[int] | None:
+def _parse_ids(text: str | None, option: str = "--image-ids") -> list[int] | None:
     """`--image-ids 139,285,632` or `--image-ids @ids.txt` (whitespace/comma separated)."""
     if text is None:
         return None
@@ -167,12 +167,12 @@ def _parse_ids(text: str | None) -> list[int] | None:
         try:
             text = path.read_text()
         except OSError as exc:
-            raise DistillError(f"cannot read --image-ids file {path}: {exc}") from exc
+            raise DistillError(f"cannot read {option} file {path}: {exc}") from exc
     parts = [p for p in text.replace(",", " ").split() if p]
     try:
         return [int(p) for p in parts]
     except ValueError as exc:
-        raise DistillError(f"--image-ids wants integers like 139,285 or @file.txt: {exc}") from exc
+        raise DistillError(f"{option} wants integers like 139,285 or @file.txt: {exc}") from exc
 
 
 def _default_out(cfg: Any) -> str:
@@ -353,12 +353,16 @@ def run_retry_failed(
     out: Annotated[str, typer.Argument(help="The run folder of a generate-labels run (a path or "
                                      "a URI).")],
     set_: SetOpt = None,
+    ids: Annotated[str | None, typer.Option(
+        "--ids", help="Relabel these planned images instead of the quarantined ones: "
+        "'139,285' or '@ids.txt' (e.g. committed images whose annotations changed).")] = None,
     address: AddressOpt = None,
     live: Annotated[bool | None, typer.Option("--live/--no-live")] = None,
 ) -> None:
     """Re-run only the quarantined samples of a run (after fixing the images, a teacher, or
-    giving more memory). Uses the run's own config.toml; --set may change runtime settings
-    (batch sizes, devices, workers) but nothing that changes labels."""
+    giving more memory), or with --ids the images named. Uses the run's own config.toml; --set
+    may change runtime settings (batch sizes, devices, workers) but nothing that changes
+    labels."""
     from distill.config import load_config
     from distill.runfolder import LabelRun
     from pipelines.generate_labels import RunOptions, generate_labels
@@ -368,7 +372,8 @@ def run_retry_failed(
         raise DistillError(f"{out} is not a generate-labels run folder (no manifest.json and "
                            "config.toml)")
     cfg = load_config(None, [run.config], list(set_ or []))
-    options = RunOptions(out=out, retry_failed=True, address=address, live=live,
+    options = RunOptions(out=out, retry_failed=True, retry_ids=_parse_ids(ids, "--ids"),
+                         address=address, live=live,
                          verbose=logging.getLogger().level <= logging.INFO)
     _progress_note.append(_shards_progress(out))
     _report_run(generate_labels(cfg, options))

@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 # 2: runs can grow (`extensions`, index-only shard names). Version 1 manifests read as runs
 # that never grew; a distill that reads only 1 refuses a 2 in one line instead of misreading it.
-MANIFEST_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: shard entries record `annotations`; entries of 1 and 2 read with none (checked by reading).
+MANIFEST_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 # The config sections that decide what a labelling run writes.
 LABEL_SECTIONS = ("data", "teachers", "labels", "shards")
 
@@ -61,6 +62,9 @@ class ShardEntry:
     rows: int | None = None  # rows written (planned images minus quarantined ones)
     sha256: str | None = None  # of the committed file
     size: int | None = None  # bytes of the committed file
+    # `distill.shards.annotations_digest` of the committed rows: the annotations they were
+    # labelled from, compared with the dataset's at every planning (pipelines.plan)
+    annotations: str | None = None
     # Work done on this shard, summed over runs: {"seconds": {stage: s}, "images": {stage: n},
     # "oom_halvings": {role: n}}. Feeds summary.json's per-teacher images/s.
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -144,7 +148,7 @@ def read_manifest(path: str | Path | Location) -> Manifest:
         raise ShardError(f"{path} has manifest version {doc.get('version')!r}; this distill "
                          f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     doc["shards"] = [ShardEntry(**s) for s in doc["shards"]]
-    doc["version"] = MANIFEST_VERSION  # written back as 2 (with `extensions`), which 1 is a case of
+    doc["version"] = MANIFEST_VERSION  # written back as the current one: older ones are cases of it
     return Manifest(**doc)
 
 

@@ -249,6 +249,21 @@ class LabelRun(_RunFolder):
                 files.append(f)
         return files
 
+    def check_new_shards(self, new: Sequence[str], planned: Sequence[str] = ()) -> None:
+        """Before a plan adds shards named `new` (a first plan, growth, `--new-run`): none of
+        them may already be held by a file, unless an earlier plan of this run (`planned`) named
+        it, which makes it distill's own (e.g. a crash's leftover). Any other file there was
+        not written by distill: refused in one line naming it, never replaced (one listing)."""
+        ours = set(planned)
+        taken = sorted(c for c in self.shards.iterdir() if c.name in set(new) - ours)
+        if taken:
+            more = f" (and {len(taken) - 1} more under planned shard names)" if len(taken) > 1 \
+                else ""
+            raise DistillError(
+                f"{taken[0]} is not a shard of this run{more}: distill did not write it, and the "
+                f"plan puts its shard {taken[0].name} there. distill never replaces a file it "
+                f"did not write: move it out of {self.shards}, or choose another --out")
+
     def clear(self, shard_names: Sequence[str]) -> int:
         """`--new-run`: remove exactly this run's own files; returns how many."""
         files = self.own_files(shard_names)

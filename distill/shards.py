@@ -9,8 +9,10 @@ PNG and image columns and numpy for the rest (see README.md, "Reading a shard").
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import struct
 import sys
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -25,13 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from distill import __version__
-from distill.coco import Person
+from distill.coco import ImageRecord, Person
 from distill.errors import ShardError
 from distill.images import decode_png, encode_png
 from distill.labels.keypoints import NUM_JOINTS
 from distill.storage import AtomicOutput, Location, StorageError, atomic_output
 
 __all__ = [
+    "ANNOTATION_COLUMNS",
     "OPTIONAL_COLUMNS",
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -39,6 +42,9 @@ __all__ = [
     "Segment",
     "ShardWriter",
     "TextRegion",
+    "annotation_digest",
+    "annotation_row",
+    "annotations_digest",
     "column_bytes",
     "decode_row",
     "encode_sample",
@@ -226,6 +232,49 @@ def encode_sample(sample: Sample, compress_level: int = 1,
     if unknown:
         raise ShardError(f"not shard columns: {sorted(unknown)}")
     return {name: row[name] for name in SCHEMA.names if name in wanted}  # schema order
+
+
+# ---------------------------------------------------------------------------------------------
+# The annotation columns: what a row copies from its image's annotations, not from a teacher
+
+ANNOTATION_COLUMNS = ("image_id", "file_name", "width", "height", "coco_captions", "persons")
+_KEYPOINTS = struct.Struct(f"<{3 * NUM_JOINTS}f")  # as float32, what a shard stores
+_PERSON_REST = struct.Struct("<5f?i")  # bbox, area, iscrowd, num_keypoints
+
+
+def annotation_row(record: ImageRecord) -> dict[str, Any]:
+    """The annotation columns a row labelled from `record` holds, for `annotation_digest`
+    (keypoints stay float32 arrays). Width and height are None where the annotations give
+    none (a plain folder): the row then holds the decoded size."""
+    return {"image_id": record.image_id, "file_name": record.file_name, "width": record.width,
+            "height": record.height, "coco_captions": record.captions,
+            "persons": [{"keypoints": p.keypoints, "bbox": p.bbox, "area": p.area,
+                         "iscrowd": p.iscrowd, "num_keypoints": p.num_keypoints}
+                        for p in record.persons]}
+
+
+def annotation_digest(row: dict[str, Any]) -> bytes:
+    """16 bytes that change with any annotation column of one row (`ANNOTATION_COLUMNS`), from
+    a shard row or an `annotation_row`; numbers compare as the float32 a shard stores."""
+    persons = row["persons"] or []
+    h = hashlib.blake2b(repr((row["image_id"], row["file_name"], row["width"], row["height"],
+                              tuple(row["coco_captions"] or ()), len(persons))).encode(),
+                        digest_size=16)
+    for p in persons:
+        kp = p["keypoints"]
+        h.update(kp.astype("<f4", copy=False).tobytes() if isinstance(kp, np.ndarray)
+                 else _KEYPOINTS.pack(*kp))
+        h.update(_PERSON_REST.pack(*p["bbox"], p["area"], bool(p["iscrowd"]),
+                                   p["num_keypoints"]))
+    return h.digest()
+
+
+def annotations_digest(rows: Iterable[dict[str, Any]]) -> str:
+    """The annotation columns of a shard's rows, in image id order, as 16 hex digits."""
+    h = hashlib.blake2b(digest_size=8)
+    for row in sorted(rows, key=lambda r: int(r["image_id"])):
+        h.update(annotation_digest(row))
+    return h.hexdigest()
 
 
 def _unpng(value: bytes | None) -> np.ndarray | None:

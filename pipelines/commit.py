@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from distill.manifest import FingerprintMismatch, write_manifest
 from distill.quarantine import replace_failures
 from distill.runfolder import Lease
-from distill.shards import ShardWriter, make_metadata, read_metadata
+from distill.shards import ShardWriter, annotations_digest, make_metadata, read_metadata
 from pipelines.plan import RunPlan, ShardJob
 from pipelines.stages import Item
 
@@ -114,6 +114,7 @@ class Committer:
         self._check_lease()  # nor after a shard upload it was paused in
         replace_failures(run.quarantine, [entry.name], [it.image_id for it in items], failures)
         entry.rows, entry.sha256, entry.size = len(rows), writer.sha256, writer.size
+        entry.annotations = annotations_digest(rows)
         entry.teachers = {**entry.teachers, **{r: "done" for r in plan.roles}}
         entry.stats = stats
         write_manifest(run.manifest, plan.manifest)

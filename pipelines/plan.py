@@ -30,6 +30,13 @@ from distill.manifest import (
 )
 from distill.quarantine import Failure, read_quarantine, replace_failures
 from distill.runfolder import LabelRun, Lease
+from distill.shards import (
+    ANNOTATION_COLUMNS,
+    annotation_digest,
+    annotation_row,
+    annotations_digest,
+    read_shard,
+)
 from distill.storage import Location
 from pipelines.stages import Item
 
@@ -47,6 +54,7 @@ class RunOptions:
     image_ids: list[int] | None = None
     new_run: bool = False
     retry_failed: bool = False
+    retry_ids: list[int] | None = None  # retry-failed --ids: these images, not the quarantined
     dry_run: bool = False  # plan only: nothing is written
     address: str | None = None
     live: bool | None = None  # live table (None: when stderr is a terminal)
@@ -187,8 +195,9 @@ def _open_manifest(run: LabelRun, config: Config, options: RunOptions, dataset: 
                         shard_size=config.shards.shard_size,
                         shards=make_plan(ids, config.data.split, config.shards.shard_size),
                         selection=_selection(options))
+    old = _planned_names(run) if start_over else []
+    run.check_new_shards([e.name for e in manifest.shards], old)
     if start_over:
-        old = _planned_names(run)
         if options.dry_run:
             notes.append(f"--new-run would clear {len(run.own_files(old))} file(s) of the "
                          f"previous run in {run}")
@@ -210,7 +219,9 @@ def _grow(run: LabelRun, manifest: Manifest, dataset: Dataset, options: RunOptio
     new = _select(dataset, options, manifest.planned_ids(), run)
     if not new:
         return False
+    planned = [e.name for e in manifest.shards]
     entries = manifest.grow(new, _selection(options))
+    run.check_new_shards([e.name for e in entries], planned)
     names = entries[0].name + (f" … {entries[-1].name}" if len(entries) > 1 else "")
     notes.append(f"the run grows by {len(new)} image(s) in {len(entries)} new shard(s) "
                  f"({names}); its {before} planned shard(s) stay as they are")
@@ -291,8 +302,10 @@ def plan_run(config: Config, options: RunOptions, lease: Lease | None = None) ->
             notes.append(f"{unlisted} quarantined annotation problem(s) name no image entry "
                          "(e.g. an unknown image id); fix the annotation files and start a "
                          "--new-run to include them")
+    wanted = _retry_ids(options, manifest)
     jobs: list[ShardJob] = []
     skipped: list[str] = []
+    committed: list[ShardEntry] = []
     present = {f.name for f in run.shards.files("*.parquet")}  # one listing, not one per shard
     for entry in manifest.shards:
         path = run.shard(entry.name)
@@ -304,8 +317,11 @@ def plan_run(config: Config, options: RunOptions, lease: Lease | None = None) ->
             jobs.append(ShardJob(entry, _fresh_items(entry, entry.image_ids, dataset,
                                                      manifest.split, roles)))
             continue
+        committed.append(entry)
         missing_roles = [r for r in roles if entry.teachers.get(r) != "done"]
         retry = sorted(quarantined.get(entry.name, set())) if options.retry_failed else []
+        if wanted is not None:
+            retry = sorted(wanted.intersection(entry.image_ids))
         if not missing_roles and not retry:
             skipped.append(entry.name)
             continue
@@ -317,7 +333,69 @@ def plan_run(config: Config, options: RunOptions, lease: Lease | None = None) ->
             kind = "add-teacher+retry"
         # Retrying alone: the rows not retried stay as they are.
         jobs.append(ShardJob(entry, items, keep_committed=not missing_roles, kind=kind))
+    stale = sorted(set(_changed_annotations(run, dataset, committed, quarantined)) -
+                   (wanted or set()))
+    if stale:
+        notes.append(_relabel_note(run, stale))
     return RunPlan(run, config, manifest, roles, jobs, skipped, added, notes)
+
+
+def _retry_ids(options: RunOptions, manifest: Manifest) -> set[int] | None:
+    """retry-failed --ids: the images to relabel, all of them planned (None: the quarantined)."""
+    if not options.retry_failed or options.retry_ids is None:
+        return None
+    wanted = set(options.retry_ids)
+    unplanned = sorted(wanted - manifest.planned_ids())
+    if unplanned:
+        raise ConfigError(
+            f"--ids names {len(unplanned)} image(s) this run does not plan: {_some(unplanned)}; "
+            "retry-failed relabels planned images only (generate-labels --image-ids or --limit "
+            "add new ones)")
+    return wanted
+
+
+def _changed_annotations(run: LabelRun, dataset: Dataset, committed: list[ShardEntry],
+                         quarantined: dict[str, set[int]]) -> list[int]:
+    """Committed images whose annotation columns (file name, size, captions, persons) differ
+    from what the dataset's annotations say now. One pass over the records: each committed
+    shard's recorded digest against one made from the records of its rows, so no shard is read
+    while nothing changed; a shard that differs (or that a manifest older than the digest
+    recorded none for) is read, its annotation columns only, to name the images. Images the
+    split no longer lists are not counted (a relabel would quarantine them)."""
+    if dataset.kind != "coco":  # a plain folder has no annotations that could change
+        return []
+    records = dataset.by_id()
+    changed: list[int] = []
+    for entry in committed:
+        gone = quarantined.get(entry.name, set())
+        mine = [records.get(i) for i in entry.image_ids if i not in gone]
+        if entry.annotations is not None and all(mine) and entry.annotations == \
+                annotations_digest(annotation_row(r) for r in mine if r is not None):
+            continue
+        rows = read_shard(run.shard(entry.name), list(ANNOTATION_COLUMNS)).to_pylist()
+        entry.annotations = annotations_digest(rows)  # what the rows hold (kept at a next write)
+        for row in rows:
+            record = records.get(row["image_id"])
+            if record is None:
+                continue
+            now = annotation_row(record)
+            for side in ("width", "height"):  # not annotated: the row holds the decoded size
+                now[side] = row[side] if now[side] is None else now[side]
+            if annotation_digest(now) != annotation_digest(row):
+                changed.append(row["image_id"])
+    return changed
+
+
+def _relabel_note(run: LabelRun, ids: list[int]) -> str:
+    """One line: how many committed images have changed annotations, and how to relabel them."""
+    if len(ids) > 20:
+        logger.info("committed images with changed annotations: %s", ", ".join(map(str, ids)))
+    listed = ",".join(map(str, ids)) if len(ids) <= 20 else "@ids.txt"
+    where = "" if len(ids) <= 20 else " (ids.txt: those ids, which -v lists)"
+    return (f"the annotations of {len(ids)} committed image(s) changed since they were labelled "
+            f"(ids {_some(ids)}): their rows keep the file name, size, captions and persons they "
+            f"were labelled with. Relabel them with `distill run retry-failed {run} --ids "
+            f"{listed}`{where}, or start over with --new-run")
 
 
 def _extend_items(entry: ShardEntry, path: Location, split: str,

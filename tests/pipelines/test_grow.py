@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import pytest
 from distill.errors import DistillError
 from distill.inspect import format_inspect, inspect_path
 from distill.labels.tokens import read_vocabulary
-from distill.manifest import read_manifest
+from distill.manifest import label_fingerprint, label_view, read_manifest, write_manifest
 from distill.runfolder import resolve_shards
+from distill.storage import Location
 from distill.viz import read_row
 from pipelines.generate_labels import RunOptions, generate_labels, plan_run
 from tests.conftest import (
@@ -50,8 +52,8 @@ def _plan(root: Path, out: Path, **options):
     return plan_run(label_config(root), RunOptions(out=out, **options))
 
 
-def _shards(out: Path) -> dict[str, list[int]]:
-    return {e.name: e.image_ids for e in read_manifest(out / "manifest.json").shards}
+def _shards(out: Path | str) -> dict[str, list[int]]:
+    return {e.name: e.image_ids for e in read_manifest(Location(out) / "manifest.json").shards}
 
 
 def test_a_larger_limit_plans_only_the_next_images_in_new_shards(tmp_path):
@@ -164,7 +166,46 @@ def test_a_run_from_before_growth_keeps_its_names_and_grows_after_them(tmp_path)
     plan = _plan(root, out, limit=7)
     assert list(_shards(out)) == ["val2017-00000-of-00002.parquet",
                                   "val2017-00001-of-00002.parquet", "val2017-00002.parquet"]
-    assert plan.manifest.version == 2 and len(plan.manifest.extensions) == 1
+    assert plan.manifest.version == 3 and len(plan.manifest.extensions) == 1
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_growth_never_replaces_a_file_distill_did_not_write(tmp_path, request, where):
+    """A user's own file where a grown plan puts a new shard: refused in one line naming it,
+    the plan is not extended, the file stays as it was (local disk and S3)."""
+    root = make_coco7(tmp_path / "coco")
+    out = tmp_path / "out" if where == "local" else f"{request.getfixturevalue('s3_bucket')}/run"
+    _plan(root, out, limit=4)  # val2017-00000 [1, 3, 5], val2017-00001 [7]
+    mine = Location(out) / "shards" / "val2017-00002.parquet"
+    mine.write_bytes(b"my own table")
+    before = (Location(out) / "manifest.json").read_bytes()
+    for dry_run in (True, False):
+        with pytest.raises(DistillError) as err:
+            _plan(root, out, limit=7, dry_run=dry_run)
+        assert str(err.value).startswith(f"{mine} is not a shard of this run")
+        assert "\n" not in str(err.value) and "never replaces" in str(err.value)
+    assert mine.read_bytes() == b"my own table"
+    assert (Location(out) / "manifest.json").read_bytes() == before  # not extended
+    mine.delete()
+    _plan(root, out, limit=7)  # once it is moved away, the run grows
+    assert list(_shards(out))[-1] == "val2017-00002.parquet"
+
+
+def test_a_new_run_never_replaces_a_file_distill_did_not_write(tmp_path):
+    """--new-run plans afresh: a user's file under a name the old plan did not have is refused
+    before anything of the old run is cleared; the old plan's own shards are replaced."""
+    root, out = make_coco7(tmp_path / "coco"), tmp_path / "out"
+    _plan(root, out, limit=2)  # val2017-00000 only
+    (out / "shards").mkdir()
+    (out / "shards" / "val2017-00000.parquet").write_bytes(b"distill's (planned)")
+    (out / "shards" / "val2017-00001.parquet").write_bytes(b"mine")
+    with pytest.raises(DistillError, match=r"val2017-00001.parquet is not a shard of this run"):
+        _plan(root, out, limit=7, new_run=True)
+    assert (out / "shards" / "val2017-00000.parquet").exists()  # nothing cleared yet
+    assert (out / "shards" / "val2017-00001.parquet").read_bytes() == b"mine"
+    (out / "shards" / "val2017-00001.parquet").rename(out / "mine.parquet")
+    _plan(root, out, limit=7, new_run=True)
+    assert not (out / "shards" / "val2017-00000.parquet").exists()  # the old run's: cleared
 
 
 def _digests(out: Path) -> dict[str, str]:
@@ -242,3 +283,107 @@ def test_a_growth_killed_midway_resumes_without_growing_twice(tmp_path, ray_addr
     assert [x["shards"] for x in manifest.extensions] == [["val2017-00001.parquet",
                                                           "val2017-00002.parquet"]]
     assert all(e.sha256 == now[e.name] for e in manifest.shards)
+
+
+def _copy_run(labelled, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the session's labelled run and of its dataset, free to change: the copy's
+    manifest and config.toml name the copied dataset (as if the dataset had moved)."""
+    src_root, src_out, _ = labelled
+    root, out = tmp_path / "coco", tmp_path / "out"
+    shutil.copytree(src_root, root)
+    shutil.copytree(src_out, out)
+    config = out / "config.toml"
+    config.write_text(config.read_text().replace(str(src_root), str(root)))
+    manifest = read_manifest(out / "manifest.json")
+    manifest.config = label_view(label_config(root))
+    manifest.fingerprint = label_fingerprint(manifest.config)
+    write_manifest(out / "manifest.json", manifest)
+    return root, out
+
+
+def _edit_annotations(root: Path, image_id: int, caption: str | None = None,
+                      width: int | None = None, nose_x: float | None = None) -> None:
+    """Change one image's entry in the annotation files (its image file stays as it is)."""
+    for name in ("person_keypoints", "captions"):
+        path = root / "annotations" / f"{name}_val2017.json"
+        doc = json.loads(path.read_text())
+        for img in doc["images"]:
+            if img["id"] == image_id and width is not None:
+                img["width"] = width
+        for ann in doc["annotations"]:
+            if ann["image_id"] != image_id:
+                continue
+            if name == "captions" and caption is not None:
+                ann["caption"] = caption
+            if name == "person_keypoints" and nose_x is not None:
+                ann["keypoints"][0] = nose_x
+        path.write_text(json.dumps(doc))
+
+
+def _annotation_notes(plan) -> list[str]:
+    return [n for n in plan.notes if "annotations of" in n]
+
+
+@pytest.mark.slow
+def test_changed_annotations_of_committed_images_are_named_in_one_warning(
+        tmp_path, labelled_coco7, monkeypatch):
+    import pipelines.plan as planning
+    from distill.shards import read_shard
+
+    root, out = _copy_run(labelled_coco7, tmp_path)
+    reads: list[str] = []
+    monkeypatch.setattr(planning, "read_shard", raising=False, value=lambda path, columns=None:
+                        reads.append(path.name) or read_shard(path, columns))
+    assert not _annotation_notes(_plan(root, out, dry_run=True))
+    assert reads == []  # nothing changed: no shard is read to tell
+    before = shard_rows(out)
+    _edit_annotations(root, 1, caption="a caption written later", width=50)
+    _edit_annotations(root, 7, nose_x=30.5)  # one keypoint of each of its two people
+    _edit_annotations(root, 20, width=80)  # the same value: no change
+    _add_images(root, 30)  # the run grows as well
+    plan = _plan(root, out)
+    assert _annotation_notes(plan) == [
+        "the annotations of 2 committed image(s) changed since they were labelled (ids 1, 7): "
+        "their rows keep the file name, size, captions and persons they were labelled with. "
+        f"Relabel them with `distill run retry-failed {out} --ids 1,7`, or start over with "
+        "--new-run"]
+    assert sorted(reads) == ["val2017-00000.parquet", "val2017-00001.parquet"]  # only those
+    assert plan.manifest.shards[-1].image_ids == [30]
+    after = shard_rows(out)
+    assert after[1].coco_captions == before[1].coco_captions and after[1].width == 72
+    # A dry run says it too.
+    assert len(_annotation_notes(_plan(root, out, dry_run=True))) == 1
+
+
+def test_retry_failed_ids_must_name_planned_images(tmp_path):
+    root, out = make_coco7(tmp_path / "coco"), tmp_path / "out"
+    _plan(root, out, limit=4)
+    with pytest.raises(DistillError, match=r"--ids names 2 image\(s\) this run does not plan: "
+                                           r"9, 12"):
+        _plan(root, out, retry_failed=True, retry_ids=[1, 9, 12])
+
+
+@pytest.mark.slow
+def test_retry_failed_ids_relabels_committed_images_with_their_new_annotations(
+        tmp_path, labelled_coco7, ray_address):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    root, out = _copy_run(labelled_coco7, tmp_path)
+    _edit_annotations(root, 3, caption="a lighthouse at dusk")
+    before, digests = shard_rows(out), _digests(out)
+    result = CliRunner().invoke(app, ["run", "retry-failed", str(out), "--ids", "3", "--no-live"])
+    assert result.exit_code == 0, result.output
+    after = shard_rows(out)
+    assert after[3].coco_captions == ["a lighthouse at dusk"] * 2
+    assert sorted(after) == sorted(before)
+    for image_id in (1, 5):  # the shard's other rows stay as they were
+        assert_same_sample(after[image_id], before[image_id])
+    now = _digests(out)
+    assert now["val2017-00000.parquet"] != digests["val2017-00000.parquet"]
+    assert {k: v for k, v in now.items() if k != "val2017-00000.parquet"} == \
+        {k: v for k, v in digests.items() if k != "val2017-00000.parquet"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["this_invocation"]["images_processed"] == 1
+    assert not _annotation_notes(_plan(root, out, dry_run=True))  # relabelled: nothing stale
