@@ -271,17 +271,19 @@ def create_teacher(name: str, *, variant: str = "tiny", checkpoint: str = "",
 def train_student(config: Config, shards: Any, out: PathLike, *, val_shards: Any = None,
                   resume: bool = False, device: str = "auto", verify_shards: bool = False,
                   progress: bool = False, num_workers: int = 0, gpus_per_worker: float = 0.0,
-                  cpus_per_worker: float = 1.0, address: str | None = None) -> dict[str, Any]:
+                  cpus_per_worker: float = 1.0, address: str | None = None,
+                  vocab: PathLike | None = None, allow_mixed: bool = False) -> dict[str, Any]:
     """`distill run train-student`: train on label shards (a run folder, its shards/, a glob,
     files; paths or URIs) into the run folder `out`, and return the last epoch's metrics (as in
     OUT/metrics.jsonl). `resume=True` continues OUT's last checkpoint exactly; `num_workers > 0`
-    trains data-parallel under Ray Train."""
+    trains data-parallel under Ray Train. Shards of several label runs need `allow_mixed=True`;
+    `vocab` is `--vocab` (see `distill.student.sources`)."""
     from distill.student.train import TrainOptions
     from distill.student.train import train_student as _train
 
     options = TrainOptions(shards=_spec(shards), val_shards=_spec(val_shards), out=out,
                            resume=resume, device=device, progress=progress,
-                           verify_shards=verify_shards)
+                           verify_shards=verify_shards, vocab=vocab, allow_mixed=allow_mixed)
     if num_workers > 0:
         from pipelines.train_student import train_on_ray
 

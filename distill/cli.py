@@ -384,9 +384,19 @@ def run_retry_failed(
 def run_train_student(
     shards: Annotated[str, typer.Option(
         help="Label shards to train on: a generate-labels run folder, its shards/ folder, a "
-        "glob or one shard; paths or URIs (the run's vocab.parquet gives the token targets).")],
+        "glob or one shard; paths or URIs. All of one label run (one label fingerprint), "
+        "unless --allow-mixed.")],
     val_shards: Annotated[str | None, typer.Option(
-        help="Shards to validate on each epoch (early stopping watches their loss).")] = None,
+        help="Shards to validate on each epoch (early stopping watches their loss); any label "
+        "run, e.g. another split's, scored with the training vocabulary.")] = None,
+    vocab: Annotated[str | None, typer.Option(
+        help="vocab.parquet of the token targets. Default: the label run's; for shards in no "
+        "label run folder (or a run without one), or several runs with --allow-mixed, one "
+        "rebuilt from the shards' caption tokens with labels.glove and labels.vocab_size.")] = None,
+    allow_mixed: Annotated[bool, typer.Option(
+        "--allow-mixed", help="Train on shards of several label runs (different label "
+        "fingerprints or vocabularies), refused without it; their vocabulary is --vocab, or "
+        "one rebuilt from all the shards' caption tokens.")] = False,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -429,9 +439,9 @@ def run_train_student(
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
     cfg = load_config(preset, config, overrides)
-    options = TrainOptions(shards=shards, val_shards=val_shards,
+    options = TrainOptions(shards=shards, val_shards=val_shards, vocab=vocab,
                            out=out or str(Path("runs") / cfg.preset / "student"), resume=resume,
-                           device=device, verify_shards=verify_shards)
+                           device=device, verify_shards=verify_shards, allow_mixed=allow_mixed)
     if num_workers > 0:
         from pipelines.train_student import train_on_ray
 

@@ -12,17 +12,19 @@ its own kind of run, or empty, or new; it deletes only the files a run recorded 
 anything else under the run's folder or prefix.
 
 One writer per run. On a local disk the lock is `fcntl.flock` on `RUN/.lock` (released by the
-kernel when the writer dies). Object stores have no locks, so the writer holds a *lease*:
-`RUN/.lease.json`, created with a conditional write (S3 `If-None-Match: *`, which a second
-creator loses with 412), renewed every TTL/3 with `If-Match` on its own ETag, and deleted on
-exit. A writer that dies stops renewing: the next run takes the lease over once it has expired
-(TTL, default 60 s, `DISTILL_LEASE_SECONDS`), or at once when the holder was a process on the
-same host that no longer exists. A writer confirms its lease with the store (a conditional
-renewal) before each commit, so one that was paused past its lease (SIGSTOP) and taken over
-stops there, and from then on touches nothing under the run: no commit, no undo of a failed
-first run, no clean-up, not the lease object. Clock skew between writers shortens or lengthens
-the wait but never lets two writers commit: the takeover itself is conditional on the ETag it
-read.
+kernel when the writer dies). It is the writer's alone: a process forked while it is held (a
+DataLoader worker) gets its copy of the descriptor pointed at /dev/null at once
+(`os.register_at_fork`), so an orphaned child never keeps a killed writer's run locked. Object
+stores have no locks, so the writer holds a *lease*: `RUN/.lease.json`, created with a
+conditional write (S3 `If-None-Match: *`, which a second creator loses with 412), renewed every
+TTL/3 with `If-Match` on its own ETag, and deleted on exit. A writer that dies stops renewing:
+the next run takes the lease over once it has expired (TTL, default 60 s,
+`DISTILL_LEASE_SECONDS`), or at once when the holder was a process on the same host that no
+longer exists. A writer confirms its lease with the store (a conditional renewal) before each
+commit, so one that was paused past its lease (SIGSTOP) and taken over stops there, and from
+then on touches nothing under the run: no commit, no undo of a failed first run, no clean-up,
+not the lease object. Clock skew between writers shortens or lengthens the wait but never lets
+two writers commit: the takeover itself is conditional on the ETag it read.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from distill.errors import DistillError, ShardError
@@ -182,9 +184,11 @@ class _RunFolder:
         try:
             yield lease
         finally:
-            lease.release()
-            if self.root.is_local and not self.is_run():
-                _remove_lock(self.root, remove_folder=not existed)
+            # (a forked child leaving its parent's block: the lock and its file are the parent's)
+            if lease.pid == os.getpid():
+                lease.release()
+                if self.root.is_local and not self.is_run():
+                    _remove_lock(self.root, remove_folder=not existed)
 
 
 def _remove_lock(root: Location, remove_folder: bool) -> None:
@@ -477,6 +481,7 @@ class Lease:
     where: str
     release_fn: Any = None
     lost: str = ""
+    pid: int = field(default_factory=os.getpid)  # the writer's
     confirm_fn: Any = None  # asks the store whether we still hold it (S3); None: a local flock
 
     def holds(self) -> bool:
@@ -514,11 +519,37 @@ def _local_lock(root: Location) -> Lease:
         raise RunLocked(f"another distill run is writing to {root}; wait for it or use another "
                         "--out") from exc
 
+    _HELD_LOCKS.add(fh.fileno())
+
     def release() -> None:
+        _HELD_LOCKS.discard(fh.fileno())
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
 
     return Lease(str(root), release)
+
+
+# The descriptors of the local locks this process holds. A flock belongs to the open file
+# description, which fork shares: a forked child (a DataLoader worker) would hold the run
+# locked after the writer was killed, until it exited (a worker notices its parent's death only
+# every 5 s). O_CLOEXEC does not help, a fork does not exec.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: point its copies of the held lock descriptors at /dev/null. Replaced,
+    not closed, so the child's inherited file objects still close (and unlock) harmlessly and
+    never a descriptor number reused for another file."""
+    if not _HELD_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    for fd in _HELD_LOCKS:
+        os.dup2(null, fd, inheritable=False)
+    os.close(null)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def writer_active(root: Location) -> bool:

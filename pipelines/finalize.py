@@ -11,11 +11,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from distill.config import Config
-from distill.labels.glove import load_glove
-from distill.labels.tokens import Vocabulary, build_vocabulary, write_vocabulary_file
+from distill.labels.tokens import Vocabulary, vocabulary_from_shards, write_vocabulary_file
 from distill.manifest import Manifest
 from distill.quarantine import read_quarantine, summarise
 from distill.runfolder import LabelRun
@@ -30,19 +27,11 @@ def write_vocabulary(out: LabelRun, shard_paths: list[Location],
     """The top `labels.vocab_size` caption tokens over all shards, with counts and GloVe vectors
     (one scalar scale, DESIGN.md §4), as `OUT/vocab.parquet`: columns rank, word, count, vector.
     None when no shard has tokens (the caption teacher is off)."""
-    token_lists: list[list[str]] = []
-    for path in shard_paths:
-        column = pq.read_table(path.open_input(), columns=["tokens"]).column(
-            "tokens").to_pylist()
-        token_lists.extend(t for t in column if t)
-    if not token_lists:
+    built = vocabulary_from_shards(shard_paths, config.labels.glove, config.labels.vocab_size)
+    if built is None:
         return None
-    words = {w for tokens in token_lists for w in tokens}
-    glove = load_glove(config.labels.glove, restrict=words)
-    vocab = build_vocabulary(token_lists, glove, config.labels.vocab_size)
-    meta = {"distill.glove": config.labels.glove,
-            "distill.captions": json.dumps(len(token_lists))}
-    write_vocabulary_file(out.vocab, vocab, glove.dim, meta)
+    vocab, meta = built
+    write_vocabulary_file(out.vocab, vocab, vocab.dim, meta)
     return vocab
 
 

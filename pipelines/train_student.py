@@ -10,8 +10,11 @@ The driver owns the run folder: it checks it is new, empty or a student run, mar
 its writer lock for the whole job and repairs an interrupted checkpoint before the workers start
 (`Session.owns_run=False` on the workers). It also refuses, before any worker starts, what would
 train on nothing (shards with no rows, fewer row groups than workers: `check_streams`) and, with
-`--verify-shards`, shards that differ from their label run's manifest (`verify_shards`). Rank 0 writes the run's files as a local run does
-(`distill.student.train`).
+`--verify-shards`, shards that differ from their label run's manifest (`verify_shards`), and
+`--shards` of several label runs without `--allow-mixed`. It chooses the vocabulary once
+(`distill.student.sources`: a rebuilt one is built here, not on every worker), keeps it as the
+run's `vocab.parquet` and hands the workers that file. Rank 0 writes the run's files as a local
+run does (`distill.student.train`).
 
 Ray Train keeps its own copies of the reported checkpoints under `OUT/ray/<name>/` when OUT is a
 local folder; a worker group Ray restarts after a failure resumes from the newest one through
@@ -34,6 +37,7 @@ from distill.runfolder import StudentRun
 from distill.storage import Location
 from distill.student.curves import check_trackers
 from distill.student.data import ShardSpec, ShardStream
+from distill.student.sources import training_vocabulary
 from distill.student.train import (
     Session,
     TrainOptions,
@@ -132,9 +136,11 @@ def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
     check_streams(ShardStream(options.shards, **footers),
                   ShardStream(options.val_shards, train=False, **footers)
                   if options.val_shards else None)
+    chosen = training_vocabulary(config, options)  # refuses mixed label runs; once, here
     opts = {"shards": _spec(options.shards), "out": str(run.root),
             "val_shards": _spec(options.val_shards),
-            "vocab": str(Location(options.vocab)) if options.vocab else None,
+            "vocab": str(run.vocab) if chosen.vocab is not None else None,
+            "allow_mixed": options.allow_mixed,
             "resume": False, "device": "auto", "progress": False}
     with run.lock(), contextlib.ExitStack() as cleanup:
         recover_checkpoints(run)
@@ -159,6 +165,7 @@ def train_on_ray(config: Config, options: TrainOptions, num_workers: int,
             # claimed once Ray is joined: a first run that cannot join leaves nothing (the lock
             # removes itself and the folder it made from a folder that is no run)
             run.mark()
+            chosen.save(run.vocab)  # what the workers read as --vocab
             trainer = TorchTrainer(
                 _worker_loop,
                 train_loop_config={"config": config_to_dict(config), "options": opts,

@@ -3,9 +3,11 @@ single-writer lock (fcntl locally, a conditional-write lease on S3)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,10 +22,12 @@ from distill.errors import DistillError
 from distill.runfolder import (
     LabelRun,
     RunLocked,
+    StudentRun,
     find_label_run,
     parse_shard_name,
     resolve_shards,
     shard_name,
+    writer_active,
 )
 from distill.storage import Location, StorageError, atomic_write_bytes
 from pipelines.generate_labels import RunOptions, generate_labels
@@ -155,6 +159,38 @@ def test_local_lock_refuses_a_second_writer(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 3 and "RunLocked" in proc.stdout
     assert not (tmp_path / "run").exists()  # nothing but the lock was written: removed
+
+
+def test_a_forked_child_does_not_keep_the_lock_after_the_writer_dies(tmp_path):
+    """A process forked while the lock is held (a DataLoader worker) shares the lock's open
+    file description; were it to keep its copy, the run would stay locked after the writer was
+    killed, until the orphan exited. Its copy is dropped at fork: the moment the writer is
+    reaped, the run is free, while the child still lives."""
+    code = ("import multiprocessing as mp, sys, time\n"
+            "from distill.runfolder import StudentRun\n"
+            "with StudentRun(sys.argv[1]).lock():\n"
+            "    child = mp.get_context('fork').Process(target=time.sleep, args=(300,))\n"
+            "    child.start()\n"
+            "    print(child.pid, flush=True)\n"
+            "    time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, text=True)
+    child = 0
+    try:
+        child = int(proc.stdout.readline())  # the marker: the child is running
+        assert writer_active(Location(tmp_path / "run"))
+        proc.kill()  # SIGKILL: the writer never unlocks
+        proc.wait(timeout=60)
+        os.kill(child, 0)  # the orphan still runs (it sleeps for minutes)...
+        assert not writer_active(Location(tmp_path / "run"))  # ...and holds no lock
+        with StudentRun(tmp_path / "run").lock():
+            pass
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 def test_s3_lease_is_exclusive_renewed_and_released(s3_bucket, monkeypatch):

@@ -22,6 +22,7 @@ __all__ = [
     "read_vocabulary",
     "token_targets",
     "tokenize",
+    "vocabulary_from_shards",
     "write_vocabulary_file",
 ]
 
@@ -102,6 +103,26 @@ def build_vocabulary(
     else:
         raw, scale = np.zeros((0, 0), np.float32), 1.0
     return Vocabulary(words, [c for _, c in ranked], (raw / scale).astype(np.float32), scale)
+
+
+def vocabulary_from_shards(paths: Iterable[Any], glove_source: str,
+                           size: int) -> tuple[Vocabulary, dict[str, str]] | None:
+    """What generate-labels writes as `vocab.parquet`, from the `tokens` column of the shards
+    `paths`: the `size` most frequent tokens with `glove_source`'s vectors, and the file
+    metadata to write with it (the GloVe source, how many captions had tokens). The same shards
+    give the same vocabulary. None when no row has tokens (the caption teacher was off)."""
+    from distill.labels.glove import load_glove
+    from distill.shards import read_shard
+
+    token_lists: list[list[str]] = []
+    for path in paths:
+        column = read_shard(path, ["tokens"]).column("tokens").to_pylist()
+        token_lists.extend(t for t in column if t)
+    if not token_lists:
+        return None
+    glove = load_glove(glove_source, restrict={w for tokens in token_lists for w in tokens})
+    vocab = build_vocabulary(token_lists, glove, size)
+    return vocab, {"distill.glove": glove_source, "distill.captions": json.dumps(len(token_lists))}
 
 
 def token_targets(tokens: list[str], vocab: Vocabulary, max_tokens: int = 8) -> np.ndarray:

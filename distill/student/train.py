@@ -12,7 +12,8 @@ HDM@{0.1,0.3,0.5,0.8} and MSE per modality and the cosine similarity per token p
 
 Run folder (`distill.runfolder.StudentRun`; `--out` is a local path or a URI such as
 `s3://bucket/student`): `run.json` (the mark that makes it a student run), `config.toml`,
-`vocab.parquet` (the labelling run's words, for predict and evaluate), `metrics.jsonl`,
+`vocab.parquet` (the words of the token targets, for predict and evaluate: the label run's, or
+one rebuilt from the shards' tokens; `distill.student.sources`), `metrics.jsonl`,
 `summary.json`, `checkpoints/{last,best}/`, and the training curves of `train.trackers`
 (`tensorboard/`, `trackers.json`; `distill.student.curves`). distill writes only into a new or empty folder or
 a student run (one made by an older distill — `config.toml` beside `checkpoints/`, no `run.json`
@@ -47,7 +48,8 @@ A checkpoint appears atomically, on a local disk or an object store:
   from it (`resume_point`), which is where `last` would have been.
 
 Refused with a `DistillError` (exit code 2 from the CLI, one line) before anything is written:
-shards with no rows in all (`--shards` or `--val-shards`), a data-parallel run with a rank that
+`--shards` of several label runs without `--allow-mixed` (`distill.student.sources`), shards
+with no rows in all (`--shards` or `--val-shards`), a data-parallel run with a rank that
 would get no rows (fewer row groups than ranks; `check_streams`), and, with `--verify-shards`
 (`TrainOptions.verify_shards`), a shard whose sha256 is not the one its label run's manifest
 records, a shard no manifest records as committed, and a shard in no label run, which cannot be
@@ -85,9 +87,8 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from distill.config import Config, TrainConfig, config_to_dict, dump_toml, load_config, preset_of
-from distill.errors import ConfigError, DistillError, ShardError
-from distill.labels.tokens import Vocabulary
+from distill.config import Config, TrainConfig, config_to_dict, dump_toml
+from distill.errors import DistillError, ShardError
 from distill.progress import Progress
 from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
 from distill.shards import shard_identity
@@ -104,6 +105,7 @@ from distill.student.curves import Curves, check_trackers
 from distill.student.data import ShardSpec, ShardStream, collate
 from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
 from distill.student.model import build_student
+from distill.student.sources import training_vocabulary
 from distill.student.targets import PRESENT_KEYS
 
 __all__ = [
@@ -112,7 +114,6 @@ __all__ = [
     "TrainOptions",
     "check_streams",
     "compute_loss",
-    "find_vocabulary",
     "hdm",
     "learning_rate",
     "load_checkpoint",
@@ -134,12 +135,14 @@ class TrainOptions:
     shards: ShardSpec  # a label run folder, its shards folder, a glob, shard files; paths or URIs
     out: PathSpec  # the training run folder (a path or a URI)
     val_shards: ShardSpec | None = None
-    vocab: PathSpec | None = None  # default: the labelling run's vocab.parquet
+    vocab: PathSpec | None = None  # default: the label run's (distill.student.sources)
     resume: bool = False
     device: str = "auto"
     progress: bool = True
     # Check every shard's sha256 against its label run's manifest before training.
     verify_shards: bool = False
+    # Train on shards of several label runs (refused otherwise; distill.student.sources).
+    allow_mixed: bool = False
 
 
 @dataclass
@@ -167,53 +170,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def vocabulary_path(options: TrainOptions) -> Location | None:
-    """`--vocab`, else the `vocab.parquet` of the labelling run the shards belong to."""
-    if options.vocab:
-        loc = Location(options.vocab)
-        if not loc.is_file():
-            raise DistillError(f"vocabulary {loc} does not exist")
-        return loc
-    run = _label_run(options.shards)
-    return run.vocab if run is not None and run.vocab.is_file() else None
-
-
-def _token_dim_hint(config: Config, dim: int, options: TrainOptions) -> str:
-    """What to pass when the vocabulary's dimension is not the student's: the preset the shards
-    were labelled with when its student fits them (`--set student.token_dim` alone would keep,
-    say, the paper's 297M-parameter student for a demo run's shards)."""
-    run = _label_run(options.shards)
-    preset = preset_of(run.config) if run is not None else None
-    if run is not None and preset is not None and preset != config.preset \
-            and load_config(preset).student.token_dim == dim:
-        return (f"the shards were labelled with preset {preset!r} ({run.config}): pass "
-                f"--preset {preset}, or --set student.token_dim={dim} to keep preset "
-                f"{config.preset!r}")
-    return f"set --set student.token_dim={dim}"
-
-
-def _label_run(shards: ShardSpec) -> LabelRun | None:
-    """The label run of a run folder / shards folder / shard, else of the first shard found."""
-    if isinstance(shards, (str, os.PathLike, Location)):
-        with contextlib.suppress(StorageError):
-            run = find_label_run(shards)
-            if run is not None:
-                return run
-    try:
-        first = resolve_shards(shards)[0]
-    except ShardError:
-        return None
-    return find_label_run(first)
-
-
-def find_vocabulary(options: TrainOptions) -> Vocabulary | None:
-    """The vocabulary the token targets come from, or None without one."""
-    from distill.labels.tokens import read_vocabulary
-
-    path = vocabulary_path(options)
-    return read_vocabulary(path) if path is not None else None
 
 
 def learning_rate(epoch: int, cfg: TrainConfig) -> float:
@@ -626,13 +582,9 @@ class _HashProgress:
 def _train(config: Config, options: TrainOptions, session: Session, workers: int | None,
            run: StudentRun, lease: Lease | None) -> dict[str, Any]:
     cfg = config.train
-    vocab_file = vocabulary_path(options)
-    vocab = find_vocabulary(options)
+    chosen = training_vocabulary(config, options)  # refuses shards of mixed label runs
+    vocab = chosen.vocab
     token_dim = vocab.dim if vocab is not None else config.student.token_dim
-    if vocab is not None and vocab.dim != config.student.token_dim:
-        raise ConfigError(
-            f"student.token_dim = {config.student.token_dim} but {vocab_file} is a {vocab.dim}-d "
-            f"vocabulary (labels.glove); {_token_dim_hint(config, vocab.dim, options)}")
     size = config.student.input_size
     common: dict[str, Any] = {"size": size, "vocab": vocab, "config": cfg, "rank": session.rank,
               "world_size": session.world_size, "max_tokens": config.student.num_tokens,
@@ -677,9 +629,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         # evaluate warns when it scores the student on these
         run.record_training_shards([shard_identity(p) for p in resolve_shards(options.shards)])
         atomic_write_bytes(run.config, dump_toml(config).encode())
-        if vocab_file is not None and vocab_file != run.vocab:
-            # predict and evaluate decode tokens with the same words
-            atomic_write_bytes(run.vocab, vocab_file.read_bytes())
+        chosen.save(run.vocab)  # predict and evaluate decode tokens with the same words
         history = _read_metrics(run, start_epoch)
     model = session.wrap(model)
 

@@ -24,8 +24,9 @@ from distill.student.data import ShardStream
 from distill.student.evaluate import evaluate
 from distill.student.metrics import HDM_THRESHOLDS, to_unit
 from distill.student.predict import decode_tokens, find_checkpoint, load_student, refine_depth
+from distill.student.sources import training_vocabulary
 from distill.student.targets import PRESENT_KEYS
-from distill.student.train import TrainOptions, find_vocabulary, train_student
+from distill.student.train import TrainOptions, train_student
 
 SIZE = 64
 
@@ -86,7 +87,7 @@ def test_oracle_scores_perfectly_and_a_constant_model_scores_what_hand_counting_
     _, run, _ = labelled_coco7
     shards = run / "shards"
     config = _config()
-    vocab = find_vocabulary(TrainOptions(shards=shards, out=run))
+    vocab = training_vocabulary(config, TrainOptions(shards=shards, out=run)).vocab
     assert vocab is not None
     epoch = 3
     stream = _stream(shards, config, vocab, epoch)

@@ -14,13 +14,14 @@ from distill.errors import ConfigError
 from distill.labels.tokens import build_vocabulary, write_vocabulary_file
 from distill.manifest import Manifest, label_fingerprint, label_view, make_plan, write_manifest
 from distill.shards import ShardWriter, make_metadata
+from distill.storage import file_sha256
 from distill.student.train import TrainOptions, train_student
 from tests.test_viz import make_labelled_sample
 
 
 def _label_run(out: Path, preset: str, dim: int) -> Path:
-    """A label run folder as generate-labels leaves it: plan, resolved config, a shard and a
-    `dim`-d vocabulary."""
+    """A label run folder as generate-labels leaves it: plan, resolved config, a committed shard
+    and a `dim`-d vocabulary."""
     config = load_config(preset)
     view = label_view(config)
     plan = make_plan([1, 2], "val2017", 2)
@@ -28,6 +29,7 @@ def _label_run(out: Path, preset: str, dim: int) -> Path:
     with ShardWriter(out / "shards" / plan[0].name, make_metadata("f" * 16, {})) as writer:
         for i in (1, 2):
             writer.write(make_labelled_sample(i))
+    plan[0].sha256 = file_sha256(out / "shards" / plan[0].name)  # committed
     write_manifest(out / "manifest.json", manifest)
     (out / "config.toml").write_text(dump_toml(config))
     rng = np.random.default_rng(0)

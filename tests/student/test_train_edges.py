@@ -1,15 +1,21 @@
 """The trainer's edges: shards with no rows, an epoch with no batch, bad rows read in DataLoader
 workers (skipped and counted; a damaged shard stops in one line), checkpoints caught at every
-step of a publish resume from the newest whole copy, and --verify-shards."""
+step of a publish resume from the newest whole copy, --verify-shards, and a resume right after
+kill -9 while DataLoader workers ran."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -380,3 +386,53 @@ def test_cli_verify_shards_refuses_before_training(labelled_coco7, tmp_path):
         f"error: --verify-shards: cannot verify 1 of 2 shard(s): {loose} is in no label run "
         "folder (no manifest.json above it), so no checksum was recorded for it"]
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A killed trainer's DataLoader workers do not keep the run locked
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            # the fields after the command name, which may hold spaces: state, ppid, ...
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_resume_right_after_kill_9_is_not_refused_by_orphaned_workers(labelled_coco7, tmp_path):
+    """SIGKILL the trainer while its DataLoader workers run: an immediate --resume trains (the
+    orphans, which notice their parent's death only every few seconds, hold no lock)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "distill.cli", "run", "train-student", "--preset", "demo",
+           "--device", "cpu", "--shards", str(labelled_coco7[1]), "--out", str(out),
+           "--epochs", "1000", *_sets("train.num_workers=1", "train.batch_size=1")]
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    workers: list[int] = []
+    try:
+        state = out / "checkpoints" / "last" / "state.pt"
+        # The markers: epoch 0's checkpoint is written, and a later epoch's worker forked.
+        deadline = time.monotonic() + 600  # a safety net, not a timing assumption
+        while proc.poll() is None and time.monotonic() < deadline and \
+                not (state.is_file() and (workers := _children(proc.pid))):
+            time.sleep(0.05)
+        assert workers and proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
+        proc.kill()  # the trainer only; its worker lives on until it notices
+        proc.wait(timeout=60)
+        res = _cli("--shards", str(labelled_coco7[1]), "--out", str(out), "--resume",
+                   "--epochs", "2", *_sets("train.batch_size=1"))
+        assert res.exit_code == 0, res.output  # not "another distill run is writing"
+        assert load_checkpoint(out / "checkpoints" / "last")[1]["epoch"] == 1
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
