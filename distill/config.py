@@ -139,6 +139,7 @@ POSITIVE = Range(0, open_low=True)  # a rate, a scale, a CPU share: > 0
 AT_LEAST_0 = Range(0)  # a count where 0 means none or "the default"
 AT_LEAST_1 = Range(1)  # a count of epochs, steps, items
 UNIT = Range(0, 1)  # a probability or a score threshold
+GAIN = Range(0, 1e6)  # a loss weight: 0 leaves a modality out; the loss is float32
 
 
 def _setting(default: Any, allowed: Range, *, runtime: bool = False,
@@ -361,13 +362,13 @@ class StudentConfig:
 class LossGainsConfig:
     """The paper's loss gains g_i (§3.6)."""
 
-    tokens: float = _setting(10.0, AT_LEAST_0)
-    joints: float = _setting(2.4, AT_LEAST_0)
-    pafs: float = _setting(0.8, AT_LEAST_0)
-    depth: float = _setting(1.0, AT_LEAST_0)
-    normals: float = _setting(1.0, AT_LEAST_0)
-    text: float = _setting(1.0, AT_LEAST_0)
-    segmentation: float = _setting(3.0, AT_LEAST_0)
+    tokens: float = _setting(10.0, GAIN)
+    joints: float = _setting(2.4, GAIN)
+    pafs: float = _setting(0.8, GAIN)
+    depth: float = _setting(1.0, GAIN)
+    normals: float = _setting(1.0, GAIN)
+    text: float = _setting(1.0, GAIN)
+    segmentation: float = _setting(3.0, GAIN)
 
 
 @dataclass
@@ -404,8 +405,10 @@ class TrainConfig:
 
     epochs: int = _setting(250, AT_LEAST_1)
     batch_size: int = _setting(30, Range(1, MAX_BATCH))  # per rank
-    lr_start: float = _setting(2.4e-4, POSITIVE)
-    lr_end: float = _setting(1.0e-4, AT_LEAST_0)
+    # Adam's step per weight: no network trains at 10 (and torch cannot apply a rate beyond
+    # float32's range); a rate that makes the loss nan stops the run (TrainingDiverged)
+    lr_start: float = _setting(2.4e-4, Range(0, 10, open_low=True))
+    lr_end: float = _setting(1.0e-4, Range(0, 10))
     lr_decay_epochs: int = _setting(100, AT_LEAST_1)
     patience: int = _setting(65, AT_LEAST_1)
     seed: int = _setting(0, Range(0, INT64_MAX))

@@ -76,8 +76,12 @@ def test_files_then_overrides_apply_in_order(tmp_path):
     # issue 26: values that cannot work were accepted, then crashed or trained to nan
     ("train.batch_size=1000000000000", "train.batch_size = 1000000000000 is out of range; "
                                        "allowed: an integer in 1..65536"),
-    ("train.lr_start=nan", "train.lr_start = nan is out of range; allowed: a finite number > 0"),
-    ("train.lr_start=-1", "train.lr_start = -1.0 is out of range; allowed: a finite number > 0"),
+    ("train.lr_start=nan",
+     "train.lr_start = nan is out of range; allowed: a finite number in (0, 10]"),
+    ("train.lr_start=-1", "train.lr_start = -1.0 is out of range; allowed: a finite number in "
+                          "(0, 10]"),
+    ("train.lr_start=1e39", "train.lr_start = 1e+39 is out of range"),  # torch: overflow
+    ("train.loss_gains.depth=1e39", "allowed: a finite number in [0, 1e+06]"),
     ("train.lr_start=inf", "train.lr_start = inf is out of range"),
     ("train.lr_start=1" + "0" * 400, "is out of range; allowed: a finite number"),
     ("train.seed=100000000000000000000",
