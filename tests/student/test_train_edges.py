@@ -159,6 +159,11 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_anything_is_written
     sizing.check_batch_memory(config, 7, 0, torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"3 batch\(es\) of 7 "):
         sizing.check_batch_memory(config, 7, 1, torch.device("cpu"))
+    # On a GPU the step's float copy is the device's: 7 x 44+3 channels x 64 x 64 x 4 bytes.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
+    with pytest.raises(ConfigError, match=r"0\.0 GiB \(the step's float32 copy of 7 examples\) "
+                                          r"but cuda has 0\.0 GiB available"):
+        sizing.check_batch_memory(config, 7, 0, torch.device("cuda"))
 
 
 def test_available_memory_is_the_lesser_of_the_machine_and_its_cgroup(tmp_path, monkeypatch):
