@@ -3,6 +3,8 @@
 The dataclass defaults ARE the paper's settings (Y-MAP-Net §3.5, §3.6; DESIGN.md §3, §6); a preset
 is a TOML file of overrides on top of them (`distill/presets/<name>.toml`). Resolution order:
 defaults → preset → `--config FILE.toml` (in order) → `--set section.key=value` (in order).
+Every numeric field declares its allowed `Range` beside it (`_setting`); `Config.validate` checks
+them all (`check_ranges`) before each section's own rules.
 """
 
 from __future__ import annotations
