@@ -248,6 +248,8 @@ def _report_dry_run(plan: Any, est: Any) -> None:
     for note in plan.notes:
         typer.echo(f"  note: {note}")
     if not plan.jobs:
+        typer.echo(f"nothing to do: all {len(plan.skipped)} shard(s) of the {planned} planned "
+                   "images are committed")
         return
     table = Table(title=f"estimate from {est.sample} timed image(s), in this process",
                   title_justify="left")

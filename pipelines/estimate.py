@@ -66,6 +66,8 @@ def estimate(plan: RunPlan, sample: int = 2) -> Estimate:
     """Time the run's stages on `sample` of its images and project them over the run (the
     fused layout's workers counted for a local run on this machine)."""
     est = Estimate(sample=0, images=plan.images_to_process)
+    if not plan.jobs:  # a complete run: no stage runs, nothing to time or size
+        return est
     roles = plan.stage_names()[1:-1]
     if choose_layout(plan.config, roles) == "fused":
         est.layout = "fused"

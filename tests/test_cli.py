@@ -90,6 +90,35 @@ def test_config_errors_exit_2_with_a_message():
     assert "Traceback" not in proc.stderr
 
 
+def test_config_values_and_files_that_cannot_work_are_one_line_exit_2(tmp_path):
+    """Issue 26: these were accepted (then killed by the kernel, or trained to nan) or were
+    tracebacks. Each names the setting or the file; one CLI per case, side by side."""
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000)
+    cases = {
+        "train.batch_size = 1000000000000 is out of range; allowed: an integer in 1..65536":
+            ["--set", "train.batch_size=1000000000000"],
+        "train.lr_start = nan is out of range": ["--set", "train.lr_start=nan"],
+        "train.lr_start = -1.0 is out of range": ["--set", "train.lr_start=-1"],
+        "train.seed = 100000000000000000000 is out of range; allowed: an integer in 0..2**63-1":
+            ["--set", f"train.seed={10**20}"],
+        "train.num_workers = -1 is out of range": ["--set", "train.num_workers=-1"],
+        "train.heatmaps.step_epochs = 0 is out of range": ["--set", "train.heatmaps.step_epochs=0"],
+        f"config file '{binary}' is not valid TOML: not UTF-8 text": ["--config", str(binary)],
+        f"config file '{deep}' is not valid TOML for distill: its arrays or tables are nested "
+        "too deeply": ["--config", str(deep)],
+    }
+    procs = {says: subprocess.Popen([*CLI, "config", "show", *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for says, args in cases.items()}
+    for says, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        assert says in line, line
+
+
 def test_make_demo_then_check_it(tmp_path):
     pytest.importorskip("skimage")
     root = tmp_path / "demo"

@@ -1,12 +1,23 @@
 """Config: presets, files, overrides, validation messages, a stable fingerprint."""
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
+import typing
 
 import pytest
 
-from distill.config import available_presets, dump_toml, load_config, parse_override
+from distill.config import (
+    Range,
+    StudentConfig,
+    TeacherConfig,
+    available_presets,
+    dump_toml,
+    load_config,
+    parse_override,
+)
 from distill.errors import ConfigError
 
 
@@ -59,16 +70,64 @@ def test_files_then_overrides_apply_in_order(tmp_path):
     ("teachers.panoptic.backend=sam", "allowed: detectron2, mask2former"),
     ("teachers.text.variant=huge", "allowed values: 'pretrained', 'tiny', 'random'"),
     ("train.epochs=abc", "train.epochs must be int"),
-    ("train.epochs=0", "train.epochs must be > 0"),
-    ("train.augment.noise=1.5", "probability in [0, 1]"),
+    ("train.epochs=0", "train.epochs = 0 is out of range; allowed: an integer in 1..2**63-1"),
+    ("train.augment.noise=1.5",
+     "train.augment.noise = 1.5 is out of range; allowed: a finite number in [0, 1]"),
+    # issue 26: values that cannot work were accepted, then crashed or trained to nan
+    ("train.batch_size=1000000000000", "train.batch_size = 1000000000000 is out of range; "
+                                       "allowed: an integer in 1..65536"),
+    ("train.lr_start=nan",
+     "train.lr_start = nan is out of range; allowed: a finite number in (0, 10]"),
+    ("train.lr_start=-1", "train.lr_start = -1.0 is out of range; allowed: a finite number in "
+                          "(0, 10]"),
+    ("train.lr_start=1e39", "train.lr_start = 1e+39 is out of range"),  # torch: overflow
+    ("train.loss_gains.depth=1e39", "allowed: a finite number in [0, 1e+06]"),
+    ("train.lr_start=inf", "train.lr_start = inf is out of range"),
+    ("train.lr_start=1" + "0" * 400, "is out of range; allowed: a finite number"),
+    ("train.seed=100000000000000000000",
+     "train.seed = 100000000000000000000 is out of range; allowed: an integer in 0..2**63-1"),
+    ("train.num_workers=-1", "train.num_workers = -1 is out of range; allowed: an integer in 0"),
+    ("train.heatmaps.step_epochs=0", "train.heatmaps.step_epochs = 0 is out of range"),
+    ("student.levels=1000000000000000", "allowed: an integer in 1..12"),  # was 2**(levels-1)
+    ("teachers.depth.num_gpus=nan", "teachers.depth.num_gpus = nan is out of range"),
+    ("predict.token_min_similarity=2", "allowed: a finite number in [-1, 1]"),
     ("labels.group_overrides={stairs='Stairs'}", "allowed: Persons"),
     ("train", "section.key=value"),
     ("student.levels=10", "divisible by"),
     ("teachers=3", "is a section"),
 ])  # fmt: skip
 def test_validation_errors_name_the_allowed_values(override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config("paper", overrides=[override])
+
+
+def _fields(section, prefix=""):
+    """(dotted name, field, type, value) of every setting of a config section, sub-sections included."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hints[f.name], value
+
+
+def test_every_numeric_setting_declares_its_range_beside_its_field():
+    """The ranges are part of the schema: no int or float setting without one, and every
+    preset's value inside it."""
+    for preset in available_presets():
+        for name, f, hint, value in _fields(load_config(preset)):
+            if hint in (int, float):
+                assert isinstance(f.metadata.get("allowed"), Range), name
+                assert f.metadata["allowed"].allows(value, hint is int), (preset, name, value)
+
+
+def test_a_section_validated_alone_checks_its_ranges():
+    """The teacher registry and build_student validate their section without the Config."""
+    with pytest.raises(ConfigError, match=re.escape("teachers.depth.batch_size = 0 is out")):
+        TeacherConfig(backend="depth-anything-v2", variant="tiny", batch_size=0).validate("depth")
+    with pytest.raises(ConfigError, match=re.escape("student.input_size = -256 is out")):
+        StudentConfig(input_size=-256).validate()
 
 
 def test_errors_for_bad_presets_and_files(tmp_path):
@@ -80,6 +139,25 @@ def test_errors_for_bad_presets_and_files(tmp_path):
     bad.write_text("[train\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(files=[bad])
+
+
+def test_binary_and_deeply_nested_toml_are_one_config_error(tmp_path):
+    """Issue 26: random bytes raised UnicodeDecodeError, 5,000 nested arrays RecursionError."""
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ConfigError, match=r"'.*bin\.toml' is not valid TOML: not UTF-8 text"):
+        load_config(files=[binary])
+    for i, nested in enumerate(["a = " + "[" * 5000 + "]" * 5000,
+                                "a = " + "{b = " * 5000 + "1" + "}" * 5000]):
+        deep = tmp_path / f"deep{i}.toml"
+        deep.write_text(nested)
+        with pytest.raises(ConfigError, match=rf"'.*deep{i}\.toml' .* nested too deeply"):
+            load_config(files=[deep])
+    headers = tmp_path / "headers.toml"  # tomllib reads these; the message must stay one line
+    headers.write_text("[labels.group_overrides." + ".".join(["a"] * 5000) + "]\nx = 1\n")
+    with pytest.raises(ConfigError, match=r"labels\.group_overrides\.a must be str") as err:
+        load_config(files=[headers])
+    assert len(str(err.value)) < 200
 
 
 def test_override_values_are_read_as_toml_else_strings():

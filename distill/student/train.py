@@ -56,7 +56,11 @@ records, a shard no manifest records as committed, and a shard in no label run, 
 verified (`verify_shards`; it reads only the manifests before hashing, then hashes every shard
 behind a progress bar and names all that differ). Refused before that epoch's metrics and
 checkpoint are written, which would be `nan`: an epoch that trained on no batch (every row it
-read was bad) or validated on no row.
+read was bad) or validated on no row. Refused before anything is allocated: a `train.batch_size`
+whose batches cannot fit in this machine's memory (`distill.student.sizing`). Stopped with one
+line (`TrainingDiverged`) and nothing written for that epoch: a loss that is not finite (checked
+each step, before the optimiser steps on it) or weights that are not (checked before a
+checkpoint is written), a learning rate too high for the data.
 
 Bad rows: the streams skip a row that cannot be made into an example (`ShardStream` with
 `bad_rows="skip"`; see `distill.student.data`). A researcher expects a run over 118k images to
@@ -105,6 +109,7 @@ from distill.student.curves import Curves, check_trackers
 from distill.student.data import ShardSpec, ShardStream, collate
 from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
 from distill.student.model import build_student
+from distill.student.sizing import check_batch_memory
 from distill.student.sources import training_vocabulary
 from distill.student.targets import PRESENT_KEYS
 
@@ -112,6 +117,7 @@ __all__ = [
     "HDM_THRESHOLDS",
     "Session",
     "TrainOptions",
+    "TrainingDiverged",
     "check_streams",
     "compute_loss",
     "hdm",
@@ -128,6 +134,11 @@ logger = logging.getLogger(__name__)
 
 PathSpec = str | os.PathLike[str] | Location
 CHECKPOINT_ID = "distill.checkpoint"  # safetensors header metadata key; "checkpoint" in state.pt
+
+
+class TrainingDiverged(DistillError):
+    """The loss or the weights stopped being finite (a learning rate too high for the data):
+    the run stops in one line, and nothing is written for that epoch."""
 
 
 @dataclass
@@ -297,6 +308,10 @@ def _checkpoint_bytes(model: torch.nn.Module, state: dict[str, Any]) -> tuple[by
 
     token = secrets.token_hex(8)
     weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
+    # the last step of an epoch can overflow the weights with a finite loss
+    broken = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise TrainingDiverged(f"{len(broken)} weight tensor(s) are not finite ({broken[0]})")
     buffer = io.BytesIO()
     torch.save({**state, "checkpoint": token}, buffer)
     return save(weights, metadata={CHECKPOINT_ID: token}), buffer.getvalue()
@@ -448,6 +463,9 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg:
                 torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             outputs = model(image)
             loss, parts = compute_loss(outputs, target, tokens, present, cfg)
+        if not bool(loss.detach().isfinite()):  # (compute_loss waits for the device already)
+            raise TrainingDiverged(f"{'training' if optimizer else 'validation'} loss "
+                                   f"{float(loss.detach())} at step {step + 1} of {steps}")
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -594,6 +612,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         if options.val_shards else None
     check_streams(train_stream, val_stream)  # before anything is written
     workers = cfg.num_workers if workers is None else workers
+    check_batch_memory(config, max(_rows_per_rank(train_stream)), workers, session.device)
 
     torch.manual_seed(cfg.seed)
     model: torch.nn.Module = build_student(config.student, len(vocab.words) if vocab else 0,
@@ -698,12 +717,12 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
                      "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                      "best": best, "stale": stale}
             if session.is_main:
+                model_bytes, state_bytes = _checkpoint_bytes(model, state)  # (checks them)
                 # metrics, then best, then last: a crash in between redoes this epoch
                 history.append(last)
                 commit(run.metrics, "".join(json.dumps(m) + "\n" for m in history).encode())
                 if curves is not None:
                     curves.epoch(last)
-                model_bytes, state_bytes = _checkpoint_bytes(model, state)
                 for which in ("best", "last") if improved else ("last",):
                     if lease is not None:
                         lease.check()
@@ -719,6 +738,10 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         logger.warning("interrupted; the last completed epoch's checkpoint is in %s",
                        last_folder)
         raise
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch}: {exc}; nothing was written for this epoch; "
+            f"lower train.lr_start (now {cfg.lr_start:g})") from None
     finally:
         progress.close()
         if curves is not None:

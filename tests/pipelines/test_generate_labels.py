@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,21 @@ def test_rerunning_the_same_command_skips_complete_shards(full_run, coco7):
     again = generate_labels(label_config(coco7), RunOptions(out=out, live=False))
     assert again.plan.jobs == [] and len(again.plan.skipped) == 3
     assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.parquet")} == before
+
+
+def test_dry_run_on_a_complete_run_says_there_is_nothing_to_do(full_run, coco7, tmp_path):
+    """Issue 26: `--dry-run` on a complete run was a traceback (max() of no teachers, sizing
+    the fused workers for a plan with no stage)."""
+    out = tmp_path / "out"
+    shutil.copytree(full_run[0], out)
+    overrides = [f"data.root={coco7}", "teachers.text.input_size=160", "shards.shard_size=3",
+                 "teachers.depth.batch_size=2"]  # label_config's
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+         *[a for o in overrides for a in ("--set", o)], "--out", str(out), "--dry-run"],
+        capture_output=True, text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "nothing to do: all 3 shard(s) of the 7 planned images are committed" in proc.stdout
 
 
 def test_a_damaged_shard_is_redone_and_nothing_else(full_run, coco7, tmp_path):

@@ -444,7 +444,8 @@ def test_actor_memory_reserves_what_the_config_says_and_must_fit(caplog):
         _actor_memory(config, roles, ClusterInfo("ray://head:10001", 8, 0, 2, memory=gib))
     assert any("reserve 3.0 GiB" in r.getMessage() and "autoscaler" in r.getMessage()
                for r in caplog.records)
-    with pytest.raises(ConfigError, match="memory_gb must be >= 0"):
+    with pytest.raises(ConfigError, match=r"memory_gb = -1\.0 is out of range; allowed: a "
+                                          "finite number >= 0"):
         load_config("demo", overrides=["teachers.depth.memory_gb=-1"])
 
 

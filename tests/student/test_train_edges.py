@@ -27,13 +27,16 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.config import load_config
-from distill.errors import DistillError, ShardError
+from distill.errors import ConfigError, DistillError, ShardError
 from distill.runfolder import StudentRun
 from distill.storage import Location, remove_tree
+from distill.student import sizing
 from distill.student.data import ShardStream
 from distill.student.train import (
     CHECKPOINT_ID,
+    TrainingDiverged,
     TrainOptions,
+    _checkpoint_bytes,
     check_streams,
     load_checkpoint,
     train_student,
@@ -138,6 +141,74 @@ def test_an_epoch_without_a_batch_writes_no_checkpoint(labelled_coco7, tmp_path)
                       TrainOptions(shards=shards, out=out, progress=False))
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
     assert not (out / "summary.json").exists()
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_anything_is_written(
+        labelled_coco7, tmp_path, monkeypatch):
+    """Issue 26: an absurd train.batch_size grew until the kernel killed the run (exit 137)."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       4096 kB\nMemAvailable:   2048 kB\n")
+    monkeypatch.setattr(sizing, "MEMINFO", meminfo)
+    monkeypatch.setattr(sizing, "CGROUP", tmp_path / "no-cgroup")
+    out = tmp_path / "run"
+    # 4 examples of 64 px (0.2 MiB each) and their float copy: 3.7 MiB, in 2 MiB
+    with pytest.raises(ConfigError, match=r"^train\.batch_size = 4 needs at least 0\.0 GiB \(1 "
+                       r"batch\(es\) of 4 64-px examples held at once, 0\.2 MiB each, and the "
+                       r"step's float32 copy\) but this machine has 0\.0 GiB available; lower "
+                       r"train\.batch_size"):
+        train_student(_config("train.epochs=1"),
+                      TrainOptions(shards=labelled_coco7[1], out=out, progress=False))
+    assert not out.exists()
+    # Batches hold a rank's rows at most: 65536 over 7 rows is a batch of 7 (2 MiB more).
+    meminfo.write_text(f"MemAvailable: {8 * 1024} kB\n")
+    config = _config("train.batch_size=65536")
+    sizing.check_batch_memory(config, 7, 0, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"3 batch\(es\) of 7 "):
+        sizing.check_batch_memory(config, 7, 1, torch.device("cpu"))
+    # On a GPU the step's float copy is the device's: 7 x 44+3 channels x 64 x 64 x 4 bytes.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 80 * 2**30))
+    with pytest.raises(ConfigError, match=r"0\.0 GiB \(the step's float32 copy of 7 examples\) "
+                                          r"but cuda has 0\.0 GiB available"):
+        sizing.check_batch_memory(config, 7, 0, torch.device("cuda"))
+
+
+def test_available_memory_is_the_lesser_of_the_machine_and_its_cgroup(tmp_path, monkeypatch):
+    meminfo, cgroup = tmp_path / "meminfo", tmp_path / "cgroup"
+    cgroup.mkdir()
+    meminfo.write_text("MemTotal: 8192 kB\nMemAvailable: 4096 kB\n")
+    monkeypatch.setattr(sizing, "MEMINFO", meminfo)
+    monkeypatch.setattr(sizing, "CGROUP", cgroup)
+    assert sizing.available_memory() == 4096 * 1024  # no cgroup files: the machine's
+    (cgroup / "memory.max").write_text("max\n")
+    assert sizing.available_memory() == 4096 * 1024
+    (cgroup / "memory.max").write_text(f"{3 * 2**20}\n")
+    assert sizing.available_memory() == 3 * 2**20
+
+
+def test_a_loss_that_stops_being_finite_stops_training_and_writes_no_checkpoint(labelled_coco7,
+                                                                               tmp_path):
+    """Issue 26: a learning rate that made the loss nan trained on, exited 0 and wrote a
+    `best`. At 10 (the highest train.lr_start allows) the first Adam step wrecks the weights
+    and the second step's loss is nan."""
+    shards = _copy_shards(labelled_coco7, tmp_path)  # 7 rows
+    out = tmp_path / "run"
+    res = _cli("--shards", str(shards), "--out", str(out), "--epochs", "1",
+               *_sets("train.lr_start=10", "train.batch_size=2"))  # 3 steps an epoch
+    assert res.exit_code == 2, res.output
+    assert _error_lines(res.output) == [
+        "error: training diverged at epoch 0: training loss nan at step 2 of 3; nothing was "
+        "written for this epoch; lower train.lr_start (now 10)"]
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed():
+    """A finite loss can still leave nan weights (an overflowing gradient in the last step of
+    an epoch): the checkpoint is refused, not written."""
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.bias[1] = float("nan")
+    with pytest.raises(TrainingDiverged, match=r"^1 weight tensor\(s\) are not finite \(bias\)"):
+        _checkpoint_bytes(model, {"epoch": 0})
 
 
 # ---------------------------------------------------------------------------------------------
