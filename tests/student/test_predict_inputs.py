@@ -24,7 +24,7 @@ av = pytest.importorskip("av")
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory) -> Path:
+def untrained(tmp_path_factory) -> Path:
     """A train-student run folder holding a freshly initialised 64-px student."""
     out = tmp_path_factory.mktemp("untrained") / "student"
     out.mkdir()
@@ -73,7 +73,7 @@ def cut_in_half(path: Path, to: Path) -> Path:
     return to
 
 
-def test_unreadable_images_are_listed_and_exit_2(student, tmp_path):
+def test_unreadable_images_are_listed_and_exit_2(untrained, tmp_path):
     """Each input that cannot be read gets a line, a count ends the run and the exit code is
     2; the images that were read still get their panels and records."""
     images = tmp_path / "images"
@@ -82,7 +82,7 @@ def test_unreadable_images_are_listed_and_exit_2(student, tmp_path):
     (images / "notes.jpg").write_text("my notes, not a photo")
     (images / "empty.png").write_bytes(b"")
     out = tmp_path / "pred"
-    lines = error_lines(predict(str(images), "-k", str(student), "--out", str(out)))
+    lines = error_lines(predict(str(images), "-k", str(untrained), "--out", str(out)))
     assert len(lines) == 3 and lines[-1] == (
         'error: 2 of 3 inputs could not be read (listed above; predictions.json names them '
         'under "failed")')
@@ -92,29 +92,29 @@ def test_unreadable_images_are_listed_and_exit_2(student, tmp_path):
     assert [Path(r["image"]).name for r in doc["images"]] == ["good.jpg"]
     assert Path(doc["images"][0]["panel"]).is_file() and len(doc["failed"]) == 2
     # one text file alone: nothing was read, which is not a success either
-    lines = error_lines(predict(str(images / "notes.jpg"), "-k", str(student), "--out",
+    lines = error_lines(predict(str(images / "notes.jpg"), "-k", str(untrained), "--out",
                                 str(tmp_path / "pred2")))
     assert lines[-1].startswith("error: 1 of 1 inputs could not be read")
 
 
-def test_out_that_is_a_file_is_one_line(student, tmp_path):
+def test_out_that_is_a_file_is_one_line(untrained, tmp_path):
     mine = tmp_path / "existing.txt"
     mine.write_text("the user's")
     image = photo(tmp_path / "a.jpg")
     clip = write_video(tmp_path / "clip.mp4", 64, 48, 2)
     for args in ([str(image)], ["--video", str(clip)]):
-        lines = error_lines(predict(*args, "-k", str(student), "--out", str(mine)))
+        lines = error_lines(predict(*args, "-k", str(untrained), "--out", str(mine)))
         assert lines == [f"error: --out {mine} is a file, not a folder; pass a folder for the "
                          "predictions"]
-        lines = error_lines(predict(*args, "-k", str(student), "--out", str(mine / "sub")))
+        lines = error_lines(predict(*args, "-k", str(untrained), "--out", str(mine / "sub")))
         assert lines == [f"error: --out {mine / 'sub'}: {mine} is a file, not a folder"]
     assert mine.read_text() == "the user's"
 
 
-def test_a_file_name_with_a_newline_gets_its_panel(student, tmp_path):
+def test_a_file_name_with_a_newline_gets_its_panel(untrained, tmp_path):
     image = photo(tmp_path / "two\nlines 写真.jpg")
     out = tmp_path / "pred"
-    result = predict(str(image), "-k", str(student), "--out", str(out))
+    result = predict(str(image), "-k", str(untrained), "--out", str(out))
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["images"][0]["image"] == str(image)
@@ -122,12 +122,12 @@ def test_a_file_name_with_a_newline_gets_its_panel(student, tmp_path):
         assert panel.width > 0
 
 
-def test_video_records_are_in_the_frames_own_pixels(student, tmp_path):
+def test_video_records_are_in_the_frames_own_pixels(untrained, tmp_path):
     """A 640×480 clip: each JSON line says 640×480, the frame its people's keypoints are in
     (the maps are computed at most 256 px on a side, which is no business of the record)."""
     clip = write_video(tmp_path / "clip.mp4", 640, 480, 2)
     out = tmp_path / "pred"
-    result = predict("--video", str(clip), "-k", str(student), "--out", str(out), "--no-sheets")
+    result = predict("--video", str(clip), "-k", str(untrained), "--out", str(out), "--no-sheets")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
     assert len(records) == 2
@@ -139,7 +139,7 @@ def test_video_records_are_in_the_frames_own_pixels(student, tmp_path):
             assert (seen[:, 0] <= 640).all() and (seen[:, 1] <= 480).all()
 
 
-def test_a_video_without_pictures_or_cut_short(student, tmp_path):
+def test_a_video_without_pictures_or_cut_short(untrained, tmp_path):
     """Audio only, or cut before its index: one line, exit 2. Cut part way: the frames before
     the cut are predicted and written, and the run ends saying where it was cut (exit 2)."""
     audio = tmp_path / "audio.mp4"
@@ -154,17 +154,17 @@ def test_a_video_without_pictures_or_cut_short(student, tmp_path):
         for packet in stream.encode():
             container.mux(packet)
     out = tmp_path / "pred"
-    assert error_lines(predict("--video", str(audio), "-k", str(student), "--out", str(out))
+    assert error_lines(predict("--video", str(audio), "-k", str(untrained), "--out", str(out))
                        ) == [f"error: no video stream in {audio} (it holds audio only)"]
     whole = write_video(tmp_path / "whole.mp4", 96, 80, 8)  # its index at the end
     cut = cut_in_half(whole, tmp_path / "cut.mp4")
-    [line] = error_lines(predict("--video", str(cut), "-k", str(student), "--out", str(out)))
+    [line] = error_lines(predict("--video", str(cut), "-k", str(untrained), "--out", str(out)))
     assert line.startswith(f"error: cannot read video {cut}: Invalid data found")
     assert not out.exists()  # nothing was read: nothing written
 
     fast = write_video(tmp_path / "fast.mp4", 96, 80, 8, movflags="faststart")  # index first
     half = cut_in_half(fast, tmp_path / "half.mp4")
-    lines = error_lines(predict("--video", str(half), "-k", str(student), "--out", str(out),
+    lines = error_lines(predict("--video", str(half), "-k", str(untrained), "--out", str(out),
                                 "--no-sheets"))
     assert lines == [f"error: {half} is cut short after 3 frames (its header says 8); the "
                      "outputs above hold the 3 frame(s) before the cut"]
@@ -174,6 +174,6 @@ def test_a_video_without_pictures_or_cut_short(student, tmp_path):
     assert summary["frames"] == 3 and summary["frames_stated"] == 8
     assert summary["cut_short"] == f"{half} is cut short after 3 frames (its header says 8)"
     # the whole file is not cut short
-    result = predict("--video", str(fast), "-k", str(student), "--out", str(out), "--no-sheets")
+    result = predict("--video", str(fast), "-k", str(untrained), "--out", str(out), "--no-sheets")
     assert result.exit_code == 0, result.output
     assert json.loads((out / "fast.summary.json").read_text())["cut_short"] is None
