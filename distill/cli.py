@@ -812,7 +812,8 @@ def predict(
     text, class groups, people (joints + PAFs decoded) and caption words. Writes a PNG panel per
     image and predictions.json (people, words, timings), and reports frames per second, per
     step too. The checkpoint may be a file distill export wrote (ONNX, TorchScript): the same
-    refinement and decoding run around its runtime.
+    refinement and decoding run around its runtime. An input that cannot be read (an image, or
+    a video cut short) is named and the others are still written, with exit code 2.
 
     \b
     Examples:
@@ -832,8 +833,8 @@ def predict(
 
     from distill.images import decode_image
     from distill.storage import atomic_write_bytes
-    from distill.student.predict import Predictor, describe, panel_paths
-    from distill.viz import contact_sheet, save_sheet
+    from distill.student.predict import Predictor, describe, make_out_folder, panel_paths
+    from distill.viz import contact_sheet, one_line, save_sheet
 
     if (images is None) == (video is None):
         raise DistillError("pass images (a file or a folder) or --video FILE, one of the two")
@@ -849,7 +850,7 @@ def predict(
     # Maps come back at most 1024 px on a side (the panels are 320 px wide; a 12 MP photo at full
     # size would cost GBs); people and words are not affected.
     predictor = Predictor(student, dev, refine=refine, full_maps=sheets, display_max=1024)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_folder(out)
     size = student.config.student.input_size
     predictor.predict([np.zeros((size, size, 3), np.uint8)])  # warm-up: not timed
     records: list[dict[str, Any]] = []
@@ -899,18 +900,23 @@ def predict(
            "frames_per_second": fps, "steps_ms": {k: round(v, 3) for k, v in steps.items()},
            "images": records, "failed": failed}
     atomic_write_bytes(out / "predictions.json", (json.dumps(doc, indent=1) + "\n").encode())
-    typer.echo(f"{len(records)} image(s) on {dev} ({predictor.engine.name}): {fps['model']} "
-               f"frames/s model only, {fps['predict']} with reading, letterboxing, refinement "
-               f"and decoding, {fps['end_to_end']} end to end "
-               "(reading, drawing and writing included)")
+    if records:
+        typer.echo(f"{len(records)} image(s) on {dev} ({predictor.engine.name}): "
+                   f"{fps['model']} frames/s model only, {fps['predict']} with reading, "
+                   f"letterboxing, refinement and decoding, {fps['end_to_end']} end to end "
+                   "(reading, drawing and writing included)")
     if steps:
         typer.echo(f"  frames/s per step (medians): {_fps_line(steps)}")
-    for item in failed:
-        typer.echo(f"  failed {item['image']}: {item['error']}")
     typer.echo(f"outputs: {out}/  (predictions.json" + (", <image>.png panels)" if sheets else ")"))
     if sheets and kept:
         typer.echo(f"  {len(kept)} panel(s) keep the image's extension ({kept[0]}.png): another "
                    "input has the same name without it, or a file distill did not write is there")
+    for item in failed:
+        typer.secho(f"{one_line(item['image'])}: {item['error']}",
+                    fg=typer.colors.RED, err=True)
+    if failed:  # the run is not what was asked for: say so in the exit code too
+        raise DistillError(f"{len(failed)} of {len(files)} inputs could not be read (listed "
+                           "above; predictions.json names them under \"failed\")")
 
 
 def _predict_video(video: Path, checkpoint: str, out: Path, batch_size: int, refine: bool,
@@ -944,6 +950,9 @@ def _predict_video(video: Path, checkpoint: str, out: Path, batch_size: int, ref
     typer.echo(f"  frames/s per step (medians): {_fps_line(summary['steps_ms'])}")
     typer.echo(f"outputs: {summary['jsonl']}" + (f", {summary['annotated']}" if draw else "")
                + f", {out / (video.stem + '.summary.json')}")
+    if summary["cut_short"]:
+        raise DistillError(f"{summary['cut_short']}; the outputs above hold the "
+                           f"{summary['frames']} frame(s) before the cut")
 
 
 @app.command("export")

@@ -74,7 +74,7 @@ class _Target:
 def _target(spec: str | os.PathLike[str] | Location) -> _Target:
     loc = Location(spec)
     if loc.is_file():
-        return _Target("shard", loc, loc.parent, [loc])
+        return _Target("shard", loc, loc.parent, resolve_shards(loc))
     is_dir = loc.is_dir()
     run = find_label_run(loc) if is_dir else None
     if run is not None and run.root == loc:
@@ -107,6 +107,25 @@ def _schema_diff(schema: pa.Schema) -> list[str]:
             out.append(f"{f.name} is {schema.field(f.name).type}, expected {f.type}")
     out += [f"extra column {n}" for n in schema.names if n not in SCHEMA.names]
     return out
+
+
+def _not_a_shard(footer: dict[str, Any]) -> bool:
+    """A Parquet file that lacks a column every distill shard has (another table altogether,
+    not a shard of an older or newer schema)."""
+    return any(d.startswith("missing column") for d in footer["schema_diff"])
+
+
+def _no_shards(target: _Target, footers: list[dict[str, Any]]) -> str:
+    """One line: what was asked for is Parquet, but no label shard."""
+    missing = [d.removeprefix("missing column ") for d in footers[0]["schema_diff"]
+               if d.startswith("missing column")]
+    lacks = ", ".join(missing[:4]) + (" …" if len(missing) > 4 else "")
+    if target.kind == "shard":
+        return (f"{target.where} is not a label shard: it is Parquet without distill's shard "
+                f"columns ({lacks})")
+    names = ", ".join(f["name"] for f in footers[:3]) + (" …" if len(footers) > 3 else "")
+    return (f"{target.where} holds no label shards: its Parquet files ({names}) lack distill's "
+            f"shard columns ({lacks})")
 
 
 def _open_footer(loc: Location) -> tuple[pq.ParquetFile | None, str]:
@@ -367,6 +386,8 @@ def inspect_path(path: str | os.PathLike[str] | Location, *, sample_rows: int | 
     readable = [f for f in footers if "error" not in f]
     if kind == "shard" and not readable:
         raise ShardError(footers[0]["error"])
+    if kind != "run" and readable and all(_not_a_shard(f) for f in readable):
+        raise ShardError(_no_shards(target, readable))
     total = sum(f["rows"] for f in readable)
     column_bytes: dict[str, int] = {}
     for f in readable:

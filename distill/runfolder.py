@@ -426,13 +426,39 @@ def find_label_run(spec: str | os.PathLike[str] | Location) -> LabelRun | None:
     return None
 
 
+_TAKES = "a generate-labels run folder, its shards/ folder, a glob or .parquet shards"
+# Parquet files a run keeps beside its shards that are never shards themselves.
+_RUN_TABLES = {VOCAB: "vocabulary", QUARANTINE: "quarantine table"}
+
+
+def _not_labels(loc: Location) -> str | None:
+    """Why `loc` is something distill wrote that holds no labels — a train-student run folder,
+    its checkpoints, a run's vocabulary or quarantine table — or None."""
+    if loc.is_file():  # by its name alone (a list of shards on S3: no request per file)
+        return (f"{loc} is a run's {_RUN_TABLES[loc.name]} ({loc.name}), not a label shard"
+                if loc.name in _RUN_TABLES else None)
+    run = StudentRun.holding(loc)
+    if run is None or loc not in (run.root, run.root / CHECKPOINTS, *(
+            run.root / CHECKPOINTS).iterdir()):
+        return None
+    what = (f"{loc} is a train-student run folder ({CHECKPOINTS}/, {METRICS}, {VOCAB})"
+            if loc == run.root else f"{loc} holds the checkpoints of the train-student run {run}"
+            if loc == run.root / CHECKPOINTS else
+            f"{loc} is a checkpoint of the train-student run {run}")
+    trained = {os.path.dirname(s["path"]) for s in run.training_shards() if "path" in s}
+    return what + ", not labels" + (f"; it was trained on the shards in {trained.pop()}"
+                                    if len(trained) == 1 else "")
+
+
 def resolve_shards(spec: str | os.PathLike[str] | Location |
                    Sequence[str | os.PathLike[str] | Location]) -> list[Location]:
     """Shard files from what a user passes to --shards (or `show`, `inspect`, `evaluate`):
 
     - a label run folder, or its `shards/` folder: the shards its manifest records as committed
       (a user's own files beside them are not shards of the run);
-    - any other folder: its `*.parquet` files, sorted;
+    - any other folder: its `*.parquet` files, sorted, but a run's vocab.parquet and
+      quarantine.parquet; a train-student run folder or its checkpoints are refused, saying
+      what they are;
     - a glob (`runs/a/shards/val2017-0000*.parquet`, `s3://b/run/shards/*.parquet`): the
       matching files, sorted;
     - one file, or a list of any of these, in order.
@@ -451,20 +477,22 @@ def resolve_shards(spec: str | os.PathLike[str] | Location |
             raise ShardError(f"no shard matches {text}")
         return found
     loc = Location(spec)
-    if loc.is_file():
-        return [loc]
-    if not loc.is_dir():
-        raise ShardError(f"{loc} does not exist (expected a run folder, a shards folder, a glob "
-                         "or a .parquet shard)")
-    run = find_label_run(loc)
+    if not loc.exists():
+        raise ShardError(f"{loc} does not exist (expected {_TAKES})")
+    run = find_label_run(loc) if loc.is_dir() else None
     if run is not None:
         found = run.committed_shards()
         if not found:
             raise ShardError(f"run {run} has no committed shards yet")
         return found
-    found = loc.files("*.parquet")
+    why = _not_labels(loc)
+    if why is not None:
+        raise ShardError(f"{why}: pass {_TAKES}")
+    if loc.is_file():
+        return [loc]
+    found = [f for f in loc.files("*.parquet") if f.name not in _RUN_TABLES]
     if not found:
-        raise ShardError(f"no *.parquet shards in {loc}")
+        raise ShardError(f"no *.parquet shards in {loc}: pass {_TAKES}")
     return found
 
 

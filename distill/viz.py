@@ -17,6 +17,7 @@ from __future__ import annotations
 import colorsys
 import io
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ __all__ = [
     "draw_skeletons",
     "group_index",
     "group_shares",
+    "one_line",
     "panel_boxes",
     "people_maps",
     "read_row",
@@ -96,11 +98,26 @@ _FG = (235, 235, 235)
 _MUTED = (160, 160, 168)
 _THRESHOLD = 0.5  # a class-group or text probability above this counts as present
 
+# Characters a line of drawn text cannot hold (Pillow refuses to measure a newline) or that show
+# nothing: control characters, line and paragraph separators, lone surrogates (an undecodable
+# byte in a file name).
+_NOT_DRAWABLE = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
 _MISSING = {
     "depth": "no depth label", "normals": "no normals label", "groups": "no groups label",
     "text": "no text label", "people": "no joints label", "legend": "no groups label",
     "words": "no caption label", "depth_raw": "no raw depth label",
 }  # fmt: skip
+
+
+def one_line(text: str) -> str:
+    """`text` as one line that draws (and prints) as what it is: control characters (a newline
+    in a COCO file name), line separators and lone surrogates become their escapes (`\\n`,
+    `\\x07`, `\\udcff`); every other character stays (a glyph the font lacks draws as a box)."""
+    if not any(unicodedata.category(c) in _NOT_DRAWABLE for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in _NOT_DRAWABLE else c for c in text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +430,7 @@ class _Painter:
 
     def _fit_text(self, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
                   width: int) -> str:
+        text = one_line(text)
         if self.draw.textlength(text, font=font) <= width:
             return text
         while text and self.draw.textlength(text + "…", font=font) > width:
@@ -423,7 +441,7 @@ class _Painter:
              font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> list[str]:
         """Greedy word wrap to a pixel width (over-long words are cut)."""
         lines: list[str] = []
-        for paragraph in text.split("\n"):
+        for paragraph in map(one_line, text.split("\n")):
             current = ""
             for word in (w for w in paragraph.split(" ") if w):
                 candidate = f"{current} {word}".strip()

@@ -395,3 +395,32 @@ def test_teacher_lines_say_whether_the_hub_revision_was_pinned(tmp_path):
     (cap,) = [line for line in lines if line.startswith("  caption ")]
     assert "(local path, no commit)" in cap
     assert sum("not pinned" in line for line in lines) == 2  # the depth line and its warning
+
+
+def test_a_student_run_or_parquet_that_is_no_shard_is_one_line(tmp_path):
+    """`distill inspect STUDENT_RUN` says what the folder is and what inspect takes (exit 2)
+    instead of reading its vocab.parquet as a shard; Parquet files none of which is a shard
+    are refused in one line too (among real shards they are reported, see above)."""
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    from tests.test_runfolder import student_run_folder
+
+    student = student_run_folder(tmp_path / "student")
+    res = CliRunner().invoke(app, ["inspect", str(student.root)])
+    assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
+        f"error: {student.root} is a train-student run folder (checkpoints/, metrics.jsonl, "
+        "vocab.parquet), not labels: pass a generate-labels run folder, its shards/ folder, a "
+        "glob or .parquet shards"]
+    res = CliRunner().invoke(app, ["show", str(student.root), "--out", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "is a train-student run folder" in res.stderr
+    assert not (tmp_path / "x.png").exists()
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    pq.write_table(pa.table({"note": ["mine"]}), tables / "notes.parquet")
+    with pytest.raises(ShardError, match=rf"^{tables} holds no label shards: its Parquet files "
+                       r"\(notes.parquet\) lack distill's shard columns \(image_id, file_name"):
+        inspect_path(tables)
+    with pytest.raises(ShardError, match=r"notes.parquet is not a label shard: it is Parquet "
+                       "without distill's shard columns"):
+        inspect_path(tables / "notes.parquet")

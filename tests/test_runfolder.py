@@ -137,6 +137,54 @@ def test_resolve_shards_takes_folders_globs_files_and_lists(tmp_path, labelled_c
         resolve_shards(str(tmp_path / "*.parquet"))
 
 
+def student_run_folder(root, trained_on: list | None = None):
+    """What train-student leaves: run.json, config.toml, metrics.jsonl, vocab.parquet and
+    checkpoints/last (contents stand-ins: only the layout matters here)."""
+    from distill.runfolder import StudentRun
+
+    run = StudentRun(root)
+    root.mkdir(parents=True)
+    run.mark()
+    (root / "config.toml").write_text("# the student's\n")
+    (root / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    pq.write_table(pa.table({"word": ["cat"], "count": [3]}), root / "vocab.parquet")
+    (root / "checkpoints" / "last").mkdir(parents=True)
+    (root / "checkpoints" / "last" / "model.safetensors").write_bytes(b"weights")
+    if trained_on:
+        run.record_training_shards([{"path": str(p), "name": p.name, "fingerprint": "f"}
+                                    for p in trained_on])
+    return run
+
+
+def test_a_student_run_or_a_runs_own_tables_are_not_shards(tmp_path):
+    """Every command that takes shards says what a train-student run folder (or its
+    checkpoints, or a run's vocab.parquet / quarantine.parquet) is, and what it takes."""
+    takes = "pass a generate-labels run folder, its shards/ folder, a glob or .parquet shards"
+    labels = tmp_path / "labels" / "shards"
+    student = student_run_folder(tmp_path / "student", [labels / shard_name("val2017", 0)])
+    with pytest.raises(DistillError) as caught:
+        resolve_shards(student.root)
+    assert str(caught.value) == (
+        f"{student.root} is a train-student run folder (checkpoints/, metrics.jsonl, "
+        f"vocab.parquet), not labels; it was trained on the shards in {labels}: {takes}")
+    with pytest.raises(DistillError, match="is a checkpoint of the train-student run"):
+        resolve_shards(student.root / "checkpoints" / "last")
+    with pytest.raises(DistillError, match="holds the checkpoints of the train-student run"):
+        resolve_shards(student.root / "checkpoints")
+    with pytest.raises(DistillError, match=r"is a run's vocabulary \(vocab.parquet\), not a "
+                       "label shard"):
+        resolve_shards(student.root / "vocab.parquet")
+    # a plain folder's vocab.parquet or quarantine.parquet is not one of its shards either
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for name in ("vocab.parquet", "quarantine.parquet"):
+        shutil.copy(student.root / "vocab.parquet", loose / name)
+    with pytest.raises(DistillError, match=rf"no \*\.parquet shards in {loose}: {takes}"):
+        resolve_shards(loose)
+    shutil.copy(student.root / "vocab.parquet", loose / "mine.parquet")
+    assert [s.name for s in resolve_shards(loose)] == ["mine.parquet"]
+
+
 def test_resolve_shards_on_s3(s3_bucket, labelled_coco7):
     uri = upload_folder(labelled_coco7[1], f"{s3_bucket}/run")
     want = [p.name for p in sorted((labelled_coco7[1] / "shards").glob("*.parquet"))]

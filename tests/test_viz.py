@@ -442,3 +442,32 @@ def test_legend_says_when_overlapping_group_shares_pass_100_percent(monkeypatch)
     note = " ".join(t for t in many if "sum" in t or "several" in t)
     assert "sum 300 %" in note and "several groups" in note
     assert not any("several groups" in t for t in one)
+
+
+def test_file_names_with_newlines_or_any_unicode_draw(tmp_path):
+    """A COCO file name is anything a file system allows: a newline (which Pillow refuses to
+    measure), control characters, scripts and emoji the font lacks. `distill show` draws the
+    sheet, the name on one line with the control characters as escapes."""
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    names = ["line one\nline two.jpg", "写真 📷 \u202e\x07\ttab.jpg", "crlf\r\n\u2028.jpg"]
+    samples = []
+    for k, name in enumerate(names):
+        sample = make_labelled_sample(k + 1, caption_text=f"a caption\nwith {name}")
+        sample.file_name = name
+        samples.append(sample)
+    shard = write_shard(tmp_path / shard_name("val2017", 0), samples)
+    for row in range(len(names)):
+        out = tmp_path / f"row{row}.png"
+        res = CliRunner().invoke(app, ["show", str(shard), "--row", str(row), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        title = sheet_layout(labels_from_sample(samples[row])).title_box
+        with Image.open(out) as img:
+            assert region(np.asarray(img.convert("RGB")), title).std() > 3.0
+    from distill.viz import one_line
+
+    assert one_line(names[0]) == "line one\\nline two.jpg"
+    assert one_line(names[1]) == "写真 📷 \u202e\\x07\\ttab.jpg"
+    assert one_line("bad\udcffbyte") == "bad\\udcffbyte"  # an undecodable byte of a file name

@@ -16,7 +16,9 @@ casts its input and outputs).
 
 Every export is checked before it is written: the exported network runs on a seeded input and
 must match the PyTorch student within `TOLERANCE` (max |difference| over every output value);
-the figure measured is kept in the metadata.
+the figure measured is kept in the metadata. Loading checks the metadata and the network's
+input and output signature against each other before anything runs
+(`distill.student.signature`).
 
 Security: a TorchScript archive holds code, so `load_exported` calls `torch.jit.load` only on an
 archive whose `distill.json` names it a distill export (read from the zip first); ONNX files are
@@ -25,10 +27,8 @@ opened with ONNX Runtime's `InferenceSession` (no pickle anywhere).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -38,7 +38,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -46,11 +45,18 @@ from distill import __version__
 from distill.config import Config, config_to_dict, load_config_dict, parse_override
 from distill.errors import DistillError
 from distill.labels.keypoints import JOINT_NAMES, LIMB_NAMES
-from distill.labels.tokens import Vocabulary
 from distill.storage import Location, atomic_write_bytes, file_sha256
 from distill.student import layout
 from distill.student.engines import Engine, OnnxEngine, TorchScriptEngine
 from distill.student.predict import ExportedStudent, LoadedStudent, load_student
+from distill.student.signature import (
+    check_metadata,
+    check_onnx,
+    check_torchscript,
+    output_shapes,
+    vocabulary_doc,
+    vocabulary_from_doc,
+)
 
 __all__ = [
     "ENGINES",
@@ -85,29 +91,6 @@ _CHECK_BATCH = 2  # images in the export-time check (and the dynamic-batch examp
 
 # ---------------------------------------------------------------------------------------------
 # Metadata
-
-
-def _vocabulary_doc(vocab: Vocabulary | None) -> dict[str, Any] | None:
-    if vocab is None:
-        return None
-    vectors = np.ascontiguousarray(vocab.vectors, np.float32)
-    digest = hashlib.sha256(json.dumps(vocab.words).encode() + vectors.tobytes()).hexdigest()
-    return {"words": list(vocab.words), "counts": [int(c) for c in vocab.counts],
-            "dim": vocab.dim, "scale": float(vocab.scale),
-            "vectors_float32_base64": base64.b64encode(vectors.tobytes()).decode("ascii"),
-            "sha256": digest}
-
-
-def _vocabulary(doc: dict[str, Any] | None) -> Vocabulary | None:
-    if not doc:
-        return None
-    raw = base64.b64decode(doc["vectors_float32_base64"])
-    vectors = np.frombuffer(raw, np.float32).reshape(len(doc["words"]), int(doc["dim"])).copy()
-    digest = hashlib.sha256(json.dumps(doc["words"]).encode() + vectors.tobytes()).hexdigest()
-    if digest != doc.get("sha256"):
-        raise DistillError("the exported file's vocabulary does not match its sha256 (a damaged "
-                           "file)")
-    return Vocabulary(list(doc["words"]), list(doc["counts"]), vectors, float(doc["scale"]))
 
 
 def _output_names(student: LoadedStudent) -> list[str]:
@@ -147,7 +130,7 @@ def export_metadata(student: LoadedStudent, *, fmt: str, fp16: bool, dynamic_bat
             "tokens": f"({cfg.student.num_tokens}, {cfg.student.token_dim}) in [-1, 1], "
                       "GloVe vectors divided by vocabulary.scale",
         },
-        "vocabulary": _vocabulary_doc(student.vocab),
+        "vocabulary": vocabulary_doc(student.vocab),
         "checkpoint": {
             "source": str(student.checkpoint), "epoch": student.epoch,
             "model_sha256": file_sha256(model_file) if model_file.is_file() else None,
@@ -161,7 +144,10 @@ def _check_metadata(doc: Any, where: object) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise DistillError(f"{where} is not a student distill export wrote (no distill "
                            "metadata)")
-    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+    version = doc.get("format_version", 0)
+    if not isinstance(version, int):
+        raise DistillError(f"{where}: its metadata's format_version {version!r} is not a number")
+    if version > FORMAT_VERSION:
         raise DistillError(f"{where} was exported by a newer distill (format "
                            f"{doc['format_version']}; this one reads {FORMAT_VERSION})")
     return doc
@@ -422,19 +408,30 @@ def load_exported(path: str | os.PathLike[str], engine: str = "auto",
                            f"exported {fmt} file (--engine auto runs it)")
     if wanted is not None and wanted != fmt:
         raise DistillError(f"--engine {engine} cannot run {p}: it is a {fmt} file")
+    if fmt not in FORMATS:
+        raise DistillError(f"{p}: unknown exported format {fmt!r}")
+    try:  # the file's own config first: a damaged one is the file's fault, not --set's
+        _config(meta["config"], [])
+    except (DistillError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DistillError(f"{p}: the config in its metadata does not load: {exc}") from exc
     config = _config(meta["config"], list(overrides or []))
-    words = read_vocabulary(vocab) if vocab is not None else _vocabulary(meta.get("vocabulary"))
+    check_metadata(meta, config, p)
+    words = (read_vocabulary(vocab) if vocab is not None else
+             vocabulary_from_doc(meta.get("vocabulary"), config.student.token_dim, p))
     batch = meta.get("batch")
     dev = torch.device(device)
+    shapes = output_shapes(meta, config)
     runner: Engine
     if fmt == "onnx":
-        runner = OnnxEngine(onnx_session(str(p), dev), batch)
-    elif fmt == "torchscript":
+        session = onnx_session(str(p), dev)
+        check_onnx(session, meta, config, p)
+        runner = OnnxEngine(session, batch, source=str(p), expected=shapes)
+    else:
         with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript (FutureWarning)
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(p), map_location=dev)
-        runner = TorchScriptEngine(module.eval(), meta["outputs"], batch, dev)
-    else:
-        raise DistillError(f"{p}: unknown exported format {fmt!r}")
+        check_torchscript(module, meta, p)
+        runner = TorchScriptEngine(module.eval(), meta["outputs"], batch, dev, source=str(p),
+                                   expected=shapes)
     return ExportedStudent(runner, config, words, Location(p),
                            int(meta.get("checkpoint", {}).get("epoch", 0)), meta)

@@ -40,9 +40,11 @@ __all__ = [
     "Prediction",
     "Predictor",
     "Word",
+    "check_out_folder",
     "decode_tokens",
     "find_checkpoint",
     "load_student",
+    "make_out_folder",
     "panel_paths",
     "refine_depth",
     "run_folder",
@@ -227,9 +229,10 @@ def decode_tokens(tokens: np.ndarray, vocab: Vocabulary, *, min_norm: float = 0.
 
 @dataclass
 class Prediction:
-    labels: Labels  # at the original resolution
+    labels: Labels  # at the original resolution (at most `Predictor.display_max` on a side)
     words: list[Word]
     people: list[DecodedPerson]  # keypoints in original pixels
+    size: tuple[int, int]  # (width, height) of the image: the frame `people` are in
     timings: dict[str, float] = field(default_factory=dict)  # ms per image for each step
     maps: np.ndarray | None = None  # (44, S, S) in [0, 1], the letterboxed output (refined)
 
@@ -357,7 +360,8 @@ class Predictor:
             timings = {"forward": forward_ms / len(inputs), "refine": refine_ms / len(inputs),
                        "tokens": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3,
                        "unletterbox": (t3 - t2) * 1e3}
-            results.append(Prediction(labels, words, people, timings, maps_np[i]))
+            results.append(Prediction(labels, words, people, (lb.src_w, lb.src_h), timings,
+                                      maps_np[i]))
         return results
 
     def display_size(self, lb: Letterbox) -> tuple[int, int]:
@@ -395,11 +399,12 @@ class Predictor:
 
 
 def describe(prediction: Prediction, name: str) -> dict[str, Any]:
-    """The JSON record of one prediction: people, words and timings."""
+    """The JSON record of one prediction: the image's own size (the frame its people's
+    keypoints are in, whatever size the maps were drawn at), people, words and timings."""
     return {
         "image": name,
-        "width": prediction.labels.width,
-        "height": prediction.labels.height,
+        "width": prediction.size[0],
+        "height": prediction.size[1],
         "people": [{"keypoints": [round(float(v), 2) for v in p.keypoints.reshape(-1)],
                     "score": round(float(p.score), 4)} for p in prediction.people],
         "words": [{"position": w.position, "word": w.word, "similarity": round(w.similarity, 4)}
@@ -408,13 +413,35 @@ def describe(prediction: Prediction, name: str) -> dict[str, Any]:
     }
 
 
+def check_out_folder(out: Path) -> None:
+    """`distill predict --out` is a folder, new or already there; a file at `out`, or a file in
+    its way (a parent that is not a folder), is refused before anything runs."""
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"--out {out} is a file, not a folder; pass a folder for the "
+                           "predictions")
+    blocking = next((up for up in out.parents if up.exists() and not up.is_dir()), None)
+    if blocking is not None:
+        raise DistillError(f"--out {out}: {blocking} is a file, not a folder")
+
+
+def make_out_folder(out: Path) -> None:
+    """Create the `--out` folder (`check_out_folder`'s rules; why it cannot be made in one
+    line)."""
+    check_out_folder(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DistillError(f"cannot make --out {out}: {exc.strerror or exc}") from exc
+
+
 def panel_paths(files: list[Path], out: Path) -> tuple[dict[Path, Path], list[str]]:
     """Where `distill predict` draws each image's panel: `out/<stem>.png` (`a.jpg` →
     `a.png`), except for images whose panel would clash — two inputs with one stem (`a.jpg`
     and `a.png`), or a file already there that distill did not write (an input, when `out` is
     the images folder; panels an earlier run recorded in `out/predictions.json` are distill's)
     — which keep their whole name (`a.jpg.png`, `a.png.png`). Returns the paths and the names
-    that kept theirs; raises `DistillError` if even that clashes."""
+    that kept theirs; raises `DistillError` if even that clashes, or `out` is not a folder."""
+    check_out_folder(out)
     ours = _earlier_panels(out)
 
     def foreign(panel: Path) -> bool:

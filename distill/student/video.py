@@ -20,13 +20,23 @@ from PIL import Image, ImageDraw, ImageFont
 from distill.errors import DistillError
 from distill.labels.keypoints import LIMBS
 from distill.storage import atomic_output, temp_name
-from distill.student.predict import Prediction, Predictor, describe
+from distill.student.predict import (
+    Prediction,
+    Predictor,
+    check_out_folder,
+    describe,
+    make_out_folder,
+)
+from distill.viz import one_line
 
-__all__ = ["annotate", "predict_video", "read_video", "video_frames", "video_paths"]
+__all__ = ["VideoSource", "annotate", "predict_video", "video_frames", "video_paths"]
 
 _LIMB_COLOR = (60, 220, 255)
 _JOINT_COLOR = (255, 80, 60)
 _TEXT_BG = (0, 0, 0)
+# A video ending up to this many frames before its header says is whole (an edit list or a
+# rounded duration); more is a file cut short.
+_CUT_SLACK = 2
 
 
 def _av() -> Any:
@@ -37,40 +47,81 @@ def _av() -> Any:
     return av
 
 
-def read_video(path: Path) -> tuple[Iterator[tuple[float, np.ndarray]], float, int]:
-    """(frames as (time in s, RGB uint8 (H, W, 3)), frames per second, frame count or 0 when
-    the container does not say)."""
-    av = _av()
-    try:
-        container = av.open(str(path))
-        stream = container.streams.video[0]
-    except (OSError, IndexError, av.FFmpegError) as exc:
-        raise DistillError(f"cannot read video {path}: {exc}") from exc
-    stream.thread_type = "AUTO"
-    rate = stream.average_rate or stream.guessed_rate or 25
-    fps = float(rate)
+def _why(exc: BaseException) -> str:
+    """FFmpeg's reason without its errno and the file name the message repeats."""
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
-    def frames() -> Iterator[tuple[float, np.ndarray]]:
+
+class VideoSource:
+    """An open video file: its frame rate, the frame count and duration its container states,
+    and its frames, decoded one at a time by `frames()`. Once they are read, `cut_short()`
+    says whether the video ended before its container says it should (a file cut short, or
+    one whose decoding failed part way): the frames before the cut are kept."""
+
+    def __init__(self, path: Path) -> None:
+        av = _av()
+        self.path = path
         try:
-            for i, frame in enumerate(container.decode(stream)):
-                t = float(frame.time) if frame.time is not None else i / fps
-                yield t, frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as exc:
-            raise DistillError(f"cannot decode video {path}: {exc}") from exc
-        finally:
-            container.close()
+            self.container = av.open(str(path))
+        except (OSError, av.FFmpegError) as exc:
+            hint = (" (not a video FFmpeg reads, or a file cut short before its index)"
+                    if isinstance(exc, av.InvalidDataError) else "")
+            raise DistillError(f"cannot read video {path}: {_why(exc)}{hint}") from exc
+        if not self.container.streams.video:
+            kinds = sorted({s.type for s in self.container.streams})
+            self.container.close()
+            raise DistillError(f"no video stream in {path}" + (
+                f" (it holds {' and '.join(kinds)} only)" if kinds else ""))
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 25)
+        self.stated = int(self.stream.frames or 0)  # 0: the container does not say
+        self.duration: float | None = None  # seconds of video the container states
+        if self.stream.duration is not None and self.stream.time_base is not None:
+            self.duration = float(self.stream.duration * self.stream.time_base)
+        elif self.container.duration and len(self.container.streams) == 1:
+            self.duration = self.container.duration / av.time_base
+        self.decoded = 0
+        self.end = 0.0  # the time the last decoded frame ends
+        self.error = ""  # why decoding stopped part way, if it did
 
-    return frames(), fps, int(stream.frames or 0)
+    def frames(self) -> Iterator[tuple[float, np.ndarray]]:
+        """(time in s, RGB uint8 (H, W, 3)) of every frame there is; closes the file at the end.
+        A decoding error after the first frame ends the frames (see `cut_short`)."""
+        av = _av()
+        try:
+            for frame in self.container.decode(self.stream):
+                i = self.decoded
+                t = float(frame.time) if frame.time is not None else i / self.fps
+                rgb = frame.to_ndarray(format="rgb24")
+                self.decoded, self.end = i + 1, t + 1 / self.fps
+                yield t, rgb
+        except av.FFmpegError as exc:
+            if not self.decoded:
+                raise DistillError(f"cannot decode video {self.path}: {_why(exc)}") from exc
+            self.error = _why(exc)
+        finally:
+            self.container.close()
+
+    def cut_short(self) -> str | None:
+        """Once `frames()` is read: why the video ended before its container says it should
+        (more than `_CUT_SLACK` frames early, or a decoding error), or None."""
+        n = self.decoded
+        if self.error:
+            return f"{self.path} is cut short after {n} frames: {self.error}"
+        if self.stated and self.stated - n > _CUT_SLACK:
+            return f"{self.path} is cut short after {n} frames (its header says {self.stated})"
+        if not self.stated and self.duration and self.duration - self.end > _CUT_SLACK / self.fps:
+            return (f"{self.path} is cut short after {n} frames ({self.end:.2f} s of the "
+                    f"{self.duration:.2f} s its header says)")
+        return None
 
 
 def video_frames(path: Path) -> int:
     """The frame count the container states (0 when it does not say)."""
-    av = _av()
-    try:
-        with av.open(str(path)) as container:
-            return int(container.streams.video[0].frames or 0)
-    except (OSError, IndexError, av.FFmpegError) as exc:
-        raise DistillError(f"cannot read video {path}: {exc}") from exc
+    source = VideoSource(path)
+    source.container.close()
+    return source.stated
 
 
 def annotate(rgb: np.ndarray, prediction: Prediction) -> np.ndarray:
@@ -90,7 +141,7 @@ def annotate(rgb: np.ndarray, prediction: Prediction) -> np.ndarray:
         for x, y, c in kp:
             if c > 0:
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=_JOINT_COLOR)
-    words = " ".join(word.word for word in prediction.words)
+    words = one_line(" ".join(word.word for word in prediction.words))
     if words:
         font = ImageFont.load_default(size=max(10, w // 40))
         box = draw.textbbox((6, 6), words, font=font)
@@ -103,6 +154,7 @@ def video_paths(video: Path, out: Path) -> tuple[Path, Path]:
     """Where the annotated video and the JSON lines of `video` go in the folder `out`:
     `<stem>.annotated.mp4` and `<stem>.jsonl`; a file of those names distill did not write
     (not a JSON-lines file whose first record names a frame) is refused."""
+    check_out_folder(out)
     annotated, lines = out / f"{video.stem}.annotated.mp4", out / f"{video.stem}.jsonl"
     if annotated.resolve() == video.resolve():
         raise DistillError(f"the annotated video would overwrite its input {video}; pass "
@@ -143,12 +195,13 @@ def predict_video(predictor: Predictor, video: Path, out: Path, *, batch_size: i
                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run `predictor` over every frame of `video`; write `out/<stem>.annotated.mp4` (with
     `draw`) and `out/<stem>.jsonl` (one record per frame). Returns a summary: frames, paths,
-    frames per second (model only; with letterboxing, refinement and decoding; end to end) and
-    the median ms and frames/s of every step."""
+    frames per second (model only; with letterboxing, refinement and decoding; end to end),
+    the median ms and frames/s of every step, and `cut_short`: None, or why the video ended
+    before its header says (the frames before the cut are written; none: `DistillError`)."""
     av = _av()
     annotated, lines_path = video_paths(video, out)
-    frames, fps, _ = read_video(video)
-    out.mkdir(parents=True, exist_ok=True)
+    source = VideoSource(video)
+    fps = source.fps
     tmp_video = annotated.with_name(temp_name(annotated.name))
     container: Any = None
     stream: Any = None
@@ -156,6 +209,7 @@ def predict_video(predictor: Predictor, video: Path, out: Path, *, batch_size: i
     count, predict_seconds = 0, 0.0
     started = time.perf_counter()
     try:
+        make_out_folder(out)
         with atomic_output(lines_path) as sink:
             batch: list[tuple[float, np.ndarray]] = []
 
@@ -187,14 +241,15 @@ def predict_video(predictor: Predictor, video: Path, out: Path, *, batch_size: i
                     progress(len(batch))
                 batch.clear()
 
-            for t, rgb in frames:
+            for t, rgb in source.frames():
                 batch.append((t, rgb))
                 if len(batch) == batch_size:
                     flush()
             if batch:
                 flush()
+            cut = source.cut_short()
             if count == 0:
-                raise DistillError(f"{video} has no frames")
+                raise DistillError(cut or f"{video} has no frames")
             if container is not None:
                 for packet in stream.encode():
                     container.mux(packet)
@@ -202,6 +257,7 @@ def predict_video(predictor: Predictor, video: Path, out: Path, *, batch_size: i
                 container = None
                 os.replace(tmp_video, annotated)
     finally:
+        source.container.close()  # read to the end, or not (an error part way)
         if container is not None:
             container.close()
         tmp_video.unlink(missing_ok=True)
@@ -210,6 +266,7 @@ def predict_video(predictor: Predictor, video: Path, out: Path, *, batch_size: i
     medians = {k: statistics.median(v) for k, v in steps.items()}
     return {
         "video": str(video), "frames": count, "video_fps": round(fps, 3),
+        "frames_stated": source.stated or None, "cut_short": cut,
         "annotated": str(annotated) if draw else None, "jsonl": str(lines_path),
         "frames_per_second": {
             "model": round(count / forward, 2) if forward else None,

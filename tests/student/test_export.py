@@ -17,6 +17,7 @@ from distill.storage import file_sha256
 from distill.student import layout
 from distill.student.predict import Predictor, load_student
 from tests.student import test_evaluate_predict as _trained_student
+from tests.student import test_predict_inputs as _inputs
 from tests.test_cli import distill, one_error_line
 
 pytest.importorskip("onnxruntime")
@@ -25,6 +26,8 @@ skdata = pytest.importorskip("skimage.data")
 # The tiny student trained 2 epochs on the real coco7 shards (tests/student/
 # test_evaluate_predict.py's fixture, reused here): (run folder, shards folder).
 trained = _trained_student.trained
+# A freshly initialised tiny student (no training), for what does not need a trained one.
+untrained = _inputs.untrained
 
 
 def _photos() -> list[np.ndarray]:
@@ -191,3 +194,101 @@ def test_cli_predict_video_writes_an_annotated_video_and_a_record_per_frame(trai
     err = one_error_line(distill("predict", "--video", str(tmp_path / "none.mp4"), "-k",
                                  str(out), check=False))
     assert "does not exist" in err
+
+
+# A network that is not distill's, under distill's metadata (copied from a real export's, or
+# damaged): loading names the file and what does not fit, before anything runs.
+
+def _foreign_onnx(path: Path, meta: dict, image: list, outputs: dict[str, list | None]) -> Path:
+    """An ONNX file whose every output is its input (Identity), carrying `meta`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", ["image"], [name]) for name in outputs]
+    graph = helper.make_graph(
+        nodes, "foreign", [helper.make_tensor_value_info("image", TensorProto.FLOAT, image)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8  # what every onnxruntime reads
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "distill", json.dumps(meta)
+    onnx.save(model, str(path))
+    return path
+
+
+def _foreign_torchscript(path: Path, meta: dict, module: torch.nn.Module) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (torch.zeros(1, 3, 64, 64),))
+        torch.jit.save(traced, str(path), _extra_files={"distill.json": json.dumps(meta)})
+    return path
+
+
+class _One(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+class _Two(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, x.mean(1)
+
+
+def test_a_foreign_network_or_damaged_metadata_is_one_line(untrained, tmp_path):
+    import base64
+
+    from distill.labels.tokens import Vocabulary
+    from distill.student.export import export_metadata
+    from distill.student.signature import vocabulary_doc, vocabulary_from_doc
+
+    student = load_student(untrained)
+    meta = json.loads(json.dumps(export_metadata(student, fmt="onnx", fp16=False,
+                                                 dynamic_batch=False,
+                                                 names=["maps", "tokens"])))
+    image = _inputs.photo(tmp_path / "a.jpg")
+
+    def fails(model: Path) -> str:
+        [line] = _inputs.error_lines(_inputs.predict(str(image), "-k", str(model), "--out",
+                                                     str(tmp_path / "pred")))
+        return line
+
+    fits_not = "carries distill's metadata but its network does not fit it"
+    small = _foreign_onnx(tmp_path / "small.onnx", meta, [1, 3, 32, 32],
+                          {"maps": None, "tokens": None})
+    assert fails(small) == (f"error: {small} {fits_not}: it takes 'image' [1, 3, 32, 32] "
+                            "tensor(float); the metadata says one float32 image [1, 3, 64, 64]")
+    same_in = _foreign_onnx(tmp_path / "same_in.onnx", meta, [1, 3, 64, 64],
+                            {"maps": None, "tokens": None})
+    assert fails(same_in) == (f"error: {same_in} {fits_not}: its output 'maps' is "
+                              "[1, 3, 64, 64]; the metadata says [1, 44, 64, 64]")
+    named = _foreign_onnx(tmp_path / "named.onnx", meta, [1, 3, 64, 64], {"out": None})
+    assert fails(named) == (f"error: {named} {fits_not}: its outputs are ['out']; the "
+                            "metadata says ['maps', 'tokens']")
+
+    # the vocabulary's vectors written as float64: twice the bytes its words and dim need
+    rng = np.random.default_rng(0)
+    vocab = Vocabulary(["cat", "dog"], [3, 2], rng.random((2, 50), np.float32), 4.0)
+    doc = vocabulary_doc(vocab)
+    assert doc is not None
+    back = vocabulary_from_doc(doc, 50, "here")  # what an export writes reads back whole
+    assert back is not None and back.words == vocab.words
+    assert np.array_equal(back.vectors, vocab.vectors)
+    doc["vectors_float32_base64"] = base64.b64encode(vocab.vectors.astype(np.float64)).decode()
+    damaged = _foreign_onnx(tmp_path / "damaged.onnx", {**meta, "vocabulary": doc},
+                            [1, 3, 64, 64], {"maps": None, "tokens": None})
+    assert fails(damaged) == (f"error: {damaged}: its vocabulary is damaged: its vectors are "
+                              "800 bytes; 2 words × 50 float32 values are 400")
+    wrong_dim = _foreign_onnx(tmp_path / "wrong_dim.onnx",
+                              {**meta, "vocabulary": {**doc, "dim": 25}},
+                              [1, 3, 64, 64], {"maps": None, "tokens": None})
+    assert "25-d vectors, but the student's tokens are 50-d" in fails(wrong_dim)
+
+    ts_meta = {**meta, "format": "torchscript", "opset": None}
+    one = _foreign_torchscript(tmp_path / "one.pt", ts_meta, _One())
+    assert fails(one) == (f"error: {one} {fits_not}: its forward returns Tensor; the metadata "
+                          "says Tuple[Tensor, Tensor] (maps, tokens)")
+    two = _foreign_torchscript(tmp_path / "two.pt", ts_meta, _Two())  # found as it runs
+    assert fails(two) == (f"error: {two}: its output 'maps' is [1, 3, 64, 64]; its metadata "
+                          "says [batch, 44, 64, 64]")
