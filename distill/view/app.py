@@ -17,10 +17,13 @@ shards and a row by its number; neither ever reaches the filesystem unchecked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -37,13 +40,14 @@ from distill.storage import Location
 from distill.student.labels import Labels, labels_from_sample
 from distill.view.index import (
     CLASS_GROUP_NAMES,
-    LRU,
     SORT_KEYS,
     TEACHER_COLUMNS,
     Query,
+    RunGone,
     RunView,
     ViewError,
 )
+from distill.view.memory import LRU, Workers
 from distill.view.render import (
     display_size,
     image_jpeg,
@@ -59,6 +63,15 @@ logger = logging.getLogger(__name__)
 
 _CACHE = {"Cache-Control": "private, max-age=3600"}  # a committed row never changes
 PAGE_MAX = 200
+# Caches, (entries, bytes). A decoded 640x480 row is ~18 MiB (its label maps as float32), a
+# layer PNG 40-160 KB, a thumbnail ~10 KB, a student's prediction up to ~55 MiB.
+THUMBS = (4096, 64 << 20)
+PICTURES = (512, 64 << 20)
+DECODED = (8, 96 << 20)
+PREDICTIONS = (32, 128 << 20)
+# Threads that decode rows and draw pictures (`Workers`): more than the cores gain nothing, and
+# each holds a decoded row (~40 MiB at its peak while drawing) and its own malloc arena.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 class StudentSide:
@@ -73,7 +86,7 @@ class StudentSide:
         self.device = device
         self.predictor = Predictor(self.loaded, device, display_max=DISPLAY_MAX)
         self._lock = threading.Lock()  # one forward pass at a time
-        self._cache: LRU[tuple[str, int], dict[str, Any]] = LRU(32)
+        self._cache: LRU[tuple[str, int], dict[str, Any]] = LRU(*PREDICTIONS)
 
     def describe(self) -> dict[str, Any]:
         return {"checkpoint": str(self.loaded.checkpoint), "epoch": self.loaded.epoch,
@@ -144,14 +157,17 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
     """The app for one run (a run folder, shards folder, glob or shard; a path or a URI)."""
     view = RunView(run)
     student = StudentSide(checkpoint, device) if checkpoint else None
-    thumbs: LRU[tuple[str, int], bytes] = LRU(4096)
-    pictures: LRU[tuple[Any, ...], bytes] = LRU(64)
+    thumbs: LRU[tuple[str, int], bytes] = LRU(*THUMBS)
+    pictures: LRU[tuple[Any, ...], bytes] = LRU(*PICTURES)
     run_cache: dict[str, Any] = {}
     names = segment_names()
+    # Everything that decodes a row or draws a picture runs on these (sample_of only there), so
+    # no more than WORKERS decoded rows are alive outside the cache.
+    work = Workers(WORKERS, "distill-view-work")
 
     # A sample page asks for its JSON, its image and each layer: the row is read and its maps
     # decoded once for all of them.
-    decoded: LRU[tuple[str, int], tuple[Any, Labels]] = LRU(4)
+    decoded: LRU[tuple[str, int], tuple[Any, Labels]] = LRU(*DECODED)
 
     def sample_of(key: tuple[str, int]) -> tuple[Any, Labels]:
         def make() -> tuple[Any, Labels]:
@@ -220,7 +236,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
         return doc
 
     async def sample_api(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(sample_sync, _key(request)))
+        return JSONResponse(await work.run(sample_sync, _key(request)))
 
     def thumb_sync(key: tuple[str, int]) -> bytes:
         def make() -> bytes:
@@ -230,7 +246,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
         return thumbs.get_or_make(key, make)
 
     async def thumb(request: Request) -> Response:
-        data = await run_in_threadpool(thumb_sync, _key(request))
+        data = await work.run(thumb_sync, _key(request))
         return Response(data, media_type="image/jpeg", headers=_CACHE)
 
     def image_sync(key: tuple[str, int]) -> bytes:
@@ -241,7 +257,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
         return pictures.get_or_make(("image", *key), make)
 
     async def image(request: Request) -> Response:
-        data = await run_in_threadpool(image_sync, _key(request))
+        data = await work.run(image_sync, _key(request))
         return Response(data, media_type="image/jpeg", headers=_CACHE)
 
     def layer_sync(source: str, key: tuple[str, int], name: str) -> bytes:
@@ -265,7 +281,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
 
     async def layer(request: Request) -> Response:
         p = request.path_params
-        data = await run_in_threadpool(layer_sync, p["source"], _key(request), p["name"])
+        data = await work.run(layer_sync, p["source"], _key(request), p["name"])
         return Response(data, media_type="image/png", headers=_CACHE)
 
     def run_sync() -> dict[str, Any]:
@@ -306,7 +322,13 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
     async def on_view_error(request: Request, exc: Exception) -> Response:
         return _error(404, str(exc))
 
+    async def on_gone(request: Request, exc: Exception) -> Response:
+        return _error(410, str(exc))  # logged once, by RunView.gone
+
     async def on_distill_error(request: Request, exc: Exception) -> Response:
+        gone = await run_in_threadpool(view.gone)  # a shard unreadable because the run went
+        if gone is not None:
+            return await on_gone(request, gone)
         logger.warning("%s: %s", request.url.path, exc)
         return _error(500, str(exc))
 
@@ -326,7 +348,16 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
         Route("/layer/{source}/{shard}/{row:int}/{name}.png", layer),
         Mount("/static", StaticFiles(directory=str(static)), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={
-        ViewError: on_view_error, DistillError: on_distill_error, HTTPException: on_http})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        work.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        ViewError: on_view_error, RunGone: on_gone, DistillError: on_distill_error,
+        HTTPException: on_http})
     app.state.view = view
+    app.state.caches = {"thumbs": thumbs, "pictures": pictures, "decoded": decoded,
+                        "row_groups": view.row_groups}
     return app

@@ -16,12 +16,11 @@ up among them, never joined onto a path. Local paths and URIs alike.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +32,11 @@ from distill.provenance import random_weight_roles
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import decode_row, open_shard, read_metadata
 from distill.storage import Location
+from distill.view.memory import LRU
 
-__all__ = ["GRID_COLUMNS", "SORT_KEYS", "Query", "RunView", "ViewError"]
+__all__ = ["GRID_COLUMNS", "SORT_KEYS", "Query", "RunGone", "RunView", "ViewError"]
+
+logger = logging.getLogger(__name__)
 
 # Columns a grid card needs; the teachers' presence is read from one small column each.
 GRID_COLUMNS = ("image_id", "file_name", "width", "height", "teacher_captions", "coco_captions",
@@ -49,42 +51,16 @@ SORT_KEYS = ("image_id", "people", "text_share", "no_class_share", "depth_min", 
              "depth_range", "tokens", "segments", "text_regions",
              *(f"group:{g}" for g in CLASS_GROUP_NAMES))
 _REFRESH_SECONDS = 5.0  # how often the list of committed shards is read again
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
+_ROW_GROUPS = (8, 64 << 20)  # row groups' columns kept: entries, bytes
 
 
 class ViewError(DistillError):
     """A request names something the run does not have (unknown shard, row out of range)."""
 
 
-class LRU(OrderedDict[K, V]):
-    """A small least-recently-used cache, safe to share between request threads; `get_or_make`
-    runs `make` once per key even when several threads ask at the same time."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self._lock = threading.Lock()
-        self._making: dict[K, threading.Lock] = {}
-
-    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
-        with self._lock:
-            if key in self:
-                self.move_to_end(key)
-                return self[key]
-            making = self._making.setdefault(key, threading.Lock())
-        with making:
-            with self._lock:
-                if key in self:
-                    return self[key]
-            value = make()
-            with self._lock:
-                self[key] = value
-                self._making.pop(key, None)
-                while len(self) > self.size:
-                    self.popitem(last=False)
-            return value
+class RunGone(DistillError):
+    """The run (its folder, its shards folder or its one shard) no longer exists: deleted or
+    moved while the viewer serves it."""
 
 
 @dataclass
@@ -195,22 +171,33 @@ class RunView:
         self._shards: dict[str, _Shard] = {}
         self._order: list[str] = []
         self._listed = 0.0
-        self._tables: LRU[tuple[str, int, tuple[str, ...]], pa.Table] = LRU(8)
+        self._anchor: Location | None = None  # set once the run has been found
+        self._vanished = False
+        # row groups' columns read for pages and thumbnails (a page's thumbnails share one read)
+        self.row_groups: LRU[tuple[str, int, tuple[str, ...]], pa.Table] = LRU(*_ROW_GROUPS)
         self._stats: dict[str, _Stats] = {}
+        self._skipped: dict[str, str] = {}  # shard → why the indexer could not read it
         self._indexer: threading.Thread | None = None
         self._quarantine: dict[int, list[tuple[str, str]]] | None = None
         self.refresh(force=True)
+        # what must go on existing while the view serves it: the run folder, the folder or
+        # shard named, or a glob's folder
+        self._anchor = self.run.root if self.run is not None else (
+            self.path if self.path.exists() else self.path.parent)
 
     # -- shards ---------------------------------------------------------------------------
 
     def refresh(self, force: bool = False) -> None:
         """Read the list of committed shards again (at most every few seconds): a run that is
         still going gains shards; a shard already read keeps its footer."""
-        if not force and time.monotonic() - self._listed < _REFRESH_SECONDS:
-            return
+        if not force and not self._vanished and time.monotonic() - self._listed < _REFRESH_SECONDS:
+            return  # (a run found gone is looked for at every call, to say so or to come back)
         try:
             found = resolve_shards(self.path)
         except ShardError:
+            gone = self.gone()
+            if gone is not None:
+                raise gone from None
             if self.run is None:
                 raise
             found = []  # a run that has committed nothing yet
@@ -223,6 +210,24 @@ class RunView:
             self._order = [loc.name for loc in found]
             self._listed = time.monotonic()
             self._quarantine = None
+            self._vanished = False
+
+    def gone(self) -> RunGone | None:
+        """The error to answer with when the run no longer exists (deleted or moved while the
+        viewer serves it), else None. Logs one line when it first finds the run gone."""
+        try:
+            if self._anchor is None or self._anchor.exists():
+                return None  # (None: still opening; its errors say what is wrong)
+        except (OSError, DistillError):
+            return None  # cannot tell (storage unreachable): the request's own error stands
+        with self._lock:
+            first, self._vanished = not self._vanished, True
+        what = f"the run folder {self._anchor}" if self.run is not None else str(self._anchor)
+        error = RunGone(f"{what} is gone (deleted or moved while `distill view` served it); "
+                        "restart `distill view` on a run that exists")
+        if first:
+            logger.warning("%s", error)
+        return error
 
     @staticmethod
     def _open(loc: Location) -> _Shard:
@@ -252,15 +257,8 @@ class RunView:
     # -- reading --------------------------------------------------------------------------
 
     def _group(self, shard: _Shard, group: int, columns: tuple[str, ...]) -> pa.Table:
-        def read() -> pa.Table:
-            try:
-                pf = open_shard(shard.location)
-                have = [c for c in columns if c in pf.schema_arrow.names]
-                return pf.read_row_group(group, columns=have)
-            except (OSError, pa.ArrowException) as exc:
-                raise ShardError(f"shard {shard.location} cannot be read: {exc}") from exc
-
-        return self._tables.get_or_make((shard.name, group, columns), read)
+        return self.row_groups.get_or_make((shard.name, group, columns),
+                                           lambda: _read_group(shard.location, group, columns))
 
     def _locate(self, shard: _Shard, row: int) -> tuple[int, int]:
         if not 0 <= row < shard.rows:
@@ -286,7 +284,7 @@ class RunView:
         """One full row as stored (Python values)."""
         shard = self.shard(name)
         group, i = self._locate(shard, row)
-        table = open_shard(shard.location).read_row_group(group).slice(i, 1)
+        table = _read_group(shard.location, group).slice(i, 1)
         values: dict[str, Any] = table.to_pylist()[0]
         return values
 
@@ -323,9 +321,8 @@ class RunView:
         keys = {k: [] for k in SORT_KEYS}  # type: dict[str, list[float]]
         words: list[str] = []
         first = 0
-        pf = open_shard(shard.location)
         for g, n in enumerate(shard.group_rows):
-            table = pf.read_row_group(g, columns=list(STATS_COLUMNS))
+            table = _read_group(shard.location, g, STATS_COLUMNS)
             texts, groups = table.column("text_png"), table.column("groups_png")
             lo, hi = table.column("depth_min"), table.column("depth_max")
             for k in range(n):
@@ -355,24 +352,47 @@ class RunView:
             first += n
         return _Stats(cards, {k: np.asarray(v, np.float64) for k, v in keys.items()}, words)
 
+    def index_step(self) -> bool:
+        """Compute the statistics of the next shard that has none; False when there is none
+        left. A shard that cannot be read is logged once and skipped; a run that is gone
+        stops the indexing (`gone` said so, once)."""
+        try:
+            todo = [s for s in self.shards()
+                    if s.name not in self._stats and s.name not in self._skipped]
+        except DistillError:
+            return False  # the request that asked says why (a gone run, no shards left)
+        if not todo:
+            return False
+        shard = todo[0]
+        try:
+            self._stats[shard.name] = self._shard_stats(shard)
+        except DistillError as exc:
+            if self.gone() is not None:
+                return False
+            logger.warning("no statistics for shard %s: %s", shard.name, exc)
+            self._skipped[shard.name] = str(exc)
+        return True
+
     def _index(self) -> None:
-        for shard in self.shards():
-            if shard.name not in self._stats:
-                self._stats[shard.name] = self._shard_stats(shard)
+        while self.index_step():
+            pass
 
     def start_index(self) -> None:
         """Compute the statistics of every shard in a background thread (once; again for
-        shards committed since)."""
+        shards committed since; not while the run is gone)."""
         with self._lock:
-            if self._indexer is not None and self._indexer.is_alive():
+            if self._vanished or (self._indexer is not None and self._indexer.is_alive()):
                 return
             self._indexer = threading.Thread(target=self._index, name="distill-view-index",
                                              daemon=True)
             self._indexer.start()
 
     def index_status(self) -> dict[str, int]:
+        """Shards and rows the statistics cover; `skipped`: shards they never will (unreadable,
+        logged), counted as done."""
         shards = self.shards()
         return {"shards": len(shards), "indexed": sum(s.name in self._stats for s in shards),
+                "skipped": sum(s.name in self._skipped for s in shards),
                 "rows": sum(s.rows for s in shards),
                 "indexed_rows": sum(s.rows for s in shards if s.name in self._stats)}
 
@@ -403,7 +423,7 @@ class RunView:
         stats = [self._stats[s.name] for s in self.shards() if s.name in self._stats]
         cards = [c for s in stats for c in s.cards]
         if not cards:
-            return {"rows": [], "total": 0, "complete": status["indexed"] == status["shards"],
+            return {"rows": [], "total": 0, "complete": _complete(status),
                     "index": status}
         values = {k: np.concatenate([s.values[k] for s in stats]) for k in SORT_KEYS}
         words = [w for s in stats for w in s.words]
@@ -441,7 +461,23 @@ class RunView:
         page = [cards[i] | {"sort_value": _finite(values[q.sort][i]) if q.sort else None}
                 for i in chosen[offset:offset + limit]]
         return {"rows": page, "total": int(chosen.size),
-                "complete": status["indexed"] == status["shards"], "index": status}
+                "complete": _complete(status), "index": status}
+
+
+def _complete(status: dict[str, int]) -> bool:
+    return status["indexed"] + status["skipped"] == status["shards"]
+
+
+def _read_group(location: Location, group: int,
+                columns: tuple[str, ...] | None = None) -> pa.Table:
+    """Row group `group` of a shard (only `columns`, those it has; all when None); a shard
+    that cannot be read is a ShardError naming it."""
+    try:
+        pf = open_shard(location)
+        have = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+        return pf.read_row_group(group, columns=have)
+    except (OSError, pa.ArrowException) as exc:
+        raise ShardError(f"shard {location} cannot be read: {exc}") from exc
 
 
 def _finite(x: float) -> float | None:

@@ -319,3 +319,26 @@ def test_a_row_without_a_teacher(labelled_coco7, tmp_path):
         assert "text" not in doc["layers"] and "depth" in doc["layers"]
         assert client.get(f"/layer/teacher/{src.name}/0/text.png").status_code == 404
         assert not client.get("/api/run").json()["is_run"]
+
+
+def test_a_deleted_run_folder_is_a_410_naming_it(labelled_coco7, tmp_path, caplog):
+    """A run folder deleted while it is served: every page says so, one log line, no
+    traceback (tests/view/test_memory.py covers the indexer on a plain shards folder)."""
+    import logging
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from distill.view import create_app
+
+    run = shutil.copytree(labelled_coco7[1], tmp_path / "run")
+    with TestClient(create_app(run)) as client, caplog.at_level(logging.INFO):
+        key = client.get("/api/rows").json()["rows"][-1]
+        shutil.rmtree(run)
+        for url in (f"/api/sample/{key['shard']}/{key['row']}", "/api/rows", "/api/run",
+                    "/api/rows?sort=people"):
+            res = client.get(url)
+            assert res.status_code == 410, url
+            assert res.json()["error"].startswith(f"the run folder {run} is gone"), url
+    gone = [r for r in caplog.records if "is gone" in r.getMessage()]
+    assert len(gone) == 1 and not any(r.exc_info for r in caplog.records)

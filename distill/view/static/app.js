@@ -72,7 +72,10 @@ async function loadGrid() {
   const params = new URLSearchParams({ ...state.query, offset: state.offset, limit: PAGE });
   let data;
   try { data = await api(`/api/rows?${params}`); }
-  catch (err) { $("grid-status").textContent = "error: " + err.message; $("grid-status").className = "error"; return; }
+  catch (err) {  // e.g. 410: the run folder is gone — say so instead of showing stale cards
+    $("grid").replaceChildren();
+    $("grid-status").textContent = "error: " + err.message; $("grid-status").className = "error"; return;
+  }
   state.total = data.total;
   state.order = data.rows.map((r) => [r.shard, r.row]);
   const grid = $("grid");
