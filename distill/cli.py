@@ -70,7 +70,9 @@ SetOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    from distill.storage import redact_credentials
+
+    typer.secho(f"error: {redact_credentials(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
 
 
@@ -142,6 +144,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Libraries that log credentials at DEBUG: botocore every request's headers (the access key id
+# in Authorization, X-Amz-Security-Token), s3transfer and boto3 call arguments, urllib3 the
+# URLs (a presigned one carries a signature and a token). They stay at INFO, also at -vv.
+_SECRETS_AT_DEBUG = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+class _LogFormat(logging.Formatter):
+    """The console's log lines, with any credentials of a URI in them (a message or a
+    traceback that quotes a URI a user gave) replaced by `***`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from distill.storage import redact_credentials
+
+        return redact_credentials(super().format(record))
+
+
 @app.callback()
 def _root(
     verbose: Annotated[
@@ -152,9 +170,11 @@ def _root(
     ] = False,
 ) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    for name in _SECRETS_AT_DEBUG:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
 def _parse_ids(text: str | None, option: str = "--image-ids") -> list[int] | None:
