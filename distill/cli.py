@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterator
 from inspect import cleandoc
 from pathlib import Path
 from textwrap import dedent
-from typing import Annotated, Any, TypeVar, get_args, get_origin
+from typing import Annotated, Any, NoReturn, TypeVar, get_args, get_origin
 
 import typer
 import typer.core
 
-from distill import __version__
+from distill import __version__, interrupts
 from distill.errors import DistillError
 
 __all__ = ["app", "main"]
@@ -70,51 +70,52 @@ SetOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    from distill.storage import redact_credentials
+
+    typer.secho(f"error: {redact_credentials(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every clean-up path (a shard's
-    temp file, Ray's shutdown, the run folder's lock) runs the same way."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM stops like Ctrl-C (see `Terminated`). `pipelines.cluster` keeps this handler in
-    place when Ray starts (Ray would otherwise print a C stack dump on SIGTERM)."""
-    with contextlib.suppress(ValueError):  # not the main thread (an embedding program)
-        signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 # What the running command has done so far, said when it is interrupted (Ctrl-C, SIGTERM).
 _progress_note: list[Callable[[], str]] = []
+_said_interrupted = False  # whether the running command printed its "interrupted" line
+
+
+def _interrupted(signum: int) -> NoReturn:
+    """One line saying how far the command got, then exit 128 + the signal."""
+    global _said_interrupted
+    if not _said_interrupted:
+        _said_interrupted = True
+        note = ""
+        with contextlib.suppress(Exception):
+            note = "; ".join(f() for f in _progress_note)
+        typer.secho("interrupted" + (" (SIGTERM)" if signum == signal.SIGTERM else "")
+                    + (f": {note}" if note else ""), fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(code=interrupts.exit_code(signum))
 
 
 def handles_errors(fn: F) -> F:
     """Turn the project's errors into a one-line message and exit code 2, and an interruption
-    (Ctrl-C: 130, SIGTERM: 143) into one line saying how far the command got."""
+    (Ctrl-C: 130, SIGTERM: 143; the first signal decides, `distill.interrupts`) into one line
+    saying how far the command got."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _said_interrupted
         _progress_note.clear()
+        _said_interrupted = False
         try:
             return fn(*args, **kwargs)
         except DistillError as exc:
+            signum = interrupts.first_signal()
+            if signum is not None:  # what the signal's KeyboardInterrupt became on its way
+                logger.debug("stopped by a signal", exc_info=True)
+                _interrupted(signum)
             logger.debug("command failed", exc_info=True)
             _fail(str(exc))
         except KeyboardInterrupt as exc:
             logger.debug("interrupted", exc_info=True)
-            term = isinstance(exc, Terminated)
-            note = ""
-            with contextlib.suppress(Exception):
-                note = "; ".join(f() for f in _progress_note)
-            typer.secho("interrupted" + (" (SIGTERM)" if term else "")
-                        + (f": {note}" if note else ""), fg=typer.colors.YELLOW, err=True)
-            raise typer.Exit(code=128 + (signal.SIGTERM if term else signal.SIGINT)) from None
+            _interrupted(interrupts.signal_of(exc))
 
     return wrapper  # type: ignore[return-value]
 
@@ -143,6 +144,22 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Libraries that log credentials at DEBUG: botocore every request's headers (the access key id
+# in Authorization, X-Amz-Security-Token), s3transfer and boto3 call arguments, urllib3 the
+# URLs (a presigned one carries a signature and a token). They stay at INFO, also at -vv.
+_SECRETS_AT_DEBUG = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+class _LogFormat(logging.Formatter):
+    """The console's log lines, with any credentials of a URI in them (a message or a
+    traceback that quotes a URI a user gave) replaced by `***`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from distill.storage import redact_credentials
+
+        return redact_credentials(super().format(record))
+
+
 @app.callback()
 def _root(
     verbose: Annotated[
@@ -153,9 +170,11 @@ def _root(
     ] = False,
 ) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormat("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    for name in _SECRETS_AT_DEBUG:
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
 
 
 def _parse_ids(text: str | None, option: str = "--image-ids") -> list[int] | None:
@@ -334,8 +353,11 @@ def run_generate_labels(
     if shard_size is not None:
         overrides.append(f"shards.shard_size={shard_size}")
     cfg = load_config(preset, config, overrides)
+    out = out or _default_out(cfg)
+    if not dry_run:  # from here on, an interruption says how far the run got
+        _progress_note.append(_shards_progress(out))
     options = RunOptions(
-        out=out or _default_out(cfg), limit=limit, image_ids=_parse_ids(image_ids),
+        out=out, limit=limit, image_ids=_parse_ids(image_ids),
         new_run=new_run, dry_run=dry_run, address=address, live=live,
         verbose=logging.getLogger().level <= logging.INFO,
     )
@@ -345,7 +367,6 @@ def run_generate_labels(
         plan = plan_run(cfg, options)
         _report_dry_run(plan, estimate(plan, sample))
         return
-    _progress_note.append(_shards_progress(str(options.out)))
     _report_run(generate_labels(cfg, options))
 
 
@@ -1209,9 +1230,31 @@ def cli() -> Any:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    install_signal_handlers()
-    cli()(prog_name="distill")
+    """Console-script entry point. From its first instruction to its last, the first SIGINT or
+    SIGTERM decides the exit code (130, 143), whatever became of its KeyboardInterrupt on the
+    way (`distill.interrupts`): an interrupted command never exits 0."""
+    interrupts.install()
+    code: Any = 0
+    try:
+        try:
+            cli()(prog_name="distill")
+        finally:
+            interrupts.stop_raising()
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:  # the first signal came after the command, before stop_raising
+        code = 1
+    except BaseException:
+        if interrupts.first_signal() is None:
+            raise
+        logger.debug("stopped by a signal", exc_info=True)
+    interrupts.ignore()
+    signum = interrupts.first_signal()
+    if signum is not None:
+        with contextlib.suppress(typer.Exit):
+            _interrupted(signum)
+        code = interrupts.exit_code(signum)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

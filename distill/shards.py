@@ -442,15 +442,19 @@ class ShardWriter:
 
     def close(self) -> Location:
         """Finish the file and move it to its final name; returns that location. A failure
-        here (a full disk, a lost connection) drops the temp and raises."""
+        here (a full disk, a lost connection, Ctrl-C) drops the temp and raises."""
         if self._closed:
             return self.path
         self._closed = True
         try:
             self._flush()
-            self._writer.close()
+            self._close_parquet()
         except BaseException:
-            self._output.__exit__(*sys.exc_info())
+            try:
+                with contextlib.suppress(Exception):
+                    self._close_parquet()
+            finally:
+                self._output.__exit__(*sys.exc_info())
             raise
         self._output.__exit__(None, None, None)
         self.sha256, self.size = self._sink.sha256, self._sink.size
@@ -464,10 +468,22 @@ class ShardWriter:
         self._closed = True
         try:
             with contextlib.suppress(Exception):
-                self._writer.close()
+                self._close_parquet()
         finally:
             with contextlib.suppress(_Abort):
                 self._output.__exit__(_Abort, _Abort(), None)
+
+    def _close_parquet(self) -> None:
+        """Close the ParquetWriter exactly once, before the temp file under it closes: it counts
+        as closed even when closing raised (an interrupt in the footer write), or pyarrow's
+        finalizer would close it again later onto the closed temp file ("Exception ignored in
+        ParquetWriter.__del__ … write to closed file")."""
+        if not self._writer.is_open:
+            return
+        try:
+            self._writer.close()
+        finally:
+            self._writer.is_open = False
 
     def __enter__(self) -> ShardWriter:
         return self

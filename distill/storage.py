@@ -59,6 +59,7 @@ __all__ = [
     "file_sha256",
     "fsync_dir",
     "is_temp_name",
+    "redact_credentials",
     "remove_tree",
     "s3_client",
     "temp_name",
@@ -72,6 +73,20 @@ _TEMP_RE = re.compile(r"^\.(?P<final>.+)\.tmp-\d+-[0-9a-f]{8}$")
 
 class StorageError(DistillError):
     """A file or folder cannot be read or written (names the location and the cause)."""
+
+
+# Credentials in a URI (RFC 3986 user information, which holds no `/`): `any://USER:SECRET@`,
+# and on S3 and GCS any `s3://KEY@` (`hdfs://user@` names a user, `abfs://container@` a
+# container: no secret).
+_CREDENTIALS = ("s3", "gs", "gcs")
+_USERINFO = re.compile(rf"(?i)\b(?:((?:{'|'.join(_CREDENTIALS)})://)[^\s/@]+@"
+                       r"|([a-z][a-z0-9+.-]*://)[^\s/@:]*:[^\s/@]*@)")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the credentials of every URI in it replaced by `***`: for what is shown of
+    a URI a user gave (`Location` refuses one that holds credentials)."""
+    return _USERINFO.sub(lambda m: f"{m[1] or m[2]}***@", text)
 
 
 @lru_cache(maxsize=32)
@@ -121,6 +136,13 @@ class Location:
             if not parts.netloc:
                 raise StorageError(f"{text!r} names no bucket or host: write it as "
                                    f"{scheme}://BUCKET/path")
+            if parts.password is not None or (parts.username is not None
+                                              and scheme in _CREDENTIALS):
+                raise StorageError(
+                    f"{redact_credentials(text)!r} holds credentials: a URI is written to logs, "
+                    "the run's config and its manifest. Give them through the environment "
+                    "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, the GCS default "
+                    f"credentials) and write it as {scheme}://BUCKET/path")
             key = posixpath.normpath("/" + parts.path).lstrip("/") if parts.path.strip("/") \
                 else ""
             self.scheme = "gs" if scheme == "gcs" else scheme

@@ -191,7 +191,8 @@ def ray_session(config: RayConfig, address: str | None = None,
                 yield ClusterInfo(address or "local", cpus, gpus, nodes, ray_logs(),
                                   cluster_memory())
             finally:
-                ray.shutdown()
+                with _keep_sigterm():
+                    ray.shutdown()
     finally:
         for watchdog in [w for w in _watchdogs if w not in others]:  # the one of this start
             _stop_watchdog(watchdog)
@@ -290,10 +291,19 @@ def _probe(where: str, timeout: float = 5.0) -> None:
 
 @contextmanager
 def _keep_sigterm() -> Iterator[None]:
-    """Around `ray.init`: it sets its own SIGTERM handler (sys.exit) and its C++ core a
-    failure-signal handler that prints a C stack dump on SIGTERM. Afterwards SIGTERM goes to
-    the handler the program had (the CLI's, which stops like Ctrl-C) or else to Ray's Python
-    one — never to the dump."""
+    """Around `ray.init` and `ray.shutdown`: init sets its own SIGTERM handler (sys.exit) and
+    its C++ core a failure-signal handler that prints a C stack dump on SIGTERM, and shutdown
+    uninstalls that one by setting SIGTERM back to the default action, under Python's feet —
+    a SIGTERM after it killed the driver (exit -15) instead of stopping it. So this driver's
+    core installs no failure-signal handler (Ray's own switch, `ray_constants`; its workers
+    keep theirs), and afterwards SIGTERM goes to the handler the program had (the CLI's,
+    which stops like Ctrl-C) or else to Ray's Python one — never to the dump or the default."""
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True  # read when the core starts
+    except ImportError:  # a future Ray without it: the handler is restored below all the same
+        pass
     if threading.current_thread() is not threading.main_thread():
         yield
         return

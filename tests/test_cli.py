@@ -335,3 +335,22 @@ def test_train_student_on_ray_that_does_not_answer_leaves_no_folder(tmp_path):
     line = one_error_line(proc)
     assert line.startswith("error: cannot join Ray at ") and "Connection refused" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["data.root", "--out"])
+def test_credentials_in_a_uri_are_refused_and_never_shown(synthetic_coco, tmp_path, where):
+    """`s3://KEY:SECRET@bucket/…` (which pyarrow would take) puts the secret into every message
+    naming the folder, the run's config and its manifest: refused in one line that shows
+    neither part, also at -vv (where the traceback is logged too)."""
+    uri = "s3://AKIACANARYKEY:Canary%2BSecret@bucket/data"
+    out = tmp_path / "run"
+    args = [*_label_into(synthetic_coco, out if where == "data.root" else uri)]
+    if where == "data.root":
+        args += ["--set", f"data.root={uri}"]
+    proc = distill("-vv", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "CANARYKEY" not in proc.stdout + proc.stderr, proc.stderr
+    assert "Canary" not in proc.stdout + proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'s3://***@bucket/data' holds credentials" in errors[0], errors
+    assert not out.exists() or not (out / "config.toml").exists()

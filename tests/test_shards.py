@@ -149,6 +149,45 @@ def test_a_crash_while_writing_leaves_no_file_under_the_final_name(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("at", ["rows", "footer 1", "footer 2"])
+def test_an_interrupt_while_a_shard_closes_closes_its_parquet_writer_once(tmp_path, monkeypatch,
+                                                                           at):
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt) while the last rows go in, or inside the footer
+    write: the temp goes, and pyarrow's finalizer does not close the writer (again) onto the
+    closed temp file ("Exception ignored in ParquetWriter.__del__ … write to closed file")."""
+    import gc
+    import sys
+
+    from distill import storage
+
+    path = tmp_path / "val2017-00000.parquet"
+    writer = ShardWriter(path, make_metadata("f", {}), row_group_size=8)
+    writer.write(make_sample(1))  # buffered: close() writes it, then the footer
+    if at == "rows":
+        def interrupted_rows(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(pq.ParquetWriter, "write_table", interrupted_rows)
+    else:
+        real, calls = storage._HashingSink.write, []
+
+        def interrupted(self, data):
+            calls.append(len(data))
+            if len(calls) == int(at.split()[1]):
+                raise KeyboardInterrupt
+            return real(self, data)
+
+        monkeypatch.setattr(storage._HashingSink, "write", interrupted)
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(KeyboardInterrupt), writer:
+        pass
+    del writer
+    gc.collect()
+    assert not unraisable, [f"{u.object}: {u.exc_value!r}" for u in unraisable]
+    assert os.listdir(tmp_path) == []
+
+
 def test_label_maps_must_be_at_the_original_resolution(tmp_path):
     s = make_sample(1)
     s.depth16 = s.depth16[:-1]

@@ -172,3 +172,22 @@ def test_removing_files_on_s3_leaves_no_folder_marker(s3_bucket):
     Location(f"{s3_bucket}/run/manifest.json").delete()
     listed = boto3.client("s3").list_objects_v2(Bucket=s3_bucket.removeprefix("s3://"))
     assert listed.get("Contents", []) == []
+
+
+@pytest.mark.parametrize("uri", ["s3://Ident:Hush@bucket/run", "s3://Ident@bucket/run",
+                                 "gs://Ident:Hush@bucket", "hdfs://Ident:Hush@namenode/run"])
+def test_a_uri_holding_credentials_is_refused_without_showing_them(uri):
+    with pytest.raises(StorageError, match="holds credentials") as err:
+        storage.Location(uri)
+    assert "***@" in str(err.value) and "Ident" not in str(err.value)
+    assert "Hush" not in str(err.value)
+
+
+def test_user_names_that_are_no_secret_stay():
+    """An HDFS user and an Azure container sit where credentials would; they are kept."""
+    assert storage.Location("hdfs://alice@namenode:8020/run").path == "alice@namenode:8020/run"
+    assert storage.Location("abfs://box@acct.dfs.core.windows.net/run").path.startswith("box@")
+    text = "s3://bucket/icon@2x.png, hdfs://alice@namenode/run, abfs://box@acct/run"
+    assert storage.redact_credentials(text) == text
+    assert storage.redact_credentials("at 's3://Ident@bucket/x' and gs://Ident:Hush@b") == \
+        "at 's3://***@bucket/x' and gs://***@b"

@@ -1,13 +1,16 @@
 """generate-labels with the data root and the run folder on an S3-compatible store (moto's server
 on 127.0.0.1): shards read back with plain pyarrow, SIGKILL + resume equal to a local run with no
-temp objects left, one writer per run, and `--new-run` leaving a user's objects alone."""
+temp objects left, one writer per run, `--new-run` leaving a user's objects alone, and no
+credential in any log at -vv."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import boto3
 import pyarrow.parquet as pq
@@ -17,11 +20,13 @@ from distill.manifest import read_manifest
 from distill.runfolder import LabelRun, resolve_shards
 from distill.shards import decode_row
 from distill.storage import Location
+from pipelines.cluster import ray_logs
 from pipelines.generate_labels import RunOptions, generate_labels
 from tests.conftest import (
     assert_same_sample,
     committed_shards,
     label_config,
+    make_coco7,
     run_until,
     s3_keys,
     shard_rows,
@@ -122,3 +127,35 @@ def test_new_run_on_s3_leaves_a_users_objects_alone(s3_bucket, ray_address, labe
     assert not [k for k in keys if k.startswith("shards/") and k.removeprefix("shards/")
                 in before - now]  # the old run's other shards are gone
     assert result.summary["images"]["written"] == 2
+
+
+SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def test_no_credential_reaches_the_console_the_run_folder_or_rays_logs(tmp_path, s3_bucket,
+                                                                      ray_address):
+    """-vv, as a bug report asks for, on a run whose data and run folder are on S3: a canary
+    value in every AWS credential variable of the CLI's environment (moto takes any) appears
+    neither on its stdout or stderr, nor in any object of the run folder, nor in the logs the
+    driver writes into Ray's session folder."""
+    root = upload_folder(make_coco7(tmp_path / "coco"), f"{s3_bucket}/coco")
+    out = f"{s3_bucket}/run"
+    canaries = {name: f"Canary{name.title().replace('_', '')}{secrets.token_hex(8)}"
+                for name in SECRETS}
+    cmd = _cli(root, out, str(ray_address))
+    cmd.insert(cmd.index("run"), "-vv")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **canaries})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Found credentials in environment variables" in proc.stderr  # the canaries were used
+    texts = {"stdout": proc.stdout, "stderr": proc.stderr}
+    for key in s3_keys(out):
+        texts[f"{out}/{key}"] = Location(f"{out}/{key}").read_bytes().decode("latin-1")
+    logs = Path(ray_logs())
+    assert logs.is_dir()
+    for path in logs.rglob("*"):
+        if path.is_file():
+            texts[str(path)] = path.read_bytes().decode("latin-1")
+    leaks = {name: [where for where, text in texts.items() if value in text]
+             for name, value in canaries.items()}
+    assert not any(leaks.values()), leaks
