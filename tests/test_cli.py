@@ -322,16 +322,25 @@ def test_address_auto_with_a_dead_ray_address_fails_fast(synthetic_coco, tmp_pat
 def test_train_student_on_ray_that_does_not_answer_leaves_no_folder(tmp_path):
     """`--num-workers 1 --address <closed port>`: one line, and no run folder (the folder is
     claimed as a student run only once Ray is joined)."""
+    from distill.config import load_config
+    from distill.labels.tokens import vocabulary_from_shards, write_vocabulary_file
     from distill.runfolder import shard_name
     from tests.test_viz import make_labelled_sample, write_shard
 
     shards = tmp_path / "shards"
     shards.mkdir()
     write_shard(shards / shard_name("val2017", 0), [make_labelled_sample(i) for i in (1, 2)])
+    # The shards' own vocabulary, given with --vocab (a plain folder would warn that it is
+    # rebuilt, a second line)
+    cfg = load_config("demo")
+    vocab, meta = vocabulary_from_shards(sorted(shards.glob("*.parquet")), cfg.labels.glove,
+                                         cfg.labels.vocab_size)
+    write_vocabulary_file(tmp_path / "vocab.parquet", vocab, vocab.dim, meta)
     out = tmp_path / "student"
     port = closed_port()
     proc = distill("run", "train-student", "--preset", "demo", "--shards", str(shards), "--out",
-                   str(out), "--num-workers", "1", "--address", f"127.0.0.1:{port}", check=False)
+                   str(out), "--vocab", str(tmp_path / "vocab.parquet"), "--num-workers", "1",
+                   "--address", f"127.0.0.1:{port}", check=False)
     line = one_error_line(proc)
     assert line.startswith("error: cannot join Ray at ") and "Connection refused" in line
     assert not out.exists()

@@ -184,6 +184,7 @@ def test_without_an_address_a_run_never_joins_ray_address(monkeypatch, caplog):
     monkeypatch.setattr(ray, "get_runtime_context",
                         lambda: type("Ctx", (), {"gcs_address": "127.0.0.1:1"})())
     monkeypatch.setattr(cluster, "cluster_resources", lambda: (2.0, 0.0, 1))
+    monkeypatch.setattr(cluster, "cluster_memory", lambda: 8e9)  # no Ray to ask (run alone)
     monkeypatch.setattr(cluster, "start_local_ray", lambda *a, **k: calls.append("local"))
     monkeypatch.setattr(cluster, "_join", lambda address, common: calls.append(address) or "x",
                         raising=False)
