@@ -17,20 +17,17 @@ def config_show(
     set_: SetOpt = None,
 ) -> None:
     """Print the resolved config as TOML (readable back with --config) and its fingerprint."""
-    from distill.config import dump_toml, load_config
+    import distill
+    from distill.config import load_config
 
-    cfg = load_config(preset, config, set_)
-    labels = cfg.fingerprint(("data", "teachers", "labels", "shards"))
-    typer.echo(f"# preset: {cfg.preset}")
-    typer.echo(f"# fingerprint: {cfg.fingerprint()}  (labels: {labels})")
-    typer.echo(dump_toml(cfg))
+    typer.echo(distill.show_config(load_config(preset, config, set_)))
 
 
 @config_app.command("presets")
 def config_presets() -> None:
     """List the named presets."""
-    from distill.config import available_presets
+    import distill
 
-    for name in available_presets():
+    for name in distill.list_presets():
         typer.echo(name)
 

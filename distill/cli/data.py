@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 
 from distill.cli.exits import handles_errors
 from distill.cli.groups import data_app
-from distill.cli.options import ConfigOpt, PresetOpt, SetOpt, progress_bar
+from distill.cli.options import ConfigOpt, PresetOpt, SetOpt
 
 
 @data_app.command("check")
@@ -39,72 +40,55 @@ def data_check(
       distill data check /data/coco --split val2017 --decode \\
           --set data.max_image_pixels=200000000
     """
-    import time
-    from collections import Counter
+    import distill
+    from distill.config import load_config
+    from distill.progress import Progress
 
-    from distill.coco import open_dataset
+    cfg = load_config(preset, config, list(set_ or [])) if decode else None
+    tty = sys.stderr.isatty()
+    with contextlib.ExitStack() as stack:
+        bar: list[Progress] = []  # made on the first decoded image, when the total is known
+        last = [time.monotonic()]
 
-    reader_log = logging.getLogger("distill.coco")
-    level = reader_log.level
-    reader_log.setLevel(logging.ERROR)  # its warning about left-out entries: they are listed below
-    try:
-        ds = open_dataset(root, split)
-    finally:
-        reader_log.setLevel(level)
-    people = sum(len(r.persons) for r in ds.records)
-    with_kp = sum(1 for r in ds.records for p in r.persons if p.num_keypoints > 0)
-    captions = sum(len(r.captions) for r in ds.records)
+        def decoding(done: int, total: int, failed: int) -> None:
+            if not bar:
+                bar.append(stack.enter_context(Progress("decode", total, "images", enabled=tty)))
+            bar[0].advance(1)
+            if not tty and (time.monotonic() - last[0] >= 10 or done == total):
+                typer.echo(f"decode: {done}/{total} images, {failed} failed", err=True)
+                last[0] = time.monotonic()
+
+        check = distill.check_data(root, split, decode=decode, config=cfg, progress=decoding)
+    ds = check.dataset
     typer.echo(f"{ds.kind} dataset {ds.root} split {ds.split} (images in {ds.image_dir})")
-    typer.echo(f"  images:   {len(ds.records)}")
-    typer.echo(f"  persons:  {people} ({with_kp} with keypoints)")
-    typer.echo(f"  captions: {captions}")
+    typer.echo(f"  images:   {check.images}")
+    typer.echo(f"  persons:  {check.persons} ({check.with_keypoints} with keypoints)")
+    typer.echo(f"  captions: {check.captions}")
     typer.echo(f"  problems: {len(ds.problems)}")
-    for kind, n in Counter(p.error_type for p in ds.problems).most_common():
-        example = next(p for p in ds.problems if p.error_type == kind)
+    for kind, n, example in check.problem_kinds():
         typer.echo(f"    {kind}: {n}  e.g. image {example.image_id}: {example.message}")
     shown = 20
-    if ds.dropped:
-        kinds = ", ".join(f"{k} {n}" for k, n in
-                          Counter(d.error_type for d in ds.dropped).most_common())
-        typer.echo(f"  left out: {len(ds.dropped)} annotation entries ({kinds}); no image is "
+    if check.dropped:
+        kinds = ", ".join(f"{k} {n}" for k, n in check.dropped_kinds())
+        typer.echo(f"  left out: {len(check.dropped)} annotation entries ({kinds}); no image is "
                    "quarantined for them")
-        for d in ds.dropped[:shown]:
+        for d in check.dropped[:shown]:
             typer.echo(f"    {d.error_type}: {d.message}")
-        if len(ds.dropped) > shown:
-            typer.echo(f"    … and {len(ds.dropped) - shown} more")
-    if not decode:
+        if len(check.dropped) > shown:
+            typer.echo(f"    … and {len(check.dropped) - shown} more")
+    if check.data is None:
         typer.echo("  (images were not decoded: --decode decodes each one, as generate-labels "
                    "will)")
         return
-
-    from distill.config import load_config
-    from pipelines.stages import Item, decode_items
-
-    data = load_config(preset, config, list(set_ or [])).data
-    failures = []
-    tty = sys.stderr.isatty()
-    last = time.monotonic()
-    with progress_bar(len(ds.records), "decode", "images", tty) as advance:
-        for done, record in enumerate(ds.records, 1):
-            item = Item(image_id=record.image_id, shard="", split=ds.split, roles=(),
-                        file_name=record.file_name, record=record)
-            decode_items([item], data)
-            if item.failure is not None:
-                failures.append(item.failure)
-            advance(1)
-            if not tty and (time.monotonic() - last >= 10 or done == len(ds.records)):
-                typer.echo(f"decode: {done}/{len(ds.records)} images, {len(failures)} failed",
-                           err=True)
-                last = time.monotonic()
-    good = len(ds.records) - len(failures)
-    typer.echo(f"  decoded:  {good} of {len(ds.records)} images (data.max_image_pixels = "
+    failures, data = check.failures, check.data
+    typer.echo(f"  decoded:  {check.usable} of {check.images} images (data.max_image_pixels = "
                f"{data.max_image_pixels}, data.min_image_side = {data.min_image_side}); "
                f"{len(failures)} do not")
     for f in failures[:shown * 5]:
         typer.echo(f"    image {f.image_id} {f.file_name}: {f.error_type}: {f.message}")
     if len(failures) > shown * 5:
         typer.echo(f"    … and {len(failures) - shown * 5} more")
-    typer.echo(f"  usable:   {good} images (what generate-labels will label)")
+    typer.echo(f"  usable:   {check.usable} images (what generate-labels will label)")
 
 
 @data_app.command("make-demo")
@@ -115,8 +99,8 @@ def data_make_demo(
     ),
 ) -> None:
     """Build a small COCO-format demo set (val2017) from scikit-image's bundled real photos."""
-    from distill.demo import make_demo_dataset
+    import distill
 
-    ds = make_demo_dataset(out)
+    ds = distill.make_demo(out)
     typer.echo(f"wrote {len(ds.records)} images with annotations to {out}")
 

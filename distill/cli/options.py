@@ -1,10 +1,9 @@
-"""Options several commands share (--preset, -c, --set, --out, --checkpoint, …) and what they
-turn into: image ids, the device's name, a progress bar."""
+"""Options several commands share (--preset, -c, --set, --out, --checkpoint, …) and what two
+of them turn into: image ids (`--image-ids 139,285` or `@ids.txt`), a label run's default
+folder."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,23 +77,6 @@ VocabOpt = Annotated[
     str | None,
     typer.Option(help="vocab.parquet to decode tokens with (default: the student run's own)."),
 ]
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, description: str, unit: str, enabled: bool = True) -> Iterator[
-        Callable[[int], None]]:
-    """A progress bar with done/total, rate and ETA (`distill.progress`); yields `advance(n)`."""
-    from distill.progress import Progress
-
-    with Progress(description, total, unit, enabled=enabled) as bar:
-        yield bar.advance
-
-
-def device_name(name: str) -> str:
-    from distill.student.train import resolve_device
-
-    return str(resolve_device(name))
-
 EngineOpt = Annotated[
     str, typer.Option(help="What runs the network: auto (a checkpoint: PyTorch; a file distill "
                       "export wrote: its runtime), torch, onnxruntime, torchscript.")]

@@ -22,11 +22,8 @@ from distill.cli.options import (
     SetOpt,
     VocabOpt,
     default_out,
-    device_name,
     parse_ids,
-    progress_bar,
 )
-from distill.errors import DistillError
 
 logger = logging.getLogger(__name__)
 
@@ -222,15 +219,10 @@ def run_retry_failed(
     giving more memory), or with --ids the images named. Uses the run's own config.toml; --set
     may change runtime settings (batch sizes, devices, workers) but nothing that changes
     labels."""
-    from distill.config import load_config
-    from distill.runfolder import LabelRun
+    from distill.api_labels import run_config
     from pipelines.generate_labels import RunOptions, generate_labels
 
-    run = LabelRun(out)
-    if not run.is_run() or not run.config.is_file():
-        raise DistillError(f"{out} is not a generate-labels run folder (no manifest.json and "
-                           "config.toml)")
-    cfg = load_config(None, [run.config], list(set_ or []))
+    cfg = run_config(out, list(set_ or []))
     options = RunOptions(out=out, retry_failed=True, retry_ids=parse_ids(ids, "--ids"),
                          address=address, live=live,
                          verbose=logging.getLogger().level <= logging.INFO)
@@ -351,46 +343,24 @@ def run_evaluate(
       distill run evaluate -k /runs/student/checkpoints/best \\
           --shards /runs/coco-val/shards
     """
-    import json
-
     from rich.console import Console
 
-    from distill.runfolder import find_label_run, resolve_shards
-    from distill.shards import open_shard
-    from distill.storage import atomic_write_bytes
-    from distill.student.evaluate import evaluate, format_evaluation, trained_on
-    from distill.student.predict import load_student, run_folder
+    import distill
+    from distill.student.evaluate import format_evaluation
 
-    dev = device_name(device)
-    student = load_student(checkpoint, dev, vocab=vocab, overrides=list(set_ or []))
-    paths = resolve_shards(shards)  # the one discovery rule: run folder, shards/, glob, files
-    labels = find_label_run(shards) or find_label_run(paths[0])
-    seen = trained_on(run_folder(student.checkpoint), paths)
+    result = distill.evaluate(checkpoint, shards, out=out, batch_size=batch_size, limit=limit,
+                              pose=pose, workers=workers, device=device, vocab=vocab,
+                              overrides=list(set_ or []), progress=sys.stderr.isatty())
+    seen = result.trained_on
     if seen:  # scores on its own training data say little about the student
         shown = ", ".join(seen[:3]) + (" …" if len(seen) > 3 else "")
-        typer.secho(f"warning: the student was trained on {len(seen)} of these {len(paths)} "
+        typer.secho(f"warning: the student was trained on {len(seen)} of these {result.shards} "
                     f"shard(s) ({shown}); scores on training data overstate it: evaluate on "
                     "held-out shards (another split's run)", fg=typer.colors.YELLOW, err=True)
-    if student.vocab is None and vocab is None:  # as training found it: the labelling run's
-        beside = labels.vocab if labels is not None else None
-        if beside is not None and beside.is_file():
-            student = load_student(checkpoint, dev, vocab=beside, overrides=list(set_ or []))
-        else:
-            logger.warning("no vocabulary for %s: token cosines are not scored", checkpoint)
-    total = sum(open_shard(p).metadata.num_rows for p in paths)
-    total = min(total, limit) if limit is not None else total
-    with progress_bar(total, "evaluate", "images", sys.stderr.isatty()) as advance:
-        report = evaluate(student.model, student.config, paths, vocab=student.vocab,
-                          epoch=student.epoch, device=dev, batch_size=batch_size,
-                          workers=workers, limit=limit, pose=pose, progress=advance)
-    report = {"checkpoint": str(student.checkpoint), "shards": str(shards),
-              "trained_on": seen, **report}
-    path = out or run_folder(student.checkpoint).evaluation
-    atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
     console = Console()
-    for renderable in format_evaluation(report):
+    for renderable in format_evaluation(result.report):
         console.print(renderable)
-    typer.echo(f"report: {path}")
+    typer.echo(f"report: {result.path}")
 
 
 @run_app.command("audit")
@@ -403,10 +373,11 @@ def run_audit(
     """Measure the teachers against COCO ground truth where COCO has it: the panoptic teacher's
     Persons/Vehicles/Animals groups against the instance masks (IoU), the caption teacher's
     tokens against the five human captions. Writes OUT/audit.json and prints a table."""
-    from distill.audit import audit_run, format_audit
+    import distill
+    from distill.audit import format_audit
     from distill.runfolder import LabelRun
 
-    report = audit_run(out, limit=limit, progress=sys.stderr.isatty())
+    report = distill.audit_run(out, limit=limit, progress=sys.stderr.isatty())
     typer.echo(format_audit(report))
     typer.echo(f"report: {LabelRun(out).audit}")
 
