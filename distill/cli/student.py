@@ -221,7 +221,7 @@ def view(
         typer.secho(f"warning: serving on {host}: anyone who can reach this machine on port "
                     f"{port} can read the run (no authentication)", fg=typer.colors.YELLOW,
                     err=True)
-    app = distill.create_viewer(run, checkpoint=checkpoint, device=device)
+    viewer = distill.create_viewer(run, checkpoint=checkpoint, device=device)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
@@ -229,9 +229,9 @@ def view(
         except OSError as exc:
             raise DistillError(f"cannot serve on {host}:{port}: {exc.strerror or exc} "
                                "(pass another --port)") from None
-    rows = app.state.view.total_rows()
+    rows = viewer.state.view.total_rows()
     typer.echo(f"distill view: {run} ({rows:,} rows) at http://{host}:{port}/  (Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(viewer, host=host, port=port, log_level="warning")
 
 
 @app.command("inspect")

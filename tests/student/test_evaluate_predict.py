@@ -349,6 +349,7 @@ def test_evaluate_knows_the_shards_a_student_trained_on(tmp_path):
     assert trained_on(StudentRun(tmp_path / "nothing"), [a]) == []
 
 
+@pytest.mark.slow
 def test_api_evaluate_predict_and_show_return_what_the_cli_prints(trained, labelled_coco7,
                                                                    tmp_path):
     """`distill.evaluate`, `distill.predict` and `distill.show`: the functions the commands
