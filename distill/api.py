@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distill import _API
+from distill import _API_MODULES
 from distill.config import TEACHER_BACKENDS, Config, TeacherConfig
 from distill.config import load_config as _load_config
 from distill.errors import ConfigError, DistillError
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from distill.student.predict import ExportedStudent, LoadedStudent, Prediction, Predictor
     from teachers.base import Teacher
 
-__all__ = list(_API)  # the names `import distill` exports
+__all__ = list(_API_MODULES["distill.api"])  # its names `import distill` exports
 
 PathLike = str | os.PathLike[str] | Location
 

@@ -35,6 +35,7 @@ __all__ = [
     "Item",
     "TeacherStage",
     "decode_items",
+    "decode_records",
     "is_out_of_memory",
     "labels_context",
     "postprocess_items",
@@ -173,6 +174,23 @@ def decode_items(items: list[Item], data: DataConfig) -> list[Item]:
         item.array, item.size = array, (w, h)
     _share_seconds(items, "decode", time.perf_counter() - start)
     return items
+
+
+def decode_records(records: list[ImageRecord], split: str, data: DataConfig,
+                   progress: Callable[[int, int, int], None] | None = None) -> list[Failure]:
+    """Decode a dataset's images one by one exactly as a label run's decode stage does
+    (`decode_items`; `distill data check --decode`), and return those that fail. `progress` is
+    called after each image with (images done, images in all, failures so far)."""
+    failures: list[Failure] = []
+    for done, record in enumerate(records, 1):
+        item = Item(image_id=record.image_id, shard="", split=split, roles=(),
+                    file_name=record.file_name, record=record)
+        decode_items([item], data)
+        if item.failure is not None:
+            failures.append(item.failure)
+        if progress is not None:
+            progress(done, len(records), len(failures))
+    return failures
 
 
 def _share_seconds(items: list[Item], stage: str, seconds: float) -> None:

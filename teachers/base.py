@@ -116,6 +116,11 @@ class Teacher(abc.ABC, Generic[R]):
 
     name: ClassVar[str]
     role: ClassVar[str]
+    # What `distill teachers list` says of the backend (`teachers.registry.backend_status`):
+    requires: ClassVar[str | None] = None  # a package it needs beyond distill's, e.g. "adet"
+    requires_import: ClassVar[str | None] = None  # what must import (installed is not enough)
+    without_package: ClassVar[str | None] = None  # its status without `requires`, if it runs
+    needs_cuda: ClassVar[bool] = False  # no CPU implementation
 
     def __init__(self, config: TeacherConfig) -> None:
         self.config = config

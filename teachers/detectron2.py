@@ -236,6 +236,8 @@ class Detectron2Teacher(Teacher[PanopticResult]):
 
     name = "detectron2"
     role = "panoptic"
+    requires = "detectron2"
+    requires_import = "detectron2.model_zoo"  # its model zoo needs pkg_resources
 
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__(config)

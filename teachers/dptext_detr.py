@@ -169,6 +169,9 @@ class DPTextDETR(Teacher[TextResult]):
 
     name = "dptext-detr"
     role = "text"
+    requires = "adet"
+    requires_import = "adet.config"
+    needs_cuda = True  # no CPU deformable attention
 
     def __init__(self, config: TeacherConfig) -> None:
         super().__init__(config)

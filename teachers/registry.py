@@ -5,14 +5,17 @@ a backend is created, so listing backends never imports torch."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from distill.config import TEACHER_BACKENDS, TeacherConfig
+from distill.config import TEACHER_BACKENDS, TeacherConfig, TeachersConfig
 from distill.errors import ConfigError
 from teachers.base import Teacher
 
-__all__ = ["available", "create_teacher", "get_teacher_class", "register"]
+__all__ = ["BackendStatus", "available", "backend_status", "create_teacher",
+           "get_teacher_class", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +66,51 @@ def create_teacher(role: str, config: TeacherConfig) -> Teacher[Any]:
     logger.info("loading %s teacher %s (%s %s)", role, config.backend, config.variant,
                 config.checkpoint or "random init")
     return cls(config)
+
+
+@dataclass
+class BackendStatus:
+    """One backend as `distill teachers list` shows it: whether it can run here (`status`, in
+    words; `ready`), the paper's checkpoint when it is the paper's choice for its role, and
+    why its package fails to import when installed but broken (`import_error`, with the fix
+    when one is known)."""
+
+    role: str
+    name: str
+    status: str
+    ready: bool
+    paper_checkpoint: str = ""
+    package: str | None = None
+    import_error: str | None = None
+
+
+def backend_status() -> list[BackendStatus]:
+    """Every backend distill ships, role by role, as each backend class declares its needs
+    (`Teacher.requires`, `requires_import`, `without_package`, `needs_cuda`): importing the
+    backend modules loads torch, never the optional packages themselves, except the import
+    that proves one works."""
+    import torch
+
+    paper = TeachersConfig().roles()
+    cuda = torch.cuda.is_available()
+    rows = []
+    for role, names in TEACHER_BACKENDS.items():
+        for name in names:
+            cls = get_teacher_class(name)
+            package, error = cls.requires, None
+            ok = package is None or importlib.util.find_spec(package) is not None
+            status = "ready" if ok else (cls.without_package
+                                         or f"needs `{package}` (not installed)")
+            if ok and cls.requires_import is not None:
+                try:  # installed is not enough: detectron2's own import can fail
+                    importlib.import_module(cls.requires_import)
+                except Exception as exc:  # reported, whatever it is
+                    hint = " (pip install 'setuptools<81')" if "pkg_resources" in str(exc) else ""
+                    error = f"{type(exc).__name__}: {exc}{hint}"
+                    status, ok = f"`{package}` installed, fails to import", False
+            if ok and cls.needs_cuda and not cuda:
+                status, ok = "needs a CUDA GPU (none here)", False
+            mark = paper[role].checkpoint if paper[role].backend == name else ""
+            rows.append(BackendStatus(role, name, status, ok or status == cls.without_package,
+                                      mark, package, error))
+    return rows

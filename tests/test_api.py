@@ -83,3 +83,99 @@ def test_create_teacher_by_backend_or_role():
         distill.create_teacher("depth-anything")
     with pytest.raises(distill.DistillError, match="checkpoint is empty"):
         distill.create_teacher("depth", variant="pretrained")
+
+
+# Each command of the CLI and the function of `import distill` it calls.
+COMMAND_FUNCTIONS = {
+    ("run", "generate-labels"): "generate_labels", ("run", "retry-failed"): "retry_failed",
+    ("run", "train-student"): "train_student", ("run", "evaluate"): "evaluate",
+    ("run", "audit"): "audit_run", ("config", "show"): "show_config",
+    ("config", "presets"): "list_presets", ("data", "check"): "check_data",
+    ("data", "make-demo"): "make_demo", ("teachers", "list"): "list_teachers",
+    ("predict",): "predict", ("export",): "export", ("show",): "show",
+    ("view",): "create_viewer", ("inspect",): "inspect_labels",
+}
+
+
+def _commands(command, path=()):
+    subs = getattr(command, "commands", None)
+    if not subs:
+        yield path
+    for name, sub in sorted((subs or {}).items()):
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_command_has_its_api_function():
+    """Everything the CLI does is a function of `import distill`, documented as that command's
+    function, with a return type."""
+    import importlib.util
+
+    from distill.cli import cli
+
+    assert set(_commands(cli())) == set(COMMAND_FUNCTIONS)
+    # a name that is also a module of distill would become that module once it is imported
+    assert not [n for n in distill.__all__ if importlib.util.find_spec(f"distill.{n}")]
+    for path, name in COMMAND_FUNCTIONS.items():
+        assert name in distill.__all__, name
+        fn = getattr(distill, name)
+        assert f"`distill {' '.join(path)}`" in fn.__doc__, name
+        assert fn.__annotations__["return"] not in (None, "None"), name  # it returns a result
+
+
+def test_config_and_teachers_functions():
+    cfg = distill.load_config(preset="demo", overrides={"train.epochs": 3})
+    text = distill.show_config(cfg)
+    assert text.startswith(f"# preset: demo\n# fingerprint: {cfg.fingerprint()}")
+    assert distill.load_config(files=[_written(text)]).train.epochs == 3
+    assert distill.list_presets() == ["demo", "paper"]
+    from distill.config import TEACHER_BACKENDS
+
+    rows = distill.list_teachers()
+    assert [(r.role, r.name) for r in rows] == [
+        (role, name) for role, names in TEACHER_BACKENDS.items() for name in names]
+    paper = {r.name: r.paper_checkpoint for r in rows if r.paper_checkpoint}
+    assert paper["depth-anything-v2"] == "depth-anything/Depth-Anything-V2-Large-hf"
+    assert next(r for r in rows if r.name == "mask2former").ready
+
+
+def _written(text: str):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_check_data_summarises_and_decodes(tmp_path):
+    from tests.conftest import make_coco7
+
+    root = make_coco7(tmp_path / "coco")
+    (root / "val2017" / sorted(p.name for p in (root / "val2017").iterdir())[0]).write_bytes(
+        b"not a jpeg")
+    check = distill.check_data(root, "val2017")
+    assert (check.images, check.decoded, check.usable, check.failures) == (7, False, None, [])
+    assert check.persons >= check.with_keypoints > 0 and check.captions > 0
+    check = distill.check_data(root, "val2017", decode=True,
+                               config=distill.load_config(preset="demo"))
+    assert check.usable == 6 and [f.stage for f in check.failures] == ["decode"]
+
+
+def test_inspect_audit_show_and_viewer_on_a_run(labelled_coco7, tmp_path):
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    _, out, _ = labelled_coco7
+    report = distill.inspect_labels(out, sample_rows=2, json_out=tmp_path / "inspect.json")
+    assert report["rows"]["total"] == 7 and (tmp_path / "inspect.json").is_file()
+    picture = distill.show(out, row=6, out=tmp_path / "row.png", width=96)
+    assert picture.path.is_file() and picture.width > 0 and picture.warning
+    with TestClient(distill.create_viewer(out)) as client:
+        assert client.get("/").status_code == 200
+    run = tmp_path / "run"  # audit writes RUN/audit.json: a copy, the session's run stays
+    shutil.copytree(out, run)
+    audit = distill.audit_run(run, limit=2)
+    assert audit["rows"] == 2 and (run / "audit.json").is_file()
+    with pytest.raises(distill.DistillError, match="not a generate-labels run folder"):
+        distill.retry_failed(tmp_path)

@@ -17,6 +17,7 @@ PROGRAM = """
 import os, signal, sys, time
 import pipelines.generate_labels as run
 from distill import cli
+import distill.cli.run as commands
 from distill.errors import DistillError
 
 def stand_in(config, options):
@@ -28,7 +29,7 @@ def stand_in(config, options):
     raise AssertionError("the signal raised nothing")
 
 run.generate_labels = stand_in
-cli._report_run = lambda result: None
+commands._report_run = lambda result: None
 sys.argv = ["distill", "run", "generate-labels", "--preset", "demo", "--out", sys.argv[1]]
 cli.main()
 """

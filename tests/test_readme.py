@@ -30,18 +30,20 @@ def test_readme_snippet_reads_a_shard(tmp_path):
 
 @pytest.mark.slow
 def test_readme_python_api_runs_as_written(tmp_path, ray_address, monkeypatch):
-    """The "Python API" section, run in this process (the session's Ray is used, as in a
-    notebook that called ray.init) on a 7-image COCO folder in place of demo-data/coco."""
+    """The "Python API" section's code blocks, run in order in one namespace in this process
+    (the session's Ray is used, as in a notebook that called ray.init) on a 7-image COCO folder
+    in place of demo-data/coco: the labelling and training block, then every other command's
+    function on its run and student."""
     from tests.conftest import make_coco7
 
     text = README.read_text()
     section = text[text.index("## Python API"):text.index("## Reading a shard")]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    first, commands = re.findall(r"```python\n(.*?)```", section, re.S)
     make_coco7(tmp_path / "demo-data" / "coco")
     monkeypatch.chdir(tmp_path)  # the section's relative paths, as a user in their folder
     printed: list[str] = []
-    exec(compile(code, "README.md#python-api", "exec"),
-         {"print": lambda *a, **k: printed.append(" ".join(map(str, a)))})
+    namespace = {"print": lambda *a, **k: printed.append(" ".join(map(str, a)))}
+    exec(compile(first, "README.md#python-api", "exec"), namespace)
     assert printed[0].startswith("{'planned': 7, 'written': 7, 'quarantined': 0")
     rows = [line for line in printed[1:] if re.match(r"\d+ \(\d+, \d+, 3\) float32", line)]
     assert len(rows) == 7  # one line per image of the run
@@ -49,6 +51,18 @@ def test_readme_python_api_runs_as_written(tmp_path, ray_address, monkeypatch):
     assert (tmp_path / "demo-data" / "api-student" / "checkpoints" / "last").is_dir()
     # the epoch (0-based, as in metrics.jsonl) and the prediction's depth, at the last image's size
     assert re.fullmatch(r"0 \(60, 80\) \[.*\]", printed[-1]), printed[-1]
+
+    printed.clear()
+    exec(compile(commands, "README.md#python-api-commands", "exec"), namespace)
+    assert printed[0] == "['demo', 'paper'] # preset: demo"
+    assert printed[1] == "7 7 []"
+    assert printed[2] == "[('depth-anything-v2', True)]"
+    assert re.fullmatch(r"7 7 \(\d+, \d+\)", printed[3]), printed[3]
+    assert re.fullmatch(r"7 7 \[\] [0-9.e-]+", printed[4]), printed[4]
+    demo = tmp_path / "demo-data"
+    for written in ("row0.png", "run/audit.json", "api-student/evaluation.json",
+                    "pred/predictions.json", "student.onnx"):
+        assert (demo / written).is_file(), written
 
 
 def test_readme_group_comments_name_the_bits_in_order():

@@ -347,3 +347,30 @@ def test_evaluate_knows_the_shards_a_student_trained_on(tmp_path):
     shutil.copy(a.as_path(), copy)
     assert trained_on(run, [a, Location(copy), other]) == [a.name, a.name]
     assert trained_on(StudentRun(tmp_path / "nothing"), [a]) == []
+
+
+@pytest.mark.slow
+def test_api_evaluate_predict_and_show_return_what_the_cli_prints(trained, labelled_coco7,
+                                                                   tmp_path):
+    """`distill.evaluate`, `distill.predict` and `distill.show`: the functions the commands
+    call, their results as objects."""
+    import distill
+
+    out, shards = trained
+    root, _, _ = labelled_coco7
+    scores = distill.evaluate(out, shards, out=tmp_path / "eval.json", device="cpu",
+                              pose=False, limit=3)
+    assert scores.report["rows"] == 3 and scores.shards == 3 and len(scores.trained_on) == 3
+    assert json.loads((tmp_path / "eval.json").read_text()) == scores.report
+
+    pred = distill.predict(out, root / "val2017", out=tmp_path / "pred", device="cpu",
+                           sheets=False, batch_size=4)
+    assert len(pred.records) == 7 and pred.failed == [] and pred.frames_per_second["model"] > 0
+    assert json.loads(pred.predictions.read_text())["images"] == pred.records
+    with pytest.raises(distill.DistillError, match="one of the two"):
+        distill.predict(out, root / "val2017", video=tmp_path / "clip.mp4")
+
+    picture = distill.show(shards, row=1, out=tmp_path / "row1.png", checkpoint=str(out),
+                           device="cpu", width=96)
+    with Image.open(picture.path) as img:
+        assert img.size == (picture.width, picture.height)
