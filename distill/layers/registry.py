@@ -120,9 +120,14 @@ class LabelLayer:
 
     # -- QA -------------------------------------------------------------------------------
 
-    def statistics(self, sample: Sample) -> dict[str, float]:
-        """Per-row QA figures (name → value) that inspect reports and the viewer sorts by."""
-        return {}
+    stat_columns: ClassVar[tuple[str, ...]] = ()  # the columns `statistics` reads
+    statistic_names: ClassVar[tuple[str, ...]] = ()  # its figures the viewer sorts by
+
+    def statistics(self, row: Mapping[str, Any]) -> dict[str, float] | None:
+        """One row's QA figures (name → value; shares are fractions of the image's pixels)
+        from its encoded `stat_columns`: what `distill inspect` sums and the viewer sorts and
+        filters by. None when the row has no such label."""
+        return None
 
     @property
     def rewritten(self) -> tuple[str, ...]:

@@ -30,6 +30,8 @@ class TextLayer(LabelLayer):
     roles = ("text",)
     modalities = (Modality("text", 1),)
     layout_rank = 30
+    stat_columns = ("text_png",)
+    statistic_names = ("text_share",)
 
     def encode(self, sample: Sample, compress_level: int,
                wanted: Collection[str]) -> dict[str, Any]:
@@ -62,6 +64,12 @@ class TextLayer(LabelLayer):
         # The teacher's mask already covers its regions; redraw only if the threshold dropped some.
         sample.text_mask = result.mask if len(kept) == len(result.regions) else \
             rasterize_polygons([r.points for r in kept], sample.height, sample.width)
+
+    def statistics(self, row: Mapping[str, Any]) -> dict[str, float] | None:
+        mask = unpng(row["text_png"])
+        if mask is None:
+            return None
+        return {"text_share": float(np.count_nonzero(mask)) / mask.size if mask.size else 0.0}
 
 
 LAYER = TextLayer()
