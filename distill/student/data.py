@@ -47,6 +47,7 @@ from distill.config import TrainConfig
 from distill.errors import DistillError, ShardError
 from distill.images import decode_png, without_addresses
 from distill.labels.tokens import Vocabulary
+from distill.layers.registry import layers
 from distill.runfolder import resolve_shards
 from distill.shards import decode_row, open_shard
 from distill.storage import Location
@@ -59,7 +60,6 @@ logger = logging.getLogger(__name__)
 Unit = tuple[int, int]  # (index into ShardStream.paths, row group)
 _BUFFER_STREAM = 1  # keeps the shuffle buffer's generator apart from any per-example one
 BadRows = Literal["raise", "skip"]
-_PNG_COLUMNS = ("depth_png", "normals_png", "panoptic_png", "groups_png", "text_png")
 # The columns an example is built from (`build_example`); the others (panoptic ids and their
 # segments, text polygons, captions) are not read, and their PNGs are not decoded.
 LOADER_COLUMNS = ("image_id", "width", "height", "image", "exif_transpose", "depth_png",
@@ -258,7 +258,7 @@ def _cause(row: dict[str, Any], exc: BaseException) -> str:
     """What was wrong with a row, one line: the first PNG column that does not decode, if that
     was it (decode_row does not say which), and the error without memory addresses."""
     if not isinstance(exc, DistillError):
-        for column in _PNG_COLUMNS:
+        for column in (c.name for layer in layers() for c in layer.columns if c.encoded):
             value = row.get(column)
             if value is None:
                 continue

@@ -19,12 +19,11 @@ from distill.labels.depth import DEPTH_LEVELS
 from distill.labels.groups import GROUP_NAMES, TEXT_GROUP, decode_group_mask
 from distill.labels.keypoints import NUM_JOINTS
 from distill.labels.normals import decode_normals8
+from distill.layers.groups import CLASS_GROUPS
 from distill.shards import Sample
 
 __all__ = ["CLASS_GROUPS", "Labels", "labels_from_sample"]
 
-# The 10 class groups of output channels 34–43, in order.
-CLASS_GROUPS: tuple[str, ...] = tuple(g for k, g in enumerate(GROUP_NAMES) if k != TEXT_GROUP)
 
 
 @dataclass

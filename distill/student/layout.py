@@ -9,9 +9,13 @@
 
 Every target travels as uint8 and maps to [-1, 1] on the device, v / 127.5 - 1 (inactive = -1,
 the paper's INT8 transfer); HDM and pictures use (x + 1) / 2.
+
+The channels are the label layers' (`distill.layers`: each declares its `modalities`).
 """
 
 from __future__ import annotations
+
+from distill.layers.registry import builtin_layers
 
 __all__ = [
     "CHANNELS",
@@ -24,20 +28,27 @@ __all__ = [
     "TEXT",
 ]
 
-JOINTS = slice(0, 17)
-PAFS = slice(17, 29)
-DEPTH = slice(29, 30)
-NORMALS = slice(30, 33)
-TEXT = slice(33, 34)
-GROUPS = slice(34, 44)
-CHANNELS = 44
+
+def _modalities() -> dict[str, slice]:
+    """Each label layer's student channels (`LabelLayer.modalities`), layers in `layout_rank`
+    order: modality name (as in train.loss_gains) → its channels."""
+    out: dict[str, slice] = {}
+    start = 0
+    for layer in sorted(builtin_layers(), key=lambda layer: layer.layout_rank):
+        for modality in layer.modalities:
+            out[modality.key] = slice(start, start + modality.channels)
+            start += modality.channels
+    return out
+
 
 # Modality name (as in train.loss_gains) → its channels.
-MODALITIES: dict[str, slice] = {
-    "joints": JOINTS,
-    "pafs": PAFS,
-    "depth": DEPTH,
-    "normals": NORMALS,
-    "text": TEXT,
-    "segmentation": GROUPS,
-}
+MODALITIES: dict[str, slice] = _modalities()
+JOINTS = MODALITIES["joints"]
+PAFS = MODALITIES["pafs"]
+DEPTH = MODALITIES["depth"]
+NORMALS = MODALITIES["normals"]
+TEXT = MODALITIES["text"]
+GROUPS = MODALITIES["segmentation"]
+CHANNELS = max(s.stop for s in MODALITIES.values())
+assert (  # the paper's layout
+    slice(0, 17), slice(17, 29), slice(29, 30), slice(30, 33), slice(33, 34), slice(34, 44), 44) == (JOINTS, PAFS, DEPTH, NORMALS, TEXT, GROUPS, CHANNELS)
