@@ -44,6 +44,7 @@ __all__ = [
     "fill_order",
     "get_layer",
     "layers",
+    "plugin_layers",
     "png_column",
     "png_value",
     "register",
@@ -81,10 +82,12 @@ def png_column(name: str) -> Column:
 
 @dataclass(frozen=True)
 class Modality:
-    """A group of student output channels learned with one loss gain (`train.loss_gains[key]`)."""
+    """A group of student output channels learned with one loss gain: `train.loss_gains.<key>`
+    for the built-in ones, `gain` for a plug-in's (the config has no field for it)."""
 
     key: str
     channels: int
+    gain: float = 1.0
 
 
 class LabelLayer:
@@ -117,6 +120,25 @@ class LabelLayer:
         """Set this layer's `Sample` fields from the teachers' `outputs` (role → result; a role
         that did not run is absent), in place. `ctx` is the worker's post-processing context;
         `scratch` holds one image's intermediate values that later layers share."""
+
+    # -- the student and the pictures (a plug-in's; the built-in layers' targets are in
+    #    distill.student.targets and their pictures in distill.viz, drawn from `Labels`) --------
+
+    loader_columns: ClassVar[tuple[str, ...]] = ()  # columns `label_map` / `target` read
+    color: ClassVar[tuple[int, int, int]] = (255, 255, 255)  # its map's colour in pictures
+    caption: ClassVar[str] = ""  # its panel's caption ("" : the layer's name)
+
+    def label_map(self, sample: Sample) -> np.ndarray | None:
+        """The layer's label of a decoded row at the original resolution, float32 (C, H, W)
+        in [0, 1] with C = its channels, for the common `Labels` form; None: not labelled."""
+        return None
+
+    def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
+        """The student's uint8 (C, S, S) target channels for this layer (255 = 1.0), moved by
+        the letterbox and augmentation through `warp` (`distill.student.targets.Warp`: its
+        `nearest` takes an (H, W) map at the original resolution to (S, S)); None: the row has
+        no such label (its `present` flag is then False)."""
+        return None
 
     # -- QA -------------------------------------------------------------------------------
 
@@ -180,6 +202,11 @@ def layers() -> tuple[LabelLayer, ...]:
 
 def builtin_layers() -> tuple[LabelLayer, ...]:
     return tuple(layer for layer in layers() if layer.name in BUILTIN)
+
+
+def plugin_layers() -> tuple[LabelLayer, ...]:
+    """The registered layers that are not built in, in registration order."""
+    return tuple(layer for layer in layers() if layer.name not in BUILTIN)
 
 
 def get_layer(name: str) -> LabelLayer:
