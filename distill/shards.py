@@ -1,6 +1,7 @@
 """Label shards (DESIGN.md §5): the Arrow schema, one sample's encode/decode, file metadata, an
-atomic writer and a reader. The only module that knows column names (shard *file* names belong
-to `distill.runfolder`, with every other run-file name).
+atomic writer and a reader. The image columns are this module's; each label layer's columns and
+their codec are that layer's (`distill.layers`), which the schema and encode/decode iterate
+(shard *file* names belong to `distill.runfolder`, with every other run-file name).
 
 Reading a shard needs nothing from distill: `pyarrow.parquet.read_table(path)`, then PIL for the
 PNG and image columns and numpy for the rest (see README.md, "Reading a shard").

@@ -48,6 +48,7 @@ __all__ = [
     "png_column",
     "png_value",
     "register",
+    "role_markers",
     "unpng",
     "unregister",
 ]
@@ -216,6 +217,18 @@ def get_layer(name: str) -> LabelLayer:
         return _registry[name]
     except KeyError:
         raise LayerError(f"no label layer {name!r}; registered: {', '.join(_registry)}") from None
+
+
+def role_markers() -> dict[str, str]:
+    """Teacher role → the small (non-PNG) column that is null exactly where that teacher did
+    not run: the first such column the layers it fills rewrite."""
+    out: dict[str, str] = {}
+    for layer in layers():
+        small = [c.name for c in layer.columns if not c.encoded and c.name in layer.rewritten]
+        for role in layer.roles:
+            if role not in out and small:
+                out[role] = small[0]
+    return out
 
 
 def fill_order() -> tuple[LabelLayer, ...]:

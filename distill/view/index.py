@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from distill.errors import DistillError, ShardError
 from distill.layers.groups import CLASS_GROUPS as CLASS_GROUP_NAMES
-from distill.layers.registry import get_layer, layers
+from distill.layers.registry import get_layer, layers, role_markers
 from distill.provenance import random_weight_roles
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import decode_row, open_shard, read_metadata
@@ -43,8 +43,7 @@ logger = logging.getLogger(__name__)
 GRID_COLUMNS = ("image_id", "file_name", "width", "height", "teacher_captions", "coco_captions",
                 "tokens", "persons", "depth_min", "segments", "text_regions", "text_png")
 # The columns that say whether a teacher ran on a row (null: it did not).
-TEACHER_COLUMNS = {"depth": "depth_min", "panoptic": "segments", "text": "text_regions",
-                   "caption": "teacher_captions"}
+TEACHER_COLUMNS = role_markers()
 # Sort keys of the row itself; every label layer adds its QA figures (`LabelLayer.statistics`).
 _ROW_KEYS = ("image_id", "people", "depth_min", "depth_max", "depth_range", "tokens", "segments",
              "text_regions")
