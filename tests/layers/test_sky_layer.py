@@ -1,6 +1,7 @@
 """A label layer defined in one file (`tests/layers/sky_layer.py`) works end to end once
-registered: the student learns it as one more channel, `distill show` and `distill view` draw
-it, `distill inspect` reports its statistic and the viewer sorts by it (issue 27)."""
+registered: the student learns it as one more channel and is scored on it, `distill show` and
+`distill view` draw it, `distill inspect` reports its statistic and the viewer sorts by it
+(issue 27)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ def test_a_one_file_layer_is_learned_shown_viewed_and_inspected(sky, labelled_co
         assert ranked.status_code == 200
         doc = client.get(f"/api/sample/{shards[0].name}/0").json()
         assert "sky" in doc["layers"] and "sky" in doc["student"]["layers"]
+        assert doc["student"]["scores"]["mse"]["sky"] is not None  # scored like any modality
         for source in ("teacher", "student"):
             got = client.get(f"/layer/{source}/{shards[0].name}/0/sky.png")
             assert got.status_code == 200, got.text
