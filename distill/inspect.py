@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distill.errors import ShardError
-from distill.images import decode_png
-from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP, decode_group_mask
+from distill.labels.groups import GROUP_NAMES
+from distill.layers.registry import BUILTIN, layers
 from distill.manifest import Manifest, read_manifest, shard_is_complete
 from distill.provenance import (
     random_weights_warning,
@@ -50,8 +50,14 @@ from distill.storage import Location
 __all__ = ["QA_COLUMNS", "format_inspect", "inspect_path"]
 
 # Columns the QA statistics read.
-QA_COLUMNS = ("width", "height", "depth_min", "depth_max", "groups_png", "text_png",
-              "teacher_captions", "tokens", "persons")
+QA_COLUMNS = ("width", "height", "depth_min", "depth_max", "teacher_captions", "tokens",
+              "persons")
+
+
+def _qa_columns() -> list[str]:
+    """`QA_COLUMNS` and the columns every label layer's QA statistic reads."""
+    return list(dict.fromkeys((*QA_COLUMNS, *(c for layer in layers()
+                                              for c in layer.stat_columns))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,10 +305,12 @@ def _qa(paths: list[Location], sample_rows: int | None) -> dict[str, Any]:
     depth_min: list[float] = []
     depth_max: list[float] = []
     people: list[int] = []
-    group_pixels = np.zeros(NUM_GROUPS, np.int64)
-    void_pixels = groups_total = group_rows = 0
-    text_pixels = text_total = text_rows = 0
-    for table in _iter_tables(paths, list(QA_COLUMNS), sample_rows):
+    # Each label layer's QA figures, weighted by the pixels of the rows that have it.
+    figures: dict[str, dict[str, float]] = {}  # layer → figure → sum of figure × pixels
+    pixels: dict[str, int] = {}  # layer → pixels of its rows
+    counted: dict[str, int] = {}  # layer → rows that have it
+    stat_layers = [layer for layer in layers() if layer.stat_columns]
+    for table in _iter_tables(paths, _qa_columns(), sample_rows):
         rows += table.num_rows
         captions = table.column("teacher_captions").to_pylist()
         tokens = table.column("tokens").to_pylist()
@@ -317,22 +325,24 @@ def _qa(paths: list[Location], sample_rows: int | None) -> dict[str, Any]:
         depth_min += [v for v in lo if v is not None]
         depth_max += [v for v in hi if v is not None]
         people += pc.fill_null(pc.list_value_length(table.column("persons")), 0).to_pylist()
-        for png in table.column("groups_png").to_pylist():
-            if png is None:
-                continue
-            mask = decode_png(png)
-            group_rows += 1
-            groups_total += mask.size
-            bits = decode_group_mask(mask)
-            group_pixels += bits.reshape(NUM_GROUPS, -1).sum(axis=1, dtype=np.int64)
-            void_pixels += int((mask & ((1 << TEXT_GROUP) - 1) == 0).sum())
-        for png in table.column("text_png").to_pylist():
-            if png is None:
-                continue
-            mask = decode_png(png)
-            text_rows += 1
-            text_total += mask.size
-            text_pixels += int((mask > 0).sum())
+        sizes = [w * h for w, h in zip(table.column("width").to_pylist(),
+                                       table.column("height").to_pylist(), strict=True)]
+        for layer in stat_layers:
+            columns = {c: table.column(c).to_pylist() for c in layer.stat_columns}
+            for k, size in enumerate(sizes):
+                stats = layer.statistics({c: v[k] for c, v in columns.items()})
+                if stats is None:
+                    continue
+                counted[layer.name] = counted.get(layer.name, 0) + 1
+                pixels[layer.name] = pixels.get(layer.name, 0) + size
+                sums = figures.setdefault(layer.name, {})
+                for name, value in stats.items():
+                    sums[name] = sums.get(name, 0.0) + value * size
+
+    def share(layer: str, name: str) -> float | None:
+        total = pixels.get(layer, 0)
+        return figures[layer].get(name, 0.0) / total if total else None
+
     people_arr = np.asarray(people, np.int64)
     return {
         "rows": rows,
@@ -356,13 +366,16 @@ def _qa(paths: list[Location], sample_rows: int | None) -> dict[str, Any]:
         },
         "pixels": {
             "rows": rows,
-            "rows_with_groups": group_rows,
-            "group_shares": {name: (int(n) / groups_total if groups_total else None)
-                             for name, n in zip(GROUP_NAMES, group_pixels, strict=True)},
-            "no_class_group_share": void_pixels / groups_total if groups_total else None,
-            "rows_with_text": text_rows,
-            "text_share": text_pixels / text_total if text_total else None,
+            "rows_with_groups": counted.get("groups", 0),
+            "group_shares": {name: share("groups", f"group:{name}") for name in GROUP_NAMES},
+            "no_class_group_share": share("groups", "no_class_share"),
+            "rows_with_text": counted.get("text", 0),
+            "text_share": share("text", "text_share"),
         },
+        # every layer's QA figures over the rows that have it (a plug-in layer's included)
+        "layers": {layer: {"rows": counted[layer],
+                           **{name: share(layer, name) for name in sums}}
+                   for layer, sums in figures.items()},
     }
 
 
@@ -593,6 +606,11 @@ def format_inspect(report: dict[str, Any]) -> str:
         bar = "" if share is None else "█" * round(share * 40)
         add(f"    {name:<11} {_pct(share):>8}  {bar}")
     add(f"    {'(none)':<11} {_pct(px['no_class_group_share']):>8}  pixels in no class group")
+    for layer, figures in qa.get("layers", {}).items():
+        if layer in BUILTIN:  # reported above
+            continue
+        shown = ", ".join(f"{name} {_pct(v)}" for name, v in figures.items() if name != "rows")
+        add(f"  {layer}: {shown} (over {figures['rows']} rows with it)")
 
     b = report["bytes"]
     add("")

@@ -1,6 +1,7 @@
 """Label shards (DESIGN.md §5): the Arrow schema, one sample's encode/decode, file metadata, an
-atomic writer and a reader. The only module that knows column names (shard *file* names belong
-to `distill.runfolder`, with every other run-file name).
+atomic writer and a reader. The image columns are this module's; each label layer's columns and
+their codec are that layer's (`distill.layers`), which the schema and encode/decode iterate
+(shard *file* names belong to `distill.runfolder`, with every other run-file name).
 
 Reading a shard needs nothing from distill: `pyarrow.parquet.read_table(path)`, then PIL for the
 PNG and image columns and numpy for the rest (see README.md, "Reading a shard").
@@ -29,8 +30,8 @@ import pyarrow.parquet as pq
 from distill import __version__
 from distill.coco import ImageRecord, Person
 from distill.errors import ShardError
-from distill.images import decode_png, encode_png
 from distill.labels.keypoints import NUM_JOINTS
+from distill.layers.registry import BUILTIN, builtin_layers, layers
 from distill.storage import AtomicOutput, Location, StorageError, atomic_output
 
 __all__ = [
@@ -53,8 +54,10 @@ __all__ = [
     "library_versions",
     "make_metadata",
     "open_shard",
+    "optional_columns",
     "read_metadata",
     "read_shard",
+    "schema",
     "shard_identity",
 ]
 
@@ -63,55 +66,43 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 META_PREFIX = "distill."
 
-_SEGMENT = pa.struct([
-    ("category_id", pa.int32()),  # COCO-panoptic category id
-    ("score", pa.float32()),
-    ("isthing", pa.bool_()),
-    ("area", pa.int64()),  # pixels at the original resolution
-])  # fmt: skip
-_TEXT_REGION = pa.struct([
-    ("points", pa.list_(pa.float32())),  # x0, y0, x1, y1, ... in original pixels
-    ("score", pa.float32()),
-])  # fmt: skip
-_PERSON = pa.struct([
-    ("keypoints", pa.list_(pa.float32(), 3 * NUM_JOINTS)),  # x, y, v for the 17 COCO joints
-    ("bbox", pa.list_(pa.float32(), 4)),  # x, y, w, h
-    ("area", pa.float32()),
-    ("iscrowd", pa.bool_()),
-    ("num_keypoints", pa.int32()),
-])  # fmt: skip
-
-# Image-like columns are PNG bytes at the ORIGINAL resolution; a teacher that did not run leaves
-# its columns null.
-SCHEMA = pa.schema([
+_HEAD = (
     pa.field("image_id", pa.int64(), nullable=False),
     pa.field("file_name", pa.string(), nullable=False),
     pa.field("split", pa.string(), nullable=False),
     pa.field("width", pa.int32(), nullable=False),
     pa.field("height", pa.int32(), nullable=False),
     pa.field("image", pa.binary(), nullable=False),  # the original encoded file, byte for byte
-    pa.field("depth_png", pa.binary()),  # uint16 PNG: round((d - min) / (max - min) * 65535)
-    pa.field("depth_min", pa.float64()),
-    pa.field("depth_max", pa.float64()),
-    pa.field("normals_png", pa.binary()),  # RGB8 PNG: (n + 1) / 2 * 255
-    pa.field("panoptic_png", pa.binary()),  # uint8 PNG of COCO-panoptic category ids, 255 = void
-    pa.field("segments", pa.list_(_SEGMENT)),
-    pa.field("groups_png", pa.binary()),  # uint16 PNG, bit k = group k (distill.labels.groups)
-    pa.field("text_png", pa.binary()),  # uint8 PNG, 255 = text
-    pa.field("text_regions", pa.list_(_TEXT_REGION)),
-    pa.field("teacher_captions", pa.list_(pa.string())),
-    pa.field("coco_captions", pa.list_(pa.string())),
-    pa.field("tokens", pa.list_(pa.string())),  # stop-word-filtered, GloVe-known, caption order
-    pa.field("persons", pa.list_(_PERSON)),  # COCO ground truth, original pixels
-    # True: `image` is decoded with its EXIF orientation applied (a plain folder's photo, as a
-    # viewer shows it) and every label, width and height refer to those pixels; False or null
-    # (COCO, and shards written before this column): the stored pixels.
-    pa.field("exif_transpose", pa.bool_()),
-])  # fmt: skip
+)
+# True: `image` is decoded with its EXIF orientation applied (a plain folder's photo, as a viewer
+# shows it) and every label, width and height refer to those pixels; False or null (COCO, and
+# shards written before this column): the stored pixels.
+_TAIL = (pa.field("exif_transpose", pa.bool_()),)
 
-# Columns added after the first shards were written: a shard without one still opens (and reads
-# as if the column were null). New columns go at the end of SCHEMA.
-OPTIONAL_COLUMNS = frozenset({"exif_transpose"})
+
+def schema() -> pa.Schema:
+    """The shard schema: the image columns, then every built-in label layer's columns in
+    registry order (`distill.layers`), then the columns added later (`optional_columns`).
+    Image-like columns are PNG bytes at the ORIGINAL resolution; a teacher that did not run
+    leaves its columns null."""
+    fields = [*_HEAD, *(c.field for layer in builtin_layers() for c in layer.columns), *_TAIL,
+              *(c.field for layer in layers() if layer.name not in BUILTIN
+                for c in layer.columns)]
+    return pa.schema(fields)
+
+
+def optional_columns() -> frozenset[str]:
+    """Columns added after the first shards were written (`exif_transpose`, a plug-in layer's):
+    a shard without one still opens (and reads as if the column were null). New columns go at
+    the end of the schema."""
+    return frozenset({f.name for f in _TAIL} | {c.name for layer in layers()
+                                                 if layer.name not in BUILTIN
+                                                 for c in layer.columns})
+
+
+# The schema of the built-in layers (version 1); `schema()` adds a registered plug-in's columns.
+SCHEMA = schema()
+OPTIONAL_COLUMNS = optional_columns()
 
 
 @dataclass
@@ -162,76 +153,28 @@ class Sample:
 # One sample
 
 
-def _check_hw(sample: Sample, name: str, array: np.ndarray) -> None:
-    if array.shape[:2] != (sample.height, sample.width):
-        raise ShardError(
-            f"image {sample.image_id}: {name} is {array.shape[1]}x{array.shape[0]}, the image is "
-            f"{sample.width}x{sample.height}; labels are stored at the original resolution"
-        )
-
-
-def _png(sample: Sample, name: str, array: np.ndarray | None, level: int) -> bytes | None:
-    if array is None:
-        return None
-    _check_hw(sample, name, array)
-    return encode_png(array, level)
-
-
-# PNG columns: (the name errors use, the Sample field). Encoding them is the costly part.
-_PNG_COLUMNS = {
-    "depth_png": ("depth", "depth16"),
-    "normals_png": ("normals", "normals"),
-    "panoptic_png": ("panoptic", "panoptic"),
-    "groups_png": ("groups", "groups"),
-    "text_png": ("text mask", "text_mask"),
-}
-
-
 def encode_sample(sample: Sample, compress_level: int = 1,
                   columns: Collection[str] | None = None) -> dict[str, Any]:
-    """A `Sample` → a dict of Python values matching `SCHEMA` (one row). With `columns`, only
-    those are encoded (a teacher added to a stored row re-encodes only what it changed)."""
-    wanted = set(SCHEMA.names) if columns is None else set(columns)
-    row: dict[str, Any] = {}
-    for column in wanted & _PNG_COLUMNS.keys():
-        label, attr = _PNG_COLUMNS[column]
-        array = getattr(sample, attr)
-        if attr == "text_mask" and array is not None:
-            array = array.astype(np.uint8) * 255
-        row[column] = _png(sample, label, array, compress_level)
-    row.update({  # cheap: always built, then filtered
+    """A `Sample` → a dict of Python values matching `schema()` (one row). With `columns`, only
+    those are encoded (a teacher added to a stored row re-encodes only what it changed). Each
+    label layer encodes its own columns (`LabelLayer.encode`)."""
+    names = schema().names
+    wanted = set(names) if columns is None else set(columns)
+    row: dict[str, Any] = {
         "image_id": sample.image_id,
         "file_name": sample.file_name,
         "split": sample.split,
         "width": sample.width,
         "height": sample.height,
         "image": sample.image,
-        "depth_min": sample.depth_min,
-        "depth_max": sample.depth_max,
-        "segments": None if sample.segments is None else [vars(s) for s in sample.segments],
-        "text_regions": None if sample.text_regions is None else [
-            {"points": np.asarray(r.points, np.float32).reshape(-1).tolist(), "score": r.score}
-            for r in sample.text_regions
-        ],
-        "teacher_captions": sample.teacher_captions,
-        "coco_captions": sample.coco_captions,
-        "tokens": sample.tokens,
-        "persons": [
-            {
-                "keypoints": p.keypoints.reshape(-1).tolist(),
-                "bbox": list(p.bbox),
-                "area": p.area,
-                "iscrowd": p.iscrowd,
-                "num_keypoints": p.num_keypoints,
-            }
-            for p in sample.persons
-        ],
         "exif_transpose": sample.exif_transpose,
-    })
-    unknown = wanted - set(SCHEMA.names)
+    }
+    for layer in layers():
+        row.update(layer.encode(sample, compress_level, wanted))
+    unknown = wanted - set(names)
     if unknown:
         raise ShardError(f"not shard columns: {sorted(unknown)}")
-    return {name: row[name] for name in SCHEMA.names if name in wanted}  # schema order
+    return {name: row[name] for name in names if name in wanted}  # schema order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,18 +220,14 @@ def annotations_digest(rows: Iterable[dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def _unpng(value: bytes | None) -> np.ndarray | None:
-    return None if value is None else decode_png(value)
-
-
-_NULL_ROW: dict[str, Any] = dict.fromkeys(SCHEMA.names)
-
-
 def decode_row(row: dict[str, Any]) -> Sample:
     """One row (as from `Table.to_pylist()`) → `Sample`. A row read with only some columns
-    decodes too: the columns it lacks are None (no PNG is decoded for them)."""
-    row = {**_NULL_ROW, **row}
-    text = _unpng(row["text_png"])
+    decodes too: the columns it lacks are None (no PNG is decoded for them). Each label layer
+    decodes its own columns (`LabelLayer.decode`)."""
+    row = {**dict.fromkeys(schema().names), **row}
+    fields: dict[str, Any] = {}
+    for layer in layers():
+        fields.update(layer.decode(row))
     return Sample(
         image_id=row["image_id"],
         file_name=row["file_name"],
@@ -296,32 +235,8 @@ def decode_row(row: dict[str, Any]) -> Sample:
         width=row["width"],
         height=row["height"],
         image=row["image"],
-        depth16=_unpng(row["depth_png"]),
-        depth_min=row["depth_min"],
-        depth_max=row["depth_max"],
-        normals=_unpng(row["normals_png"]),
-        panoptic=_unpng(row["panoptic_png"]),
-        segments=None if row["segments"] is None else [Segment(**s) for s in row["segments"]],
-        groups=_unpng(row["groups_png"]),
-        text_mask=None if text is None else text > 0,
-        text_regions=None if row["text_regions"] is None else [
-            TextRegion(np.asarray(r["points"], np.float32).reshape(-1, 2), r["score"])
-            for r in row["text_regions"]
-        ],
-        teacher_captions=row["teacher_captions"],
-        coco_captions=row["coco_captions"] or [],
-        tokens=row["tokens"],
-        persons=[
-            Person(
-                keypoints=np.asarray(p["keypoints"], np.float32).reshape(NUM_JOINTS, 3),
-                bbox=tuple(p["bbox"]),
-                area=p["area"],
-                iscrowd=p["iscrowd"],
-                num_keypoints=p["num_keypoints"],
-            )
-            for p in row["persons"] or []
-        ],
         exif_transpose=bool(row["exif_transpose"]),  # null (an older shard): the stored pixels
+        **fields,
     )
 
 
@@ -382,9 +297,11 @@ def read_metadata(path: str | Path | Location) -> dict[str, Any]:
 # The image and PNG columns are already compressed: zstd and dictionary encoding on them cost the
 # single writer CPU and gain ~0.3 % of bytes. The other columns (ids, captions, polygons,
 # keypoints) keep zstd and dictionaries.
-_ENCODED_COLUMNS = ("image", *_PNG_COLUMNS)
-_COMPRESSION = {f.name: "none" if f.name in _ENCODED_COLUMNS else "zstd" for f in SCHEMA}
-_DICTIONARY = [f.name for f in SCHEMA if f.name not in _ENCODED_COLUMNS]
+def _column_options(schema: pa.Schema) -> tuple[dict[str, str], list[str]]:
+    """Per-column compression and the dictionary-encoded columns of `schema`."""
+    encoded = {"image", *(c.name for layer in layers() for c in layer.columns if c.encoded)}
+    return ({f.name: "none" if f.name in encoded else "zstd" for f in schema},
+            [f.name for f in schema if f.name not in encoded])
 
 
 class ShardWriter:
@@ -415,9 +332,11 @@ class ShardWriter:
         sink: AtomicOutput = self._output.__enter__()
         self._sink = sink
         try:
-            self._writer = pq.ParquetWriter(sink.stream, SCHEMA.with_metadata(metadata),
-                                            compression=_COMPRESSION,
-                                            use_dictionary=_DICTIONARY)
+            shard_schema = schema()
+            compression, dictionary = _column_options(shard_schema)
+            self._writer = pq.ParquetWriter(sink.stream, shard_schema.with_metadata(metadata),
+                                            compression=compression,
+                                            use_dictionary=dictionary)
         except BaseException:
             self._output.__exit__(*sys.exc_info())
             raise
@@ -544,10 +463,11 @@ def open_shard(path: str | Path | Location) -> pq.ParquetFile:
     path = Location(path)
     pf = _open(path)
     names = pf.schema_arrow.names
-    missing = [f.name for f in SCHEMA if f.name not in names and f.name not in OPTIONAL_COLUMNS]
+    expected, optional = schema(), optional_columns()
+    missing = [f.name for f in expected if f.name not in names and f.name not in optional]
     if missing:
         raise ShardError(f"shard {path} does not have the distill schema: missing {missing}")
-    for f in SCHEMA:
+    for f in expected:
         if f.name not in names:
             continue
         got = pf.schema_arrow.field(f.name).type

@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 from distill.errors import LabelError, ShardError
 from distill.images import decode_image
 from distill.labels.keypoints import LIMBS, NUM_JOINTS, render_heatmaps, render_pafs
+from distill.layers.registry import get_layer, plugin_layers
 from distill.provenance import random_weight_roles, random_weights_warning
 from distill.runfolder import resolve_shards
 from distill.shards import Sample, decode_row, open_shard, read_metadata
@@ -190,6 +191,10 @@ def sheet_layout(labels: Labels, *, compare: Labels | None = None,
             ("legend", "legend", "labels", 2, 1, 1), ("words", "words", "labels", 3, 1, 1),
         ]  # fmt: skip
         row_heights = [ph, max(ph, text_h)]
+        extra = _plugin_names()
+        if extra:  # a row of plug-in label layers
+            slots += [(n, f"layer:{n}", "labels", c, 2, 1) for c, n in enumerate(extra[:ncols])]
+            row_heights.append(ph)
     else:
         ncols = 6
         first = "depth_raw" if compare.depth_raw is not None else "image"
@@ -203,6 +208,12 @@ def sheet_layout(labels: Labels, *, compare: Labels | None = None,
             (COMPARE_PREFIX + "words", "words", "compare", 4, 2, 2),
         ]
         row_heights = [ph, ph, text_h]
+        extra = _plugin_names()[: ncols // 2]
+        if extra:  # a row of plug-in label layers: the teachers', then the student's
+            slots += [(n, f"layer:{n}", "labels", c, 3, 1) for c, n in enumerate(extra)]
+            slots += [(COMPARE_PREFIX + n, f"layer:{n}", "compare", len(extra) + c, 3, 1)
+                      for c, n in enumerate(extra)]
+            row_heights.append(ph)
     width = 2 * margin + ncols * pw + (ncols - 1) * gap
     tops = []
     y = margin + title_h + gap + (banner_h + gap if banner else 0)
@@ -226,6 +237,11 @@ def sheet_layout(labels: Labels, *, compare: Labels | None = None,
         banner_box=((margin, margin + title_h + gap, width - margin,
                      margin + title_h + gap + banner_h) if banner else None),
     )
+
+
+def _plugin_names() -> list[str]:
+    """The registered plug-in label layers, each drawn in a panel of its own."""
+    return [layer.name for layer in plugin_layers()]
 
 
 def panel_boxes(labels: Labels, *, compare: Labels | None = None,
@@ -539,6 +555,18 @@ class _Painter:
         share = float((text > _THRESHOLD).mean()) if text.size else 0.0
         self.badge(panel, f"text {100 * share:.1f} % of pixels")
 
+    def layer(self, panel: Panel, name: str, maps: np.ndarray | None) -> None:
+        """A plug-in label layer's first channel over the dimmed image, in its colour."""
+        if maps is None:
+            self.missing(panel, f"no {name} label")
+            return
+        size = self.content_size(panel)
+        prob = resize_map(np.clip(maps[0].astype(np.float32), 0.0, 1.0), size)
+        color = np.array(get_layer(name).color, np.float32)
+        self.paste(panel, _u8(_blend(_dim(self.image_at(size)), color, prob * 0.85)))
+        share = float((maps[0] > _THRESHOLD).mean()) if maps[0].size else 0.0
+        self.badge(panel, f"{name} {100 * share:.1f} % of pixels")
+
     def people(self, panel: Panel, labels: Labels) -> None:
         size = self.content_size(panel)
         heat, paf, heat_alpha, paf_alpha = people_maps(labels, size)
@@ -640,7 +668,11 @@ def contact_sheet(image_rgb: np.ndarray, labels: Labels, *, compare: Labels | No
     for panel in layout.panels:
         lab = labels if panel.row == "labels" else compare
         assert lab is not None
-        caption, source = _CAPTIONS[panel.kind], lab.source
+        kind = panel.kind
+        layer_name = kind.split(":", 1)[1] if kind.startswith("layer:") else ""
+        caption = (get_layer(layer_name).caption or layer_name) if layer_name \
+            else _CAPTIONS[kind]
+        source = lab.source
         prefix = compare is not None and panel.kind != "image"
         if panel.kind == "words" and lab.source == "student":
             caption = "decoded words"
@@ -648,8 +680,9 @@ def contact_sheet(image_rgb: np.ndarray, labels: Labels, *, compare: Labels | No
             # a shard's people are COCO's annotations, not a teacher's output
             caption, source, prefix = "people", GROUND_TRUTH, True
         painter.caption(panel, caption, source, prefix=prefix)
-        kind = panel.kind
-        if kind == "image":
+        if layer_name:
+            painter.layer(panel, layer_name, lab.layers.get(layer_name))
+        elif kind == "image":
             painter.image(panel)
         elif kind == "depth":
             painter.depth(panel, lab.depth)

@@ -1,6 +1,6 @@
 """Post-processing stage (CPU, DESIGN.md §4): one image's teacher outputs → one shard `Sample`.
 
-Pure label math over `distill.labels`; no Ray, no torch. The generate-labels graph builds one
+Each label layer computes its own fields (`distill.layers`, `LabelLayer.fill`); no Ray, no torch. The generate-labels graph builds one
 `LabelContext` per worker and calls `build_sample` per image.
 """
 
@@ -13,32 +13,31 @@ from typing import Any
 
 from distill.coco import ImageRecord
 from distill.config import LabelsConfig
-from distill.labels.depth import normalize_depth, quantize_unit
 from distill.labels.glove import load_glove_words
-from distill.labels.groups import GroupTable, encode_group_mask
-from distill.labels.normals import encode_normals8, normals_from_unit
-from distill.labels.text import rasterize_polygons
-from distill.labels.tokens import load_stop_words, tokenize
+from distill.labels.groups import GroupTable
+from distill.labels.tokens import load_stop_words
+from distill.layers.registry import fill_order, layers
 from distill.shards import Sample
-from teachers.base import CaptionResult, DepthResult, PanopticResult, TextResult
 
-__all__ = ["ROLE_COLUMNS", "LabelContext", "apply_outputs", "build_sample", "changed_columns"]
+__all__ = ["LabelContext", "apply_outputs", "build_sample", "changed_columns", "role_columns"]
 
 logger = logging.getLogger(__name__)
 
 
-# The shard columns each teacher's output decides (the group mask needs panoptic and text).
-ROLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "depth": ("depth_png", "depth_min", "depth_max", "normals_png"),
-    "panoptic": ("panoptic_png", "segments", "groups_png"),
-    "text": ("text_png", "text_regions", "groups_png"),
-    "caption": ("teacher_captions", "tokens"),
-}
+def role_columns() -> dict[str, tuple[str, ...]]:
+    """The shard columns each teacher role's output decides: the columns that the label layers
+    it fills rewrite (the group mask needs panoptic and text)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for layer in layers():
+        for role in layer.roles:
+            out[role] = tuple(dict.fromkeys((*out.get(role, ()), *layer.rewritten)))
+    return out
 
 
 def changed_columns(roles: Iterable[str]) -> set[str]:
     """The columns that `apply_outputs` rewrites for these roles."""
-    return {c for r in roles for c in ROLE_COLUMNS[r]}
+    columns = role_columns()
+    return {c for r in roles for c in columns[r]}
 
 
 @dataclass
@@ -89,30 +88,7 @@ def apply_outputs(sample: Sample, outputs: Mapping[str, Any], ctx: LabelContext)
     `sample` may already hold other teachers' labels (a teacher added to a finished run): the
     group mask is then rebuilt from the stored class map and the stored or new text mask, so it
     always reflects every teacher that ran."""
-    height, width = sample.height, sample.width
-    depth = outputs.get("depth")
-    if isinstance(depth, DepthResult):
-        unit, sample.depth_min, sample.depth_max = normalize_depth(depth.depth)  # once for both
-        sample.depth16 = quantize_unit(unit)
-        sample.normals = encode_normals8(normals_from_unit(unit, ctx.gradient_scale))
-    text = outputs.get("text")
-    if isinstance(text, TextResult):
-        kept = [r for r in text.regions if r.score >= ctx.text_score_threshold]
-        sample.text_regions = kept
-        # The teacher's mask already covers its regions; redraw only if the threshold dropped some.
-        sample.text_mask = text.mask if len(kept) == len(text.regions) else \
-            rasterize_polygons([r.points for r in kept], height, width)
-    panoptic = outputs.get("panoptic")
-    if isinstance(panoptic, PanopticResult):
-        sample.panoptic, sample.segments = panoptic.class_map, list(panoptic.segments)
-    if sample.panoptic is not None and (isinstance(panoptic, PanopticResult)
-                                        or isinstance(text, TextResult)):
-        # The group mask needs the class map; the Text bit joins when the text teacher ran.
-        sample.groups = encode_group_mask(ctx.groups, sample.panoptic, sample.text_mask)
-    caption = outputs.get("caption")
-    if isinstance(caption, CaptionResult):
-        sample.teacher_captions = [caption.caption]
-        # Tokens come from the teacher's caption: the student distils the captioner (paper
-        # §3.4); COCO's human captions stay in their own column for audits.
-        sample.tokens = tokenize(caption.caption, ctx.stop_words, ctx.known_words)
+    scratch: dict[str, Any] = {}  # one image's values that later layers share
+    for layer in fill_order():
+        layer.fill(sample, outputs, ctx, scratch)
     return sample

@@ -47,10 +47,11 @@ from distill.config import TrainConfig
 from distill.errors import DistillError, ShardError
 from distill.images import decode_png, without_addresses
 from distill.labels.tokens import Vocabulary
+from distill.layers.registry import layers, plugin_layers
 from distill.runfolder import resolve_shards
 from distill.shards import decode_row, open_shard
 from distill.storage import Location
-from distill.student.targets import PRESENT_KEYS, build_example, heatmap_schedule
+from distill.student.targets import build_example, heatmap_schedule, present_keys
 
 __all__ = ["LOADER_COLUMNS", "BadRows", "ShardSpec", "ShardStream", "Unit", "collate"]
 
@@ -59,11 +60,16 @@ logger = logging.getLogger(__name__)
 Unit = tuple[int, int]  # (index into ShardStream.paths, row group)
 _BUFFER_STREAM = 1  # keeps the shuffle buffer's generator apart from any per-example one
 BadRows = Literal["raise", "skip"]
-_PNG_COLUMNS = ("depth_png", "normals_png", "panoptic_png", "groups_png", "text_png")
 # The columns an example is built from (`build_example`); the others (panoptic ids and their
 # segments, text polygons, captions) are not read, and their PNGs are not decoded.
 LOADER_COLUMNS = ("image_id", "width", "height", "image", "exif_transpose", "depth_png",
                   "normals_png", "groups_png", "text_png", "tokens", "persons")
+
+
+def loader_columns() -> tuple[str, ...]:
+    """`LOADER_COLUMNS` and the columns a registered plug-in layer's target reads."""
+    return tuple(dict.fromkeys((*LOADER_COLUMNS,
+                                *(c for layer in plugin_layers() for c in layer.loader_columns))))
 # What decoding a damaged row raises: distill's own errors, Pillow's (OSError, SyntaxError for a
 # broken PNG chunk, its decompression-bomb guard), zlib's and numpy's. Anything else is a bug.
 _ROW_ERRORS = (DistillError, ValueError, OSError, SyntaxError, EOFError, zlib.error,
@@ -85,7 +91,7 @@ class ShardStream(IterableDataset[dict[str, Any]]):
     """Examples from label shards as dicts of tensors:
 
     image uint8 (3, S, S), target uint8 (44, S, S) in `distill.student.layout` order, tokens
-    float32 (max_tokens, D), present bool (len(PRESENT_KEYS),), image_id int64 ().
+    float32 (max_tokens, D), present bool (len(present_keys()),), image_id int64 ().
 
     Training (`train=True`) shuffles the row groups with (seed, epoch), mixes rows in a buffer
     of `shuffle_buffer` rows and augments; evaluation reads in file order, unaugmented. Call
@@ -208,7 +214,7 @@ class ShardStream(IterableDataset[dict[str, Any]]):
                 files[f] = open_shard(path)
             names = files[f].schema_arrow.names  # an older shard may lack exif_transpose
             try:
-                table = files[f].read_row_group(g, [c for c in LOADER_COLUMNS if c in names])
+                table = files[f].read_row_group(g, [c for c in loader_columns() if c in names])
             except (OSError, pa.ArrowException) as exc:
                 raise ShardError(f"shard {path}: row group {g} cannot be read: {exc}") from exc
             for row in table.to_pylist():
@@ -251,14 +257,14 @@ class ShardStream(IterableDataset[dict[str, Any]]):
     @staticmethod
     def present_keys() -> tuple[str, ...]:
         """Names of the `present` flags, in order."""
-        return PRESENT_KEYS
+        return present_keys()
 
 
 def _cause(row: dict[str, Any], exc: BaseException) -> str:
     """What was wrong with a row, one line: the first PNG column that does not decode, if that
     was it (decode_row does not say which), and the error without memory addresses."""
     if not isinstance(exc, DistillError):
-        for column in _PNG_COLUMNS:
+        for column in (c.name for layer in layers() for c in layer.columns if c.encoded):
             value = row.get(column)
             if value is None:
                 continue

@@ -150,7 +150,7 @@ def evaluate(
         "table2": {
             name: {**{f"hdm@{t}": metrics.get(f"hdm@{t}/{name}") for t in HDM_THRESHOLDS},
                    "mse": metrics.get(f"mse/{name}")}
-            for name in layout.MODALITIES
+            for name in layout.modalities()
         },
         "mse_scale": "maps in [-1, 1], as the training loss sees them (4x the [0, 1] MSE)",
         "token_cosine_over": "token positions that have a word in the target",
@@ -186,8 +186,8 @@ def score_sample(model: Model, config: Config, sample: Sample, *, vocab: Vocabul
     cosines = [metrics.get(f"token_cosine/{i + 1}") for i in range(student.num_tokens)]
     have = [c for c in cosines if c is not None]
     return {
-        "hdm@0.1": {name: metrics.get(f"hdm@0.1/{name}") for name in layout.MODALITIES},
-        "mse": {name: metrics.get(f"mse/{name}") for name in layout.MODALITIES},
+        "hdm@0.1": {name: metrics.get(f"hdm@0.1/{name}") for name in layout.modalities()},
+        "mse": {name: metrics.get(f"mse/{name}") for name in layout.modalities()},
         "token_cosine": cosines,
         "token_cosine_mean": sum(have) / len(have) if have else None,
     }

@@ -19,12 +19,12 @@ from distill.labels.depth import DEPTH_LEVELS
 from distill.labels.groups import GROUP_NAMES, TEXT_GROUP, decode_group_mask
 from distill.labels.keypoints import NUM_JOINTS
 from distill.labels.normals import decode_normals8
+from distill.layers.groups import CLASS_GROUPS
+from distill.layers.registry import plugin_layers
 from distill.shards import Sample
 
 __all__ = ["CLASS_GROUPS", "Labels", "labels_from_sample"]
 
-# The 10 class groups of output channels 34–43, in order.
-CLASS_GROUPS: tuple[str, ...] = tuple(g for k, g in enumerate(GROUP_NAMES) if k != TEXT_GROUP)
 
 
 @dataclass
@@ -46,6 +46,9 @@ class Labels:
     words: list[str] = field(default_factory=list)  # caption tokens (the student's: decoded)
     captions: list[str] | None = None  # teacher captions; None: no caption teacher ran
     depth_raw: np.ndarray | None = None  # the student's depth before refinement
+    # A registered plug-in label layer's maps by layer name: float32 (C, H, W) in [0, 1]
+    # (`LabelLayer.label_map` for the teachers', its output channels for the student's).
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def labels_from_sample(sample: Sample) -> Labels:
@@ -68,4 +71,6 @@ def labels_from_sample(sample: Sample) -> Labels:
         words=list(sample.tokens or []),
         captions=(list(sample.teacher_captions) if sample.teacher_captions is not None
                   else None),
+        layers={layer.name: m for layer in plugin_layers()
+                if (m := layer.label_map(sample)) is not None},
     )

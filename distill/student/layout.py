@@ -9,9 +9,13 @@
 
 Every target travels as uint8 and maps to [-1, 1] on the device, v / 127.5 - 1 (inactive = -1,
 the paper's INT8 transfer); HDM and pictures use (x + 1) / 2.
+
+The channels are the label layers' (`distill.layers`: each declares its `modalities`).
 """
 
 from __future__ import annotations
+
+from distill.layers.registry import Modality, builtin_layers, plugin_layers
 
 __all__ = [
     "CHANNELS",
@@ -22,22 +26,51 @@ __all__ = [
     "NORMALS",
     "PAFS",
     "TEXT",
+    "channels",
+    "modalities",
+    "modality_gain",
 ]
 
-JOINTS = slice(0, 17)
-PAFS = slice(17, 29)
-DEPTH = slice(29, 30)
-NORMALS = slice(30, 33)
-TEXT = slice(33, 34)
-GROUPS = slice(34, 44)
-CHANNELS = 44
+
+def _modalities(plugins: bool) -> dict[str, slice]:
+    """Each label layer's student channels (`LabelLayer.modalities`), the built-in layers in
+    `layout_rank` order, then (with `plugins`) the registered plug-ins': modality name (as in
+    train.loss_gains) → its channels."""
+    out: dict[str, slice] = {}
+    start = 0
+    ranked = sorted(builtin_layers(), key=lambda layer: layer.layout_rank)
+    for layer in (*ranked, *(plugin_layers() if plugins else ())):
+        for modality in layer.modalities:
+            out[modality.key] = slice(start, start + modality.channels)
+            start += modality.channels
+    return out
+
 
 # Modality name (as in train.loss_gains) → its channels.
-MODALITIES: dict[str, slice] = {
-    "joints": JOINTS,
-    "pafs": PAFS,
-    "depth": DEPTH,
-    "normals": NORMALS,
-    "text": TEXT,
-    "segmentation": GROUPS,
-}
+MODALITIES: dict[str, slice] = _modalities(plugins=False)
+JOINTS = MODALITIES["joints"]
+PAFS = MODALITIES["pafs"]
+DEPTH = MODALITIES["depth"]
+NORMALS = MODALITIES["normals"]
+TEXT = MODALITIES["text"]
+GROUPS = MODALITIES["segmentation"]
+CHANNELS = max(s.stop for s in MODALITIES.values())
+assert (  # the paper's layout
+    slice(0, 17), slice(17, 29), slice(29, 30), slice(30, 33), slice(33, 34), slice(34, 44), 44) == (JOINTS, PAFS, DEPTH, NORMALS, TEXT, GROUPS, CHANNELS)
+
+
+def modalities() -> dict[str, slice]:
+    """`MODALITIES` and, after channel 43, every registered plug-in layer's channels."""
+    return _modalities(plugins=True)
+
+
+def channels() -> int:
+    """The student's output channels: `CHANNELS` plus the registered plug-ins'."""
+    return max(s.stop for s in modalities().values())
+
+
+def modality_gain(key: str) -> float:
+    """A plug-in modality's loss gain (the built-in ones are `train.loss_gains.<key>`)."""
+    found: list[Modality] = [m for layer in plugin_layers() for m in layer.modalities
+                             if m.key == key]
+    return found[0].gain if found else 1.0

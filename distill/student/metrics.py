@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from distill.student import layout
-from distill.student.targets import PRESENT_KEYS
+from distill.student.targets import present_keys
 
 __all__ = ["HDM_THRESHOLDS", "Meter", "hdm", "measure", "to_unit"]
 
@@ -49,8 +49,9 @@ class Meter:
 def measure(meter: Meter, outputs: dict[str, torch.Tensor], target: torch.Tensor,
              tokens: torch.Tensor, present: torch.Tensor) -> None:
     maps, truth = outputs["maps"].float(), to_unit(target)
-    for name, channels in layout.MODALITIES.items():
-        have = present[:, PRESENT_KEYS.index(name)]
+    keys = present_keys()
+    for name, channels in layout.modalities().items():
+        have = present[:, keys.index(name)]
         n = int(have.sum())
         if n == 0:
             continue
@@ -58,7 +59,7 @@ def measure(meter: Meter, outputs: dict[str, torch.Tensor], target: torch.Tensor
         for th in HDM_THRESHOLDS:
             meter.add(f"hdm@{th}/{name}", hdm(p, t, th), n)
         meter.add(f"mse/{name}", torch.mean((p - t) ** 2), n)
-    have = present[:, PRESENT_KEYS.index("tokens")]
+    have = present[:, keys.index("tokens")]
     if bool(have.any()):
         p, t = outputs["tokens"].float()[have], tokens[have]
         nonzero = t.abs().sum(-1) > 0  # positions with a word

@@ -47,7 +47,7 @@ from torch import nn
 
 from distill.config import StudentConfig
 from distill.errors import ConfigError
-from distill.student.layout import CHANNELS
+from distill.student import layout
 
 __all__ = [
     "LEAKY_SLOPE",
@@ -173,7 +173,7 @@ class YMapNet(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(widths.filters(0), config.pixelwise_width, 1),
             nn.LeakyReLU(LEAKY_SLOPE),
-            nn.Conv2d(config.pixelwise_width, CHANNELS, 1),
+            nn.Conv2d(config.pixelwise_width, layout.channels(), 1),
             nn.Tanh(),
         )
         self.tokens = nn.ModuleList(

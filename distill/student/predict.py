@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from distill.config import Config, PredictConfig, load_config
 from distill.errors import DistillError
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary
+from distill.layers.registry import plugin_layers
 from distill.runfolder import StudentRun
 from distill.storage import Location
 from distill.student import layout
@@ -248,6 +250,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _plugin_maps(ch: Callable[[slice], np.ndarray]) -> dict[str, np.ndarray]:
+    """Each registered plug-in layer's output channels (`ch` of their slice), by layer name."""
+    channels = layout.modalities()
+    return {layer.name: ch(slice(channels[layer.modalities[0].key].start,
+                                 channels[layer.modalities[-1].key].stop))
+            for layer in plugin_layers() if layer.modalities}
+
+
 class Predictor:
     """Batches of RGB images → `Prediction`s. Settings come from `config.predict`.
 
@@ -395,6 +405,7 @@ class Predictor:
             joints=ch(layout.JOINTS) if self.full_maps else None,
             pafs=ch(layout.PAFS) if self.full_maps else None,
             people=kp, words=[w.word for w in words], depth_raw=arr[-1],
+            layers=_plugin_maps(ch),
         )
 
 

@@ -106,7 +106,7 @@ def input_shape(meta: dict[str, Any], config: Config) -> Shape:
 def output_shapes(meta: dict[str, Any], config: Config) -> dict[str, Shape]:
     """Each output's shape as the metadata states it (the batch: None, any)."""
     s = config.student
-    shapes: dict[str, Shape] = {"maps": (None, layout.CHANNELS, s.input_size, s.input_size),
+    shapes: dict[str, Shape] = {"maps": (None, layout.channels(), s.input_size, s.input_size),
                                 "tokens": (None, s.num_tokens, s.token_dim),
                                 "multi_hot": (None, None)}
     return {name: shapes[name] for name in meta["outputs"]}

@@ -21,7 +21,7 @@ import torch
 from distill.config import Config
 from distill.errors import ConfigError
 from distill.student import layout
-from distill.student.targets import PRESENT_KEYS
+from distill.student.targets import present_keys
 
 __all__ = ["available_memory", "check_batch_memory", "example_bytes"]
 
@@ -55,8 +55,8 @@ def available_memory() -> int | None:
 def example_bytes(config: Config) -> int:
     """Bytes of one training example as the loader yields it (`distill.student.data`)."""
     s = config.student
-    return ((3 + layout.CHANNELS) * s.input_size ** 2 + s.num_tokens * s.token_dim * 4
-            + len(PRESENT_KEYS) + 8)
+    return ((3 + layout.channels()) * s.input_size ** 2 + s.num_tokens * s.token_dim * 4
+            + len(present_keys()) + 8)
 
 
 def check_batch_memory(config: Config, rows: int, workers: int, device: torch.device) -> None:
@@ -65,7 +65,7 @@ def check_batch_memory(config: Config, rows: int, workers: int, device: torch.de
     docstring). One `ConfigError` naming the setting, what it needs and what there is."""
     batch = min(config.train.batch_size, max(rows, 1))
     in_flight = PREFETCH * workers + 1
-    floats = batch * (3 + layout.CHANNELS) * config.student.input_size ** 2 * 4
+    floats = batch * (3 + layout.channels()) * config.student.input_size ** 2 * 4
     host = batch * example_bytes(config) * in_flight + (floats if device.type == "cpu" else 0)
     what = (f"{in_flight} batch(es) of {batch} {config.student.input_size}-px examples held "
             f"at once, {example_bytes(config) / 2**20:.1f} MiB each"

@@ -24,6 +24,7 @@ from distill.labels.groups import NUM_GROUPS, TEXT_GROUP
 from distill.labels.keypoints import NUM_JOINTS, heatmap_windows, paf_windows
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary, token_targets
+from distill.layers.registry import plugin_layers
 from distill.shards import Sample
 from distill.student import layout
 from distill.student.augment import Resampler, augment_pixels, sample_pan_zoom
@@ -31,15 +32,23 @@ from distill.student.augment import Resampler, augment_pixels, sample_pan_zoom
 __all__ = [
     "PRESENT_KEYS",
     "Example",
+    "Warp",
     "build_example",
     "heatmap_schedule",
+    "present_keys",
     "student_image",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Modalities in the order of the `present` flags (the loss gains' order, train.loss_gains).
+# Modalities in the order of the `present` flags (the loss gains' order, train.loss_gains);
+# `present_keys()` adds a registered plug-in layer's.
 PRESENT_KEYS: tuple[str, ...] = ("tokens", *layout.MODALITIES)
+
+
+def present_keys() -> tuple[str, ...]:
+    """The `present` flags' names: `PRESENT_KEYS`, then the plug-in layers' modalities."""
+    return ("tokens", *layout.modalities())
 
 
 def heatmap_schedule(epoch: int, cfg: HeatmapScheduleConfig) -> tuple[float, float]:
@@ -66,14 +75,14 @@ class Example:
     @property
     def valid(self) -> np.ndarray:
         """(44,) bool: the target channels whose modality is present."""
-        out = np.zeros(layout.CHANNELS, bool)
-        for name, channels in layout.MODALITIES.items():
+        out = np.zeros(layout.channels(), bool)
+        for name, channels in layout.modalities().items():
             out[channels] = self.present[name]
         return out
 
     def present_vector(self) -> np.ndarray:
-        """The `present` flags as a (len(PRESENT_KEYS),) bool array."""
-        return np.array([self.present[k] for k in PRESENT_KEYS], bool)
+        """The `present` flags as a (len(present_keys()),) bool array."""
+        return np.array([self.present[k] for k in present_keys()], bool)
 
 
 def student_image(data: bytes, size: int, width: int | None = None,
@@ -113,6 +122,20 @@ def _label_map(labels: np.ndarray, lb: Letterbox, resampler: Resampler | None) -
     out[rows < 0] = 0
     out[:, cols < 0] = 0
     return out
+
+
+@dataclass
+class Warp:
+    """How one example moves a label from the original resolution to the student's S×S: the
+    letterbox, then the augmentation (when any). Handed to a plug-in layer's `target`."""
+
+    letterbox: Letterbox
+    resampler: Resampler | None
+
+    def nearest(self, labels: np.ndarray) -> np.ndarray:
+        """An (H, W) label map at the original resolution → (S, S), nearest neighbour (0 on
+        the letterbox padding and where the augmentation leaves the image)."""
+        return _label_map(labels, self.letterbox, self.resampler)
 
 
 # The PNG mode of each map `_letterboxed_png` letterboxes straight from Pillow, and the mode
@@ -191,7 +214,7 @@ _CLASS_BITS = np.array([k for k in range(NUM_GROUPS) if k != TEXT_GROUP], np.uin
 
 def _assemble(maps: dict[str, np.ndarray], kp: np.ndarray, size: int,
               schedule: tuple[float, float]) -> np.ndarray:
-    target = np.zeros((layout.CHANNELS, size, size), np.uint8)
+    target = np.zeros((layout.channels(), size, size), np.uint8)
     joint_size, paf_width = schedule
     # Rendered window by window straight into uint8: `_to_u8` is monotone, so the max over
     # people of the converted windows is the conversion of the float maps' max.
@@ -213,6 +236,21 @@ def _assemble(maps: dict[str, np.ndarray], kp: np.ndarray, size: int,
         bits = (maps["groups"][None] >> _CLASS_BITS[:, None, None]) & 1
         np.multiply(bits, 255, out=target[layout.GROUPS], casting="unsafe")
     return target
+
+
+def _plugin_targets(sample: Sample, warp: Warp, target: np.ndarray,
+                    present: dict[str, bool]) -> None:
+    """Each registered plug-in layer's target channels (`LabelLayer.target`), in place."""
+    channels = layout.modalities()
+    for layer in plugin_layers():
+        if not layer.modalities:
+            continue
+        first, last = channels[layer.modalities[0].key], channels[layer.modalities[-1].key]
+        out = layer.target(sample, warp)
+        if out is not None:
+            target[first.start : last.stop] = out
+        for m in layer.modalities:
+            present[m.key] = out is not None
 
 
 def build_example(
@@ -268,6 +306,7 @@ def build_example(
     if rng is not None and augment is not None:
         image, replaced = augment_pixels(image, augment, rng, has_person, channels_first=True)
     target = _assemble(maps, kp, size, epoch_schedule)
+    _plugin_targets(sample, Warp(lb, resampler), target, present)
     tokens = _tokens(sample, vocab, max_tokens, token_dim)
     if replaced:
         target[layout.DEPTH.start:] = 0  # noise has no depth, normals, text or objects

@@ -111,7 +111,7 @@ from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
 from distill.student.model import build_student
 from distill.student.sizing import check_batch_memory
 from distill.student.sources import training_vocabulary
-from distill.student.targets import PRESENT_KEYS
+from distill.student.targets import present_keys
 
 __all__ = [
     "HDM_THRESHOLDS",
@@ -223,20 +223,21 @@ def compute_loss(outputs: dict[str, torch.Tensor], target: torch.Tensor, tokens:
                  present: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor,
                                                                   dict[str, torch.Tensor]]:
     """Σ g_i · MSE_i; each modality's MSE over the samples that have its label. `target` is the
-    uint8 batch, `present` (B, len(PRESENT_KEYS)) bool."""
+    uint8 batch, `present` (B, len(present_keys())) bool."""
     maps = outputs["maps"].float()
     truth = to_unit(target)
     gains = cfg.loss_gains
     total = maps.new_zeros(())
     parts: dict[str, torch.Tensor] = {}  # detached, left on the device
-    for name, channels in layout.MODALITIES.items():
-        have = present[:, PRESENT_KEYS.index(name)]
+    keys = present_keys()
+    for name, channels in layout.modalities().items():
+        have = present[:, keys.index(name)]
         if not bool(have.any()):
             continue
         mse = torch.mean((maps[have, channels] - truth[have, channels]) ** 2)
-        total = total + getattr(gains, name) * mse
+        total = total + getattr(gains, name, layout.modality_gain(name)) * mse
         parts[name] = mse.detach()
-    have = present[:, PRESENT_KEYS.index("tokens")]
+    have = present[:, keys.index("tokens")]
     if bool(have.any()):
         mse = torch.mean((outputs["tokens"].float()[have] - tokens[have]) ** 2)
         total = total + gains.tokens * mse

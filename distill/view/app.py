@@ -40,12 +40,12 @@ from distill.storage import Location
 from distill.student.labels import Labels, labels_from_sample
 from distill.view.index import (
     CLASS_GROUP_NAMES,
-    SORT_KEYS,
     TEACHER_COLUMNS,
     Query,
     RunGone,
     RunView,
     ViewError,
+    sort_keys,
 )
 from distill.view.memory import LRU, Workers
 from distill.view.render import (
@@ -183,7 +183,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
     async def meta(request: Request) -> Response:
         return JSONResponse({
             "path": str(view.path), "is_run": view.run is not None,
-            "groups": list(CLASS_GROUP_NAMES), "sort_keys": list(SORT_KEYS),
+            "groups": list(CLASS_GROUP_NAMES), "sort_keys": list(sort_keys()),
             "teachers": list(TEACHER_COLUMNS), "student": student.describe() if student else None,
             "stages": ["read", "decode", *(f"teacher:{t}" for t in TEACHER_COLUMNS),
                        "postprocess"],

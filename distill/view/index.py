@@ -26,15 +26,16 @@ import numpy as np
 import pyarrow as pa
 
 from distill.errors import DistillError, ShardError
-from distill.images import decode_png
-from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP
+from distill.layers.groups import CLASS_GROUPS as CLASS_GROUP_NAMES
+from distill.layers.registry import get_layer, layers, role_markers
 from distill.provenance import random_weight_roles
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import decode_row, open_shard, read_metadata
 from distill.storage import Location
 from distill.view.memory import LRU
 
-__all__ = ["GRID_COLUMNS", "SORT_KEYS", "Query", "RunGone", "RunView", "ViewError"]
+__all__ = ["CLASS_GROUP_NAMES", "GRID_COLUMNS", "SORT_KEYS", "Query", "RunGone", "RunView",
+           "ViewError", "sort_keys", "stats_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,24 @@ logger = logging.getLogger(__name__)
 GRID_COLUMNS = ("image_id", "file_name", "width", "height", "teacher_captions", "coco_captions",
                 "tokens", "persons", "depth_min", "segments", "text_regions", "text_png")
 # The columns that say whether a teacher ran on a row (null: it did not).
-TEACHER_COLUMNS = {"depth": "depth_min", "panoptic": "segments", "text": "text_regions",
-                   "caption": "teacher_captions"}
-STATS_COLUMNS = (*GRID_COLUMNS, "depth_max", "groups_png")
-CLASS_GROUP_NAMES = tuple(g for k, g in enumerate(GROUP_NAMES) if k != TEXT_GROUP)
-# Sort keys: the statistics `distill inspect` reports, per row.
-SORT_KEYS = ("image_id", "people", "text_share", "no_class_share", "depth_min", "depth_max",
-             "depth_range", "tokens", "segments", "text_regions",
-             *(f"group:{g}" for g in CLASS_GROUP_NAMES))
+TEACHER_COLUMNS = role_markers()
+# Sort keys of the row itself; every label layer adds its QA figures (`LabelLayer.statistics`).
+_ROW_KEYS = ("image_id", "people", "depth_min", "depth_max", "depth_range", "tokens", "segments",
+             "text_regions")
+
+
+def stats_columns() -> tuple[str, ...]:
+    """The columns the per-row statistics read: a card's and every layer's QA columns."""
+    return tuple(dict.fromkeys((*GRID_COLUMNS, "depth_max",
+                                *(c for layer in layers() for c in layer.stat_columns))))
+
+
+def sort_keys() -> tuple[str, ...]:
+    """Sort keys: the statistics `distill inspect` reports, per row (a plug-in layer's too)."""
+    return (*_ROW_KEYS, *(n for layer in layers() for n in layer.statistic_names))
+
+
+SORT_KEYS = sort_keys()  # the built-in layers'; `sort_keys()` adds a registered plug-in's
 _REFRESH_SECONDS = 5.0  # how often the list of committed shards is read again
 _ROW_GROUPS = (8, 64 << 20)  # row groups' columns kept: entries, bytes
 
@@ -93,9 +104,9 @@ class Query:
         if self.group and self.group not in CLASS_GROUP_NAMES:
             raise ViewError(f"unknown class group {self.group!r}; the groups are "
                             + ", ".join(CLASS_GROUP_NAMES))
-        if self.sort and self.sort not in SORT_KEYS:
+        if self.sort and self.sort not in sort_keys():
             raise ViewError(f"unknown sort key {self.sort!r}; sort by one of "
-                            + ", ".join(SORT_KEYS))
+                            + ", ".join(sort_keys()))
         if self.missing and self.missing not in TEACHER_COLUMNS:
             raise ViewError(f"unknown teacher {self.missing!r}; the teachers are "
                             + ", ".join(TEACHER_COLUMNS))
@@ -107,25 +118,8 @@ class Query:
 
 
 def _text_share(png: bytes | None) -> float | None:
-    if png is None:
-        return None
-    mask = decode_png(png)
-    return float(np.count_nonzero(mask)) / mask.size if mask.size else 0.0
-
-
-def _group_shares(png: bytes | None) -> tuple[list[float], float] | None:
-    """Each class group's share of the pixels, and the share no class group covers, from a
-    group-bit mask PNG: one histogram of the 16-bit values, then a sum per bit."""
-    if png is None:
-        return None
-    mask = decode_png(png)
-    counts = np.bincount(mask.ravel(), minlength=1 << NUM_GROUPS).astype(np.float64)
-    values = np.arange(counts.size)
-    total = float(mask.size) or 1.0
-    shares = [float(counts[(values >> k) & 1 == 1].sum()) / total
-              for k in range(NUM_GROUPS) if k != TEXT_GROUP]
-    void = float(counts[(values & ((1 << TEXT_GROUP) - 1)) == 0].sum()) / total
-    return shares, void
+    stats = get_layer("text").statistics({"text_png": png})
+    return None if stats is None else stats["text_share"]
 
 
 def _card(table: pa.Table, i: int, shard: _Shard, row: int, text_share: float | None) -> dict[
@@ -318,23 +312,22 @@ class RunView:
 
     def _shard_stats(self, shard: _Shard) -> _Stats:
         cards: list[dict[str, Any]] = []
-        keys = {k: [] for k in SORT_KEYS}  # type: dict[str, list[float]]
+        names = sort_keys()
+        keys = {k: [] for k in names}  # type: dict[str, list[float]]
         words: list[str] = []
+        stat_layers = [layer for layer in layers() if layer.statistic_names]
         first = 0
+        nan = float("nan")
         for g, n in enumerate(shard.group_rows):
-            table = _read_group(shard.location, g, STATS_COLUMNS)
-            texts, groups = table.column("text_png"), table.column("groups_png")
+            table = _read_group(shard.location, g, stats_columns())
             lo, hi = table.column("depth_min"), table.column("depth_max")
             for k in range(n):
-                card = _card(table, k, shard, first + k, _text_share(texts[k].as_py()))
+                card = _card(table, k, shard, first + k,
+                             _text_share(table.column("text_png")[k].as_py()))
                 cards.append(card)
-                shares = _group_shares(groups[k].as_py())
                 dmin, dmax = lo[k].as_py(), hi[k].as_py()
-                nan = float("nan")
                 row = {
                     "image_id": float(card["image_id"]), "people": float(card["people"]),
-                    "text_share": nan if card["text_share"] is None else card["text_share"],
-                    "no_class_share": nan if shares is None else shares[1],
                     "depth_min": nan if dmin is None else dmin,
                     "depth_max": nan if dmax is None else dmax,
                     "depth_range": nan if dmin is None or dmax is None else dmax - dmin,
@@ -342,9 +335,11 @@ class RunView:
                     "segments": float(len(table.column("segments")[k].as_py() or [])),
                     "text_regions": float(len(table.column("text_regions")[k].as_py() or [])),
                 }
-                for j, name in enumerate(CLASS_GROUP_NAMES):
-                    row[f"group:{name}"] = nan if shares is None else shares[0][j]
-                for key in SORT_KEYS:
+                for layer in stat_layers:
+                    stats = layer.statistics({c: table.column(c)[k].as_py()
+                                              for c in layer.stat_columns}) or {}
+                    row.update({name: stats.get(name, nan) for name in layer.statistic_names})
+                for key in names:
                     keys[key].append(row[key])
                 caps = (table.column("teacher_captions")[k].as_py() or []) + (
                     table.column("coco_captions")[k].as_py() or [])
@@ -425,7 +420,7 @@ class RunView:
         if not cards:
             return {"rows": [], "total": 0, "complete": _complete(status),
                     "index": status}
-        values = {k: np.concatenate([s.values[k] for s in stats]) for k in SORT_KEYS}
+        values = {k: np.concatenate([s.values[k] for s in stats]) for k in sort_keys()}
         words = [w for s in stats for w in s.words]
         keep = np.ones(len(cards), bool)
         if q.group:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from distill.images import decode_image
 from distill.labels.groups import GroupTable
+from distill.layers.registry import get_layer
 from distill.student.labels import CLASS_GROUPS, Labels
 from distill.viz import (
     GROUP_COLORS,
@@ -90,7 +91,7 @@ def layer_names(labels: Labels, panoptic: bool) -> list[str]:
     names = [n for n in LAYERS[:6] if have[n]]
     if labels.groups is not None:
         names += [f"group:{g}" for g in CLASS_GROUPS]
-    return names
+    return names + list(labels.layers)  # a plug-in label layer's maps
 
 
 def _rgba(rgb: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
@@ -143,6 +144,9 @@ def layer_png(labels: Labels, name: str, size: tuple[int, int],
     elif name == "panoptic" and panoptic is not None:
         ids = resize_map(panoptic.astype(np.float32), size, nearest=True).astype(np.int64)
         rgba = _rgba(_PALETTE[ids], (ids != 255) * 0.8)
+    elif name in labels.layers:  # a plug-in label layer: its first channel in its colour
+        prob = np.clip(resize_map(labels.layers[name][0].astype(np.float32), size), 0.0, 1.0)
+        rgba = _rgba(_flat(get_layer(name).color, size), prob * 0.85)
     elif name == "people":
         heat, paf, heat_alpha, paf_alpha = people_maps(labels, size)
         paf_a = np.clip(paf, 0, 1) * paf_alpha

@@ -1,0 +1,273 @@
+"""The label registry (DESIGN.md §9, STYLE.md 4b): what a label layer is, declared once in its own
+module, and the registry that everything else iterates.
+
+A `LabelLayer` says, for one layer (depth, normals, groups, ...):
+
+- its shard columns (`columns`: Arrow fields, PNG or not) and its codec (`encode`: `Sample`
+  fields → row values; `decode`: row values → `Sample` fields);
+- which teacher roles fill it (`roles`) and how post-processing computes it (`fill`), after the
+  layers it reads (`needs`);
+- its student output channels (`modalities`: the loss-gain key and channel count of each);
+- how it is drawn (`panels`) and its QA statistic (`statistics`).
+
+The built-in layers are `distill.layers.<name>` modules, registered on first use in the order of
+`BUILTIN` (the order of the shard schema, version 1). A plug-in layer calls `register(layer)`;
+its columns, when it has any, go after the built-in ones and are optional (older shards lack
+them). Nothing here imports pyarrow at module level beyond the column declarations, nor torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from distill.errors import DistillError, ShardError
+from distill.images import decode_png, encode_png
+
+if TYPE_CHECKING:
+    from distill.shards import Sample
+
+__all__ = [
+    "BUILTIN",
+    "Column",
+    "LabelLayer",
+    "LayerError",
+    "Modality",
+    "builtin_layers",
+    "check_hw",
+    "fill_order",
+    "get_layer",
+    "layers",
+    "plugin_layers",
+    "png_column",
+    "png_value",
+    "register",
+    "role_markers",
+    "unpng",
+    "unregister",
+]
+
+logger = logging.getLogger(__name__)
+
+# The built-in layers, in shard-schema order (schema version 1).
+BUILTIN = ("depth", "normals", "panoptic", "groups", "text", "tokens", "persons")
+
+
+class LayerError(DistillError):
+    """A label layer is unknown, registered twice, or declares a column another layer owns."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One shard column of a layer. `encoded`: its values are already-compressed bytes (PNG),
+    which the writer stores without zstd or a dictionary."""
+
+    field: pa.Field
+    encoded: bool = False
+
+    @property
+    def name(self) -> str:
+        return str(self.field.name)
+
+
+def png_column(name: str) -> Column:
+    """A column of PNG bytes at the image's original resolution (null: no teacher filled it)."""
+    return Column(pa.field(name, pa.binary()), encoded=True)
+
+
+@dataclass(frozen=True)
+class Modality:
+    """A group of student output channels learned with one loss gain: `train.loss_gains.<key>`
+    for the built-in ones, `gain` for a plug-in's (the config has no field for it)."""
+
+    key: str
+    channels: int
+    gain: float = 1.0
+
+
+class LabelLayer:
+    """One label layer. Subclasses set the class attributes and override what applies; the
+    defaults describe a layer with no columns, no teacher, no channels, nothing to draw."""
+
+    name: ClassVar[str]
+    columns: ClassVar[tuple[Column, ...]] = ()
+    roles: ClassVar[tuple[str, ...]] = ()  # teacher roles whose results fill this layer
+    needs: ClassVar[tuple[str, ...]] = ()  # layers `fill` reads (they fill first)
+    rewrites: ClassVar[tuple[str, ...] | None] = None  # columns `fill` rewrites (None: all)
+    modalities: ClassVar[tuple[Modality, ...]] = ()  # student channels, in layout order
+    layout_rank: ClassVar[int] = 100  # where its channels go in the student layout
+
+    # -- shard codec ----------------------------------------------------------------------
+
+    def encode(self, sample: Sample, compress_level: int,
+               wanted: Collection[str]) -> dict[str, Any]:
+        """This layer's columns of `sample` that are in `wanted`, as row values."""
+        return {}
+
+    def decode(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """`Sample` field values from this layer's columns of `row` (absent columns are None)."""
+        return {}
+
+    # -- post-processing ------------------------------------------------------------------
+
+    def fill(self, sample: Sample, outputs: Mapping[str, Any], ctx: Any,
+             scratch: dict[str, Any]) -> None:
+        """Set this layer's `Sample` fields from the teachers' `outputs` (role → result; a role
+        that did not run is absent), in place. `ctx` is the worker's post-processing context;
+        `scratch` holds one image's intermediate values that later layers share."""
+
+    # -- the student and the pictures (a plug-in's; the built-in layers' targets are in
+    #    distill.student.targets and their pictures in distill.viz, drawn from `Labels`) --------
+
+    loader_columns: ClassVar[tuple[str, ...]] = ()  # columns `label_map` / `target` read
+    color: ClassVar[tuple[int, int, int]] = (255, 255, 255)  # its map's colour in pictures
+    caption: ClassVar[str] = ""  # its panel's caption ("" : the layer's name)
+
+    def label_map(self, sample: Sample) -> np.ndarray | None:
+        """The layer's label of a decoded row at the original resolution, float32 (C, H, W)
+        in [0, 1] with C = its channels, for the common `Labels` form; None: not labelled."""
+        return None
+
+    def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
+        """The student's uint8 (C, S, S) target channels for this layer (255 = 1.0), moved by
+        the letterbox and augmentation through `warp` (`distill.student.targets.Warp`: its
+        `nearest` takes an (H, W) map at the original resolution to (S, S)); None: the row has
+        no such label (its `present` flag is then False)."""
+        return None
+
+    # -- QA -------------------------------------------------------------------------------
+
+    stat_columns: ClassVar[tuple[str, ...]] = ()  # the columns `statistics` reads
+    statistic_names: ClassVar[tuple[str, ...]] = ()  # its figures the viewer sorts by
+
+    def statistics(self, row: Mapping[str, Any]) -> dict[str, float] | None:
+        """One row's QA figures (name → value; shares are fractions of the image's pixels)
+        from its encoded `stat_columns`: what `distill inspect` sums and the viewer sorts and
+        filters by. None when the row has no such label."""
+        return None
+
+    @property
+    def rewritten(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns) if self.rewrites is None else self.rewrites
+
+
+_registry: dict[str, LabelLayer] = {}
+_loaded = False
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name in BUILTIN:
+        module = importlib.import_module(f"distill.layers.{name}")
+        register(module.LAYER, _builtin=True)
+
+
+def register(layer: LabelLayer, *, _builtin: bool = False) -> LabelLayer:
+    """Add a layer to the registry (after the built-in ones). Fails loudly on a name or column
+    that is already registered."""
+    if not _builtin:
+        _load_builtin()
+    if layer.name in _registry:
+        raise LayerError(f"label layer {layer.name!r} is already registered")
+    owned = {c.name: n for n, lay in _registry.items() for c in lay.columns}
+    for column in layer.columns:
+        if column.name in owned:
+            raise LayerError(f"label layer {layer.name!r}: column {column.name!r} belongs to "
+                             f"layer {owned[column.name]!r}")
+    _registry[layer.name] = layer
+    logger.debug("registered label layer %s", layer.name)
+    return layer
+
+
+def unregister(name: str) -> None:
+    """Remove a plug-in layer (tests); the built-in layers stay."""
+    if name in BUILTIN:
+        raise LayerError(f"label layer {name!r} is built in and cannot be removed")
+    _registry.pop(name, None)
+
+
+def layers() -> tuple[LabelLayer, ...]:
+    """Every registered layer: the built-in ones in schema order, then the plug-ins."""
+    _load_builtin()
+    return tuple(_registry.values())
+
+
+def builtin_layers() -> tuple[LabelLayer, ...]:
+    return tuple(layer for layer in layers() if layer.name in BUILTIN)
+
+
+def plugin_layers() -> tuple[LabelLayer, ...]:
+    """The registered layers that are not built in, in registration order."""
+    return tuple(layer for layer in layers() if layer.name not in BUILTIN)
+
+
+def get_layer(name: str) -> LabelLayer:
+    """The registered layer `name`; raises `LayerError` naming the registered ones."""
+    _load_builtin()
+    try:
+        return _registry[name]
+    except KeyError:
+        raise LayerError(f"no label layer {name!r}; registered: {', '.join(_registry)}") from None
+
+
+def role_markers() -> dict[str, str]:
+    """Teacher role → the small (non-PNG) column that is null exactly where that teacher did
+    not run: the first such column the layers it fills rewrite."""
+    out: dict[str, str] = {}
+    for layer in layers():
+        small = [c.name for c in layer.columns if not c.encoded and c.name in layer.rewritten]
+        for role in layer.roles:
+            if role not in out and small:
+                out[role] = small[0]
+    return out
+
+
+def fill_order() -> tuple[LabelLayer, ...]:
+    """The layers in an order where each comes after the layers it `needs` (otherwise in
+    registration order)."""
+    done: dict[str, LabelLayer] = {}
+    pending = list(layers())
+    while pending:
+        for layer in pending:
+            missing = [n for n in layer.needs if n not in done]
+            unknown = [n for n in missing if n not in _registry]
+            if unknown:
+                raise LayerError(f"label layer {layer.name!r} needs unknown layers {unknown}")
+            if not missing:
+                done[layer.name] = layer
+                pending.remove(layer)
+                break
+        else:
+            raise LayerError(f"label layers {[p.name for p in pending]} need each other")
+    return tuple(done.values())
+
+
+def check_hw(sample: Sample, label: str, array: np.ndarray) -> None:
+    """Raise unless `array` has the image's (height, width): labels are stored at the original
+    resolution."""
+    if array.shape[:2] != (sample.height, sample.width):
+        raise ShardError(
+            f"image {sample.image_id}: {label} is {array.shape[1]}x{array.shape[0]}, the image is "
+            f"{sample.width}x{sample.height}; labels are stored at the original resolution"
+        )
+
+
+def png_value(sample: Sample, label: str, array: np.ndarray | None, level: int) -> bytes | None:
+    """`array` as PNG bytes after checking its size; None stays None."""
+    if array is None:
+        return None
+    check_hw(sample, label, array)
+    return encode_png(array, level)
+
+
+def unpng(value: bytes | None) -> np.ndarray | None:
+    return None if value is None else decode_png(value)
