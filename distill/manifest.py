@@ -16,14 +16,13 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from distill.config import Config, hash_view
-from distill.errors import DistillError, ShardError
+from distill.errors import FingerprintMismatch, ShardError
 from distill.runfolder import shard_name
 from distill.storage import Location, atomic_write_bytes, file_sha256
 
 __all__ = [
     "LABEL_SECTIONS",
     "MANIFEST_VERSION",
-    "FingerprintMismatch",
     "Manifest",
     "ShardEntry",
     "check_fingerprint",
@@ -46,10 +45,6 @@ MANIFEST_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 # The config sections that decide what a labelling run writes.
 LABEL_SECTIONS = ("data", "teachers", "labels", "shards")
-
-
-class FingerprintMismatch(DistillError):
-    """The config differs from the one the run folder was made with."""
 
 
 @dataclass

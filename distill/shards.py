@@ -28,10 +28,10 @@ import pyarrow.parquet as pq
 
 from distill import __version__
 from distill.coco import ImageRecord, Person
-from distill.errors import ShardError
+from distill.errors import ShardError, StorageError
 from distill.images import decode_png, encode_png
 from distill.labels.keypoints import NUM_JOINTS
-from distill.storage import AtomicOutput, Location, StorageError, atomic_output
+from distill.storage import AtomicOutput, Location, atomic_output
 
 __all__ = [
     "ANNOTATION_COLUMNS",

@@ -47,12 +47,11 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from distill.errors import DistillError
+from distill.errors import DistillError, StorageError
 from distill.spool import spool_folder
 
 __all__ = [
     "Location",
-    "StorageError",
     "atomic_output",
     "atomic_write_bytes",
     "atomic_write_table",
@@ -69,10 +68,6 @@ __all__ = [
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _MANGLED = re.compile(rf"^({'|'.join(REMOTE_SCHEMES)}):/([^/].*)$", re.IGNORECASE)
 _TEMP_RE = re.compile(r"^\.(?P<final>.+)\.tmp-\d+-[0-9a-f]{8}$")
-
-
-class StorageError(DistillError):
-    """A file or folder cannot be read or written (names the location and the cause)."""
 
 
 # Credentials in a URI (RFC 3986 user information, which holds no `/`): `any://USER:SECRET@`,

@@ -16,7 +16,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from distill.manifest import FingerprintMismatch, write_manifest
+from distill.errors import FingerprintMismatch
+from distill.manifest import write_manifest
 from distill.quarantine import replace_failures
 from distill.runfolder import Lease
 from distill.shards import ShardWriter, annotations_digest, make_metadata, read_metadata

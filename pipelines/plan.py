@@ -14,9 +14,8 @@ import pyarrow.parquet as pq
 
 from distill.coco import Dataset, Problem, open_dataset
 from distill.config import Config
-from distill.errors import ConfigError
+from distill.errors import ConfigError, FingerprintMismatch
 from distill.manifest import (
-    FingerprintMismatch,
     Manifest,
     ShardEntry,
     check_fingerprint,

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 
 from distill.config import TeacherConfig
-from distill.errors import DistillError
+from distill.errors import TeacherError
 from distill.shards import Segment, TextRegion
 
 __all__ = [
@@ -32,10 +32,6 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-
-
-class TeacherError(DistillError):
-    """A teacher cannot be built or run (missing package, missing weights, bad input)."""
 
 
 def import_failure(exc: ImportError, package: str) -> str:

@@ -7,10 +7,9 @@ import os
 import pytest
 
 from distill.config import load_config
-from distill.errors import ShardError
+from distill.errors import FingerprintMismatch, ShardError
 from distill.manifest import (
     LABEL_SECTIONS,
-    FingerprintMismatch,
     Manifest,
     check_fingerprint,
     make_plan,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from distill.config import Config, load_config, preset_of
-from distill.errors import ConfigError, DistillError, ShardError
+from distill.errors import ConfigError, DistillError, MixedLabelRuns, ShardError, StorageError
 from distill.labels.tokens import (
     Vocabulary,
     read_vocabulary,
@@ -40,19 +40,15 @@ from distill.labels.tokens import (
 )
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import read_metadata
-from distill.storage import Location, StorageError, atomic_write_bytes, file_sha256
+from distill.storage import Location, atomic_write_bytes, file_sha256
 
 if TYPE_CHECKING:
     from distill.student.data import ShardSpec
     from distill.student.train import TrainOptions
 
-__all__ = ["MixedLabelRuns", "TrainingVocabulary", "check_one_label_run", "training_vocabulary"]
+__all__ = ["TrainingVocabulary", "check_one_label_run", "training_vocabulary"]
 
 logger = logging.getLogger(__name__)
-
-
-class MixedLabelRuns(DistillError):
-    """`--shards` come from several label runs and `--allow-mixed` was not given."""
 
 
 @dataclass

@@ -92,18 +92,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from distill.config import Config, TrainConfig, config_to_dict, dump_toml
-from distill.errors import DistillError, ShardError
+from distill.errors import DistillError, ShardError, StorageError, TrainingDiverged
 from distill.progress import Progress
 from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
 from distill.shards import shard_identity
-from distill.storage import (
-    Location,
-    StorageError,
-    atomic_write_bytes,
-    file_sha256,
-    fsync_dir,
-    remove_tree,
-)
+from distill.storage import Location, atomic_write_bytes, file_sha256, fsync_dir, remove_tree
 from distill.student import layout
 from distill.student.curves import Curves, check_trackers
 from distill.student.data import ShardSpec, ShardStream, collate
@@ -117,7 +110,6 @@ __all__ = [
     "HDM_THRESHOLDS",
     "Session",
     "TrainOptions",
-    "TrainingDiverged",
     "check_streams",
     "compute_loss",
     "hdm",
@@ -134,11 +126,6 @@ logger = logging.getLogger(__name__)
 
 PathSpec = str | os.PathLike[str] | Location
 CHECKPOINT_ID = "distill.checkpoint"  # safetensors header metadata key; "checkpoint" in state.pt
-
-
-class TrainingDiverged(DistillError):
-    """The loss or the weights stopped being finite (a learning rate too high for the data):
-    the run stops in one line, and nothing is written for that epoch."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from distill.errors import DistillError, ShardError
+from distill.errors import DistillError, RunGone, ShardError, ViewError
 from distill.images import decode_png
 from distill.labels.groups import GROUP_NAMES, NUM_GROUPS, TEXT_GROUP
 from distill.provenance import random_weight_roles
@@ -34,7 +34,7 @@ from distill.shards import decode_row, open_shard, read_metadata
 from distill.storage import Location
 from distill.view.memory import LRU
 
-__all__ = ["GRID_COLUMNS", "SORT_KEYS", "Query", "RunGone", "RunView", "ViewError"]
+__all__ = ["GRID_COLUMNS", "SORT_KEYS", "Query", "RunView"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +52,6 @@ SORT_KEYS = ("image_id", "people", "text_share", "no_class_share", "depth_min", 
              *(f"group:{g}" for g in CLASS_GROUP_NAMES))
 _REFRESH_SECONDS = 5.0  # how often the list of committed shards is read again
 _ROW_GROUPS = (8, 64 << 20)  # row groups' columns kept: entries, bytes
-
-
-class ViewError(DistillError):
-    """A request names something the run does not have (unknown shard, row out of range)."""
-
-
-class RunGone(DistillError):
-    """The run (its folder, its shards folder or its one shard) no longer exists: deleted or
-    moved while the viewer serves it."""
 
 
 @dataclass

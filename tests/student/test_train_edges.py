@@ -27,14 +27,13 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.config import load_config
-from distill.errors import ConfigError, DistillError, ShardError
+from distill.errors import ConfigError, DistillError, ShardError, TrainingDiverged
 from distill.runfolder import StudentRun
 from distill.storage import Location, remove_tree
 from distill.student import sizing
 from distill.student.data import ShardStream
 from distill.student.train import (
     CHECKPOINT_ID,
-    TrainingDiverged,
     TrainOptions,
     _checkpoint_bytes,
     check_streams,
