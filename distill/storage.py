@@ -48,6 +48,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from distill.errors import DistillError, StorageError
+from distill.provenance import file_sha256 as local_sha256
+from distill.provenance import stream_sha256
 from distill.spool import spool_folder
 
 __all__ = [
@@ -575,13 +577,7 @@ def atomic_write_table(final: str | os.PathLike[str] | Location, table: Any) -> 
 def file_sha256(path: str | os.PathLike[str] | Location) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     loc = Location(path)
-    h = hashlib.sha256()
     if loc.is_local:
-        with open(loc.path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return local_sha256(loc.path)
     with loc.open_input() as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return stream_sha256(fh)

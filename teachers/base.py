@@ -17,7 +17,8 @@ import numpy as np
 
 from distill.config import TeacherConfig
 from distill.errors import TeacherError
-from distill.shards import Segment, TextRegion
+from distill.labels.groups import Segment
+from distill.labels.text import TextRegion
 
 __all__ = [
     "CaptionResult",
