@@ -17,7 +17,7 @@ from PIL import Image
 from distill.coco import ImageRecord, Problem
 from distill.config import DataConfig, TeacherConfig, load_config
 from distill.errors import ConfigError, DistillError, RunLocked
-from distill.manifest import label_fingerprint, label_view, teacher_additions
+from distill.identity import label_fingerprint, label_view, teacher_additions
 from distill.quarantine import Failure
 from distill.shards import decode_row
 from pipelines.cluster import ClusterInfo
