@@ -39,7 +39,7 @@ from distill.labels.letterbox import Letterbox
 from distill.labels.normals import encode_normals8, sobel_normals
 from distill.labels.text import rasterize_polygons
 from distill.labels.tokens import tokenize
-from distill.shards import library_versions
+from distill.provenance import library_versions
 
 H, W = 480, 640
 

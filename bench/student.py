@@ -144,9 +144,9 @@ def student_throughput(preset: str, device: str, batches: tuple[int, ...], *,
     import torch
 
     from distill.config import load_config
+    from distill.student.loss import compute_loss
     from distill.student.model import build_student
     from distill.student.targets import PRESENT_KEYS
-    from distill.student.train import compute_loss
 
     cfg = load_config("paper" if preset == "paper" else "demo")
     scfg = cfg.student

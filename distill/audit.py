@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from distill.coco import resolve_inside
 from distill.config import Config, LabelsConfig, load_config
-from distill.errors import ConfigError, ShardError, UnsafePathError
+from distill.errors import ConfigError, ShardError, StorageError, UnsafePathError
 from distill.labels.glove import load_glove_words
 from distill.labels.groups import GROUP_NAMES, GroupTable, decode_group_mask
 from distill.labels.tokens import load_stop_words, tokenize
@@ -43,7 +43,7 @@ from distill.progress import Progress
 from distill.provenance import random_weight_roles, random_weights_warning
 from distill.runfolder import LabelRun, resolve_shards
 from distill.shards import Sample, decode_row, open_shard, read_metadata
-from distill.storage import Location, StorageError, atomic_write_bytes
+from distill.storage import Location, atomic_write_bytes
 
 __all__ = [
     "AUDIT_GROUPS",

@@ -21,9 +21,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from distill.errors import DatasetLayoutError, UnsafePathError
+from distill.errors import DatasetLayoutError, StorageError, UnsafePathError
 from distill.labels.keypoints import NUM_JOINTS
-from distill.storage import Location, StorageError
+from distill.storage import Location
 
 __all__ = [
     "IMAGE_SUFFIXES",

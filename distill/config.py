@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ else:  # pragma: no cover - exercised only on 3.10
     import tomli as tomllib
 
 from distill.errors import ConfigError
+from distill.identity import RUNTIME, UNLESS_DEFAULT, fingerprint, fingerprint_view
 
 __all__ = [
     "MAX_BATCH",
@@ -52,7 +52,6 @@ __all__ = [
     "check_ranges",
     "config_to_dict",
     "dump_toml",
-    "hash_view",
     "load_config",
     "load_config_dict",
     "parse_override",
@@ -70,13 +69,6 @@ TEACHER_BACKENDS: dict[str, tuple[str, ...]] = {
     "caption": ("visiongpt2", "vit-gpt2"),
 }
 
-# Fields marked like this change how fast a run goes, never what it writes, so they stay out of
-# the fingerprint: a run resumed on a different machine or cluster keeps its identity.
-_RUNTIME = {"fingerprint": False}
-# Fields added after runs were made: they enter the fingerprint only when set to something other
-# than their default (which is what every earlier run did), so those runs keep their identity.
-_UNLESS_DEFAULT = {"fingerprint": "unless-default"}
-
 # Caption decoding per backend (`teachers.caption.decoding`); the first is the default.
 # visiongpt2: greedy (reproducible labels) or sampling as the original `generate` does by
 # default; vit-gpt2: beam search (its model card's 4 beams) or greedy.
@@ -86,12 +78,15 @@ CAPTION_DECODING: dict[str, tuple[str, ...]] = {
 }
 
 
+# What enters a run's fingerprint (`distill.identity`): a `_runtime` setting (how fast a run goes,
+# never what it writes) never does; an `_added` one (added after runs were made) only when it is
+# not at its default.
 def _runtime(default: Any) -> Any:
-    return field(default=default, metadata=_RUNTIME)
+    return field(default=default, metadata=RUNTIME)
 
 
 def _added(default: Any) -> Any:
-    return field(default=default, metadata=_UNLESS_DEFAULT)
+    return field(default=default, metadata=UNLESS_DEFAULT)
 
 
 INT64_MAX = 2**63 - 1
@@ -150,9 +145,9 @@ def _setting(default: Any, allowed: Range, *, runtime: bool = False,
     `_runtime` / `_added`."""
     meta: dict[str, Any] = {"allowed": allowed}
     if runtime:
-        meta.update(_RUNTIME)
+        meta.update(RUNTIME)
     if added:
-        meta.update(_UNLESS_DEFAULT)
+        meta.update(UNLESS_DEFAULT)
     return field(default=default, metadata=meta)
 
 
@@ -423,7 +418,7 @@ class TrainConfig:
     # Where the training curves go besides metrics.jsonl (distill.student.curves); the packages
     # of wandb and mlflow are installed separately.
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(
-        default_factory=lambda: ["tensorboard"], metadata=_RUNTIME)
+        default_factory=lambda: ["tensorboard"], metadata=RUNTIME)
 
 
 @dataclass
@@ -473,42 +468,16 @@ class Config:
         `sections` restricts it, e.g. ("data", "teachers", "labels", "shards") for labelling.
         Same config → same hash in any process: canonical JSON, sorted keys, sha256.
         """
-        return hash_view(self.fingerprint_view(sections))
+        return fingerprint(self, sections)
 
     def fingerprint_view(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
         """The nested dict the fingerprint hashes (a run manifest keeps it, to say what
         changed when a fingerprint differs)."""
-        doc: dict[str, Any] = _fingerprint_view(self)
-        if sections is not None:
-            doc = {k: v for k, v in doc.items() if k in sections}
-        return doc
-
-
-def hash_view(view: dict[str, Any]) -> str:
-    """The fingerprint of a config view: sha256 of canonical JSON (sorted keys), 16 hex digits."""
-    blob = json.dumps(view, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return fingerprint_view(self, sections)
 
 
 def _field_default(cls: Any, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
-
-
-def _fingerprinted(obj: Any, f: dataclasses.Field[Any]) -> bool:
-    rule = f.metadata.get("fingerprint", True)
-    if rule == "unless-default":
-        return bool(getattr(obj, f.name) != f.default)
-    return bool(rule) and f.name != "preset"
-
-
-def _fingerprint_view(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {
-            f.name: _fingerprint_view(getattr(obj, f.name))
-            for f in dataclasses.fields(obj)
-            if _fingerprinted(obj, f)
-        }
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------

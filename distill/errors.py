@@ -1,13 +1,23 @@
-"""The project's exception tree: every error a user can cause is a `DistillError`."""
+"""The project's exception tree: every error a user can cause is a `DistillError`, declared
+here (the modules that raise them import them from here; `teachers.base` re-exports
+`TeacherError`, part of the teacher contract)."""
 
 __all__ = [
     "ConfigError",
     "DatasetLayoutError",
     "DistillError",
+    "FingerprintMismatch",
     "ImageDecodeError",
     "LabelError",
+    "MixedLabelRuns",
+    "RunGone",
+    "RunLocked",
     "ShardError",
+    "StorageError",
+    "TeacherError",
+    "TrainingDiverged",
     "UnsafePathError",
+    "ViewError",
 ]
 
 
@@ -37,3 +47,37 @@ class LabelError(DistillError):
 
 class ShardError(DistillError):
     """A shard file is missing, unreadable, or does not match the schema distill writes."""
+
+
+class StorageError(DistillError):
+    """A file or folder cannot be read or written (names the location and the cause)."""
+
+
+class RunLocked(DistillError):
+    """Another distill process is writing to the same run folder."""
+
+
+class FingerprintMismatch(DistillError):
+    """The config differs from the one the run folder was made with."""
+
+
+class TeacherError(DistillError):
+    """A teacher cannot be built or run (missing package, missing weights, bad input)."""
+
+
+class MixedLabelRuns(DistillError):
+    """`--shards` come from several label runs and `--allow-mixed` was not given."""
+
+
+class TrainingDiverged(DistillError):
+    """The loss or the weights stopped being finite (a learning rate too high for the data):
+    the run stops in one line, and nothing is written for that epoch."""
+
+
+class ViewError(DistillError):
+    """A request names something the run does not have (unknown shard, row out of range)."""
+
+
+class RunGone(DistillError):
+    """The run (its folder, its shards folder or its one shard) no longer exists: deleted or
+    moved while the viewer serves it."""

@@ -15,25 +15,17 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from distill.config import Config, hash_view
-from distill.errors import DistillError, ShardError
+from distill.errors import ShardError
 from distill.runfolder import shard_name
 from distill.storage import Location, atomic_write_bytes, file_sha256
 
 __all__ = [
-    "LABEL_SECTIONS",
     "MANIFEST_VERSION",
-    "FingerprintMismatch",
     "Manifest",
     "ShardEntry",
-    "check_fingerprint",
-    "config_changes",
-    "label_fingerprint",
-    "label_view",
     "make_plan",
     "read_manifest",
     "shard_is_complete",
-    "teacher_additions",
     "write_manifest",
 ]
 
@@ -44,12 +36,6 @@ logger = logging.getLogger(__name__)
 # 3: shard entries record `annotations`; entries of 1 and 2 read with none (checked by reading).
 MANIFEST_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-# The config sections that decide what a labelling run writes.
-LABEL_SECTIONS = ("data", "teachers", "labels", "shards")
-
-
-class FingerprintMismatch(DistillError):
-    """The config differs from the one the run folder was made with."""
 
 
 @dataclass
@@ -150,55 +136,6 @@ def read_manifest(path: str | Path | Location) -> Manifest:
     doc["shards"] = [ShardEntry(**s) for s in doc["shards"]]
     doc["version"] = MANIFEST_VERSION  # written back as the current one: older ones are cases of it
     return Manifest(**doc)
-
-
-def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two fingerprint views, as 'key: old → new'."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            out += config_changes(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} → {new!r}"]
-
-
-def label_view(config: Config) -> dict[str, Any]:
-    """What a labelling run's output depends on: the label sections, with a disabled teacher
-    reduced to `{"enabled": False}` (its settings cannot change what is written)."""
-    view = config.fingerprint_view(LABEL_SECTIONS)
-    for role, teacher in view["teachers"].items():
-        if not teacher.get("enabled", True):
-            view["teachers"][role] = {"enabled": False}
-    return view
-
-
-def label_fingerprint(view: dict[str, Any]) -> str:
-    """Stable hash of a `label_view` (same scheme as `Config.fingerprint`)."""
-    return hash_view(view)
-
-
-def teacher_additions(old: dict[str, Any], new: dict[str, Any]) -> list[str] | None:
-    """The roles `new` enables that `old` did not, when that is the *only* difference between
-    the two label views (adding a teacher to a finished run); None when anything else changed."""
-    old_t, new_t = old.get("teachers", {}), new.get("teachers", {})
-    added = [r for r, t in new_t.items()
-             if t.get("enabled", True) and not old_t.get(r, {}).get("enabled", False)]
-    rest = {**new, "teachers": {r: (old_t.get(r) if r in added else t) for r, t in new_t.items()}}
-    return added if rest == old else None
-
-
-def check_fingerprint(manifest: Manifest, fingerprint: str, view: dict[str, Any],
-                      folder: object) -> None:
-    """Refuse to continue a run with a different config, naming what changed."""
-    if manifest.fingerprint == fingerprint:
-        return
-    changes = config_changes(manifest.config, view) or ["(settings not recorded)"]
-    raise FingerprintMismatch(
-        f"{folder} was made with config {manifest.fingerprint}, this one is {fingerprint}. "
-        f"Changed: {'; '.join(changes[:8])}{' …' if len(changes) > 8 else ''}. Re-run with the "
-        "run's own config (its resolved config.toml is in the folder), choose another output "
-        "folder, or pass --new-run to start this folder over"
-    )
 
 
 def shard_is_complete(path: Location, entry: ShardEntry) -> bool:

@@ -1,5 +1,8 @@
 """What a run's teacher provenance says about trust: which teachers had random weights (labels
-for plumbing tests only) and which hub checkpoints were not pinned to a commit.
+for plumbing tests only) and which hub checkpoints were not pinned to a commit; and what a
+provenance records besides the weights: the versions of the packages that shape the labels
+(`library_versions`) and the sha256 of local weight files (`file_sha256`, no pyarrow: teachers
+import it).
 
 One owner for the wording, so `distill show`, `distill inspect` and `distill run audit` say the
 same thing. Reads the provenance dicts that shards carry in their metadata
@@ -8,16 +11,24 @@ same thing. Reads the provenance dicts that shards carry in their metadata
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from importlib import metadata as importlib_metadata
+from typing import IO, Any
+
+from distill import __version__
 
 __all__ = [
     "PLUMBING_ONLY",
+    "file_sha256",
     "is_pinned",
+    "library_versions",
     "random_weight_roles",
     "random_weights_warning",
     "shards_random_weight_roles",
+    "stream_sha256",
     "unpinned_warning",
 ]
 
@@ -84,3 +95,28 @@ def unpinned_warning(role: str, prov: Mapping[str, Any]) -> str:
             + (f"(it resolved to {prov['commit']}); " if prov.get("commit") else
                "(its commit could not be resolved offline); ")
             + f"pin it with --set teachers.{role}.revision={pin}")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the packages that shape a shard's content."""
+    out = {"distill": __version__}
+    for dist in ("numpy", "pillow", "pyarrow", "torch", "torchvision", "transformers", "ray"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def stream_sha256(fh: IO[bytes]) -> str:
+    """Hex sha256 of what a binary file object reads to its end, in 1 MiB chunks."""
+    h = hashlib.sha256()
+    while chunk := fh.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a local file's bytes (`distill.storage.file_sha256` also reads URIs)."""
+    with open(path, "rb") as fh:
+        return stream_sha256(fh)

@@ -42,15 +42,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from distill.errors import DistillError, ShardError
-from distill.storage import (
-    Location,
-    StorageError,
-    atomic_write_bytes,
-    is_temp_name,
-    s3_client,
-    written_here,
-)
+from distill.errors import DistillError, RunLocked, ShardError, StorageError
+from distill.storage import Location, atomic_write_bytes, is_temp_name, s3_client, written_here
 
 __all__ = [
     "CONFIG",
@@ -59,7 +52,6 @@ __all__ = [
     "SUMMARY",
     "VOCAB",
     "LabelRun",
-    "RunLocked",
     "StudentRun",
     "find_label_run",
     "parse_shard_name",
@@ -109,10 +101,6 @@ def parse_shard_name(name: str) -> tuple[str, int, int | None]:
     if not m:
         raise ShardError(f"{name!r} is not a shard name like 'val2017-00000.parquet'")
     return m["split"], int(m["index"]), int(m["total"]) if m["total"] else None
-
-
-class RunLocked(DistillError):
-    """Another distill process is writing to the same run folder."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import sys
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,12 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distill import __version__
 from distill.coco import ImageRecord, Person
-from distill.errors import ShardError
+from distill.errors import ShardError, StorageError
+from distill.labels.groups import Segment
 from distill.labels.keypoints import NUM_JOINTS
+from distill.labels.text import TextRegion
 from distill.layers.registry import BUILTIN, builtin_layers, layers
-from distill.storage import AtomicOutput, Location, StorageError, atomic_output
+from distill.provenance import library_versions
+from distill.storage import AtomicOutput, Location, atomic_output
 
 __all__ = [
     "ANNOTATION_COLUMNS",
@@ -51,7 +52,6 @@ __all__ = [
     "encode_sample",
     "footer_column_bytes",
     "iter_samples",
-    "library_versions",
     "make_metadata",
     "open_shard",
     "optional_columns",
@@ -103,24 +103,6 @@ def optional_columns() -> frozenset[str]:
 # The schema of the built-in layers (version 1); `schema()` adds a registered plug-in's columns.
 SCHEMA = schema()
 OPTIONAL_COLUMNS = optional_columns()
-
-
-@dataclass
-class Segment:
-    """One panoptic segment."""
-
-    category_id: int
-    score: float
-    isthing: bool
-    area: int
-
-
-@dataclass
-class TextRegion:
-    """One detected text polygon."""
-
-    points: np.ndarray  # (N, 2) float32 x, y
-    score: float
 
 
 @dataclass
@@ -242,17 +224,6 @@ def decode_row(row: dict[str, Any]) -> Sample:
 
 # ---------------------------------------------------------------------------------------------
 # File metadata
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the packages that shape a shard's content."""
-    out = {"distill": __version__}
-    for dist in ("numpy", "pillow", "pyarrow", "torch", "torchvision", "transformers", "ray"):
-        try:
-            out[dist] = importlib_metadata.version(dist)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def shard_identity(path: Location) -> dict[str, Any]:

@@ -47,12 +47,13 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from distill.errors import DistillError
+from distill.errors import DistillError, StorageError
+from distill.provenance import file_sha256 as local_sha256
+from distill.provenance import stream_sha256
 from distill.spool import spool_folder
 
 __all__ = [
     "Location",
-    "StorageError",
     "atomic_output",
     "atomic_write_bytes",
     "atomic_write_table",
@@ -69,10 +70,6 @@ __all__ = [
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 _MANGLED = re.compile(rf"^({'|'.join(REMOTE_SCHEMES)}):/([^/].*)$", re.IGNORECASE)
 _TEMP_RE = re.compile(r"^\.(?P<final>.+)\.tmp-\d+-[0-9a-f]{8}$")
-
-
-class StorageError(DistillError):
-    """A file or folder cannot be read or written (names the location and the cause)."""
 
 
 # Credentials in a URI (RFC 3986 user information, which holds no `/`): `any://USER:SECRET@`,
@@ -580,13 +577,7 @@ def atomic_write_table(final: str | os.PathLike[str] | Location, table: Any) -> 
 def file_sha256(path: str | os.PathLike[str] | Location) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     loc = Location(path)
-    h = hashlib.sha256()
     if loc.is_local:
-        with open(loc.path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return local_sha256(loc.path)
     with loc.open_input() as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return stream_sha256(fh)

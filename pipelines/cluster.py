@@ -516,7 +516,8 @@ def _watch() -> None:
             os.unlink(os.path.join(session, _OWNER_FILE))
 
 
-_OUR_ERROR = re.compile(r"(?:distill|teachers|pipelines)(?:\.\w+)*\.(\w+(?:Error|Mismatch)): (.+)")
+# every DistillError is declared in distill.errors: its traceback line reads `distill.errors.Name: …`
+_OUR_ERROR = re.compile(r"distill\.errors\.(\w+): (.+)")
 
 
 def unwrap_error(exc: BaseException) -> DistillError | None:

@@ -16,31 +16,17 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from distill.manifest import FingerprintMismatch, write_manifest
+from distill.identity import check_dtype
+from distill.manifest import write_manifest
 from distill.quarantine import replace_failures
 from distill.runfolder import Lease
 from distill.shards import ShardWriter, annotations_digest, make_metadata, read_metadata
 from pipelines.plan import RunPlan, ShardJob
 from pipelines.stages import Item
 
-__all__ = ["Committer", "check_dtype"]
+__all__ = ["Committer"]
 
 logger = logging.getLogger(__name__)
-
-
-def check_dtype(role: str, expected: str | None, provenance: dict[str, Any]) -> None:
-    """Precision is part of a run's identity: `dtype = "auto"` resolves to float16 on CUDA and
-    float32 on a CPU, so a resume that moves a teacher to another kind of device would mix
-    precisions in one run. The first commit records each teacher's resolved dtype in the
-    manifest; a teacher that resolves to another one is refused like any label change."""
-    actual = provenance.get("dtype")
-    if expected is None or actual == expected:
-        return
-    raise FingerprintMismatch(
-        f"teachers.{role} runs in {actual} on {provenance.get('device')}, but this run was "
-        f"labelled in {expected}; one run never mixes precisions. Set "
-        f"teachers.{role}.dtype={str(expected).removeprefix('torch.')} (or run it on the same "
-        "kind of device), choose another --out, or pass --new-run")
 
 
 class Committer:

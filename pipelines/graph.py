@@ -24,8 +24,9 @@ import numpy as np
 
 from distill.config import DataConfig, LabelsConfig, TeacherConfig
 from distill.errors import DistillError
+from distill.identity import check_dtype
 from pipelines.cluster import ClusterInfo, first_line, unwrap_error
-from pipelines.commit import Committer, check_dtype
+from pipelines.commit import Committer
 from pipelines.plan import RunOptions, RunPlan
 from pipelines.progress import ProgressBoard, ProgressDisplay
 from pipelines.sizing import (

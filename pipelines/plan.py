@@ -14,18 +14,14 @@ import pyarrow.parquet as pq
 
 from distill.coco import Dataset, Problem, open_dataset
 from distill.config import Config
-from distill.errors import ConfigError
+from distill.errors import ConfigError, FingerprintMismatch
+from distill.identity import check_fingerprint, label_fingerprint, label_view, teacher_additions
 from distill.manifest import (
-    FingerprintMismatch,
     Manifest,
     ShardEntry,
-    check_fingerprint,
-    label_fingerprint,
-    label_view,
     make_plan,
     read_manifest,
     shard_is_complete,
-    teacher_additions,
     write_manifest,
 )
 from distill.quarantine import Failure, read_quarantine, replace_failures

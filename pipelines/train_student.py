@@ -35,18 +35,11 @@ from distill.config import Config, config_to_dict
 from distill.errors import DistillError
 from distill.runfolder import StudentRun
 from distill.storage import Location
+from distill.student.checkpoint import recover_checkpoints, resume_point
 from distill.student.curves import check_trackers
 from distill.student.data import ShardSpec, ShardStream
-from distill.student.sources import training_vocabulary
-from distill.student.train import (
-    Session,
-    TrainOptions,
-    check_streams,
-    recover_checkpoints,
-    resume_point,
-    train_student,
-    verify_shards,
-)
+from distill.student.sources import check_streams, training_vocabulary, verify_shards
+from distill.student.train import Session, TrainOptions, train_student
 from pipelines.cluster import ray_session
 
 __all__ = ["train_on_ray"]

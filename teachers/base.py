@@ -16,8 +16,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 
 from distill.config import TeacherConfig
-from distill.errors import DistillError
-from distill.shards import Segment, TextRegion
+from distill.errors import TeacherError
+from distill.labels.groups import Segment
+from distill.labels.text import TextRegion
 
 __all__ = [
     "CaptionResult",
@@ -32,10 +33,6 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-
-
-class TeacherError(DistillError):
-    """A teacher cannot be built or run (missing package, missing weights, bad input)."""
 
 
 def import_failure(exc: ImportError, package: str) -> str:

@@ -27,8 +27,7 @@ from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
 from distill.config import TeacherConfig
-from distill.labels.text import rasterize_polygons
-from distill.shards import TextRegion
+from distill.labels.text import TextRegion, rasterize_polygons
 from teachers import runtime
 from teachers.base import Provenance, Teacher, TeacherError, TextResult, check_images
 from teachers.registry import register

@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from distill.config import TeacherConfig
-from distill.labels.groups import VOID, GroupTable
-from distill.shards import Segment
+from distill.labels.groups import VOID, GroupTable, Segment
 from teachers import runtime
 from teachers.base import (
     PanopticResult,

@@ -33,8 +33,7 @@ import numpy as np
 import torch
 
 from distill.config import TeacherConfig
-from distill.labels.text import rasterize_polygons
-from distill.shards import TextRegion
+from distill.labels.text import TextRegion, rasterize_polygons
 from teachers.base import (
     Provenance,
     Teacher,

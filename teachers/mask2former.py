@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import TeacherConfig
-from distill.labels.groups import VOID, Category, GroupTable
-from distill.shards import Segment
+from distill.labels.groups import VOID, Category, GroupTable, Segment
 from teachers import runtime
 from teachers.base import PanopticResult, Provenance, Teacher, TeacherError, check_images
 from teachers.registry import register

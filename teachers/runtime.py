@@ -12,9 +12,7 @@ from typing import Any, TypeVar
 import torch
 
 from distill.config import TeacherConfig
-from distill.provenance import is_pinned, unpinned_warning
-from distill.shards import library_versions
-from distill.storage import file_sha256
+from distill.provenance import file_sha256, is_pinned, library_versions, unpinned_warning
 from teachers.base import Provenance, TeacherError
 
 __all__ = [

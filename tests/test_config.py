@@ -211,3 +211,18 @@ def test_fingerprint_is_stable_across_processes():
                              text=True, check=True)
         seen.add(out.stdout.strip())
     assert seen == {load_config("demo").fingerprint()}
+
+
+@pytest.mark.parametrize("preset, whole, labels, student", [
+    ("demo", "429a0919d67d3910", "df4c1c239731efb9", "7813c03bbe698b31"),
+    ("paper", "b8490c5285ec82c8", "fa900e7b11673262", "8812c009f6d3009a"),
+])
+def test_fingerprints_of_the_presets_never_change(preset, whole, labels, student):
+    """Existing runs resume only while their fingerprint is the same: these values were computed
+    by the distill that made them (a changed value means every run of that preset is refused)."""
+    from distill.identity import label_fingerprint, label_view
+
+    cfg = load_config(preset)
+    assert cfg.fingerprint() == whole
+    assert label_fingerprint(label_view(cfg)) == labels
+    assert cfg.fingerprint(("student",)) == student

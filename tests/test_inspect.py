@@ -22,9 +22,10 @@ from PIL import Image
 
 from distill.config import load_config
 from distill.errors import ShardError
+from distill.identity import label_fingerprint, label_view
 from distill.inspect import format_inspect, inspect_path
 from distill.labels.groups import GROUP_NAMES
-from distill.manifest import Manifest, label_fingerprint, label_view, make_plan, write_manifest
+from distill.manifest import Manifest, make_plan, write_manifest
 from distill.quarantine import Failure, replace_failures
 from distill.shards import ShardWriter, column_bytes, make_metadata
 from distill.storage import file_sha256

@@ -7,17 +7,9 @@ import os
 import pytest
 
 from distill.config import load_config
-from distill.errors import ShardError
-from distill.manifest import (
-    LABEL_SECTIONS,
-    FingerprintMismatch,
-    Manifest,
-    check_fingerprint,
-    make_plan,
-    read_manifest,
-    shard_is_complete,
-    write_manifest,
-)
+from distill.errors import FingerprintMismatch, ShardError
+from distill.identity import LABEL_SECTIONS, check_fingerprint
+from distill.manifest import Manifest, make_plan, read_manifest, shard_is_complete, write_manifest
 from distill.shards import ShardWriter, make_metadata
 from distill.storage import atomic_write_bytes, file_sha256
 from tests.test_shards import make_sample

@@ -18,10 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from distill.errors import DistillError
+from distill.errors import DistillError, RunLocked, StorageError
 from distill.runfolder import (
     LabelRun,
-    RunLocked,
     StudentRun,
     find_label_run,
     parse_shard_name,
@@ -29,7 +28,7 @@ from distill.runfolder import (
     shard_name,
     writer_active,
 )
-from distill.storage import Location, StorageError, atomic_write_bytes
+from distill.storage import Location, atomic_write_bytes
 from pipelines.generate_labels import RunOptions, generate_labels
 from tests.conftest import label_config, s3_keys, upload_folder
 

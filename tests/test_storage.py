@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 import distill.storage as storage
+from distill.errors import StorageError
 from distill.shards import ShardWriter, make_metadata
-from distill.storage import Location, StorageError, atomic_write_bytes, remove_tree, written_here
+from distill.storage import Location, atomic_write_bytes, remove_tree, written_here
 from tests.test_shards import make_sample
 
 ENOSPC = os.strerror(errno.ENOSPC)  # "No space left on device"

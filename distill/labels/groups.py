@@ -25,11 +25,22 @@ __all__ = [
     "VOID",
     "Category",
     "GroupTable",
+    "Segment",
     "decode_group_mask",
     "encode_group_mask",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Segment:
+    """One panoptic segment, as a panoptic teacher returns it and a shard stores it."""
+
+    category_id: int
+    score: float
+    isthing: bool
+    area: int
 
 VOID = 255  # class-map value of pixels no segment covers
 

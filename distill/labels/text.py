@@ -1,13 +1,23 @@
-"""Text masks from text-detector polygons."""
+"""Text regions (a text detector's polygons) and the text mask rasterised from them."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from distill.errors import LabelError
 
-__all__ = ["rasterize_polygons"]
+__all__ = ["TextRegion", "rasterize_polygons"]
+
+
+@dataclass
+class TextRegion:
+    """One detected text polygon, as a text teacher returns it and a shard stores it."""
+
+    points: np.ndarray  # (N, 2) float32 x, y
+    score: float
 
 
 def rasterize_polygons(

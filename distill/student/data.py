@@ -152,6 +152,13 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         """Rows in all shards (from the footers), what one epoch yields over all ranks."""
         return sum(sum(groups) for groups in self.group_rows)
 
+    def rows_per_rank(self) -> list[int]:
+        """Rows each rank reads this epoch (from the footers' row-group sizes)."""
+        rows = [0] * self.world_size
+        for k, (f, g) in enumerate(self.units()):
+            rows[k % self.world_size] += self.group_rows[f][g]
+        return rows
+
     def units(self) -> list[Unit]:
         """Every (file, row group) of the epoch: fixed order, shuffled with (seed, epoch) when
         training."""

@@ -45,6 +45,7 @@ from distill import __version__
 from distill.config import Config, config_to_dict, load_config_dict, parse_override
 from distill.errors import DistillError
 from distill.labels.keypoints import JOINT_NAMES, LIMB_NAMES
+from distill.runfolder import StudentRun
 from distill.storage import Location, atomic_write_bytes, file_sha256
 from distill.student import layout
 from distill.student.engines import Engine, OnnxEngine, TorchScriptEngine
@@ -102,7 +103,7 @@ def export_metadata(student: LoadedStudent, *, fmt: str, fp16: bool, dynamic_bat
     """The JSON document an exported file carries (see the module docstring)."""
     cfg = student.config
     size = cfg.student.input_size
-    model_file = student.checkpoint / "model.safetensors"
+    model_file = StudentRun.model_file(student.checkpoint)
     return {
         "kind": KIND,
         "format_version": FORMAT_VERSION,

@@ -58,6 +58,7 @@ __all__ = [
     "build_student",
     "count_parameters",
     "token_dropout_rates",
+    "unwrap",
 ]
 
 logger = logging.getLogger(__name__)
@@ -255,3 +256,8 @@ def count_parameters(config: StudentConfig, vocab_size: int = 0) -> int:
     with torch.device("meta"):
         model = YMapNet(config, vocab_size)
     return sum(p.numel() for p in model.parameters())
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The student inside a data-parallel wrapper (`DistributedDataParallel.module`), or itself."""
+    return getattr(model, "module", model)

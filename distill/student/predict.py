@@ -27,9 +27,9 @@ from distill.errors import DistillError
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary
 from distill.layers.registry import plugin_layers
-from distill.runfolder import StudentRun
 from distill.storage import Location
 from distill.student import layout
+from distill.student.checkpoint import find_checkpoint, load_checkpoint, run_folder
 from distill.student.engines import Engine, TorchEngine
 from distill.student.labels import Labels
 from distill.student.model import YMapNet, build_student
@@ -87,29 +87,6 @@ class ExportedStudent:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def find_checkpoint(path: str | os.PathLike[str] | Location) -> Location:
-    """A checkpoint folder from what a user passes (a local path or a URI): a train-student run
-    folder (its best checkpoint, else its last), a checkpoint folder, or its model.safetensors."""
-    loc = Location(path)
-    if loc.name == StudentRun.model_file(loc.parent).name and loc.is_file():
-        loc = loc.parent
-    if StudentRun.model_file(loc).is_file():
-        return loc
-    run = StudentRun(loc)
-    for which in ("best", "last"):
-        if run.model_file(run.checkpoint(which)).is_file():
-            return run.checkpoint(which)
-    raise DistillError(f"{loc} holds no student checkpoint: pass a train-student run folder, "
-                       "its checkpoints/best (or last) folder, or a model.safetensors file")
-
-
-def run_folder(checkpoint: str | os.PathLike[str] | Location) -> StudentRun:
-    """The train-student run a checkpoint folder belongs to (OUT/checkpoints/<name> → OUT); a
-    flat folder holding the model and config.toml is its own run folder."""
-    loc = Location(checkpoint)
-    return StudentRun.holding(loc) or StudentRun(loc)
-
-
 def load_student(path: str | os.PathLike[str] | Location, device: str | torch.device = "cpu", *,
                  vocab: str | os.PathLike[str] | Location | None = None,
                  overrides: list[str] | None = None) -> LoadedStudent:
@@ -120,7 +97,6 @@ def load_student(path: str | os.PathLike[str] | Location, device: str | torch.de
     vocabulary is `vocab` or the run's `vocab.parquet` (copied there by train-student).
     """
     from distill.labels.tokens import read_vocabulary
-    from distill.student.train import load_checkpoint
 
     checkpoint = find_checkpoint(path)
     run = run_folder(checkpoint)

@@ -19,6 +19,10 @@ The vocabulary, in order:
 4. none when no shard has caption tokens (the caption teacher was off): the student learns no
    tokens, as its label run had none.
 The student run keeps a copy (`TrainingVocabulary.save`), which predict and evaluate decode with.
+
+Checked before training writes anything (the refusals are listed in `distill.student.train`):
+`check_streams` (rows to train on, for every rank) and `verify_shards` (`--verify-shards`: each
+shard's sha256 against its label run's manifest).
 """
 
 from __future__ import annotations
@@ -31,28 +35,32 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from distill.config import Config, load_config, preset_of
-from distill.errors import ConfigError, DistillError, ShardError
+from distill.errors import ConfigError, DistillError, MixedLabelRuns, ShardError, StorageError
 from distill.labels.tokens import (
     Vocabulary,
     read_vocabulary,
     vocabulary_from_shards,
     write_vocabulary_file,
 )
+from distill.progress import Progress
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import read_metadata
-from distill.storage import Location, StorageError, atomic_write_bytes, file_sha256
+from distill.storage import Location, atomic_write_bytes, file_sha256
 
 if TYPE_CHECKING:
-    from distill.student.data import ShardSpec
+    from distill.student.data import ShardSpec, ShardStream
     from distill.student.train import TrainOptions
 
-__all__ = ["MixedLabelRuns", "TrainingVocabulary", "check_one_label_run", "training_vocabulary"]
+__all__ = [
+    "TrainingVocabulary",
+    "check_one_label_run",
+    "check_streams",
+    "shown_shards",
+    "training_vocabulary",
+    "verify_shards",
+]
 
 logger = logging.getLogger(__name__)
-
-
-class MixedLabelRuns(DistillError):
-    """`--shards` come from several label runs and `--allow-mixed` was not given."""
 
 
 @dataclass
@@ -121,21 +129,21 @@ def check_one_label_run(paths: Sequence[Location], allow_mixed: bool = False,
     if len(fingerprints) > 1 and not allow_mixed:
         raise MixedLabelRuns(
             f"--shards mixes {len(fingerprints)} label runs with different label fingerprints: "
-            f"{_listed(fingerprints)}. Their labels were made with other settings or data, and "
+            f"{_listed([o.described() for o in fingerprints])}. Their labels were made with other settings or data, and "
             "each run has its own vocabulary; train on one label run's shards, or pass "
             "--allow-mixed to train on all of them with a vocabulary rebuilt from all their "
             "caption tokens")
     if len(vocabularies) > 1 and not (allow_mixed or vocab_given):
         raise MixedLabelRuns(
             f"--shards mixes {len(vocabularies)} label runs with different vocabularies: "
-            f"{_listed(vocabularies)}. Pass --vocab to choose one, or --allow-mixed to rebuild "
+            f"{_listed([o.described() for o in vocabularies])}. Pass --vocab to choose one, or --allow-mixed to rebuild "
             "one from all the shards' caption tokens")
     return fingerprints, vocabularies
 
 
-def _listed(origins: list[_Origin], most: int = 4) -> str:
-    return "; ".join(o.described() for o in origins[:most]) + \
-        (f"; and {len(origins) - most} more" if len(origins) > most else "")
+def _listed(items: Sequence[str], most: int = 4) -> str:
+    return "; ".join(items[:most]) + (f"; and {len(items) - most} more" if len(items) > most
+                                      else "")
 
 
 def training_vocabulary(config: Config, options: TrainOptions) -> TrainingVocabulary:
@@ -214,3 +222,125 @@ def _label_run(shards: ShardSpec) -> LabelRun | None:
         return None
     return find_label_run(first)
 
+
+# ---------------------------------------------------------------------------------------------
+# Checks before training
+
+
+def shown_shards(paths: Sequence[Location], most: int = 4) -> str:
+    """Shard paths for a one-line message: all in one folder are named once."""
+    folders = {p.parent for p in paths}
+    names = [p.name for p in paths] if len(folders) == 1 else [str(p) for p in paths]
+    text = ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most
+                                      else "")
+    return f"{text} in {next(iter(folders))}" if len(folders) == 1 else text
+
+
+def check_streams(train: ShardStream, val: ShardStream | None) -> None:
+    """Refuse shards that would train on nothing (`distill.student.train`'s docstring): no rows
+    in all, or a rank of a data-parallel run with no rows. Reads only what the footers gave."""
+    for stream, option in ((train, "--shards"), (val, "--val-shards")):
+        if stream is None:
+            continue
+        if stream.count_rows() == 0:
+            what = "holds" if len(stream.paths) == 1 else "hold"
+            raise DistillError(
+                f"{option}: {shown_shards(stream.paths)} {what} 0 rows, nothing to "
+                f"{'train' if stream is train else 'validate'} on; label some images first, or "
+                "pass other shards")
+        for path, groups in zip(stream.paths, stream.group_rows, strict=True):
+            if sum(groups) == 0:
+                logger.warning("shard %s holds 0 rows", path)
+        rows = stream.rows_per_rank()
+        if min(rows) == 0:
+            units = sum(1 for groups in stream.group_rows for n in groups if n > 0)
+            raise DistillError(
+                f"{option}: {shown_shards(stream.paths)} hold {units} non-empty row group(s), "
+                f"too few for {stream.world_size} training workers (row groups are dealt to workers "
+                f"whole; {rows.count(0)} would get no rows); use at most {units} workers, or "
+                "labels written with a smaller shards.row_group_size")
+
+
+def verify_shards(specs: Sequence[ShardSpec], progress: bool = True) -> None:
+    """`--verify-shards`: every shard's sha256 against the one its label run's manifest
+    records. Refuses (one `DistillError` naming the shards) a mismatch, a shard its run's
+    manifest does not record as committed, and a shard in no label run (nothing to check it
+    against), the last two before hashing anything."""
+    from distill.manifest import Manifest, read_manifest
+
+    shards = list(dict.fromkeys(p for spec in specs for p in resolve_shards(spec)))
+    runs: dict[Location, LabelRun | None] = {}
+    manifests: dict[Location, Manifest] = {}
+    expected: dict[Location, tuple[str, int | None]] = {}  # sha256, size
+    problems: list[str] = []
+    for shard in shards:
+        if shard.parent not in runs:  # whether a file is a run's shard depends on its folder
+            runs[shard.parent] = find_label_run(shard)
+        run = runs[shard.parent]
+        if run is None:
+            problems.append(f"{shard} is in no label run folder (no manifest.json above it), so "
+                            "no checksum was recorded for it")
+            continue
+        if run.root not in manifests:
+            manifests[run.root] = read_manifest(run.manifest)
+        entry = next((e for e in manifests[run.root].shards if e.name == shard.name), None)
+        if entry is None or entry.sha256 is None:
+            problems.append(f"{shard} is not a committed shard of {run.manifest}"
+                            if entry is None else
+                            f"{shard} is not committed yet in {run.manifest} (no checksum)")
+            continue
+        expected[shard] = entry.sha256, entry.size
+    if problems:
+        raise DistillError(f"--verify-shards: cannot verify {len(problems)} of {len(shards)} "
+                           f"shard(s): {_listed(problems)}")
+    sizes = {shard: shard.size() for shard in expected}
+    bar = _HashProgress(sum(sizes.values()), len(expected), enabled=progress)
+    try:
+        for k, (shard, (sha256, size)) in enumerate(expected.items()):
+            bar.start(shard, k)
+            before = len(problems)
+            if size is not None and sizes[shard] != size:
+                problems.append(f"{shard} is {sizes[shard]} bytes, {_run_of(runs, shard)} "
+                                f"recorded {size}")
+            else:
+                try:
+                    digest = file_sha256(shard)
+                except OSError as exc:
+                    raise StorageError(f"--verify-shards: cannot read {shard}: {exc}") from exc
+                if digest != sha256:
+                    problems.append(f"{shard} has sha256 {digest[:12]}…, "
+                                    f"{_run_of(runs, shard)} recorded {sha256[:12]}…")
+            bar.done(shard, sizes[shard], ok=len(problems) == before)
+    finally:
+        bar.close()
+    if problems:
+        raise DistillError(f"--verify-shards: {len(problems)} of {len(shards)} shard(s) differ "
+                           f"from their label run's manifest (changed or damaged after "
+                           f"labelling): {_listed(problems)}")
+    logger.info("--verify-shards: %d shard(s) match their manifests", len(shards))
+
+
+def _run_of(runs: dict[Location, LabelRun | None], shard: Location) -> str:
+    run = runs[shard.parent]
+    return f"the manifest of {run}" if run is not None else "its manifest"
+
+
+class _HashProgress:
+    """A bar over the bytes `--verify-shards` hashes (`distill.progress`); without one on the
+    screen, a log line per shard."""
+
+    def __init__(self, total_bytes: int, shards: int, enabled: bool) -> None:
+        self.shards = shards
+        self.bar = Progress("verify-shards", total_bytes, "bytes", data=True,
+                            enabled=enabled and shards > 0).__enter__()
+
+    def start(self, shard: Location, k: int) -> None:
+        self.bar.describe(f"verify {shard.name} ({k + 1}/{self.shards})")
+
+    def done(self, shard: Location, size: int, ok: bool) -> None:
+        self.bar.advance(size)
+        if not self.bar.live:
+            logger.info("--verify-shards: %s %s", shard, "matches" if ok else "DIFFERS")
+
+    def close(self) -> None:
+        self.bar.close()

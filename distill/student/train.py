@@ -3,11 +3,9 @@
 One loop serves a single process and every Ray Train worker: a `Session` says which rank this
 is, how many there are, where the model lives and how checkpoints are saved and found.
 
-Loss: Σ g_i · MSE_i over the six image modalities and the tokens, with the paper's gains, each
-MSE over the samples that have that label. Adam; the learning rate falls linearly from
-`lr_start` to `lr_end` over `lr_decay_epochs` epochs, then stays (`lr_schedule`: a
-`torch.optim.lr_scheduler.LambdaLR` stepped per epoch). Early stopping after
-`patience` epochs without a better validation (else training) loss. Each epoch logs the loss,
+Loss: Σ g_i · MSE_i over the modalities and the tokens, Adam, the learning rate falling
+linearly per epoch (`distill.student.loss`). Early stopping after `patience` epochs without a
+better validation (else training) loss. Each epoch logs the loss,
 HDM@{0.1,0.3,0.5,0.8} and MSE per modality and the cosine similarity per token position.
 
 Run folder (`distill.runfolder.StudentRun`; `--out` is a local path or a URI such as
@@ -22,39 +20,20 @@ Every file goes through `distill.storage.atomic_write_bytes`. `metrics.jsonl` is
 each epoch (object stores cannot append; the same code on every filesystem), before that epoch's
 checkpoints; a resume keeps the lines of the epochs before the one it starts at.
 
-Checkpoints: `model.safetensors` and `state.pt` (epoch, step, optimiser, learning-rate
-scheduler, torch RNG, best loss, patience count), written every epoch; `state.pt` holds only tensors and plain values, loaded with
-`weights_only=True`. Resuming restores all of it, so k epochs + resume + (N−k) epochs give the
-same weights as N epochs straight.
-
-A checkpoint appears atomically, on a local disk or an object store:
-- The pair is tied by a random checkpoint id, in the safetensors header (`distill.checkpoint`)
-  and in `state.pt` (`checkpoint`). A folder is *whole* when both files are there with the same
-  id (a pair from an older distill, with no ids, counts as whole). `load_checkpoint` refuses a
-  pair that is not whole, so weights are never loaded with another save's state.
-- Writing `checkpoints/<which>`: both files are first written (each atomically, `state.pt` last)
-  to the staged folder `checkpoints/.<which>.next/`, then published — on a local disk by a folder
-  swap (`<which>` → `.<which>.old`, `.next` → `<which>`, the old one removed: a rename is atomic);
-  on an object store, which cannot rename folders, by server-side copies of the weights and then
-  the state into `<which>/` (each object appears whole), then the staged folder is deleted.
-- A crash leaves the previous `<which>` whole, or a whole staged copy, or both. Before anything
-  else, the next run (holding the writer lock) publishes a whole staged checkpoint again (roll
-  forward: it is the newer one) and drops a partial one (`recover_checkpoints`), so `--resume`
-  finds the newest whole checkpoint. Only a reader racing an object-store publication can see a
-  mixed pair, and it is told so rather than loading it.
-- `best` is published before `last`, with the same bytes: a crash between the two redoes that
-  epoch on resume (the same result, deterministically) instead of leaving a `best` that `last`
-  does not know about. A run stopped there in its first epoch has only `best`; `--resume` starts
-  from it (`resume_point`), which is where `last` would have been.
+Checkpoints (`distill.student.checkpoint`: written atomically, repaired after a crash, found by
+`--resume`): `model.safetensors` and `state.pt` (epoch, step, optimiser, learning-rate scheduler,
+torch RNG, best loss, patience count), written every epoch. Resuming restores all of it, so k
+epochs + resume + (N−k) epochs give the same weights as N epochs straight.
 
 Refused with a `DistillError` (exit code 2 from the CLI, one line) before anything is written:
 `--shards` of several label runs without `--allow-mixed` (`distill.student.sources`), shards
 with no rows in all (`--shards` or `--val-shards`), a data-parallel run with a rank that
-would get no rows (fewer row groups than ranks; `check_streams`), and, with `--verify-shards`
+would get no rows (fewer row groups than ranks), and, with `--verify-shards`
 (`TrainOptions.verify_shards`), a shard whose sha256 is not the one its label run's manifest
 records, a shard no manifest records as committed, and a shard in no label run, which cannot be
-verified (`verify_shards`; it reads only the manifests before hashing, then hashes every shard
-behind a progress bar and names all that differ). Refused before that epoch's metrics and
+verified (`verify_shards`, which reads only the manifests before hashing, then hashes every
+shard behind a progress bar and names all that differ; it and `check_streams` are in
+`distill.student.sources`). Refused before that epoch's metrics and
 checkpoint are written, which would be `nan`: an epoch that trained on no batch (every row it
 read was bad) or validated on no row. Refused before anything is allocated: a `train.batch_size`
 whose batches cannot fit in this machine's memory (`distill.student.sizing`). Stopped with one
@@ -75,70 +54,44 @@ wrapped traceback).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
 import os
-import secrets
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
 from distill.config import Config, TrainConfig, config_to_dict, dump_toml
-from distill.errors import DistillError, ShardError
+from distill.errors import DistillError, ShardError, TrainingDiverged
 from distill.progress import Progress
-from distill.runfolder import LabelRun, Lease, StudentRun, find_label_run, resolve_shards
+from distill.runfolder import Lease, StudentRun, resolve_shards
 from distill.shards import shard_identity
-from distill.storage import (
-    Location,
-    StorageError,
-    atomic_write_bytes,
-    file_sha256,
-    fsync_dir,
-    remove_tree,
+from distill.storage import Location, atomic_write_bytes
+from distill.student.checkpoint import (
+    checkpoint_bytes,
+    load_checkpoint,
+    recover_checkpoints,
+    resume_point,
+    save_checkpoint,
 )
-from distill.student import layout
 from distill.student.curves import Curves, check_trackers
 from distill.student.data import ShardSpec, ShardStream, collate
-from distill.student.metrics import HDM_THRESHOLDS, Meter, hdm, measure, to_unit
-from distill.student.model import build_student
+from distill.student.loss import compute_loss, lr_schedule
+from distill.student.metrics import Meter, measure, to_unit
+from distill.student.model import build_student, unwrap
 from distill.student.sizing import check_batch_memory
-from distill.student.sources import training_vocabulary
-from distill.student.targets import present_keys
+from distill.student.sources import check_streams, shown_shards, training_vocabulary, verify_shards
 
-__all__ = [
-    "HDM_THRESHOLDS",
-    "Session",
-    "TrainOptions",
-    "TrainingDiverged",
-    "check_streams",
-    "compute_loss",
-    "hdm",
-    "learning_rate",
-    "load_checkpoint",
-    "lr_schedule",
-    "recover_checkpoints",
-    "resume_point",
-    "train_student",
-    "verify_shards",
-]
+__all__ = ["Session", "TrainOptions", "resolve_device", "train_student"]
 
 logger = logging.getLogger(__name__)
 
 PathSpec = str | os.PathLike[str] | Location
-CHECKPOINT_ID = "distill.checkpoint"  # safetensors header metadata key; "checkpoint" in state.pt
-
-
-class TrainingDiverged(DistillError):
-    """The loss or the weights stopped being finite (a learning rate too high for the data):
-    the run stops in one line, and nothing is written for that epoch."""
 
 
 @dataclass
@@ -183,32 +136,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def learning_rate(epoch: int, cfg: TrainConfig) -> float:
-    """Linear decay from lr_start to lr_end over lr_decay_epochs, then flat (paper §3.6)."""
-    t = min(1.0, epoch / max(1, cfg.lr_decay_epochs))
-    return cfg.lr_start + (cfg.lr_end - cfg.lr_start) * t
-
-
-def lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_epoch: int = 0,
-                state: dict[str, Any] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-epoch schedule as a `torch.optim.lr_scheduler.LambdaLR`, stepped once after
-    every epoch. Its base rate is 1 (the optimiser is made with `lr=1.0`), so the rate of epoch
-    e is exactly `learning_rate(e, cfg)`. Made after a checkpoint is restored: `start_epoch` is
-    the epoch about to run and `state` the restored `state.pt`, whose `scheduler` entry (absent
-    in a distill older than the schedule) is loaded; the rate is always that of the current
-    config, as a resume with `--set train.lr_…` always had."""
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", 1.0)  # a restored optimiser has it, unless it is older
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: learning_rate(epoch, cfg), last_epoch=start_epoch - 1)
-    if state is not None and "scheduler" in state:
-        scheduler.load_state_dict(state["scheduler"])
-        if scheduler.last_epoch != start_epoch:
-            raise DistillError(f"state.pt: the learning-rate schedule is at epoch "
-                               f"{scheduler.last_epoch}, the checkpoint at {start_epoch - 1}")
-    return scheduler
-
-
 def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or cfg.mixed_precision == "off":
         return None
@@ -219,207 +146,16 @@ def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | Non
     return torch.float16
 
 
-def compute_loss(outputs: dict[str, torch.Tensor], target: torch.Tensor, tokens: torch.Tensor,
-                 present: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor,
-                                                                  dict[str, torch.Tensor]]:
-    """Σ g_i · MSE_i; each modality's MSE over the samples that have its label. `target` is the
-    uint8 batch, `present` (B, len(present_keys())) bool."""
-    maps = outputs["maps"].float()
-    truth = to_unit(target)
-    gains = cfg.loss_gains
-    total = maps.new_zeros(())
-    parts: dict[str, torch.Tensor] = {}  # detached, left on the device
-    keys = present_keys()
-    for name, channels in layout.modalities().items():
-        have = present[:, keys.index(name)]
-        if not bool(have.any()):
-            continue
-        mse = torch.mean((maps[have, channels] - truth[have, channels]) ** 2)
-        total = total + getattr(gains, name, layout.modality_gain(name)) * mse
-        parts[name] = mse.detach()
-    have = present[:, keys.index("tokens")]
-    if bool(have.any()):
-        mse = torch.mean((outputs["tokens"].float()[have] - tokens[have]) ** 2)
-        total = total + gains.tokens * mse
-        parts["tokens"] = mse.detach()
-    return total, parts
-
-
-def _rows_per_rank(stream: ShardStream) -> list[int]:
-    """Rows each rank reads this epoch (from the footers' row-group sizes)."""
-    rows = [0] * stream.world_size
-    for k, (f, g) in enumerate(stream.units()):
-        rows[k % stream.world_size] += stream.group_rows[f][g]
-    return rows
-
-
 def _train_steps(stream: ShardStream, batch_size: int) -> int:
     """Batches every rank trains on this epoch: the smallest rank's full batches (at least one),
     so data-parallel ranks step together although row groups differ in size."""
-    least = min(_rows_per_rank(stream))
+    least = min(stream.rows_per_rank())
     return 0 if least == 0 else max(1, least // batch_size)
 
 
 def _loader(stream: ShardStream, batch_size: int, workers: int) -> DataLoader[Any]:
     return DataLoader(stream, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                       persistent_workers=False, pin_memory=False)
-
-
-def _shown(paths: Sequence[Location], most: int = 4) -> str:
-    """Shard paths for a one-line message: all in one folder are named once."""
-    folders = {p.parent for p in paths}
-    names = [p.name for p in paths] if len(folders) == 1 else [str(p) for p in paths]
-    text = ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most
-                                      else "")
-    return f"{text} in {next(iter(folders))}" if len(folders) == 1 else text
-
-
-def check_streams(train: ShardStream, val: ShardStream | None) -> None:
-    """Refuse shards that would train on nothing (module docstring): no rows in all, or a rank
-    of a data-parallel run with no rows. Reads only what the footers already gave."""
-    for stream, option in ((train, "--shards"), (val, "--val-shards")):
-        if stream is None:
-            continue
-        if stream.count_rows() == 0:
-            what = "holds" if len(stream.paths) == 1 else "hold"
-            raise DistillError(
-                f"{option}: {_shown(stream.paths)} {what} 0 rows, nothing to "
-                f"{'train' if stream is train else 'validate'} on; label some images first, or "
-                "pass other shards")
-        for path, groups in zip(stream.paths, stream.group_rows, strict=True):
-            if sum(groups) == 0:
-                logger.warning("shard %s holds 0 rows", path)
-        rows = _rows_per_rank(stream)
-        if min(rows) == 0:
-            units = sum(1 for groups in stream.group_rows for n in groups if n > 0)
-            raise DistillError(
-                f"{option}: {_shown(stream.paths)} hold {units} non-empty row group(s), too few "
-                f"for {stream.world_size} training workers (row groups are dealt to workers "
-                f"whole; {rows.count(0)} would get no rows); use at most {units} workers, or "
-                "labels written with a smaller shards.row_group_size")
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _checkpoint_bytes(model: torch.nn.Module, state: dict[str, Any]) -> tuple[bytes, bytes]:
-    """`model.safetensors` and `state.pt` as bytes, tied by a fresh checkpoint id."""
-    from safetensors.torch import save
-
-    token = secrets.token_hex(8)
-    weights = {k: v.detach().contiguous().cpu() for k, v in _unwrap(model).state_dict().items()}
-    # the last step of an epoch can overflow the weights with a finite loss
-    broken = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
-    if broken:
-        raise TrainingDiverged(f"{len(broken)} weight tensor(s) are not finite ({broken[0]})")
-    buffer = io.BytesIO()
-    torch.save({**state, "checkpoint": token}, buffer)
-    return save(weights, metadata={CHECKPOINT_ID: token}), buffer.getvalue()
-
-
-def _save_checkpoint(run: StudentRun, which: str, model_bytes: bytes,
-                     state_bytes: bytes) -> None:
-    """Stage both files, then publish them as `checkpoints/<which>` (module docstring)."""
-    staged = run.staged_checkpoint(which)
-    remove_tree(staged)
-    atomic_write_bytes(run.model_file(staged), model_bytes)
-    atomic_write_bytes(run.state_file(staged), state_bytes)  # last: completes the staged pair
-    _publish(run, which)
-
-
-def _publish(run: StudentRun, which: str) -> None:
-    staged, final = run.staged_checkpoint(which), run.checkpoint(which)
-    if staged.is_local:
-        old = run.retired_checkpoint(which)
-        shutil.rmtree(old.path, ignore_errors=True)
-        if os.path.isdir(final.path):
-            os.replace(final.path, old.path)
-        os.replace(staged.path, final.path)
-        fsync_dir(final.parent.path)
-        shutil.rmtree(old.path, ignore_errors=True)
-        return
-    try:  # weights, then the state that matches them: each object appears whole
-        for file in (run.model_file, run.state_file):
-            final.fs.copy_file(file(staged).path, file(final).path)
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot publish checkpoint {final}: {exc}") from exc
-    remove_tree(staged)
-
-
-def _model_id(model_file: Location) -> str | None:
-    """The checkpoint id in a safetensors header (reads only the header)."""
-    with model_file.open_input() as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    return (header.get("__metadata__") or {}).get(CHECKPOINT_ID)
-
-
-def _read_state(state_file: Location) -> dict[str, Any]:
-    state = torch.load(io.BytesIO(state_file.read_bytes()), map_location="cpu",
-                       weights_only=True)
-    if not isinstance(state, dict):
-        raise DistillError(f"{state_file} is not a student training state")
-    return state
-
-
-def _is_whole(folder: Location) -> bool:
-    model_file, state_file = StudentRun.model_file(folder), StudentRun.state_file(folder)
-    try:
-        if not (model_file.is_file() and state_file.is_file()):
-            return False
-        return _model_id(model_file) == _read_state(state_file).get("checkpoint")
-    except Exception:  # unreadable, truncated, not a checkpoint: not whole
-        return False
-
-
-def recover_checkpoints(run: StudentRun) -> None:
-    """Finish what an interrupted run left (call holding the run's lock): a whole staged
-    checkpoint is published again, a partial one dropped, a swapped-out local folder removed."""
-    for which in ("best", "last"):
-        staged, final = run.staged_checkpoint(which), run.checkpoint(which)
-        if staged.is_dir():
-            if _is_whole(staged):
-                logger.warning("publishing checkpoint %s, whose writing was interrupted", final)
-                _publish(run, which)
-            else:
-                logger.info("dropping the partly written checkpoint %s", staged)
-                remove_tree(staged)
-        old = run.retired_checkpoint(which)
-        if old.is_local and old.is_dir():
-            if not final.is_dir() and _is_whole(old):
-                os.replace(old.path, final.path)
-            remove_tree(old)
-
-
-def load_checkpoint(folder: PathSpec) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights (safetensors) and training state (weights-only torch.load) of a checkpoint
-    folder, local or on an object store; refuses weights and state from different saves."""
-    from safetensors.torch import load, load_file
-
-    folder = Location(folder)
-    model_file, state_file = StudentRun.model_file(folder), StudentRun.state_file(folder)
-    if not model_file.is_file() or not state_file.is_file():
-        raise DistillError(f"{folder} is not a student checkpoint (needs {model_file.name} and "
-                           f"{state_file.name})")
-    try:
-        weights = load_file(model_file.path) if model_file.is_local else \
-            load(model_file.read_bytes())
-        state = _read_state(state_file)
-        token = _model_id(model_file)
-    except DistillError:
-        raise
-    except Exception as exc:  # safetensors, torch and pyarrow each raise their own
-        raise DistillError(f"cannot read checkpoint {folder}: {exc}") from exc
-    if token != state.get("checkpoint"):
-        raise DistillError(f"{folder} holds weights and training state from different saves "
-                           "(it is being written, or its writing was interrupted); try again, "
-                           "or re-run train-student --resume, which repairs it")
-    return weights, state
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,107 +233,6 @@ def train_student(config: Config, options: TrainOptions, session: Session | None
         return _train(config, options, session, workers, run, lease)
 
 
-def resume_point(run: StudentRun) -> Location | None:
-    """The checkpoint `--resume` continues: `last`, else `best` (published first, with the same
-    bytes: a run stopped between the two in its first epoch has only `best`). Call after
-    `recover_checkpoints`."""
-    for which in ("last", "best"):
-        folder = run.checkpoint(which)
-        if run.model_file(folder).is_file():
-            return folder
-    return None
-
-
-def verify_shards(specs: Sequence[ShardSpec], progress: bool = True) -> None:
-    """`--verify-shards`: every shard's sha256 against the one its label run's manifest
-    records. Refuses (one `DistillError` naming the shards) a mismatch, a shard its run's
-    manifest does not record as committed, and a shard in no label run (nothing to check it
-    against), the last two before hashing anything."""
-    from distill.manifest import Manifest, read_manifest
-
-    shards = list(dict.fromkeys(p for spec in specs for p in resolve_shards(spec)))
-    runs: dict[Location, LabelRun | None] = {}
-    manifests: dict[Location, Manifest] = {}
-    expected: dict[Location, tuple[str, int | None]] = {}  # sha256, size
-    problems: list[str] = []
-    for shard in shards:
-        if shard.parent not in runs:  # whether a file is a run's shard depends on its folder
-            runs[shard.parent] = find_label_run(shard)
-        run = runs[shard.parent]
-        if run is None:
-            problems.append(f"{shard} is in no label run folder (no manifest.json above it), so "
-                            "no checksum was recorded for it")
-            continue
-        if run.root not in manifests:
-            manifests[run.root] = read_manifest(run.manifest)
-        entry = next((e for e in manifests[run.root].shards if e.name == shard.name), None)
-        if entry is None or entry.sha256 is None:
-            problems.append(f"{shard} is not a committed shard of {run.manifest}"
-                            if entry is None else
-                            f"{shard} is not committed yet in {run.manifest} (no checksum)")
-            continue
-        expected[shard] = entry.sha256, entry.size
-    if problems:
-        raise DistillError(f"--verify-shards: cannot verify {len(problems)} of {len(shards)} "
-                           f"shard(s): {_listed(problems)}")
-    sizes = {shard: shard.size() for shard in expected}
-    bar = _HashProgress(sum(sizes.values()), len(expected), enabled=progress)
-    try:
-        for k, (shard, (sha256, size)) in enumerate(expected.items()):
-            bar.start(shard, k)
-            before = len(problems)
-            if size is not None and sizes[shard] != size:
-                problems.append(f"{shard} is {sizes[shard]} bytes, {_run_of(runs, shard)} "
-                                f"recorded {size}")
-            else:
-                try:
-                    digest = file_sha256(shard)
-                except OSError as exc:
-                    raise StorageError(f"--verify-shards: cannot read {shard}: {exc}") from exc
-                if digest != sha256:
-                    problems.append(f"{shard} has sha256 {digest[:12]}…, "
-                                    f"{_run_of(runs, shard)} recorded {sha256[:12]}…")
-            bar.done(shard, sizes[shard], ok=len(problems) == before)
-    finally:
-        bar.close()
-    if problems:
-        raise DistillError(f"--verify-shards: {len(problems)} of {len(shards)} shard(s) differ "
-                           f"from their label run's manifest (changed or damaged after "
-                           f"labelling): {_listed(problems)}")
-    logger.info("--verify-shards: %d shard(s) match their manifests", len(shards))
-
-
-def _run_of(runs: dict[Location, LabelRun | None], shard: Location) -> str:
-    run = runs[shard.parent]
-    return f"the manifest of {run}" if run is not None else "its manifest"
-
-
-def _listed(problems: list[str], most: int = 4) -> str:
-    return "; ".join(problems[:most]) + (f"; and {len(problems) - most} more"
-                                         if len(problems) > most else "")
-
-
-class _HashProgress:
-    """A bar over the bytes `--verify-shards` hashes (`distill.progress`); without one on the
-    screen, a log line per shard."""
-
-    def __init__(self, total_bytes: int, shards: int, enabled: bool) -> None:
-        self.shards = shards
-        self.bar = Progress("verify-shards", total_bytes, "bytes", data=True,
-                            enabled=enabled and shards > 0).__enter__()
-
-    def start(self, shard: Location, k: int) -> None:
-        self.bar.describe(f"verify {shard.name} ({k + 1}/{self.shards})")
-
-    def done(self, shard: Location, size: int, ok: bool) -> None:
-        self.bar.advance(size)
-        if not self.bar.live:
-            logger.info("--verify-shards: %s %s", shard, "matches" if ok else "DIFFERS")
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _train(config: Config, options: TrainOptions, session: Session, workers: int | None,
            run: StudentRun, lease: Lease | None) -> dict[str, Any]:
     cfg = config.train
@@ -613,7 +248,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         if options.val_shards else None
     check_streams(train_stream, val_stream)  # before anything is written
     workers = cfg.num_workers if workers is None else workers
-    check_batch_memory(config, max(_rows_per_rank(train_stream)), workers, session.device)
+    check_batch_memory(config, max(train_stream.rows_per_rank()), workers, session.device)
 
     torch.manual_seed(cfg.seed)
     model: torch.nn.Module = build_student(config.student, len(vocab.words) if vocab else 0,
@@ -661,7 +296,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
     last: dict[str, Any] = {}
     warned: set[str] = set()  # bad rows already logged: each once per run, counted every epoch
     distributed = session.world_size > 1
-    samples_per_epoch = min(min(_rows_per_rank(train_stream)),
+    samples_per_epoch = min(min(train_stream.rows_per_rank()),
                             _train_steps(train_stream, cfg.batch_size) * cfg.batch_size)
     curves = Curves(cfg.trackers, run, step, config_to_dict(config)) \
         if session.is_main and start_epoch < cfg.epochs else None
@@ -689,21 +324,21 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
             if "loss" not in train_metrics:
                 raise DistillError(
                     f"epoch {epoch} trained on no batch: all {skipped} row(s) it read from "
-                    f"{_shown(train_stream.paths)} were bad (logged above); nothing was written "
+                    f"{shown_shards(train_stream.paths)} were bad (logged above); nothing was written "
                     "for this epoch")
             step += steps
             val_metrics: dict[str, float] = {}
             val_skipped = 0
             if val_stream is not None:
                 val_stream.set_epoch(epoch)
-                rows = _rows_per_rank(val_stream)[session.rank]
+                rows = val_stream.rows_per_rank()[session.rank]
                 val_metrics, val_skipped = _run_epoch(  # every row of this rank; no grad sync
-                    _unwrap(model), _loader(val_stream, cfg.batch_size, workers),
+                    unwrap(model), _loader(val_stream, cfg.batch_size, workers),
                     math.ceil(rows / cfg.batch_size), cfg, session.device, None, warned=warned)
                 if "loss" not in val_metrics:
                     raise DistillError(
                         f"epoch {epoch} validated on no row: all {val_skipped} row(s) read from "
-                        f"{_shown(val_stream.paths)} were bad (logged above); nothing was "
+                        f"{shown_shards(val_stream.paths)} were bad (logged above); nothing was "
                         "written for this epoch")
             skipped, val_skipped = _all_ranks(session, skipped, val_skipped)
             judged = val_metrics.get("loss", train_metrics.get("loss", math.inf))
@@ -718,7 +353,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
                      "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                      "best": best, "stale": stale}
             if session.is_main:
-                model_bytes, state_bytes = _checkpoint_bytes(model, state)  # (checks them)
+                model_bytes, state_bytes = checkpoint_bytes(model, state)  # (checks them)
                 # metrics, then best, then last: a crash in between redoes this epoch
                 history.append(last)
                 commit(run.metrics, "".join(json.dumps(m) + "\n" for m in history).encode())
@@ -727,7 +362,7 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
                 for which in ("best", "last") if improved else ("last",):
                     if lease is not None:
                         lease.check()
-                    _save_checkpoint(run, which, model_bytes, state_bytes)
+                    save_checkpoint(run, which, model_bytes, state_bytes)
                 progress.epoch_done(last)
             if session.report is not None:
                 session.report(last, last_folder)

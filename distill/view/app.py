@@ -35,16 +35,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from distill.errors import DistillError
+from distill.errors import DistillError, RunGone, ViewError
 from distill.storage import Location
 from distill.student.labels import Labels, labels_from_sample
 from distill.view.index import (
     CLASS_GROUP_NAMES,
     TEACHER_COLUMNS,
     Query,
-    RunGone,
     RunView,
-    ViewError,
     sort_keys,
 )
 from distill.view.memory import LRU, Workers

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from distill.errors import DistillError, ShardError
+from distill.errors import DistillError, RunGone, ShardError, ViewError
 from distill.layers.groups import CLASS_GROUPS as CLASS_GROUP_NAMES
 from distill.layers.registry import get_layer, layers, role_markers
 from distill.provenance import random_weight_roles
@@ -34,8 +34,8 @@ from distill.shards import decode_row, open_shard, read_metadata
 from distill.storage import Location
 from distill.view.memory import LRU
 
-__all__ = ["CLASS_GROUP_NAMES", "GRID_COLUMNS", "SORT_KEYS", "Query", "RunGone", "RunView",
-           "ViewError", "sort_keys", "stats_columns"]
+__all__ = ["CLASS_GROUP_NAMES", "GRID_COLUMNS", "SORT_KEYS", "Query", "RunView",
+           "sort_keys", "stats_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +63,6 @@ def sort_keys() -> tuple[str, ...]:
 SORT_KEYS = sort_keys()  # the built-in layers'; `sort_keys()` adds a registered plug-in's
 _REFRESH_SECONDS = 5.0  # how often the list of committed shards is read again
 _ROW_GROUPS = (8, 64 << 20)  # row groups' columns kept: entries, bytes
-
-
-class ViewError(DistillError):
-    """A request names something the run does not have (unknown shard, row out of range)."""
-
-
-class RunGone(DistillError):
-    """The run (its folder, its shards folder or its one shard) no longer exists: deleted or
-    moved while the viewer serves it."""
 
 
 @dataclass

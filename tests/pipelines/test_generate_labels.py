@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill.coco import open_dataset
-from distill.errors import DistillError
+from distill.errors import DistillError, FingerprintMismatch
 from distill.labels.tokens import read_vocabulary
-from distill.manifest import FingerprintMismatch, read_manifest
+from distill.manifest import read_manifest
 from distill.quarantine import read_quarantine
 from distill.shards import read_metadata
 from pipelines.generate_labels import RunOptions, generate_labels, plan_run
@@ -244,7 +244,8 @@ def test_coco_mini_val_end_to_end(coco_mini, ray_address, tmp_path):
 
 
 def test_a_resume_in_another_precision_is_refused(tmp_path, labelled_coco7, ray_address):
-    from distill.manifest import FingerprintMismatch, read_manifest, write_manifest
+    from distill.errors import FingerprintMismatch
+    from distill.manifest import read_manifest, write_manifest
 
     root, labelled, _ = labelled_coco7
     recorded = read_manifest(labelled / "manifest.json").dtypes

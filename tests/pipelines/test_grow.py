@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from distill.errors import DistillError
+from distill.identity import label_fingerprint, label_view
 from distill.inspect import format_inspect, inspect_path
 from distill.labels.tokens import read_vocabulary
-from distill.manifest import label_fingerprint, label_view, read_manifest, write_manifest
+from distill.manifest import read_manifest, write_manifest
 from distill.runfolder import resolve_shards
 from distill.storage import Location
 from distill.viz import read_row

@@ -16,8 +16,8 @@ from PIL import Image
 
 from distill.coco import ImageRecord, Problem
 from distill.config import DataConfig, TeacherConfig, load_config
-from distill.errors import ConfigError, DistillError
-from distill.manifest import label_fingerprint, label_view, teacher_additions
+from distill.errors import ConfigError, DistillError, RunLocked
+from distill.identity import label_fingerprint, label_view, teacher_additions
 from distill.quarantine import Failure
 from distill.shards import decode_row
 from pipelines.cluster import ClusterInfo
@@ -478,15 +478,19 @@ def test_unwrap_finds_our_error_in_a_cause_chain_or_in_traceback_text():
     assert _unwrap(RayLikeError(ours)) is ours
 
     text = ("ray.exceptions.ActorDiedError: The actor died because of an error raised in its "
-            "creation task, teachers.base.TeacherError: cannot load X")
+            "creation task, distill.errors.TeacherError: cannot load X")
     found = _unwrap(RuntimeError(text))
     assert isinstance(found, DistillError) and str(found) == "cannot load X"
     lines = ("Traceback (most recent call last):\n"
              "distill.errors.ConfigError: first\n"
              "  during handling ...\n"
-             "teachers.base.TeacherError: the last one wins\n")
+             "distill.errors.TeacherError: the last one wins\n")
     found = _unwrap(RuntimeError(lines))
     assert found is not None and str(found) == "the last one wins"
+    assert isinstance(found, TeacherError)
+    # every DistillError is recognised, whatever its name ends with
+    found = _unwrap(RuntimeError(f"creation task, {RunLocked.__module__}.RunLocked: held"))
+    assert isinstance(found, RunLocked) and str(found) == "held"
     assert _unwrap(RuntimeError("ray.exceptions.ActorDiedError: out of memory")) is None
 
 

@@ -17,8 +17,8 @@ from distill.cli import app
 from distill.config import dump_toml, load_config
 from distill.runfolder import StudentRun
 from distill.storage import atomic_write_bytes
+from distill.student.checkpoint import checkpoint_bytes, save_checkpoint
 from distill.student.model import build_student
-from distill.student.train import _checkpoint_bytes, _save_checkpoint
 
 av = pytest.importorskip("av")
 
@@ -33,7 +33,7 @@ def untrained(tmp_path_factory) -> Path:
     run.mark()
     atomic_write_bytes(run.config, dump_toml(config).encode())
     torch_model = build_student(config.student, 0)
-    _save_checkpoint(run, "last", *_checkpoint_bytes(torch_model, {"epoch": 0}))
+    save_checkpoint(run, "last", *checkpoint_bytes(torch_model, {"epoch": 0}))
     return out
 
 

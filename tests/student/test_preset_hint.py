@@ -11,8 +11,9 @@ import pytest
 
 from distill.config import dump_toml, load_config, preset_of
 from distill.errors import ConfigError
+from distill.identity import label_fingerprint, label_view
 from distill.labels.tokens import build_vocabulary, write_vocabulary_file
-from distill.manifest import Manifest, label_fingerprint, label_view, make_plan, write_manifest
+from distill.manifest import Manifest, make_plan, write_manifest
 from distill.shards import ShardWriter, make_metadata
 from distill.storage import file_sha256
 from distill.student.train import TrainOptions, train_student

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.config import load_config
+from distill.errors import MixedLabelRuns
 from distill.labels.tokens import Vocabulary, read_vocabulary, write_vocabulary_file
 from distill.shards import read_metadata
-from distill.student.sources import MixedLabelRuns, training_vocabulary
+from distill.student.sources import training_vocabulary
 from distill.student.train import TrainOptions, train_student
 
 TINY = ["student.input_size=64", "train.num_workers=0", "train.batch_size=4", "train.epochs=1"]

@@ -20,15 +20,14 @@ from distill.config import load_config
 from distill.errors import DistillError
 from distill.runfolder import StudentRun
 from distill.storage import Location
-from distill.student.predict import find_checkpoint, load_student
-from distill.student.train import (
-    TrainOptions,
-    _checkpoint_bytes,
-    _save_checkpoint,
+from distill.student.checkpoint import (
+    checkpoint_bytes,
     load_checkpoint,
     recover_checkpoints,
-    train_student,
+    save_checkpoint,
 )
+from distill.student.predict import find_checkpoint, load_student
+from distill.student.train import TrainOptions, train_student
 from tests.conftest import s3_keys, upload_folder
 
 TINY = ["student.input_size=64", "train.num_workers=0", "train.batch_size=4"]
@@ -136,10 +135,10 @@ def _mixed(root: str) -> None:
     for name in "ABC":
         with torch.no_grad():
             model.weight.fill_(ord(name))
-        ckpt[name] = _checkpoint_bytes(model, {"epoch": ord(name), "step": 0})
+        ckpt[name] = checkpoint_bytes(model, {"epoch": ord(name), "step": 0})
     last, staged = run.checkpoint("last"), run.staged_checkpoint("last")
 
-    _save_checkpoint(run, "last", *ckpt["A"])
+    save_checkpoint(run, "last", *ckpt["A"])
     assert load_checkpoint(last)[1]["epoch"] == ord("A")
     assert not staged.exists()
 

@@ -13,15 +13,10 @@ from safetensors.torch import load_file
 
 from distill.config import load_config
 from distill.errors import DistillError, ShardError
+from distill.student.loss import compute_loss, learning_rate, lr_schedule
+from distill.student.metrics import hdm
 from distill.student.targets import PRESENT_KEYS
-from distill.student.train import (
-    TrainOptions,
-    compute_loss,
-    hdm,
-    learning_rate,
-    lr_schedule,
-    train_student,
-)
+from distill.student.train import TrainOptions, train_student
 
 
 def _config(*overrides: str):

@@ -27,21 +27,14 @@ from typer.testing import CliRunner
 
 from distill.cli import app
 from distill.config import load_config
-from distill.errors import ConfigError, DistillError, ShardError
+from distill.errors import ConfigError, DistillError, ShardError, TrainingDiverged
 from distill.runfolder import StudentRun
 from distill.storage import Location, remove_tree
 from distill.student import sizing
+from distill.student.checkpoint import CHECKPOINT_ID, checkpoint_bytes, load_checkpoint
 from distill.student.data import ShardStream
-from distill.student.train import (
-    CHECKPOINT_ID,
-    TrainingDiverged,
-    TrainOptions,
-    _checkpoint_bytes,
-    check_streams,
-    load_checkpoint,
-    train_student,
-    verify_shards,
-)
+from distill.student.sources import check_streams, verify_shards
+from distill.student.train import TrainOptions, train_student
 from tests.conftest import upload_folder
 
 TINY = ["student.input_size=64", "train.num_workers=0", "train.batch_size=4"]
@@ -208,7 +201,7 @@ def test_weights_that_are_not_finite_are_never_checkpointed():
     with torch.no_grad():
         model.bias[1] = float("nan")
     with pytest.raises(TrainingDiverged, match=r"^1 weight tensor\(s\) are not finite \(bias\)"):
-        _checkpoint_bytes(model, {"epoch": 0})
+        checkpoint_bytes(model, {"epoch": 0})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +401,7 @@ def test_resume_after_a_publish_interrupted_on_s3(one_epoch, labelled_coco7, s3_
 def test_verify_shards_accepts_a_run_and_names_what_differs(labelled_coco7, tmp_path, caplog):
     labels = tmp_path / "labels"
     shutil.copytree(labelled_coco7[1], labels)
-    with caplog.at_level(logging.INFO, logger="distill.student.train"):
+    with caplog.at_level(logging.INFO, logger="distill.student.sources"):
         verify_shards([labels, labels / "shards" / SHARD2], progress=False)
     assert sum("matches" in m for m in caplog.messages) == 3
 

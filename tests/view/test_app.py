@@ -16,10 +16,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from distill.cli import app as cli_app
+from distill.errors import ViewError
 from distill.images import decode_png
 from distill.labels.groups import decode_group_mask
 from distill.shards import decode_row
-from distill.view.index import CLASS_GROUP_NAMES, Query, RunView, ViewError
+from distill.view.index import CLASS_GROUP_NAMES, Query, RunView
 
 pytestmark = pytest.mark.slow
 
