@@ -37,8 +37,9 @@ def show_config(config: Config) -> str:
     """`distill config show`: the resolved config as TOML (readable back as a config file),
     under a comment naming its preset and its fingerprints (whole run, labels only)."""
     from distill.config import dump_toml
+    from distill.identity import label_fingerprint, label_view
 
-    labels = config.fingerprint(("data", "teachers", "labels", "shards"))
+    labels = label_fingerprint(label_view(config))  # what a label run's manifest records
     return (f"# preset: {config.preset}\n"
             f"# fingerprint: {config.fingerprint()}  (labels: {labels})\n" + dump_toml(config))
 

@@ -226,3 +226,14 @@ def test_fingerprints_of_the_presets_never_change(preset, whole, labels, student
     assert cfg.fingerprint() == whole
     assert label_fingerprint(label_view(cfg)) == labels
     assert cfg.fingerprint(("student",)) == student
+
+
+def test_config_show_names_the_label_fingerprint_a_run_records():
+    """`config show`'s "labels:" fingerprint is the one a label run's manifest records, also
+    with a teacher disabled (whose other settings then cannot change a label)."""
+    from distill.api_labels import show_config
+    from distill.identity import label_fingerprint, label_view
+
+    cfg = load_config("demo", overrides=["teachers.caption.enabled=false"])
+    header = show_config(cfg).splitlines()[1]
+    assert f"(labels: {label_fingerprint(label_view(cfg))})" in header
