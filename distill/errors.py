@@ -9,6 +9,7 @@ __all__ = [
     "FingerprintMismatch",
     "ImageDecodeError",
     "LabelError",
+    "LayerError",
     "MixedLabelRuns",
     "RunGone",
     "RunLocked",
@@ -81,3 +82,8 @@ class ViewError(DistillError):
 class RunGone(DistillError):
     """The run (its folder, its shards folder or its one shard) no longer exists: deleted or
     moved while the viewer serves it."""
+
+
+class LayerError(DistillError):
+    """A label layer is unknown, registered twice, or declares a column another layer owns
+    (`distill.layers.registry`)."""

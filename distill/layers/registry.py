@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from distill.errors import DistillError, ShardError
+from distill.errors import LayerError, ShardError
 from distill.images import decode_png, encode_png
 
 if TYPE_CHECKING:
@@ -57,10 +57,6 @@ logger = logging.getLogger(__name__)
 
 # The built-in layers, in shard-schema order (schema version 1).
 BUILTIN = ("depth", "normals", "panoptic", "groups", "text", "tokens", "persons")
-
-
-class LayerError(DistillError):
-    """A label layer is unknown, registered twice, or declares a column another layer owns."""
 
 
 @dataclass(frozen=True)
