@@ -257,6 +257,12 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  _num(best_train, ".1f") if best_train else no_gpu,
                  verdict(best_train, bool(best_train and best_train >= 500))
                  if best_train else "–"))
+    refine = student.get("refine") if isinstance(student, dict) else None
+    if isinstance(refine, list) and refine:
+        worst = max(r["refine_to_forward"] for r in refine)
+        rows.append(("predict's depth refinement ÷ the student's forward, 256², batch 1", "≤ 0.5",
+                     ", ".join(f"{r['refine_to_forward']:.3f} {r['preset']} on {r['device']}"
+                               for r in refine), verdict(worst, worst <= 0.5)))
     base = results.get("baseline", {})
     if isinstance(base, dict) and base.get("rows"):
         first, big = base["rows"][0], [r for r in base["rows"] if r["images"] >= 224]
@@ -444,6 +450,13 @@ def _student_lines(st: Any) -> list[str]:
                      f"{_num(r.get('train_batch30_samples_per_second'), '.1f')} |")
     if isinstance(st.get("gpu"), str):
         lines.append(f"| paper | cuda | bf16/fp16 | | | {st['gpu']} | | |")
+    if st.get("refine"):
+        lines += ["", "`distill predict`'s depth refinement (35 iterations) against the forward "
+                  "pass, batch 1, interleaved, medians (CPU: one torch thread):", "",
+                  "| preset | device | forward ms | refine ms | refine ÷ forward |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| {r['preset']} | {r['device']} | {r['forward_ms']:.1f} | "
+                  f"{r['refine_ms']:.1f} | {r['refine_to_forward']:.3f} |" for r in st["refine"]]
     return lines
 
 

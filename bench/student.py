@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_loader", "bench_student", "naive_loader", "student_throughput"]
+__all__ = ["bench_loader", "bench_student", "naive_loader", "refine_ratio", "student_throughput"]
 
 
 def _median_seconds(fn: Callable[[], Any], repeat: int, sync: Callable[[], None]) -> float:
@@ -200,12 +200,50 @@ def student_throughput(preset: str, device: str, batches: tuple[int, ...], *,
     return out
 
 
+def refine_ratio(preset: str, device: str = "cpu", repeat: int = 5) -> dict[str, Any]:
+    """`distill predict`'s depth refinement (paper §3.2, the preset's iterations) against the
+    `preset` student's forward pass, one 640×480 image letterboxed to 256×256, on `device`
+    (on a CPU, one torch thread): the two interleaved, `repeat` rounds, medians; the goal is a
+    ratio ≤ 0.5 (issue 31.5)."""
+    import numpy as np
+    import torch
+
+    from distill.config import load_config
+    from distill.storage import Location
+    from distill.student.model import build_student
+    from distill.student.predict import LoadedStudent, Predictor
+
+    if device == "cpu":
+        torch.set_num_threads(1)
+    cfg = load_config("paper" if preset == "paper" else "demo")
+    model = build_student(cfg.student, 0, device)
+    predictor = Predictor(LoadedStudent(model, cfg, None, Location("."), 0), device)
+    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
+    inputs = predictor.letterbox([image])
+    outputs, boxes, _ = predictor.forward(inputs)
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    forward, refine = [], []
+    predictor.refine_batch(outputs["maps"], boxes)  # warm-up
+    for _ in range(repeat):
+        forward.append(predictor.forward(inputs)[2])
+        sync()
+        t0 = time.perf_counter()
+        predictor.refine_batch(outputs["maps"], boxes)
+        sync()
+        refine.append((time.perf_counter() - t0) * 1e3)
+    f, r = statistics.median(forward), statistics.median(refine)
+    return {"preset": preset, "device": device, "size": cfg.student.input_size,
+            "iterations": cfg.predict.refine_iterations, "forward_ms": f, "refine_ms": r,
+            "refine_to_forward": r / f}
+
+
 def bench_student(repeat: int) -> dict[str, Any]:
     import torch
 
     cpu = student_throughput("tiny", "cpu", (1, 30), repeat=repeat, train_batch=30)
+    refine = [refine_ratio(p, "cpu", repeat) for p in ("tiny", "paper")]
     if not torch.cuda.is_available():
-        return {"cpu": cpu, "gpu": "no GPU on this machine"}
+        return {"cpu": cpu, "refine": refine, "gpu": "no GPU on this machine"}
     gpu = []
     for dtype in ("bf16", "fp16"):
         for compiled in (False, True):
@@ -216,4 +254,5 @@ def bench_student(repeat: int) -> dict[str, Any]:
             except Exception as exc:  # a row says why it is missing
                 gpu.append({"preset": "paper", "dtype": dtype, "compiled": compiled,
                             "error": f"{type(exc).__name__}: {exc}"[:300]})
-    return {"cpu": cpu, "gpu": gpu, "gpu_name": torch.cuda.get_device_name(0)}
+    refine.append(refine_ratio("paper", "cuda", repeat))
+    return {"cpu": cpu, "refine": refine, "gpu": gpu, "gpu_name": torch.cuda.get_device_name(0)}
