@@ -247,8 +247,10 @@ def test_s3_lease_is_exclusive_renewed_and_released(s3_bucket, monkeypatch):
         first = _lease(uri)
         with pytest.raises(RunLocked, match="holds the write lease"), LabelRun(uri).lock():
             pass
-        time.sleep(0.5)
-        assert _lease(uri)["renewed"] > first["renewed"]  # renewed while the run lives
+        deadline = time.monotonic() + 60  # renewed while the run lives (every TTL/3)
+        while _lease(uri)["renewed"] == first["renewed"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the interval of a poll for the renewal
+        assert _lease(uri)["renewed"] > first["renewed"]
         lease.check()
     assert ".lease.json" not in s3_keys(s3_bucket)
 

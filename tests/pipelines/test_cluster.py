@@ -283,16 +283,17 @@ def _owner_files(tmp: Path) -> list[str]:
 
 
 def _wait_for_ray(proc: subprocess.Popen, tmp: Path, seconds: float = 150) -> None:
-    """Until the raylet's two agents run (the processes that used to outlive their driver)."""
+    """Until the raylet's two agents run (the processes that used to outlive their driver) and
+    the driver has marked its session and started its watchdog (the markers, not a pause)."""
     def up() -> bool:
         names = " ".join(_processes_using(tmp))
-        return "ray::DashboardAgent" in names and "ray::RuntimeEnvAgent" in names
+        return ("ray::DashboardAgent" in names and "ray::RuntimeEnvAgent" in names
+                and "_watch()" in names and bool(_owner_files(tmp)))
 
     deadline = time.monotonic() + seconds
     while not up() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.5)  # the interval of a poll for the markers above
     assert up(), f"Ray did not come up (exit {proc.poll()})"
-    time.sleep(1)
 
 
 @pytest.mark.slow
@@ -339,7 +340,6 @@ def test_the_next_start_removes_what_a_dead_session_left(ray_tmp):
         os.kill(watchdogs[0], signal.SIGKILL)
         driver.kill()
         driver.wait(10)
-        time.sleep(1)
         left = _processes_using(ray_tmp)
         assert left  # Ray's agents wait a minute for the dead GCS before they exit
         assert reap_dead_sessions(str(ray_tmp / "ray")) >= 1
