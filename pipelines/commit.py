@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 from distill.identity import check_dtype
 from distill.manifest import write_manifest
 from distill.quarantine import replace_failures
-from distill.runfolder import Lease
 from distill.shards import ShardWriter, annotations_digest, make_metadata, read_metadata
+from distill.writelock import Lease
 from pipelines.plan import RunPlan, ShardJob
 from pipelines.stages import Item
 

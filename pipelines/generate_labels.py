@@ -22,8 +22,9 @@ from typing import Any
 from distill.config import Config, dump_toml
 from distill.manifest import read_manifest
 from distill.provenance import unpinned_warning
-from distill.runfolder import LabelRun, Lease
+from distill.runfolder import LabelRun
 from distill.shards import read_metadata
+from distill.writelock import Lease
 from pipelines.cluster import ray_session
 from pipelines.commit import Committer
 from pipelines.finalize import summarise_run, write_vocabulary

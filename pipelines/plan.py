@@ -25,7 +25,7 @@ from distill.manifest import (
     write_manifest,
 )
 from distill.quarantine import Failure, read_quarantine, replace_failures
-from distill.runfolder import LabelRun, Lease
+from distill.runfolder import LabelRun
 from distill.shards import (
     ANNOTATION_COLUMNS,
     annotation_digest,
@@ -34,6 +34,7 @@ from distill.shards import (
     read_shard,
 )
 from distill.storage import Location
+from distill.writelock import Lease
 from pipelines.stages import Item
 
 __all__ = ["RunOptions", "RunPlan", "ShardJob", "plan_run"]

@@ -26,9 +26,9 @@ from distill.runfolder import (
     parse_shard_name,
     resolve_shards,
     shard_name,
-    writer_active,
 )
 from distill.storage import Location, atomic_write_bytes
+from distill.writelock import writer_active
 from pipelines.generate_labels import RunOptions, generate_labels
 from tests.conftest import label_config, s3_keys, upload_folder
 

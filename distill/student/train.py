@@ -69,7 +69,7 @@ from torch.utils.data import DataLoader
 from distill.config import Config, TrainConfig, config_to_dict, dump_toml
 from distill.errors import DistillError, ShardError, TrainingDiverged
 from distill.progress import Progress
-from distill.runfolder import Lease, StudentRun, resolve_shards
+from distill.runfolder import StudentRun, resolve_shards
 from distill.shards import shard_identity
 from distill.storage import Location, atomic_write_bytes
 from distill.student.checkpoint import (
@@ -86,6 +86,7 @@ from distill.student.metrics import Meter, measure, to_unit
 from distill.student.model import build_student, unwrap
 from distill.student.sizing import check_batch_memory
 from distill.student.sources import check_streams, shown_shards, training_vocabulary, verify_shards
+from distill.writelock import Lease
 
 __all__ = ["Session", "TrainOptions", "resolve_device", "train_student"]
 

@@ -285,7 +285,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
     def run_sync() -> dict[str, Any]:
         from distill.inspect import inspect_path
         from distill.quarantine import summarise
-        from distill.runfolder import writer_active
+        from distill.writelock import writer_active
 
         now = time.monotonic()
         if run_cache and now - run_cache["at"] < 3.0:

@@ -165,8 +165,9 @@ def test_run_page(view_client):
 
 
 def test_a_run_being_written_shows_as_running(labelled_coco7):
-    from distill.runfolder import LabelRun, writer_active
+    from distill.runfolder import LabelRun
     from distill.storage import Location
+    from distill.writelock import writer_active
 
     run = LabelRun(labelled_coco7[1])
     assert not writer_active(run.root)
