@@ -138,7 +138,7 @@ def inspect_labels(path: PathLike, *, sample_rows: int | None = None,
                    json_out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """`distill inspect`: a run folder's, shards folder's or shard's report — schema, rows,
     shards done and pending, provenance, quarantine, QA statistics — as a dict
-    (`distill.inspect.format_inspect` prints it); `json_out` also writes it as JSON."""
+    (`distill.inspect_format.format_inspect` prints it); `json_out` also writes it as JSON."""
     from distill.inspect import inspect_path
     from distill.storage import atomic_write_bytes
 

@@ -332,7 +332,7 @@ class TeacherStage:
 @functools.lru_cache(maxsize=4)
 def _context(labels_json: str) -> LabelContext:
     """One `LabelContext` per worker process and labels config (GloVe words load once)."""
-    from distill.config import _build
+    from distill.config.toml import _build
 
     return LabelContext.from_config(_build(LabelsConfig, json.loads(labels_json), "labels."))
 

@@ -23,7 +23,8 @@ from PIL import Image
 from distill.config import load_config
 from distill.errors import ShardError
 from distill.identity import label_fingerprint, label_view
-from distill.inspect import format_inspect, inspect_path
+from distill.inspect import inspect_path
+from distill.inspect_format import format_inspect
 from distill.labels.groups import GROUP_NAMES
 from distill.manifest import Manifest, make_plan, write_manifest
 from distill.quarantine import Failure, replace_failures

@@ -158,7 +158,7 @@ def test_an_interrupt_while_a_shard_closes_closes_its_parquet_writer_once(tmp_pa
     import gc
     import sys
 
-    from distill import storage
+    from distill.storage import atomic
 
     path = tmp_path / "val2017-00000.parquet"
     writer = ShardWriter(path, make_metadata("f", {}), row_group_size=8)
@@ -169,7 +169,7 @@ def test_an_interrupt_while_a_shard_closes_closes_its_parquet_writer_once(tmp_pa
 
         monkeypatch.setattr(pq.ParquetWriter, "write_table", interrupted_rows)
     else:
-        real, calls = storage._HashingSink.write, []
+        real, calls = atomic._HashingSink.write, []
 
         def interrupted(self, data):
             calls.append(len(data))
@@ -177,7 +177,7 @@ def test_an_interrupt_while_a_shard_closes_closes_its_parquet_writer_once(tmp_pa
                 raise KeyboardInterrupt
             return real(self, data)
 
-        monkeypatch.setattr(storage._HashingSink, "write", interrupted)
+        monkeypatch.setattr(atomic._HashingSink, "write", interrupted)
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     with pytest.raises(KeyboardInterrupt), writer:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import distill.storage as storage
+import distill.storage.atomic as atomic
 from distill.errors import StorageError
 from distill.shards import ShardWriter, make_metadata
 from distill.storage import Location, atomic_write_bytes, remove_tree, written_here
@@ -57,7 +58,7 @@ def _fill_disk(monkeypatch: pytest.MonkeyPatch, budget: int, at: str = "write") 
         fh = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 (closed by the writer)
         return _FullDisk(fh, budget, at) if "w" in mode else fh
 
-    monkeypatch.setattr(storage, "open", full_open, raising=False)
+    monkeypatch.setattr(atomic, "open", full_open, raising=False)
 
 
 def _left(folder: Path) -> list[str]:
@@ -93,12 +94,12 @@ def test_a_full_disk_while_committing_a_shard_names_it_and_leaves_nothing(tmp_pa
         def no_space(fd: int) -> None:
             raise OSError(errno.ENOSPC, ENOSPC)
 
-        monkeypatch.setattr(storage.os, "fsync", no_space)
+        monkeypatch.setattr(atomic.os, "fsync", no_space)
     else:
         def cannot_rename(src: str, dst: str) -> None:
             raise OSError(errno.ENOSPC, ENOSPC)
 
-        monkeypatch.setattr(storage.os, "replace", cannot_rename)
+        monkeypatch.setattr(atomic.os, "replace", cannot_rename)
     with pytest.raises(StorageError) as caught:
         _write_shard(path)
     assert str(caught.value) == f"cannot write {path}: {ENOSPC}"
@@ -132,7 +133,7 @@ def test_a_folder_that_cannot_be_written_names_the_file_not_the_temp(tmp_path, m
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(storage, "open", read_only, raising=False)
+    monkeypatch.setattr(atomic, "open", read_only, raising=False)
     with pytest.raises(StorageError) as caught:
         atomic_write_bytes(tmp_path / "config.toml", b"x")
     assert str(caught.value) == f"cannot write {tmp_path / 'config.toml'}: Read-only file system"

@@ -248,7 +248,7 @@ def inspect(
     quarantine, and QA statistics (class-group pixel shares, empty-caption and empty-token
     rates, depth range, bytes per sample per column)."""
     import distill
-    from distill.inspect import format_inspect
+    from distill.inspect_format import format_inspect
 
     report = distill.inspect_labels(path, sample_rows=sample_rows, json_out=json_out)
     typer.echo(format_inspect(report))

@@ -1,1 +1,1 @@
-"""Named config presets, shipped as TOML package data (see distill/config.py)."""
+"""Named config presets, shipped as TOML package data (see distill/config/)."""

@@ -26,7 +26,8 @@ from distill.storage import Location
 from distill.student import layout
 from distill.student.data import ShardSpec, ShardStream
 from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
-from distill.student.pose import decode_letterboxed, keypoint_ap, to_coco_results
+from distill.student.pose import decode_letterboxed
+from distill.student.pose_ap import keypoint_ap, to_coco_results
 
 __all__ = ["PAPER_TABLE2", "evaluate", "format_evaluation", "score_sample", "trained_on"]
 

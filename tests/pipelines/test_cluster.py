@@ -324,7 +324,7 @@ def test_no_ray_process_outlives_a_killed_cli_run(tmp_path, ray_tmp):
 def test_the_next_start_removes_what_a_dead_session_left(ray_tmp):
     """Driver and watchdog both SIGKILLed: `reap_dead_sessions` (run by every local start)
     kills what is left of a session whose driver is gone."""
-    from pipelines.cluster import reap_dead_sessions
+    from pipelines.watchdog import reap_dead_sessions
 
     driver = subprocess.Popen([sys.executable, "-c", SESSION, "", "300"], cwd=ROOT,
                               env=_env(ray_tmp), stdout=subprocess.DEVNULL,

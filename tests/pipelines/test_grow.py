@@ -16,7 +16,8 @@ import pytest
 
 from distill.errors import DistillError
 from distill.identity import label_fingerprint, label_view
-from distill.inspect import format_inspect, inspect_path
+from distill.inspect import inspect_path
+from distill.inspect_format import format_inspect
 from distill.labels.tokens import read_vocabulary
 from distill.manifest import read_manifest, write_manifest
 from distill.runfolder import resolve_shards

@@ -142,7 +142,7 @@ def people_shard(coco_mini, tmp_path_factory):
 def test_people_decoded_from_perfect_maps_score_high_ap_in_original_pixels(people_shard):
     """evaluate and predict both map people from the letterboxed output back to the image:
     a student that outputs its targets finds the COCO people (OKS AP), inside the image."""
-    from distill.student.pose import keypoint_ap
+    from distill.student.pose_ap import keypoint_ap
     from distill.student.predict import LoadedStudent, Predictor
 
     shards, records = people_shard

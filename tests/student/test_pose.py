@@ -17,14 +17,9 @@ from distill.config import HeatmapScheduleConfig
 from distill.errors import LabelError
 from distill.labels.keypoints import JOINT_NAMES, NUM_JOINTS, render_heatmaps, render_pafs
 from distill.labels.letterbox import Letterbox
-from distill.student.pose import (
-    DecodedPerson,
-    _max_weight_matching,
-    decode_people,
-    find_peaks,
-    keypoint_ap,
-    to_coco_results,
-)
+from distill.student.pose import DecodedPerson, _max_weight_matching, decode_people
+from distill.student.pose_ap import keypoint_ap, to_coco_results
+from distill.student.pose_peaks import find_peaks
 
 S = 256
 _SCHEDULE = HeatmapScheduleConfig()

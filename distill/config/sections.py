@@ -1,38 +1,31 @@
-"""Typed run configuration: dataclasses, named presets, TOML files, `--set` overrides, fingerprint.
-
-The dataclass defaults ARE the paper's settings (Y-MAP-Net §3.5, §3.6; DESIGN.md §3, §6); a preset
-is a TOML file of overrides on top of them (`distill/presets/<name>.toml`). Resolution order:
-defaults → preset → `--config FILE.toml` (in order) → `--set section.key=value` (in order).
-Every numeric field declares its allowed `Range` beside it (`_setting`); `Config.validate` checks
-them all (`check_ranges`) before each section's own rules.
-"""
+"""The config's sections as typed dataclasses; their defaults ARE the paper's settings."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import logging
-import math
-import os
-import reprlib
-import sys
-import types
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
-
+from distill.config.ranges import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    GAIN,
+    INT64_MAX,
+    MAX_BATCH,
+    MAX_SIDE,
+    POSITIVE,
+    UNIT,
+    Range,
+    _added,
+    _runtime,
+    _setting,
+    check_ranges,
+)
 from distill.errors import ConfigError
-from distill.identity import RUNTIME, UNLESS_DEFAULT, fingerprint, fingerprint_view
+from distill.identity import RUNTIME, fingerprint, fingerprint_view
 
 __all__ = [
-    "MAX_BATCH",
+    "CAPTION_DECODING",
     "TEACHER_BACKENDS",
     "AugmentConfig",
     "Config",
@@ -41,24 +34,14 @@ __all__ = [
     "LabelsConfig",
     "LossGainsConfig",
     "PredictConfig",
-    "Range",
     "RayConfig",
     "ShardsConfig",
     "StudentConfig",
     "TeacherConfig",
     "TeachersConfig",
     "TrainConfig",
-    "available_presets",
-    "check_ranges",
-    "config_to_dict",
-    "dump_toml",
-    "load_config",
-    "load_config_dict",
-    "parse_override",
-    "preset_of",
 ]
 
-logger = logging.getLogger(__name__)
 
 # The backends distill ships, per teacher role (DESIGN.md §3). The teacher registry owns the code;
 # this table lets a config be validated without importing torch.
@@ -76,91 +59,6 @@ CAPTION_DECODING: dict[str, tuple[str, ...]] = {
     "visiongpt2": ("greedy", "sample"),
     "vit-gpt2": ("beam", "greedy"),
 }
-
-
-# What enters a run's fingerprint (`distill.identity`): a `_runtime` setting (how fast a run goes,
-# never what it writes) never does; an `_added` one (added after runs were made) only when it is
-# not at its default.
-def _runtime(default: Any) -> Any:
-    return field(default=default, metadata=RUNTIME)
-
-
-def _added(default: Any) -> Any:
-    return field(default=default, metadata=UNLESS_DEFAULT)
-
-
-INT64_MAX = 2**63 - 1
-# Ceilings on sizes that allocate: far above any sensible run, far below what would take a
-# machine down before distill could say so (a batch of 10**12 grew to 23 GB and was killed).
-# What one machine holds is checked when training starts (distill.student.sizing).
-MAX_BATCH = 2**16
-MAX_SIDE = 2**14  # pixels a side of a network input
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a numeric setting allows: `low <= value <= high` (`low < value` when
-    `open_low`); always a finite number, and an int within 64 bits (seeds, torch, Arrow)."""
-
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-
-    def allows(self, value: float, integer: bool) -> bool:
-        if not (-INT64_MAX - 1 <= value <= INT64_MAX if integer else math.isfinite(value)):
-            return False
-        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
-    def check(self, name: str, value: float, integer: bool) -> None:
-        """Raise a one-line `ConfigError` naming the setting, its value and this range."""
-        if not self.allows(value, integer):
-            raise ConfigError(f"{name} = {value!r} is out of range; allowed: "
-                              f"{self.describe(integer)}")
-
-    def describe(self, integer: bool) -> str:
-        """'an integer in 1..2**63-1', 'a finite number > 0', 'a finite number in [0, 1]'."""
-        if integer:
-            low = "-2**63" if self.low is None else int(self.low) + int(self.open_low)
-            high = "2**63-1" if self.high is None or self.high >= INT64_MAX else int(self.high)
-            return f"an integer in {low}..{high}"
-        if self.low is not None and self.high is not None:
-            return f"a finite number in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
-        if self.low is not None:
-            return f"a finite number {'>' if self.open_low else '>='} {self.low:g}"
-        return "a finite number" + (f" <= {self.high:g}" if self.high is not None else "")
-
-
-POSITIVE = Range(0, open_low=True)  # a rate, a scale, a CPU share: > 0
-AT_LEAST_0 = Range(0)  # a count where 0 means none or "the default"
-AT_LEAST_1 = Range(1)  # a count of epochs, steps, items
-UNIT = Range(0, 1)  # a probability or a score threshold
-GAIN = Range(0, 1e6)  # a loss weight: 0 leaves a modality out; the loss is float32
-
-
-def _setting(default: Any, allowed: Range, *, runtime: bool = False,
-             added: bool = False) -> Any:
-    """A numeric field and its allowed range (`check_ranges`); `runtime` / `added` as
-    `_runtime` / `_added`."""
-    meta: dict[str, Any] = {"allowed": allowed}
-    if runtime:
-        meta.update(RUNTIME)
-    if added:
-        meta.update(UNLESS_DEFAULT)
-    return field(default=default, metadata=meta)
-
-
-def check_ranges(section: Any, prefix: str = "") -> None:
-    """Every numeric setting of a config (section), sub-sections included, within the range
-    declared beside its field; the first that is not raises, naming it and the range."""
-    hints = get_type_hints(type(section))
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if dataclasses.is_dataclass(value):
-            check_ranges(value, f"{prefix}{f.name}.")
-        elif "allowed" in f.metadata:
-            f.metadata["allowed"].check(f"{prefix}{f.name}", value, hints[f.name] is int)
 
 
 @dataclass
@@ -479,253 +377,3 @@ class Config:
 def _field_default(cls: Any, name: str) -> Any:
     return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def available_presets() -> list[str]:
-    """Names of the presets shipped in `distill/presets/`."""
-    folder = resources.files("distill.presets")
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def _read_preset(name: str) -> dict[str, Any]:
-    names = available_presets()
-    if name not in names:
-        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(names)}")
-    text = resources.files("distill.presets").joinpath(f"{name}.toml").read_text()
-    return tomllib.loads(text)
-
-
-def _read_toml_file(path: Any) -> dict[str, Any]:
-    """A TOML file: a local path or a URI (a run's config.toml on s3://)."""
-    from distill.storage import Location
-
-    loc = Location(path)
-    if not loc.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        return tomllib.loads(loc.read_text())
-    except UnicodeDecodeError as exc:  # TOML is UTF-8 text: a binary or mis-encoded file
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: not UTF-8 text "
-                          f"(byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
-    except RecursionError:  # tomllib recurses once per nested array or inline table
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML for distill: its "
-                          "arrays or tables are nested too deeply") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
-
-
-def preset_of(path: Any) -> str | None:
-    """The preset a config file names (a run's resolved config.toml records the one it was made
-    with), or None when it names none or cannot be read."""
-    try:
-        preset = _read_toml_file(path).get("preset")
-    except (ConfigError, OSError, ValueError):
-        return None
-    return preset if isinstance(preset, str) and preset in available_presets() else None
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`section.key=value` → (["section", "key"], value). Values are read as TOML (numbers,
-    booleans, lists, quoted strings); anything TOML cannot read is kept as a plain string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set expects section.key=value, got {text!r}")
-    raw = raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except (tomllib.TOMLDecodeError, RecursionError):  # (arrays nested thousands deep)
-        value = raw
-    return key.split("."), value
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "group_overrides":
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_config(
-    preset: str | None = None,
-    files: Sequence[str | os.PathLike[str]] | None = None,
-    overrides: list[str] | None = None,
-) -> Config:
-    """Resolve a config: defaults → preset → files → `--set` overrides, then validate.
-
-    A config file may name its own preset with a top-level `preset = "demo"`; an explicit
-    `preset` argument wins over it.
-    """
-    file_docs = [_read_toml_file(p) for p in files or []]
-    chosen = preset
-    if chosen is None:
-        named = [d["preset"] for d in file_docs if "preset" in d]
-        chosen = named[-1] if named else "paper"
-    merged: dict[str, Any] = _deep_merge({}, _read_preset(chosen))
-    for doc in file_docs:
-        merged = _deep_merge(merged, doc)
-    for text in overrides or []:
-        path, value = parse_override(text)
-        nested: dict[str, Any] = {path[-1]: value}
-        for part in reversed(path[:-1]):
-            nested = {part: nested}
-        merged = _deep_merge(merged, nested)
-    merged["preset"] = chosen
-    config = _build(Config, merged, "")
-    config.validate()
-    return config
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass `cls` from `data` over its defaults, checking every key and type."""
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    instance = cls()
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ";"
-            raise ConfigError(
-                f"unknown config key {dotted!r}{hint} allowed keys under "
-                f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
-            )
-        current = getattr(instance, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{dotted} is a section; give a table, got {_shown(value)}")
-            value = _build(type(current), _deep_merge(config_to_dict(current), value),
-                           f"{dotted}.")
-        else:
-            value = _coerce(hints[key], value, dotted)
-        setattr(instance, key, value)
-    return instance
-
-
-# Values in error messages: a line, however long or deeply nested the value a user gave.
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 80
-_REPR.maxlevel = 3
-
-
-def _shown(value: Any) -> str:
-    return _REPR.repr(value)
-
-
-def _coerce(tp: Any, value: Any, dotted: str) -> Any:
-    origin = get_origin(tp)
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(
-                f"{dotted} = {_shown(value)} is not allowed; allowed values: "
-                f"{', '.join(repr(a) for a in allowed)}"
-            )
-        return value
-    if origin in (Union, types.UnionType):
-        errors = []
-        for option in get_args(tp):
-            if option is type(None) and value is None:
-                return None
-            try:
-                return _coerce(option, value, dotted)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if origin is list:
-        (item,) = get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{dotted} must be a list, got {_shown(value)}")
-        return [_coerce(item, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        kt, vt = get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{dotted} must be a table of key = value, got {_shown(value)}")
-        return {_coerce(kt, k, dotted): _coerce(vt, v, f"{dotted}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:  # an int of hundreds of digits
-                raise ConfigError(f"{dotted} = {value} is out of range; allowed: a finite "
-                                  "number") from None
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    name = getattr(tp, "__name__", str(tp))
-    raise ConfigError(f"{dotted} must be {name}, got {_shown(value)} ({type(value).__name__})")
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a config dataclass."""
-    return dataclasses.asdict(config)
-
-
-def load_config_dict(doc: dict[str, Any]) -> Config:
-    """The inverse of `config_to_dict` (checked and validated like a loaded file)."""
-    config = _build(Config, dict(doc), "")
-    config.validate()
-    return config
-
-
-def dump_toml(config: Config) -> str:
-    """The resolved config as TOML that `load_config(files=[...])` reads back to an equal config."""
-    doc = config_to_dict(config)
-    lines: list[str] = []
-    scalars = {k: v for k, v in doc.items() if not isinstance(v, dict)}
-    lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
-    _dump_tables(doc, [], lines)
-    return "\n".join(lines).strip() + "\n"
-
-
-def _dump_tables(doc: dict[str, Any], path: list[str], lines: list[str]) -> None:
-    for key, value in doc.items():
-        if not isinstance(value, dict) or key == "group_overrides":
-            continue
-        sub = [*path, key]
-        own = {k: v for k, v in value.items() if not isinstance(v, dict) or k == "group_overrides"}
-        if own:  # a table that only holds sub-tables needs no header of its own
-            lines.append("")
-            lines.append(f"[{'.'.join(sub)}]")
-            lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in own.items())
-        _dump_tables(value, sub, lines)
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
