@@ -38,6 +38,7 @@ from distill.storage import AtomicOutput, Location, atomic_output
 __all__ = [
     "ANNOTATION_COLUMNS",
     "OPTIONAL_COLUMNS",
+    "PICTURE_COLUMNS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "Sample",
@@ -78,6 +79,8 @@ _HEAD = (
 # shows it) and every label, width and height refer to those pixels; False or null (COCO, and
 # shards written before this column): the stored pixels.
 _TAIL = (pa.field("exif_transpose", pa.bool_()),)
+# What decoding a row's picture needs (the student's loader reads these besides its layers').
+PICTURE_COLUMNS = ("image_id", "width", "height", "image", "exif_transpose")
 
 
 def schema() -> pa.Schema:
