@@ -132,6 +132,12 @@ class Sample:
     tokens: list[str] | None = None
     persons: list[Person] = field(default_factory=list)
     exif_transpose: bool = False  # decode `image` with its EXIF orientation (SCHEMA's comment)
+    # Plug-in layers' values (`fill` sets them, `encode` reads them): what a plug-in's `decode`
+    # returns under names that are no field above.
+    plugins: dict[str, Any] = field(default_factory=dict)
+
+
+_SAMPLE_FIELDS = frozenset(Sample.__dataclass_fields__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +219,9 @@ def decode_row(row: dict[str, Any]) -> Sample:
     fields: dict[str, Any] = {}
     for layer in layers():
         fields.update(layer.decode(row))
+    plugins = {k: fields.pop(k) for k in [k for k in fields if k not in _SAMPLE_FIELDS]}
     return Sample(
+        plugins=plugins,
         image_id=row["image_id"],
         file_name=row["file_name"],
         split=row["split"],
