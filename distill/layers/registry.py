@@ -205,6 +205,9 @@ def register(layer: LabelLayer, *, _builtin: bool = False) -> LabelLayer:
         _load_builtin()
     if layer.name in _registry:
         raise LayerError(f"label layer {layer.name!r} is already registered")
+    if layer.moved not in MOVES or layer.on_noise not in ("empty", "absent"):
+        raise LayerError(f"label layer {layer.name!r}: moved must be one of {', '.join(MOVES)} "
+                         f"and on_noise empty or absent, got {layer.moved!r}, {layer.on_noise!r}")
     owned = {c.name: n for n, lay in _registry.items() for c in lay.columns}
     for column in layer.columns:
         if column.name in owned:

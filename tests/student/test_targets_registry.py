@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distill.config import AugmentConfig, TrainConfig
-from distill.layers import LabelLayer, Modality, get_layer, register, unregister
+from distill.layers import LabelLayer, LayerError, Modality, get_layer, register, unregister
 from distill.shards import decode_row
 from distill.student.data import ShardStream, loader_columns
 from distill.student.targets import build_example
@@ -87,6 +87,8 @@ def test_a_built_in_layers_target_is_its_own(monkeypatch):
     assert (text.moved, get_layer("depth").moved, get_layer("persons").moved,
             get_layer("tokens").moved) == ("nearest", "bilinear", "keypoints", "tokens")
     assert get_layer("depth").on_noise == get_layer("normals").on_noise == "absent"
+    with pytest.raises(LayerError, match="moved must be one of"):
+        register(type("Rotated", (_Extra,), {"name": "rotated", "moved": "rotate"})())
     monkeypatch.setattr(type(text), "target",
                         lambda self, sample, warp: np.full((1, warp.size, warp.size), 7, np.uint8))
     example = build_example(SAMPLES[0], 32, None, 4, (5.0, 2.0), None, None)
