@@ -61,10 +61,17 @@ def hash_view(view: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value, from its default factory for a list or a dict."""
+    if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _fingerprinted(obj: Any, f: dataclasses.Field[Any]) -> bool:
     rule = f.metadata.get("fingerprint", True)
     if rule == "unless-default":
-        return bool(getattr(obj, f.name) != f.default)
+        return bool(getattr(obj, f.name) != _default(f))
     return bool(rule) and f.name != "preset"
 
 

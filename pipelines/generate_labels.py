@@ -30,6 +30,7 @@ from pipelines.commit import Committer
 from pipelines.finalize import summarise_run, write_vocabulary
 from pipelines.graph import execute
 from pipelines.plan import RunOptions, RunPlan, plan_run
+from pipelines.postprocess import import_plugins
 
 __all__ = ["RunOptions", "RunPlan", "RunResult", "generate_labels", "plan_run"]
 
@@ -69,6 +70,7 @@ def _undo_first_run(run: LabelRun, lease: Lease) -> None:
 def generate_labels(config: Config, options: RunOptions) -> RunResult:
     """Plan, run the stages, commit shards, finalize. Safe to re-run after any crash."""
     started = time.monotonic()
+    import_plugins(config.labels)  # their columns are in the shards' schema from here on
     run = LabelRun(options.out)
     with run.lock() as lease:
         first = run.is_new()

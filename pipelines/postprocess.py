@@ -13,15 +13,28 @@ from typing import Any
 
 from distill.coco import ImageRecord
 from distill.config import LabelsConfig
+from distill.errors import ConfigError, LayerError
 from distill.labels.glove import load_glove_words
 from distill.labels.groups import GroupTable
 from distill.labels.tokens import load_stop_words
+from distill.layers import registry
 from distill.layers.registry import fill_order, layers
 from distill.shards import Sample
 
-__all__ = ["LabelContext", "apply_outputs", "build_sample", "changed_columns", "role_columns"]
+__all__ = ["LabelContext", "apply_outputs", "build_sample", "changed_columns", "import_plugins",
+           "role_columns"]
 
 logger = logging.getLogger(__name__)
+
+
+def import_plugins(labels: LabelsConfig) -> None:
+    """Import and register the plug-in label layers of `labels.plugins` in this process (the
+    driver, and each worker before post-processing); one that cannot be imported or gives no
+    layer is a one-line `ConfigError` naming the setting."""
+    try:
+        registry.import_plugins(labels.plugins)
+    except LayerError as exc:
+        raise ConfigError(f"labels.plugins: {exc}") from None
 
 
 def role_columns() -> dict[str, tuple[str, ...]]:
@@ -52,6 +65,10 @@ class LabelContext:
 
     @classmethod
     def from_config(cls, labels: LabelsConfig) -> LabelContext:
+        """Loaded once per worker, after importing the plug-in layers (`labels.plugins`): a
+        Ray worker is a process of its own, and a layer it does not know is neither filled
+        nor encoded."""
+        import_plugins(labels)
         return cls(
             groups=GroupTable.load(labels.group_overrides),
             stop_words=load_stop_words(labels.stop_words, labels.stop_words_file),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from distill.config.ranges import (
     check_ranges,
 )
 from distill.errors import ConfigError
-from distill.identity import RUNTIME, fingerprint, fingerprint_view
+from distill.identity import RUNTIME, UNLESS_DEFAULT, fingerprint, fingerprint_view
 
 __all__ = [
     "CAPTION_DECODING",
@@ -189,12 +190,24 @@ class LabelsConfig:
     group_overrides: dict[str, str] = field(default_factory=dict)  # category name -> group name
     text_score_threshold: float = _setting(0.5, UNIT)
     png_compress_level: int = _setting(1, Range(0, 9), runtime=True)
+    # Plug-in label layers: importable module names, each registering its layer when imported
+    # (or defining LAYER); generate-labels' driver and every worker import them before
+    # post-processing, so their columns are written. Part of the run's identity when set.
+    plugins: list[str] = field(default_factory=list, metadata=UNLESS_DEFAULT)
 
     def validate(self) -> None:
         if self.group_overrides:
             from distill.labels.groups import GroupTable
 
             GroupTable.load(self.group_overrides)  # raises with the allowed names
+        for name in self.plugins:  # imported where labels are made (pipelines.postprocess)
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):  # a parent package is missing; a bad name
+                found = False
+            if not found:
+                raise ConfigError(f"labels.plugins: no module {name!r} can be imported (a "
+                                  "plug-in label layer's module, importable by its dotted name)")
 
 
 @dataclass

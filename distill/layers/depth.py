@@ -6,10 +6,19 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
-from distill.labels.depth import normalize_depth, quantize_unit
-from distill.layers.registry import Column, LabelLayer, Modality, png_column, png_value, unpng
+from distill.labels.depth import DEPTH_LEVELS, normalize_depth, quantize_unit
+from distill.layers.registry import (
+    Column,
+    LabelLayer,
+    Modality,
+    png_column,
+    png_value,
+    unit_u8,
+    unpng,
+)
 
 if TYPE_CHECKING:
     from distill.shards import Sample
@@ -25,6 +34,9 @@ class DepthLayer(LabelLayer):
     roles = ("depth",)
     modalities = (Modality("depth", 1),)
     layout_rank = 10
+    loader_columns = undecoded = ("depth_png",)
+    moved = "bilinear"
+    on_noise = "absent"
 
     def encode(self, sample: Sample, compress_level: int,
                wanted: Collection[str]) -> dict[str, Any]:
@@ -46,6 +58,11 @@ class DepthLayer(LabelLayer):
         unit, sample.depth_min, sample.depth_max = normalize_depth(result.depth)
         scratch["depth_unit"] = unit
         sample.depth16 = quantize_unit(unit)
+
+    def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
+        # The 16-bit PNG resized in float32 ("F"); relative inverse depth: near is already high.
+        moved = warp.bilinear(sample.depth16, "depth_png", ("I;16", "F"))
+        return None if moved is None else unit_u8(moved / DEPTH_LEVELS)[None]
 
 
 LAYER = DepthLayer()

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 # The 10 class groups the student learns as the groups layer's channels, in layout order (the
 # Text bit has its own channel, the text layer's).
 CLASS_GROUPS: tuple[str, ...] = tuple(g for k, g in enumerate(GROUP_NAMES) if k != TEXT_GROUP)
+# The group bits of those 10 channels.
+_CLASS_BITS = np.array([k for k in range(NUM_GROUPS) if k != TEXT_GROUP], np.uint16)
 
 
 def group_shares(mask: np.ndarray) -> tuple[np.ndarray, float]:
@@ -39,6 +41,8 @@ class GroupsLayer(LabelLayer):
     needs = ("panoptic", "text")
     modalities = (Modality("segmentation", 10),)
     layout_rank = 40
+    loader_columns = ("groups_png",)
+    moved = "nearest"  # bits must not blend
     stat_columns = ("groups_png",)
     statistic_names = ("no_class_share", *(f"group:{g}" for g in CLASS_GROUPS))
 
@@ -57,6 +61,12 @@ class GroupsLayer(LabelLayer):
         # ran, so it always reflects every teacher: the Text bit joins when text ran.
         if sample.panoptic is not None and any(outputs.get(r) is not None for r in self.roles):
             sample.groups = encode_group_mask(ctx.groups, sample.panoptic, sample.text_mask)
+
+    def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
+        if sample.groups is None:
+            return None
+        bits = (warp.nearest(sample.groups)[None] >> _CLASS_BITS[:, None, None]) & 1
+        return (bits * 255).astype(np.uint8)
 
     def statistics(self, row: Mapping[str, Any]) -> dict[str, float] | None:
         """`group:<name>` for each of the 11 groups and `no_class_share`."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from distill.labels.normals import encode_normals8, normals_from_unit
 from distill.layers.registry import LabelLayer, Modality, png_column, png_value, unpng
 
@@ -20,6 +22,9 @@ class NormalsLayer(LabelLayer):
     needs = ("depth",)
     modalities = (Modality("normals", 3),)
     layout_rank = 20
+    loader_columns = undecoded = ("normals_png",)
+    moved = "bilinear"
+    on_noise = "absent"
 
     def encode(self, sample: Sample, compress_level: int,
                wanted: Collection[str]) -> dict[str, Any]:
@@ -35,6 +40,11 @@ class NormalsLayer(LabelLayer):
         unit = scratch.get("depth_unit")  # the depth layer's, when the depth teacher ran
         if unit is not None:
             sample.normals = encode_normals8(normals_from_unit(unit, ctx.gradient_scale))
+
+    def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
+        # The stored 8-bit values, as they are: (n + 1) / 2 * 255 is already the target's unit.
+        moved: np.ndarray | None = warp.bilinear(sample.normals, "normals_png", ("RGB", "RGB"))
+        return moved
 
 
 LAYER = NormalsLayer()

@@ -35,20 +35,26 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN",
+    "MOVES",
     "Column",
     "LabelLayer",
     "LayerError",
     "Modality",
     "builtin_layers",
+    "card_columns",
     "check_hw",
     "fill_order",
     "get_layer",
+    "import_plugins",
     "layers",
+    "loader_columns",
     "plugin_layers",
     "png_column",
     "png_value",
     "register",
     "role_markers",
+    "undecoded_columns",
+    "unit_u8",
     "unpng",
     "unregister",
 ]
@@ -57,6 +63,10 @@ logger = logging.getLogger(__name__)
 
 # The built-in layers, in shard-schema order (schema version 1).
 BUILTIN = ("depth", "normals", "panoptic", "groups", "text", "tokens", "persons")
+# How the letterbox and the augmentation move a layer's label to the student's S×S
+# (`LabelLayer.moved`): ids or bits by nearest neighbour, a continuous map bilinearly (blending
+# only pixels of the image), keypoints as points (heatmaps drawn after), caption tokens not.
+MOVES = ("nearest", "bilinear", "keypoints", "tokens")
 
 
 @dataclass(frozen=True)
@@ -118,8 +128,8 @@ class LabelLayer:
         that did not run is absent), in place. `ctx` is the worker's post-processing context;
         `scratch` holds one image's intermediate values that later layers share."""
 
-    # -- the student and the pictures (a plug-in's; the built-in layers' targets are in
-    #    distill.student.targets and their pictures in distill.viz, drawn from `Labels`) --------
+    # -- the student and the pictures (the built-in layers' pictures are in distill.viz,
+    #    drawn from `Labels`) ---------------------------------------------------------------
 
     loader_columns: ClassVar[tuple[str, ...]] = ()  # columns `label_map` / `target` read
     color: ClassVar[tuple[int, int, int]] = (255, 255, 255)  # its map's colour in pictures
@@ -135,6 +145,27 @@ class LabelLayer:
         the letterbox and augmentation through `warp` (`distill.student.targets.Warp`: its
         `nearest` takes an (H, W) map at the original resolution to (S, S)); None: the row has
         no such label (its `present` flag is then False)."""
+        return None
+
+    # -- how the student's targets are built, every layer's (distill.student.targets and its
+    #    loader iterate these; `target` above is each layer's builder) ---------------------
+
+    # Of `loader_columns`, the PNG columns `target` takes still encoded (`warp.encoded`, decoded
+    # straight into the letterbox): the loader leaves them out of the decoded sample.
+    undecoded: ClassVar[tuple[str, ...]] = ()
+    moved: ClassVar[str] = "nearest"  # how the letterbox and augmentation move it: `MOVES`
+    # A picture that augmentation replaced by noise has this label "empty" (its target becomes
+    # 0 and stays present: noise has no text, objects or words) or "absent" (noise has no
+    # depth: nothing to learn there, its `present` flag becomes False).
+    on_noise: ClassVar[str] = "empty"
+    card_columns: ClassVar[tuple[str, ...]] = ()  # what a `distill view` grid card shows
+
+    def keypoints(self, sample: Sample) -> np.ndarray | None:
+        """A keypoint layer's (`moved = "keypoints"`) float32 (people, joints, 3) keypoints at
+        the original resolution: the augmentation keeps them in view and moves them, and its
+        `target` draws them from `warp.keypoints[name]` (output pixels). A layer learned as
+        caption tokens (`moved = "tokens"`) returns from `target` its float32 (max_tokens, D)
+        token targets instead of channels."""
         return None
 
     # -- QA -------------------------------------------------------------------------------
@@ -174,6 +205,9 @@ def register(layer: LabelLayer, *, _builtin: bool = False) -> LabelLayer:
         _load_builtin()
     if layer.name in _registry:
         raise LayerError(f"label layer {layer.name!r} is already registered")
+    if layer.moved not in MOVES or layer.on_noise not in ("empty", "absent"):
+        raise LayerError(f"label layer {layer.name!r}: moved must be one of {', '.join(MOVES)} "
+                         f"and on_noise empty or absent, got {layer.moved!r}, {layer.on_noise!r}")
     owned = {c.name: n for n, lay in _registry.items() for c in lay.columns}
     for column in layer.columns:
         if column.name in owned:
@@ -267,3 +301,60 @@ def png_value(sample: Sample, label: str, array: np.ndarray | None, level: int) 
 
 def unpng(value: bytes | None) -> np.ndarray | None:
     return None if value is None else decode_png(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The columns the student's loader and the viewer's grid read, and plug-in modules
+
+
+def unit_u8(unit: np.ndarray) -> np.ndarray:
+    """A target in [0, 1] → uint8 levels (255 = 1.0), rounded half up, clipped. In place on one
+    float32 copy: this runs on ~2M values per example and was the loader's second cost after
+    PNG/JPEG decoding."""
+    scaled = np.multiply(unit, 255.0, dtype=np.float32)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    scaled += 0.5
+    return scaled.astype(np.uint8)
+
+
+def loader_columns() -> tuple[str, ...]:
+    """Every registered layer's `loader_columns`, in registry order: what the student's loader
+    reads of a row besides the picture."""
+    return tuple(dict.fromkeys(c for layer in layers() for c in layer.loader_columns))
+
+
+def undecoded_columns() -> tuple[str, ...]:
+    """The loader's PNG columns that a layer's `target` decodes itself (`undecoded`)."""
+    return tuple(dict.fromkeys(c for layer in layers() for c in layer.undecoded))
+
+
+def card_columns() -> tuple[str, ...]:
+    """What a viewer grid card reads besides the row's identity: every layer's `card_columns`
+    and the column that says whether each teacher ran (`role_markers`)."""
+    return tuple(dict.fromkeys((*(c for layer in layers() for c in layer.card_columns),
+                                *role_markers().values())))
+
+
+def import_plugins(modules: Collection[str]) -> tuple[LabelLayer, ...]:
+    """Import each plug-in layer module (`labels.plugins`) and register its layers: a module
+    registers them when imported, or defines `LAYER` as a built-in module does (registered
+    here unless it already is). Returns the modules' layers; raises `LayerError` for a module
+    that cannot be imported or that gives no layer. Idempotent, so the driver and every worker
+    call it before post-processing."""
+    out: list[LabelLayer] = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise LayerError(f"label layer module {name!r} cannot be imported: {exc}") from None
+        found = [layer for layer in layers() if type(layer).__module__ == name]
+        layer = getattr(module, "LAYER", None)
+        if isinstance(layer, LabelLayer) and layer not in found:
+            if _registry.get(layer.name) is not layer:
+                register(layer)
+            found.append(layer)
+        if not found:
+            raise LayerError(f"label layer module {name!r} registers no label layer (define "
+                             "LAYER, or call distill.layers.register when imported)")
+        out += [layer for layer in found if layer not in out]
+    return tuple(out)

@@ -30,6 +30,8 @@ class TextLayer(LabelLayer):
     roles = ("text",)
     modalities = (Modality("text", 1),)
     layout_rank = 30
+    loader_columns = card_columns = ("text_png",)
+    moved = "nearest"
     stat_columns = ("text_png",)
     statistic_names = ("text_share",)
 
@@ -64,6 +66,11 @@ class TextLayer(LabelLayer):
         # The teacher's mask already covers its regions; redraw only if the threshold dropped some.
         sample.text_mask = result.mask if len(kept) == len(result.regions) else \
             rasterize_polygons([r.points for r in kept], sample.height, sample.width)
+
+    def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
+        if sample.text_mask is None:
+            return None
+        return warp.nearest(sample.text_mask)[None].astype(np.uint8) * 255
 
     def statistics(self, row: Mapping[str, Any]) -> dict[str, float] | None:
         mask = unpng(row["text_png"])

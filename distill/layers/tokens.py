@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
-from distill.labels.tokens import tokenize
+from distill.labels.tokens import token_targets, tokenize
 from distill.layers.registry import Column, LabelLayer
 
 if TYPE_CHECKING:
@@ -25,6 +26,9 @@ class TokensLayer(LabelLayer):
     )
     roles = ("caption",)
     rewrites = ("teacher_captions", "tokens")
+    loader_columns = ("tokens",)
+    moved = "tokens"
+    card_columns = ("teacher_captions", "coco_captions", "tokens")
 
     def encode(self, sample: Sample, compress_level: int,
                wanted: Collection[str]) -> dict[str, Any]:
@@ -44,6 +48,15 @@ class TokensLayer(LabelLayer):
         # Tokens come from the teacher's caption: the student distils the captioner (paper
         # §3.4); COCO's human captions stay in their own column for audits.
         sample.tokens = tokenize(result.caption, ctx.stop_words, ctx.known_words)
+
+    def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
+        """The word vectors of the tokens (`token_targets`); zeros for a row without words;
+        None (absent) without a vocabulary or when the caption teacher did not run."""
+        if warp.vocab is None or sample.tokens is None:
+            return None
+        if not sample.tokens:
+            return np.zeros((warp.max_tokens, warp.vocab.dim), np.float32)
+        return token_targets(sample.tokens, warp.vocab, warp.max_tokens)
 
 
 LAYER = TokensLayer()

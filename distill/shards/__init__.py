@@ -26,6 +26,7 @@ from distill.shards.files import (
 from distill.shards.rows import (
     ANNOTATION_COLUMNS,
     OPTIONAL_COLUMNS,
+    PICTURE_COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
     Sample,
@@ -41,6 +42,7 @@ from distill.shards.rows import (
 __all__ = [
     "ANNOTATION_COLUMNS",
     "OPTIONAL_COLUMNS",
+    "PICTURE_COLUMNS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "Sample",

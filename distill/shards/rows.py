@@ -24,6 +24,7 @@ from distill.layers.registry import BUILTIN, builtin_layers, layers
 __all__ = [
     "ANNOTATION_COLUMNS",
     "OPTIONAL_COLUMNS",
+    "PICTURE_COLUMNS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "Sample",
@@ -50,6 +51,8 @@ _HEAD = (
 # shows it) and every label, width and height refer to those pixels; False or null (COCO, and
 # shards written before this column): the stored pixels.
 _TAIL = (pa.field("exif_transpose", pa.bool_()),)
+# What decoding a row's picture needs (the student's loader reads these besides its layers').
+PICTURE_COLUMNS = ("image_id", "width", "height", "image", "exif_transpose")
 
 
 def schema() -> pa.Schema:
@@ -101,6 +104,12 @@ class Sample:
     tokens: list[str] | None = None
     persons: list[Person] = field(default_factory=list)
     exif_transpose: bool = False  # decode `image` with its EXIF orientation (SCHEMA's comment)
+    # Plug-in layers' values (`fill` sets them, `encode` reads them): what a plug-in's `decode`
+    # returns under names that are no field above.
+    plugins: dict[str, Any] = field(default_factory=dict)
+
+
+_SAMPLE_FIELDS = frozenset(Sample.__dataclass_fields__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +191,9 @@ def decode_row(row: dict[str, Any]) -> Sample:
     fields: dict[str, Any] = {}
     for layer in layers():
         fields.update(layer.decode(row))
+    plugins = {k: fields.pop(k) for k in [k for k in fields if k not in _SAMPLE_FIELDS]}
     return Sample(
+        plugins=plugins,
         image_id=row["image_id"],
         file_name=row["file_name"],
         split=row["split"],

@@ -47,29 +47,27 @@ from distill.config import TrainConfig
 from distill.errors import DistillError, ShardError
 from distill.images import decode_png, without_addresses
 from distill.labels.tokens import Vocabulary
-from distill.layers.registry import layers, plugin_layers
+from distill.layers.registry import layers, undecoded_columns
+from distill.layers.registry import loader_columns as layer_columns
 from distill.runfolder import resolve_shards
-from distill.shards import decode_row, open_shard
+from distill.shards import PICTURE_COLUMNS, decode_row, open_shard
 from distill.storage import Location
 from distill.student.targets import build_example, heatmap_schedule, present_keys
 
-__all__ = ["LOADER_COLUMNS", "BadRows", "ShardSpec", "ShardStream", "Unit", "collate"]
+__all__ = ["BadRows", "ShardSpec", "ShardStream", "Unit", "collate", "loader_columns"]
 
 logger = logging.getLogger(__name__)
 
 Unit = tuple[int, int]  # (index into ShardStream.paths, row group)
 _BUFFER_STREAM = 1  # keeps the shuffle buffer's generator apart from any per-example one
 BadRows = Literal["raise", "skip"]
-# The columns an example is built from (`build_example`); the others (panoptic ids and their
-# segments, text polygons, captions) are not read, and their PNGs are not decoded.
-LOADER_COLUMNS = ("image_id", "width", "height", "image", "exif_transpose", "depth_png",
-                  "normals_png", "groups_png", "text_png", "tokens", "persons")
 
 
 def loader_columns() -> tuple[str, ...]:
-    """`LOADER_COLUMNS` and the columns a registered plug-in layer's target reads."""
-    return tuple(dict.fromkeys((*LOADER_COLUMNS,
-                                *(c for layer in plugin_layers() for c in layer.loader_columns))))
+    """The columns an example is built from (`build_example`): the picture's and those every
+    registered label layer's target reads (`LabelLayer.loader_columns`). The others (panoptic
+    ids and their segments, text polygons, captions) are not read, nor their PNGs decoded."""
+    return (*PICTURE_COLUMNS, *layer_columns())
 # What decoding a damaged row raises: distill's own errors, Pillow's (OSError, SyntaxError for a
 # broken PNG chunk, its decompression-bomb guard), zlib's and numpy's. Anything else is a bug.
 _ROW_ERRORS = (DistillError, ValueError, OSError, SyntaxError, EOFError, zlib.error,
@@ -231,7 +229,7 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         cfg = self.config
         try:
             # Depth and normals PNGs go straight into the letterbox (build_example's `encoded`).
-            encoded = {c: row.pop(c, None) for c in ("depth_png", "normals_png")}
+            encoded = {c: row.pop(c, None) for c in undecoded_columns()}
             sample = decode_row(row)
             rng = np.random.default_rng([self.seed, self.epoch, int(sample.image_id)])
             example = build_example(

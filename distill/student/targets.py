@@ -3,28 +3,28 @@
 Order of work: decode, letterbox everything to S×S, apply the augmentation geometry to the
 image, the dense maps and the keypoints alike, then render heatmaps and PAFs from the moved
 keypoints at the output resolution (a rendered heatmap is never resampled), then the
-photometric augmentation. Targets are uint8 in the order of `distill.student.layout`; 0 is
+photometric augmentation. Each label layer (`distill.layers`) builds its own target through a
+`Warp`, which moves its label as the layer's `moved` says. Targets are uint8 in the order of `distill.student.layout`; 0 is
 "no label" (letterbox padding, absent masks) and maps to −1 on the device.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from distill.config import AugmentConfig, HeatmapScheduleConfig
 from distill.images import decode_image, decode_own_png, decode_png, image_size
-from distill.labels.depth import DEPTH_LEVELS
-from distill.labels.groups import NUM_GROUPS, TEXT_GROUP
-from distill.labels.keypoints import NUM_JOINTS, heatmap_windows, paf_windows
+from distill.labels.keypoints import NUM_JOINTS
 from distill.labels.letterbox import Letterbox
-from distill.labels.tokens import Vocabulary, token_targets
-from distill.layers.registry import plugin_layers
+from distill.labels.tokens import Vocabulary
+from distill.layers.registry import LabelLayer, builtin_layers, layers
 from distill.shards import Sample
 from distill.student import layout
 from distill.student.augment import Resampler, augment_pixels, sample_pan_zoom
@@ -41,14 +41,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Modalities in the order of the `present` flags (the loss gains' order, train.loss_gains);
-# `present_keys()` adds a registered plug-in layer's.
-PRESENT_KEYS: tuple[str, ...] = ("tokens", *layout.MODALITIES)
+
+
+def _token_keys(of: tuple[LabelLayer, ...]) -> tuple[str, ...]:
+    """The layers learned as caption tokens (`moved = "tokens"`): their `present` flags."""
+    return tuple(layer.name for layer in of if layer.moved == "tokens")
+
+
+# Modalities in the order of the `present` flags (the loss gains' order, train.loss_gains):
+# the caption tokens, then the channels' modalities; `present_keys()` adds a plug-in layer's.
+PRESENT_KEYS: tuple[str, ...] = (*_token_keys(builtin_layers()), *layout.MODALITIES)
 
 
 def present_keys() -> tuple[str, ...]:
     """The `present` flags' names: `PRESENT_KEYS`, then the plug-in layers' modalities."""
-    return ("tokens", *layout.modalities())
+    return (*_token_keys(layers()), *layout.modalities())
 
 
 def heatmap_schedule(epoch: int, cfg: HeatmapScheduleConfig) -> tuple[float, float]:
@@ -101,15 +108,6 @@ def student_image(data: bytes, size: int, width: int | None = None,
                                         exif_transpose=exif_transpose)), lb
 
 
-def _to_u8(unit: np.ndarray) -> np.ndarray:
-    """[0, 1] → uint8, rounded half up, clipped. In place on one float32 copy: this runs on
-    ~2M values per example and was the loader's second cost after PNG/JPEG decoding."""
-    scaled = np.multiply(unit, 255.0, dtype=np.float32)
-    np.clip(scaled, 0.0, 255.0, out=scaled)
-    scaled += 0.5
-    return scaled.astype(np.uint8)
-
-
 def _label_map(labels: np.ndarray, lb: Letterbox, resampler: Resampler | None) -> np.ndarray:
     """`lb.label_map(labels)`, then `resampler.nearest` of it when given, in ONE gather from the
     source: both are nearest-neighbour, so composing their taps is exact."""
@@ -124,133 +122,97 @@ def _label_map(labels: np.ndarray, lb: Letterbox, resampler: Resampler | None) -
     return out
 
 
+def _letterboxed_array(array: np.ndarray, lb: Letterbox) -> np.ndarray:
+    """The letterbox of a decoded continuous map: an (H, W) one bilinearly in float32 (depth,
+    0..65535), an (H, W, C) uint8 one as an image (normals)."""
+    return lb.float_map(array.astype(np.float32)) if array.ndim == 2 else lb.image(array)
+
+
 @dataclass
 class Warp:
-    """How one example moves a label from the original resolution to the student's S×S: the
-    letterbox, then the augmentation (when any). Handed to a plug-in layer's `target`."""
+    """How one example moves a label from the original resolution to the student's S×S (the
+    letterbox, then the augmentation when any), and what its targets are made with. Handed to
+    each label layer's `target` (`distill.layers`)."""
 
     letterbox: Letterbox
     resampler: Resampler | None
+    encoded: Mapping[str, bytes] = field(default_factory=dict)  # the row's undecoded PNGs
+    keypoints: dict[str, np.ndarray] = field(default_factory=dict)  # layer → moved, output px
+    schedule: tuple[float, float] = (0.0, 0.0)  # `heatmap_schedule` of the epoch
+    vocab: Vocabulary | None = None
+    max_tokens: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.letterbox.dst_h
 
     def nearest(self, labels: np.ndarray) -> np.ndarray:
         """An (H, W) label map at the original resolution → (S, S), nearest neighbour (0 on
         the letterbox padding and where the augmentation leaves the image)."""
         return _label_map(labels, self.letterbox, self.resampler)
 
+    @functools.cached_property
+    def _content(self) -> np.ndarray:
+        """1 on the letterbox's image area (one array, so the resampler's weights of it are
+        computed once per example)."""
+        lb = self.letterbox
+        content = np.zeros((lb.dst_h, lb.dst_w), np.uint8)
+        content[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] = 1
+        return content
 
-# The PNG mode of each map `_letterboxed_png` letterboxes straight from Pillow, and the mode
-# it is resized in (what `Letterbox.float_map` / `Letterbox.image` resize the array in).
-_PIL_MODES = {"depth": ("I;16", "F"), "normals": ("RGB", "RGB")}
-
-
-def _letterboxed_png(encoded: Mapping[str, bytes | None] | None, name: str,
-                     lb: Letterbox) -> np.ndarray | None:
-    """The letterbox of a row's `<name>_png`: the pixels of decoding it into the sample first
-    (`decode_row`) and letterboxing that. A PNG in `encode_png`'s layout is decoded by zlib and
-    numpy (`decode_own_png`); any other goes straight from Pillow's decoder into its resize,
-    without a round trip through numpy. None when `encoded` lacks it."""
-    data = None if encoded is None else encoded.get(f"{name}_png")
-    if data is None:
-        return None
-    array = decode_own_png(data)  # encode_png's layout: zlib + numpy, faster than Pillow
-    if array is not None:
-        return _letterboxed_array(array, name, lb)
-    stored, resized = _PIL_MODES[name]
-    with Image.open(io.BytesIO(data)) as img:
-        if img.mode == stored:
-            return lb.pil_image(img.convert(resized) if resized != stored else img)
-    return _letterboxed_array(decode_png(data), name, lb)  # another mode: as decode_row reads it
-
-
-def _letterboxed_array(array: np.ndarray, name: str, lb: Letterbox) -> np.ndarray:
-    """The letterbox of a decoded depth (bilinear in float32, 0..65535) or normals map."""
-    return lb.float_map(array.astype(np.float32)) if name == "depth" else lb.image(array)
-
-
-def _dense_maps(sample: Sample, lb: Letterbox, resampler: Resampler | None,
-                encoded: Mapping[str, bytes | None] | None = None) -> dict[str, np.ndarray]:
-    """Every dense label the sample has, letterboxed and, with a `resampler`, moved by the
-    augmentation. Depth and normals are letterboxed (bilinear, antialiased; from `encoded`
-    PNGs when given) and then warped (bilinear, blending only pixels of the image area); text
-    and groups go from the decoded map to the output in one nearest gather (`_label_map`)."""
-    maps: dict[str, np.ndarray] = {}
-    content = np.zeros((lb.dst_h, lb.dst_w), np.uint8)  # 1 on the image area
-    content[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] = 1
-    for name in ("depth", "normals"):
-        letterboxed = _letterboxed_png(encoded, name, lb)
-        decoded = sample.depth16 if name == "depth" else sample.normals
+    def bilinear(self, decoded: np.ndarray | None, column: str,
+                 modes: tuple[str, str]) -> np.ndarray | None:
+        """A continuous map (depth, normals) → (S, S) float32 or (C, S, S): letterboxed
+        bilinearly (antialiased), from the row's still-encoded `column` when the loader kept it
+        (`encoded`), otherwise from `decoded` at the original resolution; then moved by the
+        augmentation, blending only pixels of the image area. `modes`: the PNG's Pillow mode
+        and the mode it is resized in (what the decoded array's letterbox resizes in). None
+        when the row has neither."""
+        letterboxed = self._letterboxed_png(column, modes)
         if letterboxed is None and decoded is not None:
-            letterboxed = _letterboxed_array(decoded, name, lb)  # bilinear, as stored
-        if letterboxed is not None and letterboxed.ndim == 3:  # normals: channels first
+            letterboxed = _letterboxed_array(decoded, self.letterbox)  # bilinear, as stored
+        if letterboxed is None:
+            return None
+        if letterboxed.ndim == 3:  # channels first
             letterboxed = np.ascontiguousarray(letterboxed.transpose(2, 0, 1))
-        if letterboxed is not None:
-            maps[name] = letterboxed if resampler is None else \
-                resampler.bilinear(letterboxed, content, channels_first=True)
-    if sample.text_mask is not None:
-        maps["text"] = _label_map(sample.text_mask, lb, resampler)
-    if sample.groups is not None:
-        maps["groups"] = _label_map(sample.groups, lb, resampler)  # nearest: bits must not blend
-    return maps
+        if self.resampler is None:
+            return letterboxed
+        return self.resampler.bilinear(letterboxed, self._content, channels_first=True)
+
+    def _letterboxed_png(self, column: str, modes: tuple[str, str]) -> np.ndarray | None:
+        """The letterbox of the row's PNG `column`: the pixels of decoding it into the sample
+        first (`decode_row`) and letterboxing that. A PNG in `encode_png`'s layout is decoded by
+        zlib and numpy (`decode_own_png`); any other goes straight from Pillow's decoder into
+        its resize, without a round trip through numpy."""
+        data = self.encoded.get(column)
+        if data is None:
+            return None
+        lb = self.letterbox
+        array = decode_own_png(data)  # encode_png's layout: zlib + numpy, faster than Pillow
+        if array is not None:
+            return _letterboxed_array(array, lb)
+        stored, resized = modes
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode == stored:
+                return lb.pil_image(img.convert(resized) if resized != stored else img)
+        return _letterboxed_array(decode_png(data), lb)  # another mode: as decode_row reads it
 
 
-def _people(sample: Sample) -> np.ndarray:
-    if not sample.persons:
-        return np.zeros((0, NUM_JOINTS, 3), np.float32)
-    return np.stack([np.asarray(p.keypoints, np.float32) for p in sample.persons])
-
-
-def _tokens(sample: Sample, vocab: Vocabulary | None, max_tokens: int,
-            token_dim: int) -> np.ndarray:
-    if vocab is None:
-        return np.zeros((max_tokens, token_dim), np.float32)
-    if not sample.tokens:
-        return np.zeros((max_tokens, vocab.dim), np.float32)
-    return token_targets(sample.tokens, vocab, max_tokens)
-
-
-# The group bits of the 10 class channels, in layout order (the Text bit has its own channel).
-_CLASS_BITS = np.array([k for k in range(NUM_GROUPS) if k != TEXT_GROUP], np.uint16)
-
-
-def _assemble(maps: dict[str, np.ndarray], kp: np.ndarray, size: int,
-              schedule: tuple[float, float]) -> np.ndarray:
-    target = np.zeros((layout.channels(), size, size), np.uint8)
-    joint_size, paf_width = schedule
-    # Rendered window by window straight into uint8: `_to_u8` is monotone, so the max over
-    # people of the converted windows is the conversion of the float maps' max.
-    joints = target[layout.JOINTS]
-    for j, (r0, r1, c0, c1), values in heatmap_windows(kp, size, size, joint_size):
-        window = joints[j, r0:r1, c0:c1]
-        np.maximum(window, _to_u8(values), out=window)
-    pafs = target[layout.PAFS]
-    for k, (r0, r1, c0, c1), on in paf_windows(kp, size, size, paf_width):
-        pafs[k, r0:r1, c0:c1][on] = 255
-    if "depth" in maps:
-        # Stored depth is relative inverse depth spread over 0..65535: near is already high.
-        target[layout.DEPTH] = _to_u8(maps["depth"] / DEPTH_LEVELS)[None]
-    if "normals" in maps:
-        target[layout.NORMALS] = maps["normals"]  # (3, S, S)
-    if "text" in maps:
-        target[layout.TEXT] = maps["text"][None].astype(np.uint8) * 255
-    if "groups" in maps:
-        bits = (maps["groups"][None] >> _CLASS_BITS[:, None, None]) & 1
-        np.multiply(bits, 255, out=target[layout.GROUPS], casting="unsafe")
-    return target
-
-
-def _plugin_targets(sample: Sample, warp: Warp, target: np.ndarray,
-                    present: dict[str, bool]) -> None:
-    """Each registered plug-in layer's target channels (`LabelLayer.target`), in place."""
+def _channels(sample: Sample, warp: Warp, target: np.ndarray, present: dict[str, bool],
+              replaced: bool) -> None:
+    """Each label layer's target channels (`LabelLayer.target`), in place, and its `present`
+    flags; on a picture replaced by noise, as its `on_noise` says."""
     channels = layout.modalities()
-    for layer in plugin_layers():
+    for layer in layers():
         if not layer.modalities:
             continue
         first, last = channels[layer.modalities[0].key], channels[layer.modalities[-1].key]
         out = layer.target(sample, warp)
-        if out is not None:
+        absent = out is None or (replaced and layer.on_noise == "absent")
+        if out is not None and not replaced:
             target[first.start : last.stop] = out
         for m in layer.modalities:
-            present[m.key] = out is not None
+            present[m.key] = not absent
 
 
 def build_example(
@@ -267,51 +229,50 @@ def build_example(
 ) -> Example:
     """Decode, letterbox, augment (when both `rng` and `augment` are given) and encode one sample.
 
-    `epoch_schedule` is `heatmap_schedule(epoch, ...)`. Tokens are `token_targets` of the
-    sample's tokens, zeros when it has none; with no `vocab` they are zeros of width
-    `token_dim`. A teacher column the sample lacks leaves its channels 0 and its `present` flag
-    False. When augmentation replaces a person-free image by noise, its targets become empty
-    (no joints, text, objects or words) and depth and normals, which noise has none of, are
+    Every label layer builds its own target (`LabelLayer.target`, moved as its `moved` says):
+    its channels in layout order, or the caption tokens. `epoch_schedule` is
+    `heatmap_schedule(epoch, ...)`. Tokens are zeros when the row has no words, and of width
+    `token_dim` with no `vocab`. A label the sample lacks leaves its channels 0 and its
+    `present` flag False. When augmentation replaces a person-free image by noise, every target
+    becomes empty and a layer that noise has none of (`on_noise = "absent"`: depth, normals) is
     marked absent.
 
-    `encoded`: the row's `depth_png` and `normals_png` for a `sample` decoded without them
-    (`decode_row` of the other columns, as `ShardStream` does): they are decoded straight into
-    the letterbox, the same pixels as decoding them into the sample.
+    `encoded`: the row's undecoded PNG columns (`undecoded_columns()`: depth and normals) for a
+    `sample` decoded without them (`decode_row` of the other columns, as `ShardStream` does):
+    they are decoded straight into the letterbox, the same pixels as decoding them into the
+    sample.
     """
-    encoded = {k: v for k, v in (encoded or {}).items() if v is not None}
+    pngs = {k: v for k, v in (encoded or {}).items() if v is not None}
     image, lb = student_image(sample.image, size, sample.width, sample.height,
                               exif_transpose=sample.exif_transpose)
-    kp = lb.keypoints(_people(sample))
+    kp_layers = [layer for layer in layers() if layer.moved == "keypoints"]
+    points = {layer.name: lb.keypoints(_points(layer, sample)) for layer in kp_layers}
     has_person = bool(sample.persons)
-    present = {
-        "tokens": vocab is not None and sample.tokens is not None,
-        "joints": True,
-        "pafs": True,
-        "depth": sample.depth16 is not None or "depth_png" in encoded,
-        "normals": sample.normals is not None or "normals_png" in encoded,
-        "text": sample.text_mask is not None,
-        "segmentation": sample.groups is not None,
-    }
     replaced = False
     affine = None
     if rng is not None and augment is not None:
-        affine = sample_pan_zoom(kp, size, augment, rng)
+        anchors = np.concatenate([p.reshape(-1, 3) for p in points.values()]) if points \
+            else np.zeros((0, 3), np.float32)
+        affine = sample_pan_zoom(anchors, size, augment, rng)
     # The geometry once per sample: one resampler's taps for the image and every map.
     resampler = None if affine is None else Resampler(affine, size, size)
-    maps = _dense_maps(sample, lb, resampler, encoded)
     image = np.ascontiguousarray(image.transpose(2, 0, 1))  # (3, S, S) from here on
     if affine is not None and resampler is not None:
         image = resampler.bilinear(image, channels_first=True)
-        kp = affine.keypoints(kp, size)
+        points = {name: affine.keypoints(p, size) for name, p in points.items()}
     if rng is not None and augment is not None:
         image, replaced = augment_pixels(image, augment, rng, has_person, channels_first=True)
-    target = _assemble(maps, kp, size, epoch_schedule)
-    _plugin_targets(sample, Warp(lb, resampler), target, present)
-    tokens = _tokens(sample, vocab, max_tokens, token_dim)
-    if replaced:
-        target[layout.DEPTH.start:] = 0  # noise has no depth, normals, text or objects
-        tokens[:] = 0.0
-        present["depth"] = present["normals"] = False
+    warp = Warp(lb, resampler, pngs, points, epoch_schedule, vocab, max_tokens)
+    target = np.zeros((layout.channels(), size, size), np.uint8)
+    present: dict[str, bool] = {}
+    _channels(sample, warp, target, present, replaced)
+    tokens = np.zeros((max_tokens, token_dim if vocab is None else vocab.dim), np.float32)
+    for layer in layers():
+        if layer.moved == "tokens":  # noise has no words: zeros, still present
+            words = layer.target(sample, warp)
+            present[layer.name] = words is not None
+            if words is not None and not replaced:
+                tokens = words
     return Example(
         image_id=int(sample.image_id),
         image=image,
@@ -319,5 +280,12 @@ def build_example(
         tokens=tokens,
         has_person=has_person,
         present=present,
-        keypoints=kp,
+        # the first keypoint layer's (the people's, a built-in)
+        keypoints=next(iter(points.values()), np.zeros((0, NUM_JOINTS, 3), np.float32)),
     )
+
+
+def _points(layer: LabelLayer, sample: Sample) -> np.ndarray:
+    """A keypoint layer's keypoints of `sample` (none: an empty (0, joints, 3))."""
+    points = layer.keypoints(sample)
+    return np.zeros((0, NUM_JOINTS, 3), np.float32) if points is None else points

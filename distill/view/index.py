@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from distill.errors import DistillError, RunGone, ShardError, ViewError
 from distill.layers.groups import CLASS_GROUPS as CLASS_GROUP_NAMES
-from distill.layers.registry import get_layer, layers, role_markers
+from distill.layers.registry import card_columns, get_layer, layers, role_markers
 from distill.provenance import random_weight_roles
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import decode_row, open_shard, read_metadata
@@ -35,13 +35,19 @@ from distill.storage import Location
 from distill.view.memory import LRU
 
 __all__ = ["CLASS_GROUP_NAMES", "GRID_COLUMNS", "SORT_KEYS", "Query", "RunView",
-           "sort_keys", "stats_columns"]
+           "grid_columns", "sort_keys", "stats_columns"]
 
 logger = logging.getLogger(__name__)
 
-# Columns a grid card needs; the teachers' presence is read from one small column each.
-GRID_COLUMNS = ("image_id", "file_name", "width", "height", "teacher_captions", "coco_captions",
-                "tokens", "persons", "depth_min", "segments", "text_regions", "text_png")
+
+
+def grid_columns() -> tuple[str, ...]:
+    """Columns a grid card needs: the row's identity, then what the label layers put on a card
+    (`LabelLayer.card_columns`; the teachers' presence is read from one small column each)."""
+    return ("image_id", "file_name", "width", "height", *card_columns())
+
+
+GRID_COLUMNS = grid_columns()  # the built-in layers'; `grid_columns()` adds a plug-in's
 # The columns that say whether a teacher ran on a row (null: it did not).
 TEACHER_COLUMNS = role_markers()
 # Sort keys of the row itself; every label layer adds its QA figures (`LabelLayer.statistics`).
@@ -115,7 +121,7 @@ def _text_share(png: bytes | None) -> float | None:
 
 def _card(table: pa.Table, i: int, shard: _Shard, row: int, text_share: float | None) -> dict[
         str, Any]:
-    """One grid card from row `i` of a table of GRID_COLUMNS."""
+    """One grid card from row `i` of a table of `grid_columns()`."""
     def col(name: str) -> Any:
         return table.column(name)[i].as_py()
 
@@ -290,7 +296,7 @@ class RunView:
             for g, n in enumerate(shard.group_rows):
                 lo, hi = max(offset, start + first), min(offset + limit, start + first + n)
                 if lo < hi:
-                    table = self._group(shard, g, GRID_COLUMNS)
+                    table = self._group(shard, g, grid_columns())
                     texts = table.column("text_png")
                     for k in range(lo - start - first, hi - start - first):
                         cards.append(_card(table, k, shard, first + k,
