@@ -147,7 +147,8 @@ class RunView:
         self._anchor: Location | None = None  # set once the run has been found
         self._vanished = False
         # row groups' columns read for pages and thumbnails (a page's thumbnails share one read)
-        self.row_groups: LRU[tuple[str, int, tuple[str, ...]], pa.Table] = LRU(*_ROW_GROUPS)
+        self.row_groups: LRU[tuple[str, str, int, tuple[str, ...]], pa.Table] = LRU(
+            *_ROW_GROUPS)
         self.footers: LRU[tuple[str, str], _Footer] = LRU(*_FOOTERS)
         self.stats_file = stats_file(self.path, self.run)
         self._stats: dict[str, ShardStats] = {}
@@ -254,7 +255,7 @@ class RunView:
     # -- reading --------------------------------------------------------------------------
 
     def _group(self, shard: _Shard, group: int, columns: tuple[str, ...]) -> pa.Table:
-        return self.row_groups.get_or_make((shard.name, group, columns),
+        return self.row_groups.get_or_make((shard.name, shard.key, group, columns),
                                            lambda: _read_group(shard.location, group, columns))
 
     def _locate(self, shard: _Shard, row: int) -> tuple[int, int]:
@@ -325,6 +326,7 @@ class RunView:
                 return False  # the request that asked says why (a gone run, no shards left)
             if self._stored is None:
                 self._stored = self.stats_file.load()
+                pa.default_memory_pool().release_unused()  # the file's decoding buffers
                 self._dirty = bool(set(self._stored) - {s.name for s in shards})
             todo = []
             for s in shards:

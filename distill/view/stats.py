@@ -149,9 +149,10 @@ def _cached(spec: Location) -> Location:
 
 def stats_file(path: Location, run: LabelRun | None) -> StatsFile:
     """Where the statistics of the run or shards at `path` are kept (see the module doc)."""
-    if run is not None and run.root.is_local and path in (run.root, run.shards):
+    whole = run is not None and path in (run.root, run.shards)
+    if run is not None and whole and run.root.is_local:
         return StatsFile(run.view_stats, fallback=_cached(run.root), source=run.root)
-    return StatsFile(_cached(run.root if run is not None else path), source=path)
+    return StatsFile(_cached(run.root if run is not None and whole else path), source=path)
 
 
 class StatsFile:
@@ -192,7 +193,7 @@ class StatsFile:
         if not ours:
             return {}
         try:
-            table = pq.read_table(self.location.open_input())
+            table = pq.ParquetFile(self.location.open_input()).read()
             doc = json.loads((table.schema.metadata or {})[_MARK])
             if doc.get("version") != VERSION or table.schema.remove_metadata() != _schema():
                 return {}
