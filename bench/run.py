@@ -162,7 +162,7 @@ def bench_profile(repeat: int) -> dict[str, Any]:
 
 
 SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "export", "teachers",
-            "scaling", "single_writer", "driver_memory", "viewer", "profile")
+            "scaling", "single_writer", "driver_memory", "viewer", "viewer_scale", "profile")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -170,6 +170,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from bench.export import bench_export
     from bench.pipeline import bench_driver_memory, bench_pipeline, bench_scaling
     from bench.student import bench_student
+    from bench.viewer_scale import bench_viewer_scale
 
     results: dict[str, Any] = {"machine": machine(), "versions": library_versions(),
                                "repeat": args.repeat, "seconds": {}}
@@ -187,6 +188,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "single_writer": lambda: bench_single_writer(work),
         "driver_memory": lambda: bench_driver_memory(work),
         "viewer": lambda: _bench_viewer(work, args),
+        "viewer_scale": lambda: bench_viewer_scale(work),
         "profile": lambda: bench_profile(args.repeat),
     }
     for name in SECTIONS:

@@ -33,6 +33,7 @@ __all__ = [
     "MANIFEST",
     "QUARANTINE",
     "SUMMARY",
+    "VIEW_STATS",
     "VOCAB",
     "LabelRun",
     "StudentRun",
@@ -50,6 +51,7 @@ VOCAB = "vocab.parquet"
 SUMMARY = "summary.json"
 CONFIG = "config.toml"
 AUDIT = "audit.json"
+VIEW_STATS = "view-stats.parquet"  # `distill view`'s per-row statistics (distill.view.stats)
 SHARDS = "shards"
 RUN_MARKER = "run.json"  # a student run's ownership mark
 METRICS = "metrics.jsonl"
@@ -174,7 +176,7 @@ class LabelRun(_RunFolder):
 
     kind = "label run folder"
     marker = MANIFEST
-    fixed = (MANIFEST, QUARANTINE, VOCAB, SUMMARY, CONFIG, AUDIT)
+    fixed = (MANIFEST, QUARANTINE, VOCAB, SUMMARY, CONFIG, AUDIT, VIEW_STATS)
 
     @property
     def manifest(self) -> Location:
@@ -199,6 +201,10 @@ class LabelRun(_RunFolder):
     @property
     def audit(self) -> Location:
         return self.root / AUDIT
+
+    @property
+    def view_stats(self) -> Location:
+        return self.root / VIEW_STATS
 
     @property
     def shards(self) -> Location:
@@ -396,7 +402,8 @@ def find_label_run(spec: str | os.PathLike[str] | Location) -> LabelRun | None:
 
 _TAKES = "a generate-labels run folder, its shards/ folder, a glob or .parquet shards"
 # Parquet files a run keeps beside its shards that are never shards themselves.
-_RUN_TABLES = {VOCAB: "vocabulary", QUARANTINE: "quarantine table"}
+_RUN_TABLES = {VOCAB: "vocabulary", QUARANTINE: "quarantine table",
+               VIEW_STATS: "viewer statistics"}
 
 
 def _not_labels(loc: Location) -> str | None:

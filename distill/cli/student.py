@@ -203,7 +203,9 @@ def view(
 ) -> None:
     """Browse a run in a web browser: a grid of samples (thumbnails, captions, badges) with
     filters and sorts, a sample page with toggleable label layers, a run page with per-stage
-    rates, shard status and the quarantine. Read-only; pages a 118k-row run without loading it.
+    rates, shard status and the quarantine. Read-only but for its per-row statistics, kept in
+    RUN/view-stats.parquet (or the local cache) for the next start; pages a 118k-row run
+    without loading it.
 
     \b
     Examples:

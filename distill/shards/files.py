@@ -257,7 +257,8 @@ def open_shard(path: str | Path | Location) -> pq.ParquetFile:
     opens too (`decode_row` reads the missing column as null)."""
     path = Location(path)
     pf = _open(path)
-    names = pf.schema_arrow.names
+    arrow = pf.schema_arrow  # (a property that converts the footer's schema at every call)
+    names = arrow.names
     expected, optional = schema(), optional_columns()
     missing = [f.name for f in expected if f.name not in names and f.name not in optional]
     if missing:
@@ -265,7 +266,7 @@ def open_shard(path: str | Path | Location) -> pq.ParquetFile:
     for f in expected:
         if f.name not in names:
             continue
-        got = pf.schema_arrow.field(f.name).type
+        got = arrow.field(f.name).type
         if got != f.type:
             raise ShardError(f"shard {path}: column {f.name!r} is {got}, expected {f.type}")
     return pf

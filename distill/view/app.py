@@ -1,8 +1,10 @@
 """The `distill view` web app (Starlette): a JSON API over `RunView`, pictures from
 `distill.view.render`, and a small static front end (distill/view/static).
 
-Read-only: nothing here writes a file. Every URL names a shard by its name among the run's
-shards and a row by its number; neither ever reaches the filesystem unchecked.
+Read-only but for one file: the per-row statistics the filters and sorts use are kept between
+starts (`distill.view.stats`: beside a local run, else in the local cache); nothing else is
+written. Every URL names a shard by its name among the run's shards and a row by its number;
+neither ever reaches the filesystem unchecked.
 
     GET /                                  the front end (grid, sample and run pages)
     GET /api/meta                          groups, sort keys, teachers, whether a student is loaded

@@ -2,11 +2,14 @@
 row groups — never the whole run at once.
 
 - `RunView.page(offset, limit)`: a page of grid rows in run order, reading only the row groups
-  that hold it (the small columns, and the text mask for its share).
-- `RunView.query(...)`: filters and sorts over per-row statistics (people, class-group and text
-  shares, depth range, words, teachers present) that a background thread computes shard by
-  shard the first time a filter or a sort asks for them; until it is done, answers say how
-  many shards they cover.
+  that hold it (the small columns, and the text mask for its share). A shard's footer is read
+  the first time a page needs it; a run's shards are listed with their rows and checksums from
+  its manifest, so opening a run reads no shard at all.
+- `RunView.query(...)`: filters and sorts (`distill.view.query`) over per-row statistics
+  (`distill.view.stats`) that a background thread reads from the statistics file of an
+  earlier start, and computes shard by shard for the shards that are new or changed since,
+  the first time a filter or a sort asks for them; until it is done, answers say how many
+  shards they cover. They are written back to that file as they grow.
 - `RunView.row(shard, row)`: one full row, decoded (`distill.shards.decode_row`).
 
 Shards are named by the committed shards of the run (its manifest), or the `*.parquet` files
@@ -19,20 +22,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from distill.errors import DistillError, RunGone, ShardError, ViewError
-from distill.layers.groups import CLASS_GROUPS as CLASS_GROUP_NAMES
-from distill.layers.registry import card_columns, get_layer, layers, role_markers
+from distill.layers.registry import card_columns, get_layer
+from distill.manifest import read_manifest
 from distill.provenance import random_weight_roles
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import decode_row, open_shard, read_metadata
 from distill.storage import Location
 from distill.view.memory import LRU
+from distill.view.query import CLASS_GROUP_NAMES, Query, select
+from distill.view.stats import (
+    TEACHER_COLUMNS,
+    ShardStats,
+    shard_statistics,
+    sort_keys,
+    stats_columns,
+    stats_file,
+)
 
 __all__ = ["CLASS_GROUP_NAMES", "GRID_COLUMNS", "SORT_KEYS", "Query", "RunView",
            "grid_columns", "sort_keys", "stats_columns"]
@@ -48,70 +60,55 @@ def grid_columns() -> tuple[str, ...]:
 
 
 GRID_COLUMNS = grid_columns()  # the built-in layers'; `grid_columns()` adds a plug-in's
-# The columns that say whether a teacher ran on a row (null: it did not).
-TEACHER_COLUMNS = role_markers()
-# Sort keys of the row itself; every label layer adds its QA figures (`LabelLayer.statistics`).
-_ROW_KEYS = ("image_id", "people", "depth_min", "depth_max", "depth_range", "tokens", "segments",
-             "text_regions")
-
-
-def stats_columns() -> tuple[str, ...]:
-    """The columns the per-row statistics read: a card's and every layer's QA columns."""
-    return tuple(dict.fromkeys((*GRID_COLUMNS, "depth_max",
-                                *(c for layer in layers() for c in layer.stat_columns))))
-
-
-def sort_keys() -> tuple[str, ...]:
-    """Sort keys: the statistics `distill inspect` reports, per row (a plug-in layer's too)."""
-    return (*_ROW_KEYS, *(n for layer in layers() for n in layer.statistic_names))
-
 
 SORT_KEYS = sort_keys()  # the built-in layers'; `sort_keys()` adds a registered plug-in's
 _REFRESH_SECONDS = 5.0  # how often the list of committed shards is read again
 _ROW_GROUPS = (8, 64 << 20)  # row groups' columns kept: entries, bytes
+_FOOTERS = (1024, 32 << 20)  # shards' footers kept (rows per row group, provenance)
+_SAVE_SECONDS = 30.0  # while indexing, write the statistics file at most this often
 
 
-@dataclass
-class _Shard:
-    name: str
-    location: Location
-    rows: int
+@dataclass(frozen=True)
+class _Footer:
     group_rows: list[int]  # rows per row group
     random_roles: list[str]
     provenance: dict[str, Any]
 
 
 @dataclass
-class Query:
-    """A filter and an order over the rows (every field optional)."""
+class _Shard:
+    """A shard of the run: its rows and identity (from the manifest, or its footer and file
+    info), its footer read when first needed (and kept in a bounded cache)."""
 
-    group: str = ""  # a class group that must cover at least `min_share` of the pixels
-    min_share: float = 0.0
-    text_min: float = 0.0  # text share of the pixels at least this
-    people_min: int = 0
-    people_max: int | None = None
-    word: str = ""  # in a caption (teacher or COCO) or the tokens, case-insensitive
-    missing: str = ""  # a teacher role that did not run on the row
-    quarantined: str = ""  # a quarantine stage (or "any") that also recorded the image
-    reason: str = ""  # a substring of that quarantine entry's reason
-    sort: str = ""
-    descending: bool = True
+    name: str
+    location: Location
+    rows: int
+    key: str  # what its statistics are keyed by: the manifest's sha256, or size and mtime
+    footers: LRU[tuple[str, str], _Footer]
 
-    def __post_init__(self) -> None:
-        if self.group and self.group not in CLASS_GROUP_NAMES:
-            raise ViewError(f"unknown class group {self.group!r}; the groups are "
-                            + ", ".join(CLASS_GROUP_NAMES))
-        if self.sort and self.sort not in sort_keys():
-            raise ViewError(f"unknown sort key {self.sort!r}; sort by one of "
-                            + ", ".join(sort_keys()))
-        if self.missing and self.missing not in TEACHER_COLUMNS:
-            raise ViewError(f"unknown teacher {self.missing!r}; the teachers are "
-                            + ", ".join(TEACHER_COLUMNS))
+    def footer(self) -> _Footer:
+        return self.footers.get_or_make((self.name, self.key), self._read_footer)
+
+    def _read_footer(self) -> _Footer:
+        try:
+            meta = open_shard(self.location).metadata
+            provenance = read_metadata(self.location).get("provenance") or {}
+        except (OSError, pa.ArrowException) as exc:
+            raise ShardError(f"shard {self.location} cannot be read: {exc}") from exc
+        return _Footer([meta.row_group(g).num_rows for g in range(meta.num_row_groups)],
+                       random_weight_roles(provenance), provenance)
 
     @property
-    def needs_stats(self) -> bool:
-        return any((self.group, self.text_min, self.people_min, self.people_max is not None,
-                    self.word, self.missing, self.quarantined, self.reason, self.sort))
+    def group_rows(self) -> list[int]:
+        return self.footer().group_rows
+
+    @property
+    def random_roles(self) -> list[str]:
+        return self.footer().random_roles
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.footer().provenance
 
 
 def _text_share(png: bytes | None) -> float | None:
@@ -142,15 +139,6 @@ def _card(table: pa.Table, i: int, shard: _Shard, row: int, text_share: float | 
     }
 
 
-@dataclass
-class _Stats:
-    """Per-row statistics of one shard, for filters and sorts (numpy columns)."""
-
-    cards: list[dict[str, Any]]
-    values: dict[str, np.ndarray] = field(default_factory=dict)  # SORT_KEYS → float64
-    words: list[str] = field(default_factory=list)  # lower-cased captions and tokens
-
-
 class RunView:
     """A label run (a run folder, a shards folder, a glob or a shard; local or a URI), read
     on demand. Thread-safe: the web app's request threads share one."""
@@ -165,9 +153,16 @@ class RunView:
         self._anchor: Location | None = None  # set once the run has been found
         self._vanished = False
         # row groups' columns read for pages and thumbnails (a page's thumbnails share one read)
-        self.row_groups: LRU[tuple[str, int, tuple[str, ...]], pa.Table] = LRU(*_ROW_GROUPS)
-        self._stats: dict[str, _Stats] = {}
-        self._skipped: dict[str, str] = {}  # shard → why the indexer could not read it
+        self.row_groups: LRU[tuple[str, str, int, tuple[str, ...]], pa.Table] = LRU(
+            *_ROW_GROUPS)
+        self.footers: LRU[tuple[str, str], _Footer] = LRU(*_FOOTERS)
+        self.stats_file = stats_file(self.path, self.run)
+        self._stats: dict[str, ShardStats] = {}
+        self._stored: dict[str, ShardStats] | None = None  # the file's, until adopted
+        self._dirty = False  # statistics computed (or shards gone) since the file was written
+        self._saved = time.monotonic()
+        self._skipped: dict[str, str] = {}  # shard → the key of the shard it could not read
+        self._index_lock = threading.Lock()
         self._indexer: threading.Thread | None = None
         self._quarantine: dict[int, list[tuple[str, str]]] | None = None
         self.refresh(force=True)
@@ -180,28 +175,54 @@ class RunView:
 
     def refresh(self, force: bool = False) -> None:
         """Read the list of committed shards again (at most every few seconds): a run that is
-        still going gains shards; a shard already read keeps its footer."""
+        still going gains shards; a shard already known stays as it is, but a run's shard
+        committed again (another checksum in the manifest) is a new shard."""
         if not force and not self._vanished and time.monotonic() - self._listed < _REFRESH_SECONDS:
             return  # (a run found gone is looked for at every call, to say so or to come back)
         try:
             found = resolve_shards(self.path)
+            committed = self._committed()
         except ShardError:
             gone = self.gone()
             if gone is not None:
                 raise gone from None
             if self.run is None:
                 raise
-            found = []  # a run that has committed nothing yet
+            found, committed = [], {}  # a run that has committed nothing yet
         shards = {}
         for loc in found:
             known = self._shards.get(loc.name)
-            shards[loc.name] = known if known is not None else self._open(loc)
+            entry = committed.get(loc.name) if loc.parent == self._run_shards() else None
+            if known is not None and (entry is None or known.key == entry[0]):
+                shards[loc.name] = known
+            else:
+                shards[loc.name] = self._open(loc, entry)
         with self._lock:
             self._shards = shards
             self._order = [loc.name for loc in found]
             self._listed = time.monotonic()
             self._quarantine = None
             self._vanished = False
+
+    def _run_shards(self) -> Location | None:
+        return self.run.shards if self.run is not None else None
+
+    def _committed(self) -> dict[str, tuple[str, int]]:
+        """The run's committed shards: name → (identity, rows), from its manifest."""
+        if self.run is None:
+            return {}
+        return {e.name: (f"sha256:{e.sha256}", e.rows)
+                for e in read_manifest(self.run.manifest).shards
+                if e.sha256 is not None and e.rows is not None}
+
+    def _open(self, loc: Location, entry: tuple[str, int] | None) -> _Shard:
+        if entry is not None:  # a run's shard: nothing to read
+            return _Shard(loc.name, loc, entry[1], entry[0], self.footers)
+        info = loc.fs.get_file_info(loc.path)
+        key = f"stat:{info.size}:{info.mtime_ns}"
+        shard = _Shard(loc.name, loc, 0, key, self.footers)
+        shard.rows = sum(shard.group_rows)
+        return shard
 
     def gone(self) -> RunGone | None:
         """The error to answer with when the run no longer exists (deleted or moved while the
@@ -219,14 +240,6 @@ class RunView:
         if first:
             logger.warning("%s", error)
         return error
-
-    @staticmethod
-    def _open(loc: Location) -> _Shard:
-        meta = open_shard(loc).metadata
-        provenance = read_metadata(loc).get("provenance") or {}
-        return _Shard(loc.name, loc, meta.num_rows,
-                      [meta.row_group(g).num_rows for g in range(meta.num_row_groups)],
-                      random_weight_roles(provenance), provenance)
 
     def shards(self) -> list[_Shard]:
         self.refresh()
@@ -248,7 +261,7 @@ class RunView:
     # -- reading --------------------------------------------------------------------------
 
     def _group(self, shard: _Shard, group: int, columns: tuple[str, ...]) -> pa.Table:
-        return self.row_groups.get_or_make((shard.name, group, columns),
+        return self.row_groups.get_or_make((shard.name, shard.key, group, columns),
                                            lambda: _read_group(shard.location, group, columns))
 
     def _locate(self, shard: _Shard, row: int) -> tuple[int, int]:
@@ -282,6 +295,12 @@ class RunView:
     def sample(self, name: str, row: int) -> Any:
         return decode_row(self.row(name, row))
 
+    def card(self, shard: _Shard, row: int) -> dict[str, Any]:
+        """The grid card of one row."""
+        group, i = self._locate(shard, row)
+        table = self._group(shard, group, grid_columns())
+        return _card(table, i, shard, row, _text_share(table.column("text_png")[i].as_py()))
+
     def page(self, offset: int, limit: int) -> list[dict[str, Any]]:
         """Grid cards of rows offset .. offset + limit − 1, in run order."""
         cards: list[dict[str, Any]] = []
@@ -289,81 +308,64 @@ class RunView:
         for shard in self.shards():
             if len(cards) >= limit:
                 break
-            if offset >= start + shard.rows:
-                start += shard.rows
-                continue
-            first = 0
-            for g, n in enumerate(shard.group_rows):
-                lo, hi = max(offset, start + first), min(offset + limit, start + first + n)
-                if lo < hi:
-                    table = self._group(shard, g, grid_columns())
-                    texts = table.column("text_png")
-                    for k in range(lo - start - first, hi - start - first):
-                        cards.append(_card(table, k, shard, first + k,
-                                           _text_share(texts[k].as_py())))
-                first += n
+            if offset < start + shard.rows:
+                lo, hi = max(offset - start, 0), min(offset + limit - start, shard.rows)
+                cards += [self.card(shard, r) for r in range(lo, hi)]
             start += shard.rows
         return cards
 
     # -- statistics, filters, sorts -------------------------------------------------------
 
-    def _shard_stats(self, shard: _Shard) -> _Stats:
-        cards: list[dict[str, Any]] = []
-        names = sort_keys()
-        keys = {k: [] for k in names}  # type: dict[str, list[float]]
-        words: list[str] = []
-        stat_layers = [layer for layer in layers() if layer.statistic_names]
-        first = 0
-        nan = float("nan")
-        for g, n in enumerate(shard.group_rows):
-            table = _read_group(shard.location, g, stats_columns())
-            lo, hi = table.column("depth_min"), table.column("depth_max")
-            for k in range(n):
-                card = _card(table, k, shard, first + k,
-                             _text_share(table.column("text_png")[k].as_py()))
-                cards.append(card)
-                dmin, dmax = lo[k].as_py(), hi[k].as_py()
-                row = {
-                    "image_id": float(card["image_id"]), "people": float(card["people"]),
-                    "depth_min": nan if dmin is None else dmin,
-                    "depth_max": nan if dmax is None else dmax,
-                    "depth_range": nan if dmin is None or dmax is None else dmax - dmin,
-                    "tokens": float(len(card["tokens"])),
-                    "segments": float(len(table.column("segments")[k].as_py() or [])),
-                    "text_regions": float(len(table.column("text_regions")[k].as_py() or [])),
-                }
-                for layer in stat_layers:
-                    stats = layer.statistics({c: table.column(c)[k].as_py()
-                                              for c in layer.stat_columns}) or {}
-                    row.update({name: stats.get(name, nan) for name in layer.statistic_names})
-                for key in names:
-                    keys[key].append(row[key])
-                caps = (table.column("teacher_captions")[k].as_py() or []) + (
-                    table.column("coco_captions")[k].as_py() or [])
-                words.append(" ".join([*caps, *card["tokens"]]).lower())
-            first += n
-        return _Stats(cards, {k: np.asarray(v, np.float64) for k, v in keys.items()}, words)
+    def _fresh(self, shard: _Shard) -> bool:
+        got = self._stats.get(shard.name)
+        return got is not None and got.key == shard.key and got.rows == shard.rows
 
     def index_step(self) -> bool:
-        """Compute the statistics of the next shard that has none; False when there is none
-        left. A shard that cannot be read is logged once and skipped; a run that is gone
-        stops the indexing (`gone` said so, once)."""
-        try:
-            todo = [s for s in self.shards()
-                    if s.name not in self._stats and s.name not in self._skipped]
-        except DistillError:
-            return False  # the request that asked says why (a gone run, no shards left)
-        if not todo:
-            return False
-        shard = todo[0]
-        try:
-            self._stats[shard.name] = self._shard_stats(shard)
-        except DistillError as exc:
-            if self.gone() is not None:
+        """Bring the statistics of the next shard up to date: from the statistics file when
+        it holds them for this very shard, else computed. False when there is none left (the
+        file is then written, if anything changed). A shard that cannot be read is logged once
+        and skipped; a run that is gone stops the indexing (`gone` said so, once)."""
+        with self._index_lock:
+            try:
+                shards = self.shards()
+            except DistillError:
+                return False  # the request that asked says why (a gone run, no shards left)
+            if self._stored is None:
+                self._stored = self.stats_file.load()
+                pa.default_memory_pool().release_unused()  # the file's decoding buffers
+                self._dirty = bool(set(self._stored) - {s.name for s in shards})
+            todo = []
+            for s in shards:
+                if self._fresh(s) or self._skipped.get(s.name) == s.key:
+                    continue
+                stored = self._stored.pop(s.name, None)
+                if stored is not None and stored.key == s.key and stored.rows == s.rows:
+                    self._stats[s.name] = stored
+                else:
+                    todo.append(s)
+            if not todo:
+                self._save(shards)
                 return False
-            logger.warning("no statistics for shard %s: %s", shard.name, exc)
-            self._skipped[shard.name] = str(exc)
-        return True
+            shard = todo[0]
+            try:
+                self._stats[shard.name] = ShardStats(shard.key, shard_statistics(shard.location))
+                self._dirty = True
+            except DistillError as exc:
+                if self.gone() is not None:
+                    return False
+                logger.warning("no statistics for shard %s: %s", shard.name, exc)
+                self._skipped[shard.name] = shard.key
+            if time.monotonic() - self._saved > _SAVE_SECONDS:
+                self._save(shards)
+            return True
+
+    def _save(self, shards: list[_Shard]) -> None:
+        """Write the statistics of `shards` that are up to date, when any changed."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        self._saved = time.monotonic()
+        self.stats_file.save([(s.name, self._stats[s.name]) for s in shards if self._fresh(s)])
 
     def _index(self) -> None:
         while self.index_step():
@@ -383,10 +385,11 @@ class RunView:
         """Shards and rows the statistics cover; `skipped`: shards they never will (unreadable,
         logged), counted as done."""
         shards = self.shards()
-        return {"shards": len(shards), "indexed": sum(s.name in self._stats for s in shards),
-                "skipped": sum(s.name in self._skipped for s in shards),
+        fresh = [s for s in shards if self._fresh(s)]
+        return {"shards": len(shards), "indexed": len(fresh),
+                "skipped": sum(self._skipped.get(s.name) == s.key for s in shards),
                 "rows": sum(s.rows for s in shards),
-                "indexed_rows": sum(s.rows for s in shards if s.name in self._stats)}
+                "indexed_rows": sum(s.rows for s in fresh)}
 
     def quarantined(self) -> dict[int, list[tuple[str, str]]]:
         """image id → (stage, "type: reason") of its quarantine entries."""
@@ -412,46 +415,17 @@ class RunView:
                     "complete": True, "index": self.index_status()}
         self.start_index()
         status = self.index_status()
-        stats = [self._stats[s.name] for s in self.shards() if s.name in self._stats]
-        cards = [c for s in stats for c in s.cards]
-        if not cards:
-            return {"rows": [], "total": 0, "complete": _complete(status),
-                    "index": status}
-        values = {k: np.concatenate([s.values[k] for s in stats]) for k in sort_keys()}
-        words = [w for s in stats for w in s.words]
-        keep = np.ones(len(cards), bool)
-        if q.group:
-            keep &= np.nan_to_num(values[f"group:{q.group}"], nan=-1.0) >= max(q.min_share, 1e-12)
-        if q.text_min:
-            keep &= np.nan_to_num(values["text_share"], nan=-1.0) >= q.text_min
-        if q.people_min:
-            keep &= values["people"] >= q.people_min
-        if q.people_max is not None:
-            keep &= values["people"] <= q.people_max
-        if q.word:
-            needle = q.word.lower().strip()
-            keep &= np.array([needle in w for w in words], bool)
-        if q.missing:
-            keep &= np.array([not c["teachers"][q.missing] for c in cards], bool)
-        if q.quarantined or q.reason:
-            bad = self.quarantined()
-            stage, reason = q.quarantined, q.reason.lower()
-
-            def hit(image_id: int) -> bool:
-                return any((not stage or stage == "any" or s == stage)
-                           and (not reason or reason in r.lower())
-                           for s, r in bad.get(image_id, ()))
-
-            keep &= np.array([hit(c["image_id"]) for c in cards], bool)
-        chosen = np.flatnonzero(keep)
-        if q.sort:
-            v = values[q.sort][chosen]
-            # missing values (a teacher that did not run) last in either order
-            v = np.where(np.isnan(v), -np.inf if q.descending else np.inf, v)
-            order = np.argsort(-v if q.descending else v, kind="stable")
-            chosen = chosen[order]
-        page = [cards[i] | {"sort_value": _finite(values[q.sort][i]) if q.sort else None}
-                for i in chosen[offset:offset + limit]]
+        indexed = [s for s in self.shards() if self._fresh(s)]
+        if not indexed:
+            return {"rows": [], "total": 0, "complete": _complete(status), "index": status}
+        table = pa.concat_tables([self._stats[s.name].table for s in indexed])
+        chosen, key = select(q, table, self.quarantined)
+        starts = np.cumsum([0, *(s.rows for s in indexed)])
+        page = []
+        for i in chosen[offset:offset + limit]:
+            k = int(np.searchsorted(starts, i, side="right")) - 1
+            card = self.card(indexed[k], int(i - starts[k]))
+            page.append(card | {"sort_value": None if key is None else _finite(key[i])})
         return {"rows": page, "total": int(chosen.size),
                 "complete": _complete(status), "index": status}
 

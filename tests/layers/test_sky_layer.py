@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -95,7 +96,8 @@ def test_a_one_file_layer_is_learned_shown_viewed_and_inspected(sky, labelled_co
 
     # `distill view`: sorts by it, lists it as a layer of the teachers and of the student, and
     # draws both.
-    with TestClient(create_app(run, checkpoint=str(student))) as client:
+    viewed = shutil.copytree(run, tmp_path / "run")  # (the viewer writes its statistics there)
+    with TestClient(create_app(viewed, checkpoint=str(student))) as client:
         assert "sky_share" in client.get("/api/meta").json()["sort_keys"]
         ranked = client.get("/api/rows", params={"sort": "sky_share", "order": "desc"})
         assert ranked.status_code == 200

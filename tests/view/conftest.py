@@ -31,3 +31,20 @@ def view_client(labelled_coco7, view_student):
     _, run, _ = labelled_coco7
     with TestClient(create_app(run, checkpoint=str(view_student))) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _view_cache(tmp_path, monkeypatch):
+    """The viewer's statistics of plain shards folders go to a cache of the test's own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="package")
+def labelled_coco7(labelled_coco7, tmp_path_factory):
+    """The session's coco7 run, copied: the viewer writes its statistics beside a run, and the
+    session's run must stay as the pipeline wrote it."""
+    import shutil
+
+    root, run, result = labelled_coco7
+    copy = shutil.copytree(run, tmp_path_factory.mktemp("view-run") / "out")
+    return root, copy, result

@@ -19,6 +19,7 @@ from distill.cli import app as cli_app
 from distill.errors import ViewError
 from distill.images import decode_png
 from distill.labels.groups import decode_group_mask
+from distill.runfolder import VIEW_STATS
 from distill.shards import decode_row
 from distill.view.index import CLASS_GROUP_NAMES, Query, RunView
 
@@ -204,12 +205,16 @@ def test_unknown_rows_and_layers_are_404(view_client, labelled_coco7):
     assert "no shard" in view_client.get("/api/sample/val2017-99999.parquet/0").json()["error"]
 
 
-def test_the_app_writes_nothing(labelled_coco7, view_client):
+def test_the_app_writes_nothing_but_its_statistics(labelled_coco7, view_client):
     run = labelled_coco7[1]
-    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    view_client.get("/api/rows", params={"sort": "text_share"})
+
+    def files() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != VIEW_STATS}
+
+    before = files()
+    _complete(view_client, {"sort": "text_share"})
     view_client.get("/api/run")
-    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    assert files() == before and (run / VIEW_STATS).is_file()
 
 
 def test_static_front_end_is_served(view_client):
