@@ -14,15 +14,14 @@ from PIL import Image
 from distill.coco import Person
 from distill.errors import DistillError, ShardError
 from distill.labels.depth import quantize_unit
-from distill.labels.groups import GroupTable, encode_group_mask
+from distill.labels.groups import NUM_GROUPS, GroupTable, encode_group_mask
 from distill.labels.keypoints import JOINT_NAMES, render_heatmaps, render_pafs
 from distill.labels.normals import encode_normals8, normals_from_unit
-from distill.runfolder import shard_name
-from distill.shards import Sample, ShardWriter, make_metadata
-from distill.labels.groups import NUM_GROUPS
 from distill.layers.depth import depth_colormap
 from distill.layers.form import LabelledImage, from_sample
 from distill.layers.groups import CLASS_GROUPS, class_planes
+from distill.runfolder import shard_name
+from distill.shards import Sample, ShardWriter, make_metadata
 from distill.viz import COMPARE_PREFIX, contact_sheet, save_sheet, sheet_for_row, sheet_layout
 
 W, H = 120, 90
@@ -191,8 +190,8 @@ def test_panels_show_their_labels(shard, tmp_path):
     """The image panel is the image; depth uses the colour map (near = bright); the groups
     panel has the Persons and Vehicles colours; the legend lists only groups present."""
     from distill.images import decode_image
-    from distill.shards import decode_row, read_shard
     from distill.layers.groups import GROUP_COLORS, plane_shares
+    from distill.shards import decode_row, read_shard
 
     sample = decode_row(read_shard(shard).slice(0, 1).to_pylist()[0])
     labels = from_sample(sample)
@@ -226,8 +225,8 @@ def test_missing_modalities_draw_a_no_label_panel(shard, tmp_path):
     """Row 1 has no depth, normals, text or caption: those panels are hatched 'no … label'
     panels in the same places (stable layout), not blank and not missing."""
     from distill.images import decode_image
-    from distill.shards import decode_row, read_shard
     from distill.paint import Painter
+    from distill.shards import decode_row, read_shard
 
     sample = decode_row(read_shard(shard).slice(1, 1).to_pylist()[0])
     labels = from_sample(sample)

@@ -58,8 +58,8 @@ def test_a_one_file_layer_is_learned_shown_viewed_and_inspected(sky, labelled_co
     from distill.config import load_config
     from distill.images import decode_png
     from distill.inspect import inspect_path
-    from distill.shards import iter_samples
     from distill.layers.form import from_sample
+    from distill.shards import iter_samples
     from distill.student.train import TrainOptions, train_student
     from distill.view import create_app
     from distill.viz import panel_boxes, sheet_for_row
