@@ -465,3 +465,46 @@ def test_file_names_with_newlines_or_any_unicode_draw(tmp_path):
     assert one_line(names[0]) == "line one\\nline two.jpg"
     assert one_line(names[1]) == "写真 📷 \u202e\\x07\\ttab.jpg"
     assert one_line("bad\udcffbyte") == "bad\\udcffbyte"  # an undecodable byte of a file name
+
+
+def test_each_panel_is_drawn_by_its_label_layer(shard, monkeypatch):
+    """The sheet's panels are the registered layers' (`sheet_panels`, in rank order after the
+    image) and each is drawn by its layer's `draw_panel`: viz only lays them out (issue 27)."""
+    from distill.layers.registry import get_layer, layers
+    from distill.shards import decode_row, read_shard
+
+    labels = from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))
+    declared = sorted((s for layer in layers() for s in layer.sheet_panels()
+                       if not s.student_first), key=lambda s: s.rank)
+    layout = sheet_layout(labels)
+    assert [p.key for p in layout.panels] == ["image", *(s.key for s in declared)]
+
+    text = type(get_layer("text"))
+
+    def red(self, key, painter, panel, labelled):
+        painter.paste(panel, np.full((*painter.content_size(panel)[::-1], 3), (255, 0, 0),
+                                     np.uint8))
+
+    monkeypatch.setattr(text, "draw_panel", red)
+    assert labels.image is not None
+    pixels = np.asarray(contact_sheet(labels.image, labels))
+    part = region(pixels, layout.boxes["text"])
+    assert (part == (255, 0, 0)).all(axis=-1).mean() > 0.9
+    assert not (region(pixels, layout.boxes["depth"]) == (255, 0, 0)).all(axis=-1).any()
+
+
+def test_shares_on_pictures_are_the_layers_statistics(shard):
+    """The text share a sheet prints and the legend's group shares are the figures the layers'
+    QA statistics give the same row (`distill inspect`, the viewer's sorts): one owner."""
+    from distill.labels.groups import GROUP_NAMES
+    from distill.layers.groups import plane_shares
+    from distill.layers.registry import get_layer, pixel_share
+    from distill.shards import decode_row, read_shard
+
+    row = read_shard(shard).slice(0, 1).to_pylist()[0]
+    labels = from_sample(decode_row(row))
+    assert labels.text is not None and labels.groups is not None
+    assert get_layer("text").statistics(row) == {"text_share": pixel_share(labels.text)}
+    stats = get_layer("groups").statistics(row)
+    assert stats is not None
+    assert [stats[f"group:{g}"] for g in GROUP_NAMES] == plane_shares(labels.groups)

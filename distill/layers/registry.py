@@ -8,7 +8,10 @@ A `LabelLayer` says, for one layer (depth, normals, groups, ...):
 - which teacher roles fill it (`roles`) and how post-processing computes it (`fill`), after the
   layers it reads (`needs`);
 - its student output channels (`modalities`: the loss-gain key and channel count of each);
-- how it is drawn (`panels`) and its QA statistic (`statistics`).
+- its fields of the one decoded form of an image's labels (`decode_labels`, `predicted`:
+  `distill.layers.form.LabelledImage`), how it is drawn (`sheet_panels`/`draw_panel` on a
+  contact sheet, `view_layers`/`view_layer` in the viewer) and its QA statistic
+  (`statistics`).
 
 The built-in layers are `distill.layers.<name>` modules, registered on first use in the order of
 `BUILTIN` (the order of the shard schema, version 1). A plug-in layer calls `register(layer)`;
@@ -146,7 +149,7 @@ class LabelLayer:
         `scratch` holds one image's intermediate values that later layers share."""
 
     # -- the student and the pictures (a plug-in's; the built-in layers' targets are in
-    #    distill.student.targets and their pictures in distill.viz, drawn from `Labels`) --------
+    #    distill.student.targets; pictures: the drawing hooks below) ---------------------------
 
     loader_columns: ClassVar[tuple[str, ...]] = ()  # columns `label_map` / `target` read
     color: ClassVar[tuple[int, int, int]] = (255, 255, 255)  # its map's colour in pictures
@@ -154,7 +157,7 @@ class LabelLayer:
 
     def label_map(self, sample: Sample) -> np.ndarray | None:
         """The layer's label of a decoded row at the original resolution, float32 (C, H, W)
-        in [0, 1] with C = its channels, for the common `Labels` form; None: not labelled."""
+        in [0, 1] with C = its channels, for `LabelledImage.layers`; None: not labelled."""
         return None
 
     def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
