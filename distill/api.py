@@ -6,7 +6,7 @@
     result = distill.generate_labels(cfg, out="demo-data/run")    # resumable, as the CLI
     run = distill.open_run("demo-data/run")
     for s in run.samples():                                          # decoded numpy arrays
-        s.image, s.depth, s.normals, s.groups, s.text_mask, s.people, s.tokens
+        s.image, s.depth, s.normals, s.groups, s.text, s.people, s.tokens
     depth = distill.create_teacher("depth-anything-v2", variant="tiny").predict([s.image])
     distill.train_student(cfg, shards="demo-data/run", out="demo-data/student")
     student = distill.load_student("demo-data/student")
@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from distill import _API_MODULES
 from distill.config import TEACHER_BACKENDS, Config, TeacherConfig
 from distill.config import load_config as _load_config
 from distill.errors import ConfigError, DistillError
+from distill.layers.form import LabelledImage  # one image's labels, decoded (`samples()`)
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.storage import Location
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from distill.manifest import Manifest
     from distill.quarantine import Failure
     from distill.shards import Sample
-    from distill.student.labels import Labels
     from distill.student.predict import ExportedStudent, LoadedStudent, Prediction, Predictor
     from teachers.base import Teacher
 
@@ -113,60 +112,6 @@ def generate_labels(config: Config, out: PathLike, *, limit: int | None = None,
     return _generate(config, options).summary
 
 
-@dataclass
-class LabelledImage:
-    """One labelled image of a run, decoded: arrays at the image's resolution (H, W).
-
-    `image` is RGB uint8 (H, W, 3) as the teachers saw it (EXIF-oriented for a plain folder's
-    photo, as the row says). Label fields are None where that teacher did not run."""
-
-    image_id: int
-    file_name: str
-    split: str
-    image: np.ndarray
-    depth: np.ndarray | None  # float32 (H, W) relative inverse depth, near = 1, far = 0
-    depth_range: tuple[float, float] | None  # the teacher's raw (min, max) before normalising
-    normals: np.ndarray | None  # float32 (H, W, 3) unit vectors: x right, y down, z to camera
-    groups: np.ndarray | None  # bool (11, H, W): the class groups, `group_names` order
-    text_mask: np.ndarray | None  # bool (H, W)
-    panoptic: np.ndarray | None  # uint8 (H, W) COCO panoptic category ids, 255 = void
-    people: np.ndarray  # float32 (P, 17, 3) COCO keypoints: x, y, visibility (0 = absent)
-    tokens: list[str] | None  # the caption words the student learns, caption order
-    captions: list[str] | None  # the caption teacher's captions
-    coco_captions: list[str]
-    row: Sample = field(repr=False)  # the shard row as stored (PNG maps decoded, depth16)
-    # the same labels in the form `distill show` draws and a student prediction has
-    labels: Labels = field(repr=False)
-
-    @property
-    def group_names(self) -> tuple[str, ...]:
-        from distill.labels.groups import GROUP_NAMES
-
-        return tuple(GROUP_NAMES)
-
-
-def _labelled(sample: Sample) -> LabelledImage:
-    """A row in the API's form: the maps of `labels_from_sample` (the common label form), the
-    11 group planes as bools and the image decoded as the row says."""
-    from distill.images import decode_image
-    from distill.labels.groups import decode_group_mask
-    from distill.student.labels import labels_from_sample
-
-    labels = labels_from_sample(sample)
-    depth_range = (None if sample.depth_min is None or sample.depth_max is None
-                   else (float(sample.depth_min), float(sample.depth_max)))
-    return LabelledImage(
-        image_id=sample.image_id, file_name=sample.file_name, split=sample.split,
-        # the row was accepted under its run's data.max_image_pixels: decode it whatever it is
-        image=decode_image(sample.image, max_pixels=max(sample.width * sample.height, 1),
-                           exif_transpose=sample.exif_transpose),
-        depth=labels.depth, depth_range=depth_range, normals=labels.normals,
-        groups=None if sample.groups is None else decode_group_mask(sample.groups),
-        text_mask=sample.text_mask, panoptic=sample.panoptic, people=labels.people,
-        tokens=sample.tokens, captions=sample.teacher_captions,
-        coco_captions=list(sample.coco_captions), row=sample, labels=labels)
-
-
 class LabelRunReader:
     """A generate-labels run folder (or any shards `resolve_shards` accepts), read-only."""
 
@@ -210,9 +155,14 @@ class LabelRunReader:
             yield from iter_samples(path, columns)
 
     def samples(self) -> Iterator[LabelledImage]:
-        """Every labelled image, decoded to numpy arrays (`LabelledImage`)."""
+        """Every labelled image, decoded to numpy arrays (`LabelledImage`, the form a student's
+        prediction and `distill show` have too): the image, depth, normals, the 11 class
+        groups as float32 0/1 planes, text, people, tokens, captions; `.row` the row as
+        stored."""
+        from distill.layers.form import from_sample
+
         for sample in self.rows():
-            yield _labelled(sample)
+            yield from_sample(sample)
 
     def _run(self) -> LabelRun:
         if self.run is None:

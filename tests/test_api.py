@@ -11,7 +11,7 @@ import pytest
 
 import distill
 from distill.labels.depth import DEPTH_LEVELS
-from distill.labels.groups import GROUP_NAMES
+from distill.labels.groups import GROUP_NAMES, decode_group_mask
 from distill.shards import iter_samples
 
 
@@ -53,11 +53,13 @@ def test_open_run_decodes_every_row(labelled_coco7):
         assert s.normals.shape == (row.height, row.width, 3)
         assert np.allclose(np.linalg.norm(s.normals, axis=-1), 1, atol=0.02)
         assert s.groups.shape == (len(GROUP_NAMES), row.height, row.width)
-        assert s.groups.dtype == bool and s.group_names == tuple(GROUP_NAMES)
-        assert np.array_equal(s.text_mask, row.text_mask)
+        assert s.groups.dtype == np.float32 and s.group_names == tuple(GROUP_NAMES)
+        assert np.array_equal(s.groups, decode_group_mask(row.groups))  # 0/1 planes
+        assert s.text.dtype == np.float32 and np.array_equal(s.text, row.text_mask)
         assert s.people.shape == (len(row.persons), 17, 3)
         assert s.tokens == row.tokens and s.captions == row.teacher_captions
-        assert s.labels.width == row.width and s.labels.source == "teachers"
+        assert s.width == row.width and s.source == "teachers"
+        assert s.row.image_id == row.image_id and s.row.depth16 is not None
     one = distill.open_run(run.shards[0])  # a single shard reads too, and knows its run
     assert len(one) == len(list(one.rows(columns=["image_id"])))
     assert one.manifest.fingerprint == run.manifest.fingerprint
@@ -179,3 +181,21 @@ def test_inspect_audit_show_and_viewer_on_a_run(labelled_coco7, tmp_path):
     assert audit["rows"] == 2 and (run / "audit.json").is_file()
     with pytest.raises(distill.DistillError, match="not a generate-labels run folder"):
         distill.retry_failed(tmp_path)
+
+
+def test_one_form_of_an_images_labels():
+    """A run's decoded rows, a student's predictions and the pictures share one form
+    (`distill.layers.form.LabelledImage`, which `distill.LabelledImage` names); the student's
+    own `Labels` form is gone (issue 27)."""
+    import importlib
+    import typing
+
+    from distill.layers.form import LabelledImage
+    from distill.student.predict import Prediction
+    from distill.viz import contact_sheet
+
+    assert distill.LabelledImage is LabelledImage
+    assert typing.get_type_hints(Prediction)["labels"] is LabelledImage
+    assert typing.get_type_hints(contact_sheet)["labels"] is LabelledImage
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("distill.student.labels")

@@ -14,21 +14,15 @@ from PIL import Image
 from distill.coco import Person
 from distill.errors import DistillError, ShardError
 from distill.labels.depth import quantize_unit
-from distill.labels.groups import GroupTable, encode_group_mask
+from distill.labels.groups import NUM_GROUPS, GroupTable, encode_group_mask
 from distill.labels.keypoints import JOINT_NAMES, render_heatmaps, render_pafs
 from distill.labels.normals import encode_normals8, normals_from_unit
+from distill.layers.depth import depth_colormap
+from distill.layers.form import LabelledImage, from_sample
+from distill.layers.groups import CLASS_GROUPS, class_planes
 from distill.runfolder import shard_name
 from distill.shards import Sample, ShardWriter, make_metadata
-from distill.student.labels import CLASS_GROUPS, Labels, labels_from_sample
-from distill.viz import (
-    COMPARE_PREFIX,
-    PANELS,
-    contact_sheet,
-    depth_colormap,
-    save_sheet,
-    sheet_for_row,
-    sheet_layout,
-)
+from distill.viz import COMPARE_PREFIX, contact_sheet, save_sheet, sheet_for_row, sheet_layout
 
 W, H = 120, 90
 _J = {name: i for i, name in enumerate(JOINT_NAMES)}
@@ -114,7 +108,7 @@ def write_shard(path: Path, samples: list[Sample], row_group_size: int = 2) -> P
     return path
 
 
-def student_of(labels: Labels, raw: bool = True) -> Labels:
+def student_of(labels: LabelledImage, raw: bool = True) -> LabelledImage:
     """A plausible student prediction of the same image: blurred maps, heatmaps, decoded people
     shifted a little, words."""
     h, w = labels.height, labels.width
@@ -122,7 +116,7 @@ def student_of(labels: Labels, raw: bool = True) -> Labels:
     people = labels.people.copy()
     people[..., :2] += 2.0
     people[..., 2] = np.where(people[..., 2] > 0, 0.8, 0.0)
-    return Labels(
+    return LabelledImage(
         source="student", width=w, height=h,
         depth=np.clip(labels.depth * 0.9 + 0.05, 0, 1),
         normals=labels.normals,
@@ -131,7 +125,7 @@ def student_of(labels: Labels, raw: bool = True) -> Labels:
         joints=render_heatmaps(labels.people, h, w) * 0.9,
         pafs=render_pafs(labels.people, h, w) * 0.7,
         people=people,
-        words=["person", "car", "street"],
+        tokens=["person", "car", "street"],
         depth_raw=np.clip(labels.depth * 0.8, 0, 1) if raw else None,
     )
 
@@ -173,12 +167,11 @@ def test_sheet_has_the_grid_size_and_every_panel_draws(shard, tmp_path):
     assert table.num_rows == 3
     sheet = sheet_for_row(shard, 0)
     pixels = reopen(sheet, tmp_path / "row0.png")
-    labels = labels_from_sample(decode_row(table.slice(0, 1).to_pylist()[0]))
+    labels = from_sample(decode_row(table.slice(0, 1).to_pylist()[0]))
     layout = sheet_layout(labels)
     assert pixels.shape[1::-1] == layout.size == sheet.size
     assert [p.key for p in layout.panels] == [
         "image", "depth", "normals", "text", "people", "groups", "legend", "words"]
-    assert sorted(layout.boxes) == sorted(PANELS)
     # 4 columns of 320 px plus margins and gaps; dense panels keep the 4:3 aspect
     left, top, right, bottom = layout.boxes["depth"]
     assert (right - left, bottom - top) == (320, 240)
@@ -197,11 +190,11 @@ def test_panels_show_their_labels(shard, tmp_path):
     """The image panel is the image; depth uses the colour map (near = bright); the groups
     panel has the Persons and Vehicles colours; the legend lists only groups present."""
     from distill.images import decode_image
+    from distill.layers.groups import GROUP_COLORS, plane_shares
     from distill.shards import decode_row, read_shard
-    from distill.viz import GROUP_COLORS, group_shares
 
     sample = decode_row(read_shard(shard).slice(0, 1).to_pylist()[0])
-    labels = labels_from_sample(sample)
+    labels = from_sample(sample)
     image = decode_image(sample.image)
     sheet = contact_sheet(image, labels, title="t")
     pixels = np.asarray(sheet)
@@ -220,7 +213,7 @@ def test_panels_show_their_labels(shard, tmp_path):
         assert near.mean() > 0.01, name
     # legend: present groups have their swatch colour exactly; absent ones do not appear
     legend = region(pixels, boxes["legend"]).reshape(-1, 3)
-    shares = group_shares(labels.groups)
+    shares = plane_shares(class_planes(labels.groups))
     for k, share in enumerate(shares):
         has = (legend == np.array(GROUP_COLORS[k], np.float32)).all(axis=1).sum()
         assert (has > 20) == (share > 0), CLASS_GROUPS[k]
@@ -232,20 +225,20 @@ def test_missing_modalities_draw_a_no_label_panel(shard, tmp_path):
     """Row 1 has no depth, normals, text or caption: those panels are hatched 'no … label'
     panels in the same places (stable layout), not blank and not missing."""
     from distill.images import decode_image
+    from distill.paint import Painter
     from distill.shards import decode_row, read_shard
-    from distill.viz import _Painter
 
     sample = decode_row(read_shard(shard).slice(1, 1).to_pylist()[0])
-    labels = labels_from_sample(sample)
+    labels = from_sample(sample)
     assert labels.depth is None and labels.text is None and not labels.captions
     sheet = sheet_for_row(shard, 1)
     pixels = reopen(sheet, tmp_path / "row1.png")
     layout = sheet_layout(labels)
     assert [p.key for p in layout.panels] == [p.key for p in sheet_layout(
-        labels_from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))).panels]
+        from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))).panels]
     assert_drawn(pixels, layout.boxes)
     # the missing panels are exactly what the painter draws for "no <modality> label"
-    reference = _Painter(decode_image(sample.image), layout)
+    reference = Painter(decode_image(sample.image), layout)
     by_key = {p.key: p for p in layout.panels}
     for key, message in [("depth", "no depth label"), ("normals", "no normals label"),
                          ("text", "no text label"), ("words", "no caption label")]:
@@ -267,7 +260,7 @@ def test_compare_adds_the_student_row(shard, tmp_path):
     from distill.shards import decode_row, read_shard
 
     sample = decode_row(read_shard(shard).slice(0, 1).to_pylist()[0])
-    labels = labels_from_sample(sample)
+    labels = from_sample(sample)
     student = student_of(labels)
     single = sheet_layout(labels)
     layout = sheet_layout(labels, compare=student)
@@ -302,7 +295,7 @@ def test_compare_adds_the_student_row(shard, tmp_path):
 def test_portrait_image_keeps_its_aspect(shard, tmp_path):
     from distill.shards import decode_row, read_shard
 
-    labels = labels_from_sample(decode_row(read_shard(shard).slice(2, 1).to_pylist()[0]))
+    labels = from_sample(decode_row(read_shard(shard).slice(2, 1).to_pylist()[0]))
     layout = sheet_layout(labels, panel_width=200)
     left, top, right, bottom = layout.boxes["image"]
     assert (right - left, bottom - top) == (200, 400)
@@ -324,7 +317,7 @@ def test_mismatched_image_size_is_refused(shard):
     from distill.errors import LabelError
     from distill.shards import decode_row, read_shard
 
-    labels = labels_from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))
+    labels = from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))
     with pytest.raises(LabelError, match="original size"):
         contact_sheet(np.zeros((10, 10, 3), np.uint8), labels)
 
@@ -370,7 +363,7 @@ def test_random_weight_teachers_put_a_red_banner_on_the_sheet(tmp_path):
 
     marked = reopen(sheet_for_row(tiny, 0), tmp_path / "tiny.png")
     plain = reopen(sheet_for_row(real, 0), tmp_path / "real.png")
-    labels = labels_from_sample(samples[0])
+    labels = from_sample(samples[0])
     layout = sheet_layout(labels, banner=True)
     assert layout.banner_box is not None and sheet_layout(labels).banner_box is None
     assert marked.shape[1::-1] == layout.size
@@ -386,10 +379,11 @@ def test_random_weight_teachers_put_a_red_banner_on_the_sheet(tmp_path):
 def test_people_of_a_shard_are_captioned_coco_ground_truth(shard, tmp_path, monkeypatch):
     """The people panel of a shard row is COCO's annotations: its caption says so (and is not
     the teachers' blue), the student's people panel stays the student's."""
-    from distill.viz import GROUND_TRUTH, _Painter
+    from distill.layers.persons import GROUND_TRUTH
+    from distill.paint import Painter
 
     captions: list[tuple[str, str, str, bool]] = []
-    original = _Painter.caption
+    original = Painter.caption
 
     def record(self, panel, text, source, prefix):
         captions.append((panel.key, text, source, prefix))
@@ -397,9 +391,9 @@ def test_people_of_a_shard_are_captioned_coco_ground_truth(shard, tmp_path, monk
 
     from distill.shards import decode_row, read_shard
 
-    labels = labels_from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))
+    labels = from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))
     image = np.full((labels.height, labels.width, 3), 90, np.uint8)
-    monkeypatch.setattr(_Painter, "caption", record)
+    monkeypatch.setattr(Painter, "caption", record)
     sheet = contact_sheet(image, labels, compare=student_of(labels))
     by_key = {k: (t, s, p) for k, t, s, p in captions}
     assert by_key["people"] == ("people", GROUND_TRUTH, True)
@@ -427,17 +421,17 @@ def test_legend_says_when_overlapping_group_shares_pass_100_percent(monkeypatch)
         return original(self, xy, text, *args, **kwargs)
 
     h, w = 40, 50
-    overlapping = np.zeros((len(CLASS_GROUPS), h, w), np.float32)
+    overlapping = np.zeros((NUM_GROUPS, h, w), np.float32)
     overlapping[:3] = 1.0  # every pixel in three groups: 300 %
     single = np.zeros_like(overlapping)
     single[0, :20] = 1.0
     single[1, 20:] = 1.0  # 40 % + 60 %
     image = np.full((h, w, 3), 90, np.uint8)
     monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
-    contact_sheet(image, Labels("student", w, h, groups=overlapping))
+    contact_sheet(image, LabelledImage("student", w, h, groups=overlapping))
     many = list(texts)
     texts.clear()
-    contact_sheet(image, Labels("student", w, h, groups=single))
+    contact_sheet(image, LabelledImage("student", w, h, groups=single))
     one = list(texts)
     note = " ".join(t for t in many if "sum" in t or "several" in t)
     assert "sum 300 %" in note and "several groups" in note
@@ -463,11 +457,54 @@ def test_file_names_with_newlines_or_any_unicode_draw(tmp_path):
         out = tmp_path / f"row{row}.png"
         res = CliRunner().invoke(app, ["show", str(shard), "--row", str(row), "--out", str(out)])
         assert res.exit_code == 0, res.output
-        title = sheet_layout(labels_from_sample(samples[row])).title_box
+        title = sheet_layout(from_sample(samples[row])).title_box
         with Image.open(out) as img:
             assert region(np.asarray(img.convert("RGB")), title).std() > 3.0
-    from distill.viz import one_line
+    from distill.paint import one_line
 
     assert one_line(names[0]) == "line one\\nline two.jpg"
     assert one_line(names[1]) == "写真 📷 \u202e\\x07\\ttab.jpg"
     assert one_line("bad\udcffbyte") == "bad\\udcffbyte"  # an undecodable byte of a file name
+
+
+def test_each_panel_is_drawn_by_its_label_layer(shard, monkeypatch):
+    """The sheet's panels are the registered layers' (`sheet_panels`, in rank order after the
+    image) and each is drawn by its layer's `draw_panel`: viz only lays them out (issue 27)."""
+    from distill.layers.registry import get_layer, layers
+    from distill.shards import decode_row, read_shard
+
+    labels = from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))
+    declared = sorted((s for layer in layers() for s in layer.sheet_panels()
+                       if not s.student_first), key=lambda s: s.rank)
+    layout = sheet_layout(labels)
+    assert [p.key for p in layout.panels] == ["image", *(s.key for s in declared)]
+
+    text = type(get_layer("text"))
+
+    def red(self, key, painter, panel, labelled):
+        painter.paste(panel, np.full((*painter.content_size(panel)[::-1], 3), (255, 0, 0),
+                                     np.uint8))
+
+    monkeypatch.setattr(text, "draw_panel", red)
+    assert labels.image is not None
+    pixels = np.asarray(contact_sheet(labels.image, labels))
+    part = region(pixels, layout.boxes["text"])
+    assert (part == (255, 0, 0)).all(axis=-1).mean() > 0.9
+    assert not (region(pixels, layout.boxes["depth"]) == (255, 0, 0)).all(axis=-1).any()
+
+
+def test_shares_on_pictures_are_the_layers_statistics(shard):
+    """The text share a sheet prints and the legend's group shares are the figures the layers'
+    QA statistics give the same row (`distill inspect`, the viewer's sorts): one owner."""
+    from distill.labels.groups import GROUP_NAMES
+    from distill.layers.groups import plane_shares
+    from distill.layers.registry import get_layer, pixel_share
+    from distill.shards import decode_row, read_shard
+
+    row = read_shard(shard).slice(0, 1).to_pylist()[0]
+    labels = from_sample(decode_row(row))
+    assert labels.text is not None and labels.groups is not None
+    assert get_layer("text").statistics(row) == {"text_share": pixel_share(labels.text)}
+    stats = get_layer("groups").statistics(row)
+    assert stats is not None
+    assert [stats[f"group:{g}"] for g in GROUP_NAMES] == plane_shares(labels.groups)

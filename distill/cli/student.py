@@ -66,8 +66,8 @@ def predict(
       distill predict --video clip.mp4 --checkpoint student.onnx --out pred
     """
     import distill
+    from distill.paint import one_line
     from distill.student.predict_files import FilesPrediction
-    from distill.viz import one_line
 
     result = distill.predict(checkpoint, images, video=video, out=out, batch_size=batch_size,
                              refine=refine, sheets=sheets, device=device, engine=engine,

@@ -8,7 +8,10 @@ A `LabelLayer` says, for one layer (depth, normals, groups, ...):
 - which teacher roles fill it (`roles`) and how post-processing computes it (`fill`), after the
   layers it reads (`needs`);
 - its student output channels (`modalities`: the loss-gain key and channel count of each);
-- how it is drawn (`panels`) and its QA statistic (`statistics`).
+- its fields of the one decoded form of an image's labels (`decode_labels`, `predicted`:
+  `distill.layers.form.LabelledImage`), how it is drawn (`sheet_panels`/`draw_panel` on a
+  contact sheet, `view_layers`/`view_layer` in the viewer) and its QA statistic
+  (`statistics`).
 
 The built-in layers are `distill.layers.<name>` modules, registered on first use in the order of
 `BUILTIN` (the order of the shard schema, version 1). A plug-in layer calls `register(layer)`;
@@ -31,6 +34,8 @@ from distill.errors import LayerError, ShardError
 from distill.images import decode_png, encode_png
 
 if TYPE_CHECKING:
+    from distill.layers.form import LabelledImage
+    from distill.paint import Painter, Panel
     from distill.shards import Sample
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "LabelLayer",
     "LayerError",
     "Modality",
+    "PanelSpec",
     "builtin_layers",
     "card_columns",
     "check_hw",
@@ -48,6 +54,7 @@ __all__ = [
     "import_plugins",
     "layers",
     "loader_columns",
+    "pixel_share",
     "plugin_layers",
     "png_column",
     "png_value",
@@ -97,6 +104,29 @@ class Modality:
     gain: float = 1.0
 
 
+@dataclass(frozen=True)
+class PanelSpec:
+    """One contact-sheet panel a layer draws. `rank` orders the panels of a one-labels sheet
+    (4 to a row); `compare_rank` those of a sheet that compares two (a dense panel's column,
+    a text panel's place in the bottom row, `span` columns wide). A `student_first` panel
+    takes the image's place in the student's row when its labels have `field`."""
+
+    key: str
+    caption: str
+    rank: int
+    compare_rank: int
+    dense: bool = True  # a picture of the image; False: text (a legend, words)
+    span: int = 1
+    student_first: bool = False
+    field: str = ""
+
+
+def pixel_share(plane: np.ndarray) -> float:
+    """The share of a map's pixels above 0.5 (a 0/1 label's, or a probability's): the figure
+    QA statistics report and pictures print."""
+    return float(np.count_nonzero(plane > 0.5)) / plane.size if plane.size else 0.0
+
+
 class LabelLayer:
     """One label layer. Subclasses set the class attributes and override what applies; the
     defaults describe a layer with no columns, no teacher, no channels, nothing to draw."""
@@ -128,8 +158,8 @@ class LabelLayer:
         that did not run is absent), in place. `ctx` is the worker's post-processing context;
         `scratch` holds one image's intermediate values that later layers share."""
 
-    # -- the student and the pictures (the built-in layers' pictures are in distill.viz,
-    #    drawn from `Labels`) ---------------------------------------------------------------
+    # -- the student and the pictures (the built-in layers' targets and pictures are their own
+    #    overrides of these hooks and of the drawing hooks below) --------------------------------
 
     loader_columns: ClassVar[tuple[str, ...]] = ()  # columns `label_map` / `target` read
     color: ClassVar[tuple[int, int, int]] = (255, 255, 255)  # its map's colour in pictures
@@ -137,7 +167,7 @@ class LabelLayer:
 
     def label_map(self, sample: Sample) -> np.ndarray | None:
         """The layer's label of a decoded row at the original resolution, float32 (C, H, W)
-        in [0, 1] with C = its channels, for the common `Labels` form; None: not labelled."""
+        in [0, 1] with C = its channels, for `LabelledImage.layers`; None: not labelled."""
         return None
 
     def target(self, sample: Sample, warp: Any) -> np.ndarray | None:
@@ -178,6 +208,60 @@ class LabelLayer:
         from its encoded `stat_columns`: what `distill inspect` sums and the viewer sorts and
         filters by. None when the row has no such label."""
         return None
+
+    # -- the decoded form and its pictures (distill.layers.form, distill.viz, distill.view) --
+    # The defaults are a plug-in's: its `label_map` (teachers) or its output channels
+    # (student) go into `LabelledImage.layers[name]`, drawn as one map in its `color`.
+
+    def decode_labels(self, sample: Sample) -> dict[str, Any]:
+        """This layer's fields of the decoded form (`LabelledImage`) of a decoded shard row;
+        a plug-in's go into `layers` ({"layers": {name: map}})."""
+        found = self.label_map(sample)
+        return {} if found is None else {"layers": {self.name: found}}
+
+    def predicted(self, channels: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """This layer's fields of the decoded form of a student's prediction, from its output
+        channels unletterboxed to the picture's size (`channels`: modality key → float32
+        (C, H, W) in [0, 1]; a modality left out of the prediction is absent)."""
+        found = [channels[m.key] for m in self.modalities if m.key in channels]
+        if not self.modalities or len(found) < len(self.modalities):
+            return {}
+        return {"layers": {self.name: np.concatenate(found) if len(found) > 1 else found[0]}}
+
+    def sheet_panels(self) -> tuple[PanelSpec, ...]:
+        """The contact-sheet panels this layer draws (`draw_panel`)."""
+        return (PanelSpec(self.name, self.caption or self.name, rank=100, compare_rank=100),)
+
+    def panel_caption(self, key: str, labelled: LabelledImage,
+                      compare: bool) -> tuple[str, str, bool]:
+        """Panel `key`'s caption: (text, whose labels, whether the caption names whose); the
+        default names them on a sheet that compares two."""
+        spec = next(p for p in self.sheet_panels() if p.key == key)
+        return spec.caption, labelled.source, compare
+
+    def draw_panel(self, key: str, painter: Painter, panel: Panel,
+                   labelled: LabelledImage) -> None:
+        """Draw panel `key` of `labelled` into `panel` (a "no … label" panel when it has none)."""
+        maps = labelled.layers.get(self.name)
+        if maps is None:
+            painter.missing(panel, f"no {self.name} label")
+            return
+        share = pixel_share(maps[0])
+        painter.overlay(panel, maps[0], self.color, f"{self.name} {100 * share:.1f} % of pixels")
+
+    def view_layers(self, labelled: LabelledImage) -> list[tuple[int, str]]:
+        """The viewer's layers of `labelled` this layer draws (`view_layer`), each with its
+        place in the viewer's list (a plug-in's go last)."""
+        return [(100, self.name)] if self.name in labelled.layers else []
+
+    def view_layer(self, labelled: LabelledImage, name: str,
+                   size: tuple[int, int]) -> np.ndarray:
+        """Viewer layer `name` of `labelled` at `size` (width, height): RGBA uint8 (h, w, 4),
+        transparent where it says nothing."""
+        from distill.paint import flat, resize_map, rgba
+
+        prob = np.clip(resize_map(labelled.layers[name][0].astype(np.float32), size), 0.0, 1.0)
+        return rgba(flat(self.color, size), prob * 0.85)
 
     @property
     def rewritten(self) -> tuple[str, ...]:

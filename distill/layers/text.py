@@ -10,10 +10,23 @@ import numpy as np
 import pyarrow as pa
 
 from distill.labels.text import rasterize_polygons
-from distill.layers.registry import Column, LabelLayer, Modality, png_column, png_value, unpng
+from distill.layers.registry import (
+    Column,
+    LabelLayer,
+    Modality,
+    PanelSpec,
+    pixel_share,
+    png_column,
+    png_value,
+    unpng,
+)
 
 if TYPE_CHECKING:
+    from distill.layers.form import LabelledImage
+    from distill.paint import Painter, Panel
     from distill.shards import Sample
+
+TEXT_COLOR = (255, 214, 0)
 
 TEXT_REGION = pa.struct([
     ("points", pa.list_(pa.float32())),  # x0, y0, x1, y1, ... in original pixels
@@ -76,7 +89,38 @@ class TextLayer(LabelLayer):
         mask = unpng(row["text_png"])
         if mask is None:
             return None
-        return {"text_share": float(np.count_nonzero(mask)) / mask.size if mask.size else 0.0}
+        return {"text_share": pixel_share(mask)}
+
+    # -- the decoded form and its pictures ------------------------------------------------
+
+    def decode_labels(self, sample: Sample) -> dict[str, Any]:
+        mask = sample.text_mask
+        return {"text": None if mask is None else mask.astype(np.float32)}
+
+    def predicted(self, channels: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {"text": channels["text"][0]} if "text" in channels else {}
+
+    def sheet_panels(self) -> tuple[PanelSpec, ...]:
+        return (PanelSpec("text", "text mask", rank=3, compare_rank=4),)
+
+    def draw_panel(self, key: str, painter: Painter, panel: Panel,
+                   labelled: LabelledImage) -> None:
+        if labelled.text is None:
+            painter.missing(panel, "no text label")
+            return
+        share = pixel_share(labelled.text)  # the figure `statistics` gives a row
+        painter.overlay(panel, labelled.text, TEXT_COLOR, f"text {100 * share:.1f} % of pixels")
+
+    def view_layers(self, labelled: LabelledImage) -> list[tuple[int, str]]:
+        return [(3, "text")] if labelled.text is not None else []
+
+    def view_layer(self, labelled: LabelledImage, name: str,
+                   size: tuple[int, int]) -> np.ndarray:
+        from distill.paint import flat, resize_map, rgba
+
+        assert labelled.text is not None
+        prob = np.clip(resize_map(labelled.text.astype(np.float32), size), 0.0, 1.0)
+        return rgba(flat(TEXT_COLOR, size), prob * 0.9)
 
 
 LAYER = TextLayer()

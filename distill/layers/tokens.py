@@ -10,9 +10,13 @@ import numpy as np
 import pyarrow as pa
 
 from distill.labels.tokens import token_targets, tokenize
-from distill.layers.registry import Column, LabelLayer
+from distill.layers.registry import Column, LabelLayer, PanelSpec
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from distill.layers.form import LabelledImage
+    from distill.paint import Painter, Panel
     from distill.shards import Sample
 
 
@@ -57,6 +61,43 @@ class TokensLayer(LabelLayer):
         if not sample.tokens:
             return np.zeros((warp.max_tokens, warp.vocab.dim), np.float32)
         return token_targets(sample.tokens, warp.vocab, warp.max_tokens)
+    # -- the decoded form and its pictures: the words panel --------------------------------
+
+    def decode_labels(self, sample: Sample) -> dict[str, Any]:
+        captions = sample.teacher_captions
+        return {"tokens": None if sample.tokens is None else list(sample.tokens),
+                "captions": None if captions is None else list(captions),
+                "coco_captions": list(sample.coco_captions or [])}
+
+    def predicted(self, channels: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {}  # the student's words are decoded from its token vectors (predict.py)
+
+    def sheet_panels(self) -> tuple[PanelSpec, ...]:
+        return (PanelSpec("words", "caption + tokens", rank=7, compare_rank=1, dense=False,
+                          span=2),)
+
+    def panel_caption(self, key: str, labelled: LabelledImage,
+                      compare: bool) -> tuple[str, str, bool]:
+        text = "decoded words" if labelled.source == "student" else "caption + tokens"
+        return text, labelled.source, compare
+
+    def draw_panel(self, key: str, painter: Painter, panel: Panel,
+                   labelled: LabelledImage) -> None:
+        blocks: list[tuple[str, str]] = []
+        captions, words = labelled.captions, labelled.tokens or []
+        if captions is not None:  # the caption teacher ran (perhaps saying nothing)
+            blocks.append(("captions" if len(captions) > 1 else "caption",
+                           "\n".join(c if c.strip() else "(empty)" for c in captions)
+                           or "(empty)"))
+        if words or captions is not None or labelled.source == "student":
+            heading = "tokens" if labelled.source == "teachers" else "words"
+            blocks.append((f"{heading} ({len(words)})",
+                           # a no-break space keeps each separator on its word's line
+                           "\u00a0· ".join(words) if words else "(none)"))
+        if not blocks:
+            painter.missing(panel, "no caption label")
+            return
+        painter.text_block(panel, blocks)
 
 
 LAYER = TokensLayer()

@@ -2,8 +2,8 @@
 inference extras (DESIGN.md §6): iterative depth refinement from the predicted normals (§3.2),
 token decoding to words (§3.4) and people from joints + PAFs (`distill.student.pose`).
 
-Outputs come back as `distill.student.labels.Labels` at the image's original resolution, the
-same form as a shard row's teacher labels, so `distill show` can put them side by side.
+Outputs come back as a `distill.layers.form.LabelledImage` at the image's original resolution,
+the same form as a shard row's teacher labels, so `distill show` can put them side by side.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,11 @@ from distill.config import Config, PredictConfig, load_config
 from distill.errors import DistillError
 from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary
-from distill.layers.registry import plugin_layers
+from distill.layers.form import LabelledImage, from_channels
 from distill.storage import Location
 from distill.student import layout
 from distill.student.checkpoint import find_checkpoint, load_checkpoint, run_folder
 from distill.student.engines import Engine, TorchEngine
-from distill.student.labels import Labels
 from distill.student.model import YMapNet, build_student
 from distill.student.pose import DecodedPerson, decode_letterboxed
 from distill.student.refine import refine_depth
@@ -159,7 +157,7 @@ def decode_tokens(tokens: np.ndarray, vocab: Vocabulary, *, min_norm: float = 0.
 
 @dataclass
 class Prediction:
-    labels: Labels  # at the original resolution (at most `Predictor.display_max` on a side)
+    labels: LabelledImage  # at the original resolution (at most `Predictor.display_max` on a side)
     words: list[Word]
     people: list[DecodedPerson]  # keypoints in original pixels
     size: tuple[int, int]  # (width, height) of the image: the frame `people` are in
@@ -176,14 +174,6 @@ def _unletterbox(maps: torch.Tensor, lb: Letterbox, size: tuple[int, int]) -> to
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _plugin_maps(ch: Callable[[slice], np.ndarray]) -> dict[str, np.ndarray]:
-    """Each registered plug-in layer's output channels (`ch` of their slice), by layer name."""
-    channels = layout.modalities()
-    return {layer.name: ch(slice(channels[layer.modalities[0].key].start,
-                                 channels[layer.modalities[-1].key].stop))
-            for layer in plugin_layers() if layer.modalities}
 
 
 class Predictor:
@@ -207,7 +197,7 @@ class Predictor:
         self.settings: PredictConfig = student.config.predict
         self.refine = refine
         self.full_maps = full_maps  # also return the joint and PAF maps
-        # Labels' maps at most this many pixels on the long side (None: the original size);
+        # the labels' maps at most this many pixels on the long side (None: the original size);
         # people in `Prediction.people` are always in original pixels.
         self.display_max = display_max
         self.gradient_scale = student.config.labels.normals_gradient_scale
@@ -301,7 +291,7 @@ class Predictor:
         return results
 
     def display_size(self, lb: Letterbox) -> tuple[int, int]:
-        """(width, height) of the Labels' maps for an image of the letterbox's source size."""
+        """(width, height) of the labels' maps for an image of the letterbox's source size."""
         w, h = lb.src_w, lb.src_h
         if self.display_max is None or max(w, h) <= self.display_max:
             return w, h
@@ -309,30 +299,19 @@ class Predictor:
         return max(1, round(w * f)), max(1, round(h * f))
 
     def _labels(self, maps: torch.Tensor, raw_depth: torch.Tensor, lb: Letterbox,
-                people: list[DecodedPerson], words: list[Word]) -> Labels:
+                people: list[DecodedPerson], words: list[Word]) -> LabelledImage:
         w, h = self.display_size(lb)
         first = 0 if self.full_maps else layout.DEPTH.start
         arr = _unletterbox(torch.cat([maps[first:], raw_depth]), lb, (h, w)).cpu().numpy()
-
-        def ch(s: slice) -> np.ndarray:
-            return arr[s.start - first:s.stop - first]
-
-        normals = np.moveaxis(ch(layout.NORMALS) * 2 - 1, 0, -1)
-        normals /= np.linalg.norm(normals, axis=-1, keepdims=True) + 1e-6
+        channels = {key: arr[s.start - first:s.stop - first]
+                    for key, s in layout.modalities().items() if s.start >= first}
         kp = (np.stack([p.keypoints for p in people]).astype(np.float32) if people
               else np.zeros((0, 17, 3), np.float32))
         if (w, h) != (lb.src_w, lb.src_h):  # people into the display frame
             kp[..., 0] *= w / lb.src_w
             kp[..., 1] *= h / lb.src_h
-        return Labels(
-            source="student", width=w, height=h,
-            depth=ch(layout.DEPTH)[0], normals=normals, text=ch(layout.TEXT)[0],
-            groups=ch(layout.GROUPS),
-            joints=ch(layout.JOINTS) if self.full_maps else None,
-            pafs=ch(layout.PAFS) if self.full_maps else None,
-            people=kp, words=[w.word for w in words], depth_raw=arr[-1],
-            layers=_plugin_maps(ch),
-        )
+        return from_channels(channels, w, h, people=kp, tokens=[word.word for word in words],
+                             depth_raw=arr[-1])
 
 
 def describe(prediction: Prediction, name: str) -> dict[str, Any]:

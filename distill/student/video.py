@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from distill.errors import DistillError
 from distill.labels.keypoints import LIMBS
+from distill.paint import one_line
 from distill.storage import atomic_output, temp_name
 from distill.student.predict import (
     Prediction,
@@ -27,7 +28,6 @@ from distill.student.predict import (
     describe,
     make_out_folder,
 )
-from distill.viz import one_line
 
 __all__ = ["VideoSource", "annotate", "predict_video", "video_frames", "video_paths"]
 

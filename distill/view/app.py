@@ -38,8 +38,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from distill.errors import DistillError, RunGone, ViewError
+from distill.layers.form import LabelledImage, from_sample
 from distill.storage import Location
-from distill.student.labels import Labels, labels_from_sample
 from distill.view.index import (
     CLASS_GROUP_NAMES,
     TEACHER_COLUMNS,
@@ -167,12 +167,12 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
 
     # A sample page asks for its JSON, its image and each layer: the row is read and its maps
     # decoded once for all of them.
-    decoded: LRU[tuple[str, int], tuple[Any, Labels]] = LRU(*DECODED)
+    decoded: LRU[tuple[str, int], tuple[Any, LabelledImage]] = LRU(*DECODED)
 
-    def sample_of(key: tuple[str, int]) -> tuple[Any, Labels]:
-        def make() -> tuple[Any, Labels]:
+    def sample_of(key: tuple[str, int]) -> tuple[Any, LabelledImage]:
+        def make() -> tuple[Any, LabelledImage]:
             sample = view.sample(*key)
-            return sample, labels_from_sample(sample)
+            return sample, from_sample(sample, image=False)
 
         return decoded.get_or_make(key, make)
 
@@ -216,7 +216,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
                           "score": round(s.score, 4), "area": s.area}
                          for s in sample.segments or []],
             "text_regions": len(sample.text_regions or []),
-            "layers": layer_names(labels, sample.panoptic is not None),
+            "layers": layer_names(labels),
             "provenance": shard.provenance, "random_weights": shard.random_roles,
             "quarantine": [{"stage": s, "reason": r}
                            for s, r in view.quarantined().get(sample.image_id, [])],
@@ -229,7 +229,7 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
                 "words": [{"word": w.word, "position": w.position,
                            "similarity": round(w.similarity, 4)} for w in pred.words],
                 "people": len(pred.people),
-                "layers": layer_names(pred.labels, False),
+                "layers": layer_names(pred.labels),
                 "scores": got["scores"],
                 "timings_ms": {k: round(v, 2) for k, v in pred.timings.items()},
             }
@@ -265,15 +265,15 @@ def create_app(run: str | Location, *, checkpoint: str | None = None,
             sample, labels = sample_of(key)
             size = display_size(sample.width, sample.height)
             if source == "teacher":
-                allowed = layer_names(labels, sample.panoptic is not None)
+                allowed = layer_names(labels)
             else:
                 if student is None:
                     raise ViewError("no student loaded: start `distill view` with --checkpoint")
                 labels = student.predict(key, sample)["prediction"].labels
-                allowed = layer_names(labels, False)
+                allowed = layer_names(labels)
             if name not in allowed:
                 raise ViewError(f"no {source} layer {name!r} for this sample")
-            return layer_png(labels, name, size, sample.panoptic)
+            return layer_png(labels, name, size)
 
         if source not in ("teacher", "student"):
             raise ViewError(f"unknown layer source {source!r}")

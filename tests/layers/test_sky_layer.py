@@ -59,8 +59,8 @@ def test_a_one_file_layer_is_learned_shown_viewed_and_inspected(sky, labelled_co
     from distill.config import load_config
     from distill.images import decode_png
     from distill.inspect import inspect_path
+    from distill.layers.form import from_sample
     from distill.shards import iter_samples
-    from distill.student.labels import labels_from_sample
     from distill.student.train import TrainOptions, train_student
     from distill.view import create_app
     from distill.viz import panel_boxes, sheet_for_row
@@ -81,7 +81,7 @@ def test_a_one_file_layer_is_learned_shown_viewed_and_inspected(sky, labelled_co
 
     # `distill show` draws it in a panel of its own.
     sample = next(iter_samples(shards[0]))
-    boxes = panel_boxes(labels_from_sample(sample))
+    boxes = panel_boxes(from_sample(sample))
     assert "sky" in boxes
     sheet = sheet_for_row(run / "shards", 0)
     assert sheet.size[1] > boxes["sky"][3]

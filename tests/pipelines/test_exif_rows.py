@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from distill.labels.letterbox import Letterbox
-from distill.student.labels import labels_from_sample
+from distill.layers.form import from_sample
 from distill.student.targets import build_example
 from distill.viz import sheet_for_sample, sheet_layout
 from pipelines.generate_labels import RunOptions, generate_labels
@@ -81,7 +81,7 @@ def test_a_plain_folder_row_is_upright_for_every_decoder(tmp_path, ray_address):
         if sample.width == STORED_W:  # 180°: the stored size, so check it is not as stored
             assert _diff(plane, lb.image(_stored(data))) > 8.0
         # `distill show`: the image panel is the upright photo too.
-        labels = labels_from_sample(sample)
+        labels = from_sample(sample)
         sheet = np.asarray(sheet_for_sample(sample))
         left, top, right, bottom = sheet_layout(labels).boxes["image"]
         panel = sheet[top:bottom, left:right]
