@@ -114,9 +114,25 @@ class Dataset:
     records: list[ImageRecord]
     problems: list[Problem]
     dropped: list[Dropped] = field(default_factory=list)
+    _by_id: dict[int, ImageRecord] | None = field(default=None, init=False, repr=False,
+                                                  compare=False)
+    _problem_by_id: dict[int, Problem] | None = field(default=None, init=False, repr=False,
+                                                      compare=False)
 
     def by_id(self) -> dict[int, ImageRecord]:
-        return {r.image_id: r for r in self.records}
+        """Image id → record. Built once (one pass over the records) and shared: do not
+        change it, nor `records` once it is built."""
+        if self._by_id is None:
+            self._by_id = {r.image_id: r for r in self.records}
+        return self._by_id
+
+    def problem_by_id(self) -> dict[int, Problem]:
+        """Image id → the first problem met reading it, built once like `by_id`."""
+        if self._problem_by_id is None:
+            self._problem_by_id = {}
+            for p in self.problems:
+                self._problem_by_id.setdefault(p.image_id, p)
+        return self._problem_by_id
 
 
 def resolve_inside(root: str | Path | Location, name: str) -> str:
