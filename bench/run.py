@@ -31,6 +31,8 @@ from bench.baseline import summary_lines as baseline_lines
 from bench.commit import bench_single_writer
 from bench.commit import summary_lines as single_writer_lines
 from bench.export import export_lines
+from bench.scale import goal_rows as scale_goals
+from bench.scale import summary_lines as scale_lines
 from distill.images import encode_png
 from distill.labels.depth import encode_depth16
 from distill.labels.groups import GroupTable, encode_group_mask
@@ -290,6 +292,7 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((f"`distill view` on a {vw['rows']:,}-row run: first page, next page",
                      "< 1 s each", f"{vw['first_page_s']:.2f} s, {vw['next_page_s']:.2f} s "
                      "(2-core VM)", verdict(worst, worst < 1.0)))
+    rows += scale_goals(results.get("scale"))
     return rows
 
 
@@ -346,6 +349,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _driver_memory_lines(results.get("driver_memory"))
     lines += _viewer_lines(results.get("viewer"))
     lines += _profile_lines(results.get("profile"))
+    lines += scale_lines(results.get("scale"))
     return "\n".join(lines) + "\n"
 
 
@@ -560,7 +564,7 @@ def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "export", "teachers",
-            "scaling", "single_writer", "driver_memory", "viewer", "profile")
+            "scaling", "single_writer", "driver_memory", "viewer", "profile", "scale")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -586,6 +590,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "driver_memory": lambda: bench_driver_memory(work),
         "viewer": lambda: _bench_viewer(work, args),
         "profile": lambda: bench_profile(args.repeat),
+        "scale": lambda: _bench_scale(work, args),
     }
     for name in SECTIONS:
         if name not in wanted:
@@ -642,6 +647,12 @@ def _coco_size_demo(root: Path, copies: int) -> Path:
     return root
 
 
+def _bench_scale(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.scale import bench_scale
+
+    return bench_scale(work, args.scale_sizes)
+
+
 def _bench_viewer(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from bench.viewer import bench_viewer
 
@@ -694,6 +705,9 @@ def main() -> None:
     parser.add_argument("--baseline-copies", type=lambda v: tuple(int(x) for x in v.split(",")),
                         default=(8, 32, 128), help="image counts ÷ 7 for the plain-loop baseline "
                         "(8,32,128 → 56, 224, 896 images)")
+    parser.add_argument("--scale-sizes", type=lambda v: tuple(int(x) for x in v.split(",")),
+                        default=(10_000, 100_000, 1_000_000),
+                        help="images of the synthetic splits of the scale section")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--loader-shards", type=Path, default=None,
                         help="COCO-size shards for the loader section (default: label "

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bench_scale", "summary_lines", "synthetic_split"]
+__all__ = ["bench_scale", "goal_rows", "summary_lines", "synthetic_split"]
 
 SIZES = (10_000, 100_000, 1_000_000)
 SPLIT = "train"
@@ -217,6 +217,28 @@ def summary_lines(sc: Any) -> list[str]:
     return lines
 
 
+def goal_rows(sc: Any) -> list[tuple[str, str, str, str]]:
+    """The scale goals' rows of RESULTS.md's goal table: (goal, target, measured, verdict)."""
+    if not isinstance(sc, dict) or not sc.get("rows"):
+        return []
+    ratios = plan_ratios(sc)
+    by = {r["images"]: r for r in sc["rows"]}
+    top = by[max(by)]
+    rss = max([p["peak_rss_mib"] for p in top["plan"].values()] + [top["dry_run"]["peak_rss_mib"]])
+    where = f"{max(by):,} images" + ("" if max(by) >= 1_000_000 else
+                                     " (the largest split measured; 1M was not)")
+    return [
+        ("planning 1M images ÷ planning 100k (near-linear)", f"≤ {GOAL_RATIO:.0f}×",
+         ", ".join(f"{v:.1f}× (shards of {k})" for k, v in ratios.items()) or
+         "not measured: no 1M split in this run",
+         ("met" if max(ratios.values()) <= GOAL_RATIO else "NOT met") if ratios else "–"),
+        ("peak RSS of the driver planning 1M images", f"≤ {GOAL_RSS_MIB:,} MiB",
+         f"{rss:,.0f} MiB at {where}",
+         ("met" if rss <= GOAL_RSS_MIB else "NOT met") if max(by) >= 1_000_000 else
+         ("NOT met" if rss > GOAL_RSS_MIB else "–")),
+    ]
+
+
 def plan_ratios(sc: dict[str, Any]) -> dict[str, float]:
     by = {r["images"]: r for r in sc.get("rows", [])}
     if 100_000 not in by or 1_000_000 not in by:
@@ -249,7 +271,7 @@ def _plan_once(root: str, out: str, shard_size: int, result: str) -> None:
 
     import pipelines.plan as plan_module
 
-    plan_module.open_dataset = timed_open  # type: ignore[assignment]
+    plan_module.open_dataset = timed_open
     t0 = time.perf_counter()
     plan = plan_run(config, RunOptions(out=out, dry_run=True, live=False))
     seconds = time.perf_counter() - t0
