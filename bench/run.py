@@ -162,7 +162,8 @@ def bench_profile(repeat: int) -> dict[str, Any]:
 
 
 SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "export", "teachers",
-            "scaling", "single_writer", "driver_memory", "viewer", "viewer_scale", "profile")
+            "scaling", "single_writer", "driver_memory", "viewer", "viewer_scale", "profile",
+            "scale")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -189,6 +190,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "driver_memory": lambda: bench_driver_memory(work),
         "viewer": lambda: _bench_viewer(work, args),
         "viewer_scale": lambda: bench_viewer_scale(work),
+        "scale": lambda: _bench_scale(work, args),
         "profile": lambda: bench_profile(args.repeat),
     }
     for name in SECTIONS:
@@ -246,6 +248,12 @@ def _coco_size_demo(root: Path, copies: int) -> Path:
     return root
 
 
+def _bench_scale(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from bench.scale import bench_scale
+
+    return bench_scale(work, args.scale_sizes)
+
+
 def _bench_viewer(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from bench.viewer import bench_viewer
 
@@ -298,6 +306,9 @@ def main() -> None:
     parser.add_argument("--baseline-copies", type=lambda v: tuple(int(x) for x in v.split(",")),
                         default=(8, 32, 128), help="image counts ÷ 7 for the plain-loop baseline "
                         "(8,32,128 → 56, 224, 896 images)")
+    parser.add_argument("--scale-sizes", type=lambda v: tuple(int(x) for x in v.split(",")),
+                        default=(10_000, 100_000, 1_000_000),
+                        help="images of the synthetic splits of the scale section")
     parser.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
     parser.add_argument("--loader-shards", type=Path, default=None,
                         help="COCO-size shards for the loader section (default: label "

@@ -9,6 +9,8 @@ from typing import Any
 from bench.baseline import summary_lines as baseline_lines
 from bench.commit import summary_lines as single_writer_lines
 from bench.export import export_lines
+from bench.scale import goal_rows as scale_goals
+from bench.scale import summary_lines as scale_lines
 from bench.teacher_rates import TRAIN2017
 from bench.viewer_scale import viewer_scale_lines
 
@@ -98,6 +100,7 @@ def goals(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      "≤ 2 s", f"{warm:.2f} s (statistics of every row read back in "
                      f"{vs['warm']['statistics_s']:.1f} s; computing them: "
                      f"{vs['cold']['statistics_s']:.0f} s)", verdict(warm, warm <= 2.0)))
+    rows += scale_goals(results.get("scale"))
     return rows
 
 
@@ -155,6 +158,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _viewer_lines(results.get("viewer"))
     lines += viewer_scale_lines(results.get("viewer_scale"))
     lines += _profile_lines(results.get("profile"))
+    lines += scale_lines(results.get("scale"))
     return "\n".join(lines) + "\n"
 
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import posixpath
-import re
 import stat
 from collections import Counter
 from collections.abc import Iterable
@@ -19,10 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
+from distill.annotations import (
+    INT64_MAX,
+    Dropped,
+    Person,
+    Problem,
+    read_annotations,
+    show_value,
+)
 from distill.errors import DatasetLayoutError, StorageError, UnsafePathError
-from distill.labels.keypoints import NUM_JOINTS
 from distill.storage import Location
 
 __all__ = [
@@ -54,16 +57,6 @@ A COCO 2017 folder looks like this (images may also sit in <root>/images/<split>
 A folder without annotations/ is read as a plain folder of images. See datasets/README.md."""
 
 
-@dataclass
-class Person:
-    """One COCO person annotation, in original pixel coordinates."""
-
-    keypoints: np.ndarray  # (17, 3) float32: x, y, v (v: 0 unlabelled, 1 occluded, 2 visible)
-    bbox: tuple[float, float, float, float]  # x, y, w, h
-    area: float
-    iscrowd: bool
-    num_keypoints: int
-
 
 @dataclass
 class ImageRecord:
@@ -81,27 +74,6 @@ class ImageRecord:
     exif_transpose: bool = False
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A sample the reader could not use, and why (becomes a quarantine row)."""
-
-    image_id: int
-    stage: str
-    error_type: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """An annotation entry the reader left out without quarantining an image: one that names no
-    usable image id (missing, not an integer, beyond int64 — no quarantine row can carry it) or
-    a caption that is not text. `distill data check` lists them; reading logs a warning."""
-
-    source: str  # the annotation file's name
-    where: str  # the entry, e.g. "images[3] (id 'abc') in captions_val2017.json"
-    error_type: str  # InvalidImageId | BadEntry | NotACaption
-    message: str
-
 
 @dataclass
 class Dataset:
@@ -114,9 +86,25 @@ class Dataset:
     records: list[ImageRecord]
     problems: list[Problem]
     dropped: list[Dropped] = field(default_factory=list)
+    _by_id: dict[int, ImageRecord] | None = field(default=None, init=False, repr=False,
+                                                  compare=False)
+    _problem_by_id: dict[int, Problem] | None = field(default=None, init=False, repr=False,
+                                                      compare=False)
 
     def by_id(self) -> dict[int, ImageRecord]:
-        return {r.image_id: r for r in self.records}
+        """Image id → record. Built once (one pass over the records) and shared: do not
+        change it, nor `records` once it is built."""
+        if self._by_id is None:
+            self._by_id = {r.image_id: r for r in self.records}
+        return self._by_id
+
+    def problem_by_id(self) -> dict[int, Problem]:
+        """Image id → the first problem met reading it, built once like `by_id`."""
+        if self._problem_by_id is None:
+            self._problem_by_id = {}
+            for p in self.problems:
+                self._problem_by_id.setdefault(p.image_id, p)
+        return self._problem_by_id
 
 
 def resolve_inside(root: str | Path | Location, name: str) -> str:
@@ -195,201 +183,10 @@ def _load_json(path: Location) -> dict[str, Any]:
     for key in ("images", "annotations"):
         if not isinstance(doc[key], list):
             raise DatasetLayoutError(
-                f"{path}: '{key}' is {_show(doc[key])}, not a list of {key[:-1]} entries")
+                f"{path}: '{key}' is {show_value(doc[key])}, not a list of {key[:-1]} entries")
     return doc
 
 
-# ---------------------------------------------------------------------------------------------
-# One annotation entry's fields. JSON written by other tools is not always what COCO's own is:
-# integers may come as "424" or 424.0. Both are read as the number they spell; anything else
-# (true, "abc", 12.5, null where a value is required) is refused with the field and the value.
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the shards' and the quarantine's image_id column
-_INTEGER = re.compile(r"[+-]?[0-9]{1,40}")  # 40 digits: past int64, within int()'s limits
-_MISSING = object()
-
-
-class _Invalid(ValueError):
-    """A field of an annotation entry that cannot be used; the message names it."""
-
-
-def _show(value: Any) -> str:
-    """A value as the JSON file spells it (null, true, "abc"), cut to 60 characters."""
-    if value is _MISSING:
-        return "missing"
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _as_int(value: Any, what: str) -> int:
-    if value is _MISSING:
-        raise _Invalid(f"it has no {what}")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value.strip())
-    raise _Invalid(f"{what} is {_show(value)}, not an integer")
-
-
-def _as_id(value: Any, what: str) -> int:
-    number = _as_int(value, what)
-    if not INT64_MIN <= number <= INT64_MAX:
-        raise _Invalid(f"{what} {number} does not fit in 64 bits (image ids are int64 in the "
-                       "shards and the quarantine)")
-    return number
-
-
-def _as_number(value: Any, what: str) -> float:
-    if not isinstance(value, bool):
-        if isinstance(value, int | float):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                number = math.nan
-        else:
-            number = math.nan
-        if math.isfinite(number):
-            return number
-    raise _Invalid(f"{what} is {_show(value)}, not a finite number")
-
-
-def _numbers(value: Any, what: str, count: int) -> list[float]:
-    if not isinstance(value, list):
-        raise _Invalid(f"{what} is {_show(value)}, not a list of {count} numbers")
-    if len(value) != count:
-        raise _Invalid(f"{what} has {len(value)} values, not {count}")
-    return [_as_number(v, f"{what}[{i}]") for i, v in enumerate(value)]
-
-
-@dataclass(frozen=True)
-class _ImageEntry:
-    """One entry of an 'images' list, checked."""
-
-    where: str  # e.g. "images[3] in captions_val2017.json"
-    file_name: str
-    width: int | None
-    height: int | None
-
-    @property
-    def key(self) -> tuple[str, int | None, int | None]:
-        return self.file_name, self.width, self.height
-
-    def describe(self) -> str:
-        size = f"{self.width}x{self.height}" if self.width or self.height else "no size"
-        return f"{self.file_name!r} {size}"
-
-
-def _side(img: dict[str, Any], key: str) -> int | None:
-    value = img.get(key)
-    if value is None:
-        return None  # not given: the decoded size is not checked against it
-    number = _as_int(value, f"'{key}'")
-    if number <= 0:
-        raise _Invalid(f"'{key}' is {number}; an image side is a positive number of pixels")
-    return number
-
-
-def _image_entry(img: dict[str, Any], where: str) -> _ImageEntry:
-    name = img.get("file_name", _MISSING)
-    if not isinstance(name, str):
-        raise _Invalid(f"'file_name' is {_show(name)}, not text")
-    return _ImageEntry(where, name, _side(img, "width"), _side(img, "height"))
-
-
-def _annotation_name(ann: dict[str, Any]) -> str:
-    return f"annotation {_show(ann['id'])}" if "id" in ann else "an annotation without an 'id'"
-
-
-def _where(kind: str, index: int, source: str, entry: Any) -> str:
-    """`annotations[17] (id 4521) in captions_val2017.json`: where a person finds the entry."""
-    named = f" (id {_show(entry['id'])})" if isinstance(entry, dict) and "id" in entry else ""
-    return f"{kind}[{index}]{named} in {source}"
-
-
-@dataclass
-class _Reader:
-    """The state of reading one split's two annotation files."""
-
-    problems: list[Problem] = field(default_factory=list)
-    dropped: list[Dropped] = field(default_factory=list)
-
-    def drop(self, source: str, where: str, error_type: str, message: str) -> None:
-        self.dropped.append(Dropped(source, where, error_type, message))
-
-    def entry_id(self, kind: str, index: int, source: str, entry: Any, key: str) -> int | None:
-        """The entry's image id, or None (and the entry dropped) when it has no usable one."""
-        where = _where(kind, index, source, entry)
-        if not isinstance(entry, dict):
-            self.drop(source, where, "BadEntry",
-                      f"{where} is {_show(entry)}, not an object with an {key!r}")
-            return None
-        try:
-            return _as_id(entry.get(key, _MISSING), f"'{key}'")
-        except _Invalid as exc:
-            extra = f" (file_name {_show(entry['file_name'])})" if "file_name" in entry else ""
-            self.drop(source, where, "InvalidImageId",
-                      f"{where}{extra}: {exc}; no image can be labelled or quarantined under it")
-            return None
-
-    def images(self, docs: list[tuple[str, dict[str, Any]]]) -> tuple[
-            dict[int, _ImageEntry], set[int]]:
-        """Every listed image id → its one entry, and the ids listed but unusable (a bad field,
-        or two different entries: those are quarantined, never given another's annotations).
-        The same entry in both files (as COCO's own files have it) is one entry."""
-        seen: dict[int, list[_ImageEntry]] = {}
-        bad: dict[int, list[str]] = {}
-        for source, doc in docs:
-            for index, img in enumerate(doc["images"]):
-                image_id = self.entry_id("images", index, source, img, "id")
-                if image_id is None:
-                    continue
-                where = f"images[{index}] in {source}"
-                seen.setdefault(image_id, [])
-                try:
-                    seen[image_id].append(_image_entry(img, where))
-                except _Invalid as exc:
-                    bad.setdefault(image_id, []).append(f"{where}: {exc}")
-        chosen: dict[int, _ImageEntry] = {}
-        for image_id, entries in seen.items():
-            if image_id in bad:
-                self.problems.append(Problem(image_id, "read", "BadImageEntry",
-                                             "; ".join(bad[image_id])))
-                continue
-            distinct: dict[tuple[str, int | None, int | None], list[str]] = {}
-            for e in entries:
-                distinct.setdefault(e.key, []).append(e.where)
-            if len(distinct) == 1:
-                chosen[image_id] = entries[0]
-                continue
-            shown = "; ".join(
-                f"{_ImageEntry('', *key).describe()} ({', '.join(wheres)})"
-                for key, wheres in list(distinct.items())[:5])
-            more = f"; and {len(distinct) - 5} more" if len(distinct) > 5 else ""
-            self.problems.append(Problem(
-                image_id, "read", "DuplicateImageId",
-                f"image id {image_id} has {len(distinct)} different entries: {shown}{more}. "
-                "None is used: annotations name images by id, so either image could get the "
-                "other's keypoints and captions"))
-        return chosen, set(seen) - set(chosen)
-
-    def annotation_target(self, index: int, source: str, ann: Any,
-                          listed: set[int]) -> int | None:
-        """The listed image an annotation belongs to, or None (dropped, or quarantined as an
-        unknown image id)."""
-        image_id = self.entry_id("annotations", index, source, ann, "image_id")
-        if image_id is None:
-            return None
-        if image_id not in listed:
-            self.problems.append(Problem(
-                image_id=image_id, stage="read", error_type="UnknownImageId",
-                message=f"{_annotation_name(ann)} in {source} refers to image id {image_id}, "
-                "which no 'images' entry lists"))
-            return None
-        return image_id
 
 
 def _read_coco(root: Location, split: str) -> Dataset:
@@ -410,54 +207,19 @@ def _read_coco(root: Location, split: str) -> Dataset:
     kp_doc, cap_doc = _load_json(kp_path), _load_json(cap_path)
     present = _listing(image_dir)
 
-    reader = _Reader()
-    images, unusable = reader.images([(kp_path.name, kp_doc), (cap_path.name, cap_doc)])
-    listed = set(images) | unusable
-    persons: dict[int, list[Person]] = {}
-    for index, ann in enumerate(kp_doc["annotations"]):
-        category_error: _Invalid | None = None
-        if isinstance(ann, dict) and "category_id" in ann:
-            try:
-                if _as_int(ann["category_id"], "'category_id'") != PERSON_CATEGORY:
-                    continue  # another category (COCO's keypoint file has only people)
-            except _Invalid as exc:
-                category_error = exc  # reported against its image, below
-        image_id = reader.annotation_target(index, kp_path.name, ann, listed)
-        if image_id is None:
-            continue
-        try:
-            if category_error is not None:
-                raise category_error
-            person = _person(ann)
-        except _Invalid as exc:
-            reader.problems.append(Problem(
-                image_id, "read", "BadAnnotation",
-                f"{_where('annotations', index, kp_path.name, ann)}: {exc}; the image's "
-                "people would be incomplete"))
-            unusable.add(image_id)
-            continue
-        persons.setdefault(image_id, []).append(person)
-    captions: dict[int, list[str]] = {}
-    for index, ann in enumerate(cap_doc["annotations"]):
-        image_id = reader.annotation_target(index, cap_path.name, ann, listed)
-        if image_id is None:
-            continue
-        caption = ann.get("caption")
-        if not isinstance(caption, str):
-            where = _where("annotations", index, cap_path.name, ann)
-            reader.drop(cap_path.name, where, "NotACaption",
-                        f"{where}: 'caption' is {_show(caption)}, not text; left out (image "
-                        f"{image_id} keeps its other captions)")
-            continue
-        captions.setdefault(image_id, []).append(caption.strip())
+    notes = read_annotations(kp_path.name, kp_doc, cap_path.name, cap_doc)
+    del kp_doc, cap_doc  # the parsed files are the largest thing a plan holds: gone first
+    images, unusable, persons, captions = (notes.images, notes.unusable, notes.persons,
+                                           notes.captions)
 
-    problems = reader.problems
+    problems = notes.problems
+    base = _real_base(image_dir)
     records = []
     for image_id in sorted(images):
         if image_id in unusable:
             continue
         entry = images[image_id]
-        record = _record(image_dir, image_id, entry.file_name, problems, present)
+        record = _record(image_dir, image_id, entry.file_name, problems, present, base)
         if record is None:
             continue
         record.width, record.height = entry.width, entry.height
@@ -466,35 +228,14 @@ def _read_coco(root: Location, split: str) -> Dataset:
         records.append(record)
     logger.info("read %d %s records from %s (%d problems)", len(records), split, root,
                 len(problems))
-    if reader.dropped:
-        kinds = Counter(d.error_type for d in reader.dropped)
+    if notes.dropped:
+        kinds = Counter(d.error_type for d in notes.dropped)
         logger.warning(
             "left out %d annotation entr%s of %s (%s), e.g. %s; `distill data check %s --split "
-            "%s` lists them", len(reader.dropped), "y" if len(reader.dropped) == 1 else "ies",
+            "%s` lists them", len(notes.dropped), "y" if len(notes.dropped) == 1 else "ies",
             split, ", ".join(f"{k} {n}" for k, n in kinds.most_common()),
-            reader.dropped[0].message, root, split)
-    return Dataset(root, split, "coco", image_dir, records, problems, reader.dropped)
-
-
-def _person(ann: dict[str, Any]) -> Person:
-    raw = ann.get("keypoints")
-    values = [0.0] * (3 * NUM_JOINTS) if raw is None or raw == [] else \
-        _numbers(raw, "'keypoints'", 3 * NUM_JOINTS)
-    kp = np.asarray(values, np.float32).reshape(NUM_JOINTS, 3)
-    box = ann.get("bbox")
-    x, y, w, h = (0.0, 0.0, 0.0, 0.0) if box is None else _numbers(box, "'bbox'", 4)
-    area = ann.get("area")
-    crowd = ann.get("iscrowd")
-    count = ann.get("num_keypoints")
-    return Person(
-        keypoints=kp,
-        bbox=(x, y, w, h),
-        area=w * h if area is None else _as_number(area, "'area'"),
-        iscrowd=crowd if isinstance(crowd, bool) else
-        crowd is not None and _as_int(crowd, "'iscrowd'") != 0,
-        num_keypoints=int((kp[:, 2] > 0).sum()) if count is None else
-        _as_int(count, "'num_keypoints'"),
-    )
+            notes.dropped[0].message, root, split)
+    return Dataset(root, split, "coco", image_dir, records, problems, notes.dropped)
 
 
 def _listing(image_dir: Location) -> set[str] | None:
@@ -527,10 +268,37 @@ def local_file_problem(path: str) -> tuple[str, str] | None:
     return "NotARegularFile", f"{path} is not a regular file ({what})"
 
 
+def _real_base(image_dir: Location) -> str | None:
+    """The real path of a local image folder (None on an object store)."""
+    return os.path.realpath(image_dir.path) if image_dir.is_local else None
+
+
+def _local_name(base: str | None, file_name: str) -> tuple[str, int] | None:
+    """(path, st_mode) of a plain file name in a local image folder whose real path is `base`,
+    from one `lstat` (not `realpath`'s walk over every folder of the path, image after image);
+    None when the name needs the full check (a folder in it, a symlink, an error)."""
+    if base is None or not file_name or file_name in (".", "..") or \
+            any(c in file_name for c in "/\\\x00:"):
+        return None
+    path = os.path.join(base, file_name)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISLNK(mode) else (path, mode)
+
+
 def _record(
     image_dir: Location, image_id: int, file_name: str, problems: list[Problem],
-    present: set[str] | None = None,
+    present: set[str] | None = None, base: str | None = None,
 ) -> ImageRecord | None:
+    """The record of one image file, or None (and a problem) when it cannot be used. `base`:
+    the real path of a local `image_dir`, computed once by the caller."""
+    fast = _local_name(base, file_name)
+    if fast is not None:
+        path, mode = fast
+        if stat.S_ISREG(mode):
+            return ImageRecord(image_id=image_id, file_name=file_name, path=path)
     try:
         path = resolve_inside(image_dir, file_name)
     except UnsafePathError as exc:
@@ -557,9 +325,9 @@ def _read_folder(root: Location, split: str) -> Dataset:
             f"({', '.join(IMAGE_SUFFIXES)}).\n{COCO_LAYOUT}"
         )
     problems: list[Problem] = []
-    present = _listing(image_dir)
+    present, base = _listing(image_dir), _real_base(image_dir)
     records = [
-        r for r in (_record(image_dir, i, n, problems, present)
+        r for r in (_record(image_dir, i, n, problems, present, base)
                     for i, n in zip(_folder_ids(names), names, strict=True))
         if r is not None
     ]

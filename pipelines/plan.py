@@ -243,10 +243,7 @@ def _record_unlisted(run: LabelRun, dataset: Dataset) -> None:
 
 def _fresh_items(entry: ShardEntry, ids: list[int], dataset: Dataset, split: str,
                  roles: list[str]) -> list[Item]:
-    records = dataset.by_id()
-    problems: dict[int, Problem] = {}
-    for p in dataset.problems:
-        problems.setdefault(p.image_id, p)
+    records, problems = dataset.by_id(), dataset.problem_by_id()  # built once per dataset
     items = []
     for image_id in ids:
         record = records.get(image_id)
