@@ -31,6 +31,7 @@ from bench.baseline import summary_lines as baseline_lines
 from bench.commit import bench_single_writer
 from bench.commit import summary_lines as single_writer_lines
 from bench.export import export_lines
+from bench.manifest import summary_lines as manifest_lines
 from distill.images import encode_png
 from distill.labels.depth import encode_depth16
 from distill.labels.groups import GroupTable, encode_group_mask
@@ -343,6 +344,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _teacher_lines(results.get("teachers", {}))
     lines += _scaling_lines(results.get("scaling"))
     lines += single_writer_lines(results.get("single_writer"))
+    lines += manifest_lines(results.get("manifest"))
     lines += _driver_memory_lines(results.get("driver_memory"))
     lines += _viewer_lines(results.get("viewer"))
     lines += _profile_lines(results.get("profile"))
@@ -560,12 +562,13 @@ def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "export", "teachers",
-            "scaling", "single_writer", "driver_memory", "viewer", "profile")
+            "scaling", "single_writer", "manifest", "driver_memory", "viewer", "profile")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from bench.baseline import bench_baseline
     from bench.export import bench_export
+    from bench.manifest import bench_manifest
     from bench.pipeline import bench_driver_memory, bench_pipeline, bench_scaling
     from bench.student import bench_student
 
@@ -583,6 +586,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "teachers": lambda: bench_teachers(args.repeat),
         "scaling": lambda: bench_scaling(work, args.copies),
         "single_writer": lambda: bench_single_writer(work),
+        "manifest": lambda: bench_manifest(work / "manifest"),
         "driver_memory": lambda: bench_driver_memory(work),
         "viewer": lambda: _bench_viewer(work, args),
         "profile": lambda: bench_profile(args.repeat),
