@@ -162,13 +162,14 @@ def bench_profile(repeat: int) -> dict[str, Any]:
 
 
 SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "export", "teachers",
-            "scaling", "single_writer", "driver_memory", "viewer", "viewer_scale", "profile",
-            "scale")
+            "scaling", "single_writer", "manifest", "driver_memory", "viewer", "viewer_scale",
+            "profile", "scale")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from bench.baseline import bench_baseline
     from bench.export import bench_export
+    from bench.manifest import bench_manifest
     from bench.pipeline import bench_driver_memory, bench_pipeline, bench_scaling
     from bench.student import bench_student
     from bench.viewer_scale import bench_viewer_scale
@@ -187,6 +188,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "teachers": lambda: bench_teachers(args.repeat),
         "scaling": lambda: bench_scaling(work, args.copies),
         "single_writer": lambda: bench_single_writer(work),
+        "manifest": lambda: bench_manifest(work / "manifest"),
         "driver_memory": lambda: bench_driver_memory(work),
         "viewer": lambda: _bench_viewer(work, args),
         "viewer_scale": lambda: bench_viewer_scale(work),

@@ -9,6 +9,7 @@ from typing import Any
 from bench.baseline import summary_lines as baseline_lines
 from bench.commit import summary_lines as single_writer_lines
 from bench.export import export_lines
+from bench.manifest import summary_lines as manifest_lines
 from bench.scale import goal_rows as scale_goals
 from bench.scale import summary_lines as scale_lines
 from bench.teacher_rates import TRAIN2017
@@ -154,6 +155,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += _teacher_lines(results.get("teachers", {}))
     lines += _scaling_lines(results.get("scaling"))
     lines += single_writer_lines(results.get("single_writer"))
+    lines += manifest_lines(results.get("manifest"))
     lines += _driver_memory_lines(results.get("driver_memory"))
     lines += _viewer_lines(results.get("viewer"))
     lines += viewer_scale_lines(results.get("viewer_scale"))

@@ -94,21 +94,23 @@ def _toml_value(value: Any) -> str:
 def generate_labels(config: Config, out: PathLike, *, limit: int | None = None,
                     image_ids: Sequence[int] | None = None, new_run: bool = False,
                     retry_failed: bool = False, address: str | None = None,
-                    progress: bool = False, verbose: bool = False) -> dict[str, Any]:
+                    progress: bool = False, verbose: bool = False,
+                    verify_shards: bool = False) -> dict[str, Any]:
     """`distill run generate-labels`: label `config.data` into the run folder `out` (a path or
     a URI) and return its summary (as written to OUT/summary.json).
 
     Safe to call again after any crash or interruption: complete shards are kept, the rest is
     labelled (README, "Resume"). Without `address` a private local Ray is started and stopped;
     inside a notebook that already called `ray.init()`, that Ray is used and left running.
-    `progress` shows the live per-stage table on a terminal."""
+    `progress` shows the live per-stage table on a terminal; `verify_shards` hashes every
+    committed shard against its recorded sha256 before trusting it."""
     from pipelines.generate_labels import RunOptions
     from pipelines.generate_labels import generate_labels as _generate
 
     options = RunOptions(out=out, limit=limit,
                          image_ids=None if image_ids is None else [int(i) for i in image_ids],
                          new_run=new_run, retry_failed=retry_failed, address=address,
-                         live=progress, verbose=verbose)
+                         live=progress, verbose=verbose, verify_shards=verify_shards)
     return _generate(config, options).summary
 
 

@@ -112,7 +112,7 @@ def run_config(out: PathLike, overrides: Mapping[str, Any] | Sequence[str] | Non
 def retry_failed(out: PathLike, *, ids: Sequence[int] | None = None,
                  overrides: Mapping[str, Any] | Sequence[str] | None = None,
                  address: str | None = None, progress: bool = False,
-                 verbose: bool = False) -> dict[str, Any]:
+                 verbose: bool = False, verify_shards: bool = False) -> dict[str, Any]:
     """`distill run retry-failed`: label again only a run's quarantined samples (or, with
     `ids`, those planned images) with the run's own config, and return the run's summary (as
     written to OUT/summary.json)."""
@@ -120,7 +120,8 @@ def retry_failed(out: PathLike, *, ids: Sequence[int] | None = None,
 
     options = RunOptions(out=out, retry_failed=True,
                          retry_ids=None if ids is None else [int(i) for i in ids],
-                         address=address, live=progress, verbose=verbose)
+                         address=address, live=progress, verbose=verbose,
+                         verify_shards=verify_shards)
     return generate_labels(run_config(out, overrides), options).summary
 
 

@@ -215,7 +215,7 @@ def _progress(manifest: Manifest, run: LabelRun, footers: dict[str, dict[str, An
             status, why = "pending", f"file has {footer['rows']} rows, manifest says {entry.rows}"
         elif missing:
             status, why = "pending", "teachers to add: " + ", ".join(missing)
-        elif verify and not shard_is_complete(run.shard(entry.name), entry):
+        elif verify and not shard_is_complete(run.shard(entry.name), entry, verify=True):
             status, why = "pending", "checksum differs from the manifest"
         else:
             status, why = "done", ""

@@ -8,7 +8,8 @@ other module spells a run file's name. Run folders may be local paths or URIs
 Ownership. A folder is a label run when it holds distill's `manifest.json`, a student run when
 it holds distill's `run.json` (kind "student"). distill writes into a folder only when it is
 its own kind of run, or empty, or new; it deletes only the files a run recorded as its own
-(the fixed run files, the shards its manifest planned, and temp names of those), never
+(the fixed run files, the shards its manifest planned, their commit records, and temp
+names of those), never
 anything else under the run's folder or prefix.
 
 One writer per run: the lock and lease are `distill.writelock`'s.
@@ -46,6 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+RECORDS = "manifest.d"  # one commit record per shard committed since manifest.json was written
 QUARANTINE = "quarantine.parquet"
 VOCAB = "vocab.parquet"
 SUMMARY = "summary.json"
@@ -96,7 +98,7 @@ def _leftovers(root: Location, ours: set[str]) -> list[str]:
         name = child.name
         if name in ours or is_temp_name(name):
             continue
-        if name == SHARDS and child.is_dir() and not child.iterdir():
+        if name in (SHARDS, RECORDS) and child.is_dir() and not child.iterdir():
             continue
         found.append(name + ("/" if child.is_dir() else ""))
     return found
@@ -213,6 +215,20 @@ class LabelRun(_RunFolder):
     def shard(self, name: str) -> Location:
         return self.root / SHARDS / name
 
+    @property
+    def records(self) -> Location:
+        """`manifest.d/`: the commit records (`distill.manifest.record_commit`)."""
+        return self.root / RECORDS
+
+    def commit_record(self, shard: str) -> Location:
+        """`manifest.d/val2017-00042.json`: the commit record of shard `val2017-00042.parquet`."""
+        return self.records / (shard.removesuffix(".parquet") + ".json")
+
+    def commit_records(self, shard_names: Sequence[str]) -> list[Location]:
+        """The commit records there are of these shards (one listing)."""
+        ours = {self.commit_record(n).name for n in shard_names}
+        return [f for f in self.records.files("*.json") if f.name in ours]
+
     def write_config(self, text: str) -> None:
         atomic_write_bytes(self.config, text.encode())
 
@@ -225,6 +241,9 @@ class LabelRun(_RunFolder):
         for f in self.shards.files():
             if f.name in shard_set or is_temp_name(f.name) in shard_set:
                 files.append(f)
+        records = {self.commit_record(n).name for n in shard_set}
+        files += [f for f in self.records.files()
+                  if f.name in records or is_temp_name(f.name) in records]
         return files
 
     def check_new_shards(self, new: Sequence[str], planned: Sequence[str] = ()) -> None:
@@ -261,9 +280,10 @@ class LabelRun(_RunFolder):
     def remove_stale_temps(self, shard_names: Sequence[str]) -> int:
         """Temp files a killed run left behind under our names (also unfinished multipart
         uploads on S3). Only called while holding the lock, so no live writer owns them."""
-        finals = set(self.fixed) | set(shard_names)
-        stale = [f for f in [*self.root.files(".*"), *self.shards.files(".*")]
-                 if is_temp_name(f.name) in finals]
+        finals = set(self.fixed) | set(shard_names) | \
+            {self.commit_record(n).name for n in shard_names}
+        stale = [f for f in [*self.root.files(".*"), *self.shards.files(".*"),
+                             *self.records.files(".*")] if is_temp_name(f.name) in finals]
         for f in stale:
             f.delete()
         stale_uploads = _abort_uploads(self.root, finals) if self.root.scheme == "s3" else 0
@@ -273,9 +293,11 @@ class LabelRun(_RunFolder):
         return len(stale) + stale_uploads
 
     def committed_shards(self) -> list[Location]:
-        """The shards the manifest records as committed, in plan order."""
-        doc = _read_json(self.manifest)
-        return [self.shard(s["name"]) for s in doc.get("shards", []) if s.get("sha256")]
+        """The shards the manifest (with its commit records) records as committed, in plan
+        order."""
+        from distill.manifest import read_manifest  # (it names its files through this module)
+
+        return [self.shard(e.name) for e in read_manifest(self.manifest).shards if e.sha256]
 
 
 class StudentRun(_RunFolder):

@@ -3,10 +3,12 @@ and, once all its images are in (labelled or quarantined), writes
 
     1. the shard (temp, then its final name: `distill.storage`),
     2. its quarantine rows,
-    3. its manifest entry (row count, size, sha256, teachers done),
+    3. its manifest entry (row count, size, sha256, local inode and mtime, teachers done) as a
+       commit record beside the manifest (`distill.manifest.record_commit`: a few hundred
+       bytes, not the whole plan),
 
 in that order, so a crash at any point leaves nothing half-written under a final name, and a
-re-run redoes only what did not commit: a shard whose checksum the manifest does not know is
+re-run redoes only what did not commit: a shard whose file the manifest does not know is
 labelled again, and its quarantine rows replaced."""
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from distill.identity import check_dtype
-from distill.manifest import write_manifest
+from distill.manifest import local_identity, record_commit
 from distill.quarantine import replace_failures
 from distill.shards import ShardWriter, annotations_digest, make_metadata, read_metadata
 from distill.writelock import Lease
@@ -100,10 +102,11 @@ class Committer:
         self._check_lease()  # nor after a shard upload it was paused in
         replace_failures(run.quarantine, [entry.name], [it.image_id for it in items], failures)
         entry.rows, entry.sha256, entry.size = len(rows), writer.sha256, writer.size
+        entry.inode, entry.mtime_ns = local_identity(path)
         entry.annotations = annotations_digest(rows)
         entry.teachers = {**entry.teachers, **{r: "done" for r in plan.roles}}
         entry.stats = stats
-        write_manifest(run.manifest, plan.manifest)
+        record_commit(run.manifest, plan.manifest, entry)
         self.written += len(items)  # read by the progress thread; an int store is atomic
         self.shards_done += 1
         logger.info("committed %s: %d rows, %d quarantined (%s)", entry.name, len(rows),

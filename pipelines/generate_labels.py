@@ -4,10 +4,12 @@ resumable, self-describing Parquet shards. This module only wires the pieces:
     lock      one writer per run folder                         distill.runfolder
     plan      images sorted by id → shards → OUT/manifest.json   pipelines.plan
     stages    decode → teachers → post-process (fused, or pools)   pipelines.graph (Ray), .stages
-    commit    shard → quarantine → manifest, per shard           pipelines.commit
+    commit    shard → quarantine → commit record, per shard      pipelines.commit
+    compact   commit records → one whole OUT/manifest.json        distill.manifest
     finalize  OUT/vocab.parquet and OUT/summary.json             pipelines.finalize
 
-Re-running the same command skips complete shards (footer, row count and checksum checked); a
+Re-running the same command skips complete shards (footer, row count, size and the file's
+identity checked; every checksum with `verify_shards`); a
 teacher enabled since the last run labels only what it is missing; `retry_failed` re-runs only
 the quarantined samples.
 """
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.config import Config, dump_toml
-from distill.manifest import read_manifest
+from distill.manifest import compact_manifest, read_manifest
 from distill.provenance import unpinned_warning
 from distill.runfolder import LabelRun
 from distill.shards import read_metadata
@@ -105,6 +107,7 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
             "retry_failed": options.retry_failed,
         }
         lease.check()  # the vocabulary and summary are commits too
+        compact_manifest(run.manifest, plan.manifest)  # the commit records into manifest.json
         present = {f.name for f in run.shards.files("*.parquet")}
         written = [run.shard(e.name) for e in plan.manifest.shards
                    if e.sha256 and e.name in present]

@@ -53,6 +53,7 @@ class RunOptions:
     retry_failed: bool = False
     retry_ids: list[int] | None = None  # retry-failed --ids: these images, not the quarantined
     dry_run: bool = False  # plan only: nothing is written
+    verify_shards: bool = False  # hash every committed shard, not only its size and footer
     address: str | None = None
     live: bool | None = None  # live table (None: when stderr is a terminal)
     verbose: bool = False
@@ -303,7 +304,8 @@ def plan_run(config: Config, options: RunOptions, lease: Lease | None = None) ->
     present = {f.name for f in run.shards.files("*.parquet")}  # one listing, not one per shard
     for entry in manifest.shards:
         path = run.shard(entry.name)
-        complete = entry.name in present and shard_is_complete(path, entry) and \
+        complete = entry.name in present and \
+            shard_is_complete(path, entry, options.verify_shards) and \
             _accounted(path, entry, quarantined)
 
         if not complete:

@@ -233,14 +233,16 @@ def labelled_coco7(tmp_path_factory, ray_address):
 
 
 def committed_shards(out: Path | str) -> int:
-    """Shards a run's manifest records as committed (-1: no manifest yet); path or URI."""
+    """Shards a run's manifest (with its commit records) records as committed (-1: no
+    manifest yet); path or URI."""
     try:
+        from distill.manifest import read_manifest
         from distill.storage import Location
 
-        doc = json.loads((Location(out) / "manifest.json").read_bytes())
+        manifest = read_manifest(Location(out) / "manifest.json")
     except Exception:
         return -1  # no manifest yet
-    return sum(1 for s in doc["shards"] if s["sha256"])
+    return sum(1 for s in manifest.shards if s.sha256)
 
 
 def run_until(cmd: list[str], out: Path | str, point: int | None, timeout: float = 300) -> int:

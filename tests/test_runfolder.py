@@ -118,6 +118,20 @@ def test_new_run_removes_only_what_the_run_recorded(tmp_path, ray_address, label
     assert find_label_run(out / "shards" / now[0]).root == Location(out)
 
 
+def test_commit_records_are_the_runs_own_files_and_only_those(tmp_path):
+    """A killed run's commit records (and their temps) are cleared with the run; a file of the
+    user's in manifest.d/ that no planned shard names is left alone."""
+    run = LabelRun(tmp_path)
+    planned = ["val2017-00000.parquet", "val2017-00001.parquet"]
+    for f in (run.commit_record(planned[0]), run.records / ".val2017-00001.json.tmp-1-0a1b2c3d",
+              run.records / "notes.json"):
+        atomic_write_bytes(f, b"{}")
+    assert [f.name for f in run.commit_records(planned)] == ["val2017-00000.json"]
+    assert run.remove_stale_temps(planned) == 1
+    assert run.clear(planned) == 1
+    assert [f.name for f in run.records.iterdir()] == ["notes.json"]
+
+
 def test_resolve_shards_takes_folders_globs_files_and_lists(tmp_path, labelled_coco7):
     run = labelled_coco7[1]
     shards = sorted((run / "shards").glob("*.parquet"))

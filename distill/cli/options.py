@@ -64,6 +64,13 @@ AddressOpt = Annotated[
                  "running cluster."),
 ]
 
+VerifyShardsOpt = Annotated[
+    bool,
+    typer.Option("--verify-shards", help="Hash every committed shard against the sha256 its "
+                 "manifest records before trusting it (a resume otherwise checks its size and "
+                 "footer and, on a local disk, that it is the file the commit wrote)."),
+]
+
 
 CheckpointOpt = Annotated[
     str,

@@ -20,6 +20,7 @@ from distill.cli.options import (
     OutOpt,
     PresetOpt,
     SetOpt,
+    VerifyShardsOpt,
     VocabOpt,
     default_out,
     parse_ids,
@@ -162,6 +163,7 @@ def run_generate_labels(
     live: Annotated[bool | None, typer.Option(
         "--live/--no-live", help="Live progress table (default: when stderr is a terminal; "
         "otherwise a progress line every 10 s).")] = None,
+    verify_shards: VerifyShardsOpt = False,
 ) -> None:
     """Label a COCO split with the teachers into Parquet shards (resumable).
 
@@ -191,8 +193,8 @@ def run_generate_labels(
         progress_notes.append(_shards_progress(out))
     options = RunOptions(
         out=out, limit=limit, image_ids=parse_ids(image_ids),
-        new_run=new_run, dry_run=dry_run, address=address, live=live,
-        verbose=logging.getLogger().level <= logging.INFO,
+        new_run=new_run, dry_run=dry_run, verify_shards=verify_shards, address=address,
+        live=live, verbose=logging.getLogger().level <= logging.INFO,
     )
     if dry_run:
         from pipelines.estimate import estimate
@@ -214,6 +216,7 @@ def run_retry_failed(
         "'139,285' or '@ids.txt' (e.g. committed images whose annotations changed).")] = None,
     address: AddressOpt = None,
     live: Annotated[bool | None, typer.Option("--live/--no-live")] = None,
+    verify_shards: VerifyShardsOpt = False,
 ) -> None:
     """Re-run only the quarantined samples of a run (after fixing the images, a teacher, or
     giving more memory), or with --ids the images named. Uses the run's own config.toml; --set
@@ -224,7 +227,7 @@ def run_retry_failed(
 
     cfg = run_config(out, list(set_ or []))
     options = RunOptions(out=out, retry_failed=True, retry_ids=parse_ids(ids, "--ids"),
-                         address=address, live=live,
+                         verify_shards=verify_shards, address=address, live=live,
                          verbose=logging.getLogger().level <= logging.INFO)
     progress_notes.append(_shards_progress(out))
     _report_run(generate_labels(cfg, options))

@@ -19,7 +19,7 @@ from distill.identity import label_fingerprint, label_view
 from distill.inspect import inspect_path
 from distill.inspect_format import format_inspect
 from distill.labels.tokens import read_vocabulary
-from distill.manifest import read_manifest, write_manifest
+from distill.manifest import MANIFEST_VERSION, read_manifest, write_manifest
 from distill.runfolder import resolve_shards
 from distill.storage import Location
 from distill.viz import read_row
@@ -168,7 +168,7 @@ def test_a_run_from_before_growth_keeps_its_names_and_grows_after_them(tmp_path)
     plan = _plan(root, out, limit=7)
     assert list(_shards(out)) == ["val2017-00000-of-00002.parquet",
                                   "val2017-00001-of-00002.parquet", "val2017-00002.parquet"]
-    assert plan.manifest.version == 3 and len(plan.manifest.extensions) == 1
+    assert plan.manifest.version == MANIFEST_VERSION and len(plan.manifest.extensions) == 1
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
