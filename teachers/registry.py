@@ -110,7 +110,7 @@ def backend_status() -> list[BackendStatus]:
                     status, ok = f"`{package}` installed, fails to import", False
             if ok and cls.needs_cuda and not cuda:
                 status, ok = "needs a CUDA GPU (none here)", False
-            mark = paper[role].checkpoint if paper[role].backend == name else ""
+            mark = paper[role].checkpoint if role in paper and paper[role].backend == name else ""
             rows.append(BackendStatus(role, name, status, ok or status == cls.without_package,
                                       mark, package, error))
     return rows
