@@ -282,9 +282,9 @@ class PoseurNet(nn.Module):
         for m in (self.fc_coord, self.fc_sigma, self.pos_trans):
             nn.init.xavier_uniform_(m.weight, gain=0.01 if m is not self.pos_trans else 1.0)
         for branches in (self.coord_branches, self.coord_output_branches):
-            for m in branches.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight, gain=0.01)
+            for sub in branches.modules():
+                if isinstance(sub, nn.Linear):
+                    nn.init.xavier_uniform_(sub.weight, gain=0.01)
 
     def forward(self, images: torch.Tensor) -> PoseurOutput:
         feats = self.neck(self.backbone(images))
