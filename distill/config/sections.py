@@ -51,7 +51,7 @@ TEACHER_BACKENDS: dict[str, tuple[str, ...]] = {
     "panoptic": ("detectron2", "mask2former"),
     "text": ("dptext-detr", "craft"),
     "caption": ("visiongpt2", "vit-gpt2"),
-    "pose": ("blazepose",),
+    "pose": ("blazepose", "poseur"),
 }
 
 # Caption decoding per backend (`teachers.caption.decoding`); the first is the default.
