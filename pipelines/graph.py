@@ -14,7 +14,6 @@ themselves are Ray-free (`pipelines.stages`)."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -325,82 +324,13 @@ class _Fused:
                 ray.kill(actor)
 
 
-class FusedOp(LabelOp):
-    """`LabelOp` as a Ray Data actor: a block table in, a block table out (experiment)."""
-
-    def __call__(self, batch: Any) -> Any:
-        return dump_block(self.label(load_block(batch)))
-
-
-class _FusedData:
-    """The fused layout on Ray Data (experiment, `DISTILL_FUSED_SCHEDULER=ray-data`): one
-    `map_batches` stage over an actor pool of `FusedOp`, `worker_threads` block slots per actor
-    (`max_concurrent_calls_per_actor`, true multi-threading), Ray's retries of a lost actor's
-    block (`max_task_retries`) and Ray Data's backpressure (`object_store_budget`)."""
-
-    def __init__(self, plan: RunPlan, options: RunOptions, cluster: ClusterInfo) -> None:
-        import ray.data
-
-        if not options.verbose:
-            _quiet_ray_data_console()
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = options.verbose
-        ctx.execution_options.preserve_order = True
-        ctx.actor_init_max_retries = 0
-        self.plan, self.cluster = plan, cluster
-        self.roles = plan.stage_names()[1:-1]
-        self.size = block_size(plan, self.roles)
-        budget = object_store_budget(plan.config, self.roles, cluster, self.size)
-        ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-            object_store_memory=budget)
-        self.workers = fused_workers(plan.config, self.roles, cluster)
-        self.done: dict[str, int] = {}
-
-    def counts(self) -> dict[str, int]:
-        return dict(self.done)
-
-    def items(self) -> Iterator[Item]:
-        import ray.data
-
-        config, w = self.plan.config, self.workers
-        logger.info("layout fused (Ray Data): %d worker process(es), %d block slot(s) of %g "
-                    "CPU(s) each", w.count, w.threads, w.slot_cpus)
-        reserve = {"memory": w.memory} if w.memory else {}
-        ds: Any = ray.data.from_arrow(arrow_blocks(self.plan, self.size))
-        ds = ds.map_batches(
-            FusedOp, batch_size=None, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(
-                size=w.count, max_concurrent_calls_per_actor=w.threads,
-                enable_true_multi_threading=True,
-                max_tasks_in_flight_per_actor=_Fused.DEPTH - 1 + w.threads),
-            fn_constructor_kwargs={"roles": self.roles, "teachers": config.teachers.roles(),
-                                   "threads": max(1, int(w.slot_cpus)), "data": config.data,
-                                   "labels": config.labels,
-                                   "dtypes": dict(self.plan.manifest.dtypes)},
-            num_cpus=w.cpus, num_gpus=w.gpus or None, max_task_retries=_Fused.MAX_TRIES - 1,
-            **reserve)
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
-                                     prefetch_batches=2):
-            items = load_block(batch)
-            for stage in ["decode", *self.roles, "postprocess"]:
-                self.done[stage] = self.done.get(stage, 0) + len(items)
-            yield from items
-
-    def close(self) -> None:
-        pass
-
-
 def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
             committer: Committer) -> None:
     """Run the graph over the plan's jobs, committing shards as they complete."""
     roles = plan.stage_names()[1:-1]
-    source: _Pools | _Fused | _FusedData
-    if choose_layout(plan.config, roles) != "fused":
-        source = _Pools(plan, options, cluster)
-    elif os.environ.get("DISTILL_FUSED_SCHEDULER") == "ray-data":
-        source = _FusedData(plan, options, cluster)
-    else:
-        source = _Fused(plan, cluster)
+    source: _Pools | _Fused = (_Fused(plan, cluster)
+                               if choose_layout(plan.config, roles) == "fused"
+                               else _Pools(plan, options, cluster))
     total = plan.images_to_process
     display = ProgressDisplay(plan.stage_names(), total, live=options.live)
     stop = threading.Event()
