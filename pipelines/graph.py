@@ -6,25 +6,24 @@
     pools   a Ray Data graph: decode (CPU tasks) → one actor pool per enabled teacher →
             post-process (CPU tasks) (`_build_dataset`, `_Pools`)
 
-then the driver, which hands each finished item to the `Committer`. Both cut the same blocks
-and run the same stages on them, so they write the same labels. The stages themselves are
-Ray-free (`pipelines.stages`)."""
+then the driver, which hands each finished item to the `Committer`. This module schedules;
+how the plan is cut into blocks and how a block travels is `pipelines.blocks`. Both layouts cut
+the same blocks and run the same stages on them, so they write the same labels. The stages
+themselves are Ray-free (`pipelines.stages`)."""
 
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any
 
-import numpy as np
-
 from distill.config import DataConfig, LabelsConfig, TeacherConfig
 from distill.errors import DistillError
 from distill.identity import check_dtype
+from pipelines.blocks import arrow_blocks, block_items, block_size, dump_block, load_block
 from pipelines.cluster import ClusterInfo, first_line, unwrap_error
 from pipelines.commit import Committer
 from pipelines.plan import RunOptions, RunPlan
@@ -46,67 +45,12 @@ from pipelines.stages import (
     postprocess_items,
 )
 
-__all__ = ["DECODE_BATCH", "LabelOp", "TeacherOp", "block_size", "execute"]
+__all__ = ["LabelOp", "TeacherOp", "execute"]
 
 logger = logging.getLogger(__name__)
 
-DECODE_BATCH = 8  # images per decode / post-process task
 
-
-# ---------------------------------------------------------------------------------------------
 # Ray Data operators (module-level so Ray can pickle them by reference)
-
-
-# Items cross every stage boundary as one Arrow table per block: `item`, each Item pickled
-# (protocol 5) with its numpy buffers (the decoded image, teacher outputs) taken out of band;
-# `sizes`, those buffers' lengths; `data`, the buffers back to back. Ray moves the table
-# through its object store without pickling it again, and a reader copies each block's `data`
-# once (arrays stay writable, as a teacher may expect) instead of unpickling a pickle of every
-# array within Ray's own. Plan blocks (`_blocks`) carry `item` alone.
-
-
-def _load(table: Any) -> list[Item]:
-    heads = table.column("item").to_pylist()
-    if "data" not in table.column_names:
-        return [pickle.loads(h) for h in heads]
-    sizes = table.column("sizes").to_pylist()
-    data = table.column("data").combine_chunks()
-    offsets = np.frombuffer(data.buffers()[1], np.int64)[data.offset:data.offset + len(data) + 1]
-    raw = np.frombuffer(data.buffers()[2], np.uint8)
-    blob = raw[offsets[0]:offsets[-1]].copy().data  # one copy per block, writable
-    items, at = [], 0
-    for head, lengths in zip(heads, sizes, strict=True):
-        buffers = []
-        for n in lengths:
-            buffers.append(blob[at:at + n])
-            at += n
-        items.append(pickle.loads(head, buffers=buffers))
-    return items
-
-
-def _dump(items: list[Item]) -> Any:
-    import pyarrow as pa
-
-    heads, sizes, raws = [], [], []
-    for it in items:
-        out_of_band: list[pickle.PickleBuffer] = []
-        heads.append(pickle.dumps(it, protocol=5, buffer_callback=out_of_band.append))
-        views = [b.raw() for b in out_of_band]
-        sizes.append([v.nbytes for v in views])
-        raws.append(views)
-    row_bytes = [sum(n) for n in sizes]
-    offsets = np.zeros(len(items) + 1, np.int64)
-    np.cumsum(row_bytes, out=offsets[1:])
-    data = np.empty(int(offsets[-1]), np.uint8)
-    at = 0
-    for views in raws:
-        for v in views:
-            data[at:at + v.nbytes] = np.frombuffer(v, np.uint8)
-            at += v.nbytes
-    column = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(items), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    return pa.table({"item": pa.array(heads, pa.binary()),
-                     "sizes": pa.array(sizes, pa.list_(pa.int64())), "data": column})
 
 
 def _report(board: Any, stage: str, n: int) -> None:
@@ -118,15 +62,15 @@ def _report(board: Any, stage: str, n: int) -> None:
 
 
 def _decode_op(batch: Any, data: Any, board: Any) -> Any:
-    items = decode_items(_load(batch), data)
+    items = decode_items(load_block(batch), data)
     _report(board, "decode", len(items))
-    return _dump(items)
+    return dump_block(items)
 
 
 def _postprocess_op(batch: Any, labels: Any, board: Any) -> Any:
-    items = postprocess_items(_load(batch), labels)
+    items = postprocess_items(load_block(batch), labels)
     _report(board, "postprocess", len(items))
-    return _dump(items)
+    return dump_block(items)
 
 
 class TeacherOp:
@@ -139,9 +83,9 @@ class TeacherOp:
         check_dtype(role, dtype, self.stage.provenance)  # before labelling a single image
 
     def __call__(self, batch: Any) -> Any:
-        items = self.stage(_load(batch))
+        items = self.stage(load_block(batch))
         _report(self.board, self.stage.role, len(items))
-        return _dump(items)
+        return dump_block(items)
 
 
 class LabelOp:
@@ -169,37 +113,13 @@ class LabelOp:
         return postprocess_items(items, self.labels)
 
 
-def block_size(plan: RunPlan, roles: list[str]) -> int:
-    """Images per block: every stage handles one whole block per call, so a teacher's batches
-    are cut from the block in plan order (`teachers.<role>.batch_size` at a time, same input
-    size together). Blocks never cross a shard and depend only on the plan and the batch sizes,
-    so a resumed run batches each shard exactly as an uninterrupted one (byte-identical labels);
-    a changed batch size may move the last bit (README, "Resume")."""
-    teachers = plan.config.teachers.roles()
-    return max([DECODE_BATCH, *(teachers[r].batch_size for r in roles)])
-
-
-def _block_items(plan: RunPlan, size: int) -> list[list[Item]]:
-    """The plan cut into blocks: `size` consecutive items of one shard job each."""
-    return [job.items[i:i + size] for job in plan.jobs for i in range(0, len(job.items), size)]
-
-
-def _blocks(plan: RunPlan, size: int) -> list[Any]:
-    """One Arrow table per block, for Ray Data (`item` alone)."""
-    import pyarrow as pa
-
-    return [pa.table({"item": pa.array([pickle.dumps(it, protocol=5) for it in block],
-                                       pa.binary())})
-            for block in _block_items(plan, size)]
-
-
 def _build_dataset(plan: RunPlan, cluster: ClusterInfo, board: Any) -> Any:
     import ray.data
 
     config = plan.config
     stage_roles = plan.stage_names()[1:-1]
     # batch_size=None everywhere: a call gets one whole block, never a slice across blocks.
-    ds: Any = ray.data.from_arrow(_blocks(plan, block_size(plan, stage_roles)))
+    ds: Any = ray.data.from_arrow(arrow_blocks(plan, block_size(plan, stage_roles)))
     cpus = actor_cpus(config, stage_roles, cluster)
     tasks = task_cpus(config, stage_roles, cpus)
     ds = ds.map_batches(_decode_op, batch_size=None, batch_format="pyarrow",
@@ -269,7 +189,7 @@ class _Pools:
         ds = _build_dataset(self.plan, self.cluster, self.board)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
                                      prefetch_batches=2):
-            yield from _load(batch)
+            yield from load_block(batch)
 
     def close(self) -> None:
         import ray
@@ -347,7 +267,7 @@ class _Fused:
 
         logger.info("layout fused: %d worker process(es), %d block slot(s) of %g CPU(s) each",
                     self.workers.count, self.workers.threads, self.workers.slot_cpus)
-        todo = deque(enumerate(_block_items(self.plan, block_size(self.plan, self.roles))))
+        todo = deque(enumerate(block_items(self.plan, block_size(self.plan, self.roles))))
         tries: dict[int, int] = {}
         queued: dict[Any, tuple[Any, int, list[Item]]] = {}  # result ref → (actor, block)
         rest = self.workers.count - 1  # workers started once the first one is ready

@@ -349,7 +349,8 @@ def test_the_last_teacher_stage_drops_the_image_and_postprocess_needs_only_its_s
 def test_items_cross_a_stage_boundary_whole_with_their_arrays_out_of_band():
     import pyarrow as pa
 
-    from pipelines.graph import _dump, _load
+    from pipelines.blocks import dump_block as _dump
+    from pipelines.blocks import load_block as _load
 
     rng = np.random.default_rng(0)
     live = _array_item(1)
