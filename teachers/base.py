@@ -24,6 +24,8 @@ __all__ = [
     "CaptionResult",
     "DepthResult",
     "PanopticResult",
+    "PosePerson",
+    "PoseResult",
     "Provenance",
     "Teacher",
     "TeacherError",
@@ -105,6 +107,19 @@ class CaptionResult:
     """One caption string."""
 
     caption: str
+
+
+@dataclass
+class PosePerson:
+    box: np.ndarray          # float32 (4,) x0, y0, x1, y1 in original pixels
+    keypoints: np.ndarray    # float32 (17, 3) COCO order: x, y in original pixels, score in [0, 1]
+    score: float             # person score in [0, 1]
+    box_source: str          # "gt" | "panoptic" | "detector" | "image"
+
+
+@dataclass
+class PoseResult:
+    persons: list[PosePerson]
 
 
 class Teacher(abc.ABC, Generic[R]):
