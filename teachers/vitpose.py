@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import torch
@@ -165,17 +164,10 @@ class VitPoseTeacher(Teacher[PoseResult]):
         check_images(images)
         per_image = check_boxes(images, boxes, box_sources)
         xywh = [[self._xywh(b) for b in image_boxes] for image_boxes, _ in per_image]
-        crops = [self._crops(image, image_boxes) for image, image_boxes in zip(images, xywh,
-                                                                                 strict=True)]
-        flat = [c for image_crops in crops for c in image_crops]
-        if not flat:
+        heatmaps = [self._heatmaps(image, image_boxes)
+                    for image, image_boxes in zip(images, xywh, strict=True) if image_boxes]
+        if not heatmaps:
             return [PoseResult(persons=[]) for _ in images]
-        heatmaps = []
-        step = max(1, self.config.batch_size)
-        with torch.inference_mode():
-            for start in range(0, len(flat), step):
-                batch = torch.stack(flat[start:start + step]).to(self.device, self.dtype)
-                heatmaps.append(self.model(pixel_values=batch).heatmaps.float().cpu())
         output = SimpleNamespace(heatmaps=torch.cat(heatmaps))
         kept = [b for b in xywh if b]  # the processor pairs crops with boxes image by image
         poses = iter(self.processor.post_process_pose_estimation(output, boxes=kept))
@@ -198,9 +190,15 @@ class VitPoseTeacher(Teacher[PoseResult]):
         x0, y0, x1, y1 = (float(v) for v in box)
         return [x0, y0, max(x1 - x0, 1.0), max(y1 - y0, 1.0)]
 
-    def _crops(self, image: np.ndarray, boxes: list[list[float]]) -> list[Any]:
-        """The processor's normalised (3, h, w) crops of `image`, one per box."""
-        if not boxes:
-            return []
-        pixels = self.processor(images=[image], boxes=[boxes], return_tensors="pt")
-        return list(pixels["pixel_values"])
+    def _heatmaps(self, image: np.ndarray, boxes: list[list[float]]) -> torch.Tensor:
+        """float32 (N, 17, h, w) heatmaps of one image's N boxes, `batch_size` crops at a time.
+        An image's crops never share a batch with another image's, so its labels do not depend
+        on its neighbours in a block (a resumed run reproduces them)."""
+        crops = self.processor(images=[image], boxes=[boxes], return_tensors="pt")["pixel_values"]
+        out = []
+        step = max(1, self.config.batch_size)
+        with torch.inference_mode():
+            for start in range(0, len(crops), step):
+                batch = crops[start:start + step].to(self.device, self.dtype)
+                out.append(self.model(pixel_values=batch).heatmaps.float().cpu())
+        return torch.cat(out)

@@ -13,7 +13,7 @@ import torch
 
 from distill.config import TEACHER_BACKENDS, TeacherConfig
 from distill.labels.groups import VOID, GroupTable
-from teachers.base import CaptionResult, DepthResult, PanopticResult, TextResult
+from teachers.base import CaptionResult, DepthResult, PanopticResult, PoseResult, TextResult
 from teachers.registry import create_teacher
 
 # Backends whose framework cannot be installed from a registry run only where it is installed.
@@ -57,6 +57,14 @@ def _check(role: str, result: object, image: np.ndarray) -> None:
         assert result.mask.shape == (h, w) and result.mask.dtype == bool
         for region in result.regions:
             assert region.points.ndim == 2 and region.points.shape[1] == 2
+    elif role == "pose":  # no boxes given: the backend's own detector, or the whole image
+        assert isinstance(result, PoseResult)
+        for person in result.persons:
+            assert person.box.shape == (4,) and person.box.dtype == np.float32
+            assert person.keypoints.shape == (17, 3) and person.keypoints.dtype == np.float32
+            assert np.isfinite(person.keypoints).all()
+            assert 0 <= person.keypoints[:, 2].min() <= person.keypoints[:, 2].max() <= 1
+            assert 0 <= person.score <= 1 and person.box_source in ("detector", "image")
     else:
         assert isinstance(result, CaptionResult)
         assert isinstance(result.caption, str) and result.caption.strip()
@@ -68,7 +76,7 @@ def _same(a: object, b: object) -> bool:
         if isinstance(va, np.ndarray):
             if not np.array_equal(va, vb):
                 return False
-        elif key in ("segments", "regions"):
+        elif key in ("segments", "regions", "persons"):
             if len(va) != len(vb):
                 return False
         elif va != vb:
