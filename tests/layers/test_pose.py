@@ -140,3 +140,47 @@ def test_inspect_counts_people_per_source(tmp_path):
     assert people["total"] == 4  # ground truth: 2 + 2
     assert people["teacher"] == {"rows": 3, "total": 3,
                                  "by_box_source": {"detector": 1, "gt": 2}}
+
+
+@pytest.mark.slow
+def test_a_plain_folder_labelled_with_the_pose_teacher_gives_joint_targets(tmp_path,
+                                                                          ray_address):
+    """generate-labels on a plain folder (no annotations) with the tiny vitpose teacher alone:
+    every row has the teacher's people (the whole image, as vitpose has no detector) with
+    provenance, and the student's loader draws joints from them with `gt+teacher`, none with
+    `gt`."""
+    from PIL import Image
+
+    from distill.config import TrainConfig
+    from distill.shards import read_metadata
+    from distill.student.data import ShardStream
+    from pipelines.generate_labels import RunOptions, generate_labels
+    from tests.conftest import label_config, shard_rows
+
+    folder = tmp_path / "photos" / "val2017"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(folder / f"{k}.png")
+    off = [f"teachers.{role}.enabled=false" for role in ("depth", "panoptic", "text", "caption")]
+    pose = ["teachers.pose.enabled=true", "teachers.pose.variant=tiny",
+            'teachers.pose.checkpoint=""', "teachers.pose.batch_size=2"]
+    out = tmp_path / "out"
+    generate_labels(label_config(tmp_path / "photos", "data.split=val2017", *off, *pose),
+                    RunOptions(out=out, live=False))
+    rows = shard_rows(out)
+    assert len(rows) == 2
+    for sample in rows.values():
+        assert not sample.persons
+        (person,) = sample.teacher_persons
+        assert person.box_source == "image"
+        assert person.box.tolist() == [0, 0, 64, 48]
+    shard = next((out / "shards").glob("*.parquet"))
+    assert read_metadata(shard)["provenance"]["pose"]["backend"] == "vitpose"
+
+    def joints(source: str) -> int:
+        stream = ShardStream(out, 32, config=TrainConfig(pose_source=source), train=False)
+        return sum(int(ex["target"][:17].bool().sum()) for ex in stream)
+
+    assert joints("gt+teacher") > 0 and joints("teacher") > 0
+    assert joints("gt") == 0
