@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from transformers import (
     VitPoseForPoseEstimation,
     VitPoseImageProcessor,
 )
+from transformers.models.vitpose.modeling_vitpose import VitPoseEstimatorOutput
 
 from distill.config import TeacherConfig
 from teachers import runtime
@@ -60,16 +60,16 @@ def tiny_config() -> VitPoseConfig:
         num_attention_heads=2, mlp_ratio=2,
         out_indices=[2],  # type: ignore[call-arg]
     )
-    return VitPoseConfig(backbone_config=backbone, num_labels=NUM_KEYPOINTS,
-                         use_simple_decoder=True)
+    return VitPoseConfig(backbone_config=backbone, use_simple_decoder=True,
+                         num_labels=NUM_KEYPOINTS)  # type: ignore[call-arg]
 
 
 def base_config() -> VitPoseConfig:
     """The architecture of usyd-community/vitpose-base-simple (ViT-B/16 at 256x192, simple
     decoder), for `variant = "random"`."""
     backbone = VitPoseBackboneConfig(out_indices=[12])  # type: ignore[call-arg]
-    return VitPoseConfig(backbone_config=backbone, num_labels=NUM_KEYPOINTS,
-                         use_simple_decoder=True)
+    return VitPoseConfig(backbone_config=backbone, use_simple_decoder=True,
+                         num_labels=NUM_KEYPOINTS)  # type: ignore[call-arg]
 
 
 def _build(config: TeacherConfig) -> tuple[VitPoseForPoseEstimation, VitPoseImageProcessor]:
@@ -93,7 +93,7 @@ def _build(config: TeacherConfig) -> tuple[VitPoseForPoseEstimation, VitPoseImag
     arch = tiny_config() if config.variant == "tiny" else base_config()
     with runtime.seeded():
         model = VitPoseForPoseEstimation(arch)
-    height, width = arch.backbone_config.image_size
+    height, width = getattr(arch.backbone_config, "image_size")  # noqa: B009 (a union type)
     return model, VitPoseImageProcessor(size={"height": height, "width": width})
 
 
@@ -138,8 +138,9 @@ class VitPoseTeacher(Teacher[PoseResult]):
                                "is the checkpoint's (256x192 for the released models)")
         self.device = runtime.resolve_device(config)
         self.dtype = runtime.resolve_dtype(config, self.device)
+        model: torch.nn.Module
         model, self.processor = _build(config)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()  # type: ignore[call-arg]
         files = runtime.weight_files(config.checkpoint, config.revision) \
             if config.variant == "pretrained" else []
         size = self.processor.size
@@ -168,7 +169,7 @@ class VitPoseTeacher(Teacher[PoseResult]):
                     for image, image_boxes in zip(images, xywh, strict=True) if image_boxes]
         if not heatmaps:
             return [PoseResult(persons=[]) for _ in images]
-        output = SimpleNamespace(heatmaps=torch.cat(heatmaps))
+        output = VitPoseEstimatorOutput(heatmaps=torch.cat(heatmaps))
         kept = [b for b in xywh if b]  # the processor pairs crops with boxes image by image
         poses = iter(self.processor.post_process_pose_estimation(output, boxes=kept))
         results = []
@@ -194,7 +195,8 @@ class VitPoseTeacher(Teacher[PoseResult]):
         """float32 (N, 17, h, w) heatmaps of one image's N boxes, `batch_size` crops at a time.
         An image's crops never share a batch with another image's, so its labels do not depend
         on its neighbours in a block (a resumed run reproduces them)."""
-        crops = self.processor(images=[image], boxes=[boxes], return_tensors="pt")["pixel_values"]
+        crops = self.processor.preprocess(images=[image], boxes=[boxes],
+                                          return_tensors="pt")["pixel_values"]
         out = []
         step = max(1, self.config.batch_size)
         with torch.inference_mode():
