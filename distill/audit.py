@@ -1,13 +1,14 @@
 """Teacher audit (`distill run audit OUT`): a finished generate-labels run measured against COCO's
 own ground truth, where COCO has it.
 
-Two checks, one pass over the shards:
+Three checks, one pass over the shards:
 
 * the panoptic teacher's group bits (Persons, Vehicles, Animals) against the union of COCO's
   instance masks of those groups (`annotations/instances_<split>.json`, polygons and RLE, crowd
   regions included; category → group by the run's `GroupTable`);
 * the caption teacher's words against the five human captions, with a human caption held out
-  against the others as the yardstick.
+  against the others as the yardstick;
+* the pose teacher's people against COCO's keypoints, as OKS AP (`distill.audit_pose`).
 
 The mask check lives in `distill.audit_masks`; this module scores captions, runs the pass and
 writes the report.
@@ -33,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 
 from distill.audit_masks import _MaskAudit, _ratio
+from distill.audit_pose import PoseAudit
 from distill.config import Config, LabelsConfig, load_config
 from distill.errors import ConfigError, ShardError
 from distill.labels.glove import load_glove_words
@@ -56,9 +58,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CAPTION_METRICS = ("precision", "recall_union", "recall_each")
-# The label layers whose columns the audit reads (the mask check's and the caption check's); the
-# rest of a row (image bytes, depth, ...) is never decoded.
-_LAYERS = ("groups", "tokens")
+# The label layers whose columns the audit reads (the mask check's, the caption check's and the
+# pose check's); the rest of a row (image bytes, depth, ...) is never decoded.
+_LAYERS = ("groups", "tokens", "persons", "pose")
 
 
 def _columns() -> list[str]:
@@ -237,11 +239,13 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
     masks = _MaskAudit(Location(config.data.root), config.data.split,
                        GroupTable.load(config.labels.group_overrides))
     captions = _CaptionAudit(config.labels)
+    pose = PoseAudit()
     rows = 0
     with Progress("audit", total, "rows", enabled=progress, transient=True) as bar:
         for sample in _iter_rows(paths, limit):
             masks.add(sample)
             captions.add(sample)
+            pose.add(sample)
             rows += 1
             bar.advance()
     report = {
@@ -254,6 +258,7 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
         **_provenance(paths),
         "masks": masks.report(),
         "captions": captions.report(),
+        "pose": pose.report(),
         "elapsed_s": round(time.monotonic() - started, 3),
     }
     atomic_write_bytes(run.audit, json.dumps(report, indent=1).encode())
@@ -274,8 +279,10 @@ def _iter_rows(paths: list[Location], limit: int | None) -> Iterator[Sample]:
     seen = 0
     for path in paths:
         pf = open_shard(path)
+        names = pf.schema_arrow.names  # a shard of a run without the pose teacher lacks its column
         try:
-            for batch in pf.iter_batches(batch_size=64, columns=_columns()):
+            for batch in pf.iter_batches(batch_size=64,
+                                         columns=[c for c in _columns() if c in names]):
                 for row in batch.to_pylist():
                     if limit is not None and seen >= limit:
                         return
@@ -345,6 +352,19 @@ def format_audit(report: dict[str, Any]) -> str:
                          f"{_f(s['recall_each']):>13}")
         if cap["tokenizer"]["note"]:
             lines.append(f"  note: {cap['tokenizer']['note']}")
+    pose = report.get("pose")
+    if pose is not None:
+        lines.append("")
+        if not pose["available"]:
+            lines.append(f"pose vs COCO keypoints: not available ({pose['reason']})")
+        else:
+            sources = ", ".join(f"{n} {s}" for s, n in sorted(pose["box_sources"].items()))
+            lines.append(f"pose vs COCO keypoints (OKS): {pose['rows']} rows, "
+                         f"{int(pose['gt_persons'] or 0)} people, "
+                         f"{int(pose['detections'] or 0)} teacher people"
+                         + (f" (boxes: {sources})" if sources else ""))
+            lines.append(f"  AP {_f(pose['AP'])} · AP50 {_f(pose['AP50'])} · "
+                         f"AP75 {_f(pose['AP75'])}")
     return "\n".join(lines)
 
 

@@ -32,12 +32,12 @@ from distill.provenance import shards_random_weight_roles
 from distill.quarantine import read_quarantine, summarise
 from distill.runfolder import LabelRun, find_label_run, resolve_shards
 from distill.shards import (
-    OPTIONAL_COLUMNS,
-    SCHEMA,
     footer_column_bytes,
     open_shard,
+    optional_columns,
     read_metadata,
 )
+from distill.shards import schema as shard_schema
 from distill.storage import Location
 
 __all__ = ["inspect_path"]
@@ -85,16 +85,17 @@ def _target(spec: str | os.PathLike[str] | Location) -> _Target:
 
 
 def _schema_diff(schema: pa.Schema) -> list[str]:
-    """How a shard's columns differ from distill's SCHEMA (names and types). A column added
-    later (`OPTIONAL_COLUMNS`) that an older shard lacks is no difference: it opens and reads."""
+    """How a shard's columns differ from distill's schema (names and types). A column added
+    later (`optional_columns`) that a shard lacks is no difference: it opens and reads."""
+    full, optional = shard_schema(None), optional_columns()
     out = []
-    for f in SCHEMA:
+    for f in full:
         if f.name not in schema.names:
-            if f.name not in OPTIONAL_COLUMNS:
+            if f.name not in optional:
                 out.append(f"missing column {f.name}")
         elif schema.field(f.name).type != f.type:
             out.append(f"{f.name} is {schema.field(f.name).type}, expected {f.type}")
-    out += [f"extra column {n}" for n in schema.names if n not in SCHEMA.names]
+    out += [f"extra column {n}" for n in schema.names if n not in full.names]
     return out
 
 

@@ -154,6 +154,10 @@ def format_inspect(report: dict[str, Any]) -> str:
     p = qa["people"]
     add(f"  people per image: mean {_num(p['per_image'])} · max {p['max']} · "
         f"{p['images_with_people']} images with people · {p['total']} people")
+    t = p.get("teacher")
+    if t and t["rows"]:
+        by = " · ".join(f"{n} {source}" for source, n in t["by_box_source"].items())
+        add(f"  pose teacher's people: {t['total']} on {t['rows']} rows (boxes: {by or 'none'})")
     px = qa["pixels"]
     add(f"  text pixels: {_pct(px['text_share'])} (over {px['rows_with_text']} rows with a text "
         "label)")

@@ -4,6 +4,7 @@ and class-group pixel shares among them), over all rows or the first `sample_row
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +20,8 @@ from distill.storage import Location
 __all__ = ["qa_statistics"]
 
 # The layers whose small (not PNG) columns the built-in figures read: the depth range, the caption
-# teacher's captions and tokens, COCO's people.
-_QA_LAYERS = ("depth", "tokens", "persons")
+# teacher's captions and tokens, COCO's people, the pose teacher's people.
+_QA_LAYERS = ("depth", "tokens", "persons", "pose")
 
 
 def _qa_columns() -> list[str]:
@@ -39,10 +40,15 @@ def _iter_tables(paths: list[Location], columns: list[str],
         if left is not None and left <= 0:
             return
         pf = open_shard(path)
+        names = pf.schema_arrow.names
+        have = [c for c in columns if c in names]  # a column added later reads as null
         for g in range(pf.metadata.num_row_groups):
             if left is not None and left <= 0:
                 return
-            table = pf.read_row_group(g, columns=columns)
+            table = pf.read_row_group(g, columns=have)
+            for c in columns:
+                if c not in names:
+                    table = table.append_column(c, pa.nulls(table.num_rows))
             if left is not None:
                 table = table.slice(0, left)
                 left -= table.num_rows
@@ -63,6 +69,8 @@ def qa_statistics(paths: list[Location], sample_rows: int | None) -> dict[str, A
     depth_min: list[float] = []
     depth_max: list[float] = []
     people: list[int] = []
+    teacher_rows = 0
+    teacher_people: Counter[str] = Counter()  # the pose teacher's people by box source
     # Each label layer's QA figures, weighted by the pixels of the rows that have it.
     figures: dict[str, dict[str, float]] = {}  # layer → figure → sum of figure × pixels
     pixels: dict[str, int] = {}  # layer → pixels of its rows
@@ -83,6 +91,10 @@ def qa_statistics(paths: list[Location], sample_rows: int | None) -> dict[str, A
         depth_min += [v for v in lo if v is not None]
         depth_max += [v for v in hi if v is not None]
         people += pc.fill_null(pc.list_value_length(table.column("persons")), 0).to_pylist()
+        for seen in table.column("teacher_persons").to_pylist():
+            if seen is not None:
+                teacher_rows += 1
+                teacher_people.update(p["box_source"] for p in seen)
         sizes = [w * h for w, h in zip(table.column("width").to_pylist(),
                                        table.column("height").to_pylist(), strict=True)]
         for layer in stat_layers:
@@ -121,6 +133,10 @@ def qa_statistics(paths: list[Location], sample_rows: int | None) -> dict[str, A
             "per_image": float(people_arr.mean()) if rows else None,
             "max": int(people_arr.max()) if rows else None,
             "images_with_people": int((people_arr > 0).sum()),
+            # The pose teacher's people, by where their boxes came from (ground truth, the
+            # panoptic teacher, the backend's detector, the whole image).
+            "teacher": {"rows": teacher_rows, "total": sum(teacher_people.values()),
+                        "by_box_source": dict(sorted(teacher_people.items()))},
         },
         "pixels": {
             "rows": rows,

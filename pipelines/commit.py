@@ -96,7 +96,8 @@ class Committer:
             "teachers": plan.roles, "oom_batch_halvings": stats["oom_halvings"],
         })
         self._check_lease()  # a writer that lost its lease commits nothing more
-        with ShardWriter(path, meta, plan.config.shards.row_group_size) as writer:
+        with ShardWriter(path, meta, plan.config.shards.row_group_size,
+                         roles=plan.roles) as writer:
             for row in rows:
                 writer.write_row(row)
         self._check_lease()  # nor after a shard upload it was paused in

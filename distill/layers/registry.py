@@ -68,8 +68,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The built-in layers, in shard-schema order (schema version 1).
-BUILTIN = ("depth", "normals", "panoptic", "groups", "text", "tokens", "persons")
+# The built-in layers, in shard-schema order (schema version 1, then the pose layer's column,
+# which is in a shard only when its teacher ran: `LabelLayer.only_when_run`).
+BUILTIN = ("depth", "normals", "panoptic", "groups", "text", "tokens", "persons", "pose")
 # How the letterbox and the augmentation move a layer's label to the student's S×S
 # (`LabelLayer.moved`): ids or bits by nearest neighbour, a continuous map bilinearly (blending
 # only pixels of the image), keypoints as points (heatmaps drawn after), caption tokens not.
@@ -138,6 +139,9 @@ class LabelLayer:
     rewrites: ClassVar[tuple[str, ...] | None] = None  # columns `fill` rewrites (None: all)
     modalities: ClassVar[tuple[Modality, ...]] = ()  # student channels, in layout order
     layout_rank: ClassVar[int] = 100  # where its channels go in the student layout
+    # Its columns are in a shard only when one of its `roles` ran in the run (the shard schema
+    # of a run without that teacher is unchanged: `distill.shards.schema`); optional on read.
+    only_when_run: ClassVar[bool] = False
 
     # -- shard codec ----------------------------------------------------------------------
 

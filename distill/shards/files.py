@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -107,6 +107,8 @@ class ShardWriter:
     disk, completed upload + server-side move on an object store). An exception inside the
     `with` block (or `abort()`) drops the temp: a crash never leaves a partial file under a
     final name. `sha256` and `size` of the committed file are known without reading it back.
+    `roles`: the run's teachers, which decide the columns written only where a teacher ran
+    (`distill.shards.schema`); a row's value for a column the shard does not have is dropped.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class ShardWriter:
         metadata: dict[str, str],
         row_group_size: int = 64,
         compress_level: int = 1,
+        roles: Collection[str] = (),
     ) -> None:
         self.path = Location(path)
         self.row_group_size = row_group_size
@@ -127,7 +130,7 @@ class ShardWriter:
         sink: AtomicOutput = self._output.__enter__()
         self._sink = sink
         try:
-            shard_schema = schema()
+            shard_schema = schema(roles)
             compression, dictionary = _column_options(shard_schema)
             self._writer = pq.ParquetWriter(sink.stream, shard_schema.with_metadata(metadata),
                                             compression=compression,
@@ -259,7 +262,7 @@ def open_shard(path: str | Path | Location) -> pq.ParquetFile:
     pf = _open(path)
     arrow = pf.schema_arrow  # (a property that converts the footer's schema at every call)
     names = arrow.names
-    expected, optional = schema(), optional_columns()
+    expected, optional = schema(None), optional_columns()
     missing = [f.name for f in expected if f.name not in names and f.name not in optional]
     if missing:
         raise ShardError(f"shard {path} does not have the distill schema: missing {missing}")

@@ -18,8 +18,9 @@ from distill.coco import ImageRecord, Person
 from distill.errors import ShardError
 from distill.labels.groups import Segment
 from distill.labels.keypoints import NUM_JOINTS
+from distill.labels.pose import TeacherPerson
 from distill.labels.text import TextRegion
-from distill.layers.registry import BUILTIN, builtin_layers, layers
+from distill.layers.registry import BUILTIN, LabelLayer, builtin_layers, layers
 
 __all__ = [
     "ANNOTATION_COLUMNS",
@@ -55,23 +56,32 @@ _TAIL = (pa.field("exif_transpose", pa.bool_()),)
 PICTURE_COLUMNS = ("image_id", "width", "height", "image", "exif_transpose")
 
 
-def schema() -> pa.Schema:
-    """The shard schema: the image columns, then every built-in label layer's columns in
-    registry order (`distill.layers`), then the columns added later (`optional_columns`).
+def schema(roles: Collection[str] | None = ()) -> pa.Schema:
+    """The shard schema of a run whose teachers are `roles`: the image columns, then every
+    built-in label layer's columns in registry order (`distill.layers`), then the columns added
+    later (`optional_columns`): a layer's that is written only where its teacher ran
+    (`LabelLayer.only_when_run`, the pose layer) when `roles` has that teacher, and the plug-in
+    layers'. `roles=None`: every column a shard may have (what a reader checks and decodes).
     Image-like columns are PNG bytes at the ORIGINAL resolution; a teacher that did not run
     leaves its columns null."""
-    fields = [*_HEAD, *(c.field for layer in builtin_layers() for c in layer.columns), *_TAIL,
-              *(c.field for layer in layers() if layer.name not in BUILTIN
+    fields = [*_HEAD, *(c.field for layer in builtin_layers() if not layer.only_when_run
+                        for c in layer.columns), *_TAIL,
+              *(c.field for layer in layers() if _later(layer)
+                and (roles is None or not layer.only_when_run or set(layer.roles) & set(roles))
                 for c in layer.columns)]
     return pa.schema(fields)
 
 
+def _later(layer: LabelLayer) -> bool:
+    """Whether a layer's columns come after schema version 1's (and are optional on read)."""
+    return layer.name not in BUILTIN or layer.only_when_run
+
+
 def optional_columns() -> frozenset[str]:
-    """Columns added after the first shards were written (`exif_transpose`, a plug-in layer's):
-    a shard without one still opens (and reads as if the column were null). New columns go at
-    the end of the schema."""
-    return frozenset({f.name for f in _TAIL} | {c.name for layer in layers()
-                                                 if layer.name not in BUILTIN
+    """Columns added after the first shards were written (`exif_transpose`, the pose layer's, a
+    plug-in layer's): a shard without one still opens (and reads as if the column were null).
+    New columns go at the end of the schema."""
+    return frozenset({f.name for f in _TAIL} | {c.name for layer in layers() if _later(layer)
                                                  for c in layer.columns})
 
 
@@ -103,6 +113,7 @@ class Sample:
     coco_captions: list[str] = field(default_factory=list)
     tokens: list[str] | None = None
     persons: list[Person] = field(default_factory=list)
+    teacher_persons: list[TeacherPerson] | None = None  # the pose teacher's (None: not run)
     exif_transpose: bool = False  # decode `image` with its EXIF orientation (SCHEMA's comment)
     # Plug-in layers' values (`fill` sets them, `encode` reads them): what a plug-in's `decode`
     # returns under names that are no field above.
@@ -121,7 +132,7 @@ def encode_sample(sample: Sample, compress_level: int = 1,
     """A `Sample` → a dict of Python values matching `schema()` (one row). With `columns`, only
     those are encoded (a teacher added to a stored row re-encodes only what it changed). Each
     label layer encodes its own columns (`LabelLayer.encode`)."""
-    names = schema().names
+    names = schema(None).names
     wanted = set(names) if columns is None else set(columns)
     row: dict[str, Any] = {
         "image_id": sample.image_id,
@@ -187,7 +198,7 @@ def decode_row(row: dict[str, Any]) -> Sample:
     """One row (as from `Table.to_pylist()`) → `Sample`. A row read with only some columns
     decodes too: the columns it lacks are None (no PNG is decoded for them). Each label layer
     decodes its own columns (`LabelLayer.decode`)."""
-    row = {**dict.fromkeys(schema().names), **row}
+    row = {**dict.fromkeys(schema(None).names), **row}
     fields: dict[str, Any] = {}
     for layer in layers():
         fields.update(layer.decode(row))

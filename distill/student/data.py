@@ -46,6 +46,7 @@ from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from distill.config import TrainConfig
 from distill.errors import DistillError, ShardError
 from distill.images import decode_png, without_addresses
+from distill.labels.pose import training_persons
 from distill.labels.tokens import Vocabulary
 from distill.layers.registry import layers, undecoded_columns
 from distill.layers.registry import loader_columns as layer_columns
@@ -231,6 +232,9 @@ class ShardStream(IterableDataset[dict[str, Any]]):
             # Depth and normals PNGs go straight into the letterbox (build_example's `encoded`).
             encoded = {c: row.pop(c, None) for c in undecoded_columns()}
             sample = decode_row(row)
+            # Whose people the joints and PAFs are drawn from (train.pose_source).
+            sample.persons = training_persons(sample.persons, sample.teacher_persons,
+                                              cfg.pose_source, cfg.pose_score_threshold)
             rng = np.random.default_rng([self.seed, self.epoch, int(sample.image_id)])
             example = build_example(
                 sample,

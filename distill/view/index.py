@@ -119,8 +119,8 @@ def _text_share(png: bytes | None) -> float | None:
 def _card(table: pa.Table, i: int, shard: _Shard, row: int, text_share: float | None) -> dict[
         str, Any]:
     """One grid card from row `i` of a table of `grid_columns()`."""
-    def col(name: str) -> Any:
-        return table.column(name)[i].as_py()
+    def col(name: str) -> Any:  # a column the shard lacks (added later: the pose teacher's) is null
+        return table.column(name)[i].as_py() if name in table.column_names else None
 
     captions = col("teacher_captions")
     coco = col("coco_captions") or []

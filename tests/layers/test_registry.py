@@ -26,9 +26,11 @@ def test_each_teacher_role_rewrites_the_columns_it_did_before_the_registry():
         "panoptic": ("panoptic_png", "segments", "groups_png"),
         "text": ("groups_png", "text_png", "text_regions"),
         "caption": ("teacher_captions", "tokens"),
+        "pose": ("teacher_persons",),  # issue 28, after the registry
     }
     assert role_markers() == {"depth": "depth_min", "panoptic": "segments",
-                              "text": "text_regions", "caption": "teacher_captions"}
+                              "text": "text_regions", "caption": "teacher_captions",
+                              "pose": "teacher_persons"}
 
 
 def test_a_layer_fills_after_the_layers_it_needs():
@@ -38,7 +40,7 @@ def test_a_layer_fills_after_the_layers_it_needs():
 
 
 def test_unknown_or_builtin_names_fail_loudly():
-    with pytest.raises(LayerError, match="no label layer 'pose'; registered: depth, normals"):
-        get_layer("pose")
+    with pytest.raises(LayerError, match="no label layer 'gait'; registered: depth, normals"):
+        get_layer("gait")
     with pytest.raises(LayerError, match="built in"):
         unregister("depth")

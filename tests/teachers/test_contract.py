@@ -71,6 +71,14 @@ def _check(role: str, result: object, image: np.ndarray) -> None:
         assert result.mask.shape == (h, w) and result.mask.dtype == bool
         for region in result.regions:
             assert region.points.ndim == 2 and region.points.shape[1] == 2
+    elif role == "pose":  # no boxes given: the backend's own detector, or the whole image
+        assert isinstance(result, PoseResult)
+        for person in result.persons:
+            assert person.box.shape == (4,) and person.box.dtype == np.float32
+            assert person.keypoints.shape == (17, 3) and person.keypoints.dtype == np.float32
+            assert np.isfinite(person.keypoints).all()
+            assert 0 <= person.keypoints[:, 2].min() <= person.keypoints[:, 2].max() <= 1
+            assert 0 <= person.score <= 1 and person.box_source in ("detector", "image")
     else:
         assert isinstance(result, CaptionResult)
         assert isinstance(result.caption, str) and result.caption.strip()
