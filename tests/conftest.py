@@ -1,5 +1,10 @@
 """Shared fixtures: the ../shared data (tests skip without it), a synthetic COCO folder, one
-local Ray per session, and an S3-compatible test server on 127.0.0.1 (moto)."""
+local Ray per session, and an S3-compatible test server on 127.0.0.1 (moto).
+
+A labelling run costs seconds however small its dataset (each run's teacher worker imports torch
+and transformers), so the session labels `make_coco7` once per layout (`labelled_coco7`,
+`pools_cli_run`) and tests that only read a run share those; a test that needs a run of its own
+copies one or labels only what it checks."""
 
 from __future__ import annotations
 
@@ -9,14 +14,17 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
 COCO_MINI = SHARED / "data" / "coco-mini"
 
 
@@ -154,14 +162,14 @@ def ray_address() -> object:
     ray.shutdown()
 
 
+LABEL_SETS = ["teachers.text.input_size=160", "shards.shard_size=3", "teachers.depth.batch_size=2"]
+
+
 def label_config(root: Path | str, *overrides: str):
     """The demo preset on `root`, made smaller for tests (CRAFT on a 160-px canvas, 3 per shard)."""
     from distill.config import load_config
 
-    return load_config("demo", overrides=[
-        f"data.root={root}", "teachers.text.input_size=160", "shards.shard_size=3",
-        "teachers.depth.batch_size=2", *overrides,
-    ])
+    return load_config("demo", overrides=[f"data.root={root}", *LABEL_SETS, *overrides])
 
 
 COCO7_IDS = [12, 3, 7, 1, 9, 5, 20]
@@ -221,15 +229,48 @@ def assert_same_sample(a, b, *, depth_levels: int = 0) -> None:
 
 
 @pytest.fixture(scope="session")
-def labelled_coco7(tmp_path_factory, ray_address):
+def coco7(tmp_path_factory) -> Path:
+    """`make_coco7` once per session (tests must not modify it: copy it to change it)."""
+    return make_coco7(tmp_path_factory.mktemp("coco7") / "coco")
+
+
+@pytest.fixture(scope="session")
+def labelled_coco7(tmp_path_factory, ray_address, coco7):
     """`make_coco7` labelled once per session by the real pipeline (tiny teachers, real CRAFT):
     (dataset root, run folder, RunResult). Tests must not modify the run folder."""
     from pipelines.generate_labels import RunOptions, generate_labels
 
-    root = make_coco7(tmp_path_factory.mktemp("coco7") / "coco")
     out = tmp_path_factory.mktemp("labelled") / "out"
-    result = generate_labels(label_config(root), RunOptions(out=out, live=False))
-    return root, out, result
+    result = generate_labels(label_config(coco7), RunOptions(out=out, live=False))
+    return coco7, out, result
+
+
+@dataclass
+class CliRun:
+    """A finished `distill` process: its run folder and what it printed."""
+
+    out: Path
+    pid: int
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def pools_cli_run(tmp_path_factory, ray_address, coco7) -> CliRun:
+    """`make_coco7` labelled once per session as `labelled_coco7` is, but in the pools layout
+    (an actor pool per teacher, on Ray Data) and by the CLI, joining the session's Ray as a
+    user's second run would. The console test reads what it printed, the layout test its rows.
+    Tests must not modify the run folder."""
+    out = tmp_path_factory.mktemp("pools") / "out"
+    args = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+            "--out", str(out), "--no-live", "--address", str(ray_address)]
+    for setting in [f"data.root={coco7}", *LABEL_SETS, "ray.layout=pools"]:
+        args += ["--set", setting]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    stdout, stderr = proc.communicate(timeout=600)
+    return CliRun(out, proc.pid, proc.returncode, stdout, stderr)
 
 
 def committed_shards(out: Path | str) -> int:

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipelines.console import NATIVE_LINE, _Forwarder
-from tests.conftest import make_coco7
 
-ROOT = Path(__file__).resolve().parents[2]
 RAY_ON_CONSOLE = re.compile(r"core_worker|Operator '|\((MapWorker|_MapWorker|pid=)|ray\.data|"
                             r"^\[\d{4}-\d\d-\d\d [\d:,]+ [IWEF] \d+ \d+\]", re.M)
 
@@ -53,17 +49,10 @@ def test_the_filter_drops_only_rays_native_lines_below_fatal():
 
 
 @pytest.mark.slow
-def test_without_v_no_ray_line_reaches_stderr_and_the_summary_names_rays_logs(
-        tmp_path, ray_address):
-    root, out = make_coco7(tmp_path / "coco"), tmp_path / "run"
-    args = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
-            "--set", f"data.root={root}", "--set", "teachers.text.input_size=160",
-            "--set", "teachers.depth.batch_size=2", "--limit", "4", "--out", str(out),
-            "--no-live", "--address", str(ray_address),
-            "--set", "ray.layout=pools"]  # the layout whose Ray Data actors Ray warns about
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    stdout, stderr = proc.communicate(timeout=600)
+def test_without_v_no_ray_line_reaches_stderr_and_the_summary_names_rays_logs(pools_cli_run):
+    # the pools layout: the one whose Ray Data actors Ray warns about
+    proc = pools_cli_run
+    stdout, stderr = proc.stdout, proc.stderr
     assert proc.returncode == 0, stderr[-3000:]
     assert not RAY_ON_CONSOLE.search(stderr), stderr
     lines = [ln for ln in stderr.splitlines() if ln.strip()]

@@ -52,16 +52,26 @@ def _raw_rows(out: Path) -> dict[int, dict]:
     return rows
 
 
-def test_sigkill_at_five_points_then_resume_is_byte_identical(tmp_path, ray_address):
-    root = _same_size_coco(tmp_path / "coco")
-    sets = ["shards.shard_size=3", "teachers.depth.batch_size=2"]
-    reference = tmp_path / "reference"
-    generate_labels(label_config(root, *sets), RunOptions(out=reference, live=False))
+SETS = ["shards.shard_size=3", "teachers.depth.batch_size=2"]  # on top of label_config's
 
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ray_address) -> tuple[Path, Path]:
+    """`_same_size_coco` labelled once, uninterrupted, with every teacher: (dataset root, run
+    folder). Both tests compare against it; they must not modify it."""
+    root = _same_size_coco(tmp_path_factory.mktemp("same-size") / "coco")
+    out = tmp_path_factory.mktemp("reference") / "out"
+    generate_labels(label_config(root, *SETS), RunOptions(out=out, live=False))
+    return root, out
+
+
+def test_sigkill_at_five_points_then_resume_is_byte_identical(tmp_path, ray_address,
+                                                              reference):
+    root, reference = reference
     out = tmp_path / "crashed"
     cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
            "--out", str(out), "--address", str(ray_address), "--no-live"]
-    for s in [f"data.root={root}", "teachers.text.input_size=160", *sets]:
+    for s in [f"data.root={root}", "teachers.text.input_size=160", *SETS]:
         cmd += ["--set", s]
     killed = []
     for point in (-1, 1, 2, 3, 4):  # after planning, then after each of the first 4 shards
@@ -84,24 +94,25 @@ def test_sigkill_at_five_points_then_resume_is_byte_identical(tmp_path, ray_addr
     assert [e.sha256 for e in manifest.shards] == [e.sha256 for e in ref.shards]
 
 
-def test_a_changed_batch_size_moves_depth_by_at_most_one_level(tmp_path, ray_address):
+def test_a_changed_batch_size_moves_depth_by_at_most_one_level(tmp_path, ray_address,
+                                                               reference):
     """README, Resume: batch sizes may change between a crash and its resume; the labels then
     move by at most one depth16 level (float rounding in batched attention), nothing else."""
-    root = _same_size_coco(tmp_path / "coco", n=6)
-    runs = {}
-    for batch in (1, 4):
-        out = tmp_path / f"batch{batch}"
-        # depth is the teacher whose batched attention rounds differently (the others are
-        # checked byte for byte across resumes above); text and captions off to keep it short
-        generate_labels(label_config(root, "shards.shard_size=6",
-                                     f"teachers.depth.batch_size={batch}",
-                                     f"teachers.panoptic.batch_size={batch}",
-                                     "teachers.text.enabled=false",
-                                     "teachers.caption.enabled=false"),
-                        RunOptions(out=out, live=False))
-        runs[batch] = shard_rows(out)
-    for image_id, a in runs[1].items():
-        b = runs[4][image_id]
+    root, reference = reference
+    out = tmp_path / "batch1"
+    # The reference ran depth in batches of 2 (and panoptic in batches of 3, its shards' size);
+    # this run takes one image at a time. Depth is the teacher whose batched attention rounds
+    # differently (the others are checked byte for byte across resumes above); text and
+    # captions off to keep it short.
+    generate_labels(label_config(root, *SETS, "teachers.depth.batch_size=1",
+                                 "teachers.panoptic.batch_size=1",
+                                 "teachers.text.enabled=false",
+                                 "teachers.caption.enabled=false"),
+                    RunOptions(out=out, live=False))
+    one, batched = shard_rows(out), shard_rows(reference)
+    assert sorted(one) == sorted(batched) == list(range(1, 16))
+    for image_id, a in one.items():
+        b = batched[image_id]
         step = np.abs(a.depth16.astype(np.int64) - b.depth16.astype(np.int64)).max()
         assert step <= 1, (image_id, step)
         assert np.array_equal(a.panoptic, b.panoptic)

@@ -29,11 +29,6 @@ ROLES = ["depth", "panoptic", "text", "caption"]
 
 
 @pytest.fixture(scope="module")
-def coco7(labelled_coco7) -> Path:
-    return labelled_coco7[0]
-
-
-@pytest.fixture(scope="module")
 def full_run(labelled_coco7):
     return labelled_coco7[1], labelled_coco7[2]
 
@@ -92,31 +87,40 @@ def test_manifest_vocab_and_summary_describe_the_run(full_run):
 
 
 @pytest.fixture(scope="module")
-def pools_run(coco7, tmp_path_factory):
-    """The same run in the pools layout (an actor pool per teacher, on Ray Data)."""
-    out = tmp_path_factory.mktemp("pools") / "out"
-    result = generate_labels(label_config(coco7, "ray.layout=pools"),
-                             RunOptions(out=out, live=False))
-    return out, result
+def pools_run(pools_cli_run) -> Path:
+    """The same run in the pools layout (an actor pool per teacher, on Ray Data), by the CLI."""
+    assert pools_cli_run.returncode == 0, pools_cli_run.stderr[-3000:]
+    return pools_cli_run.out
 
 
 def test_both_layouts_write_the_same_labels(full_run, pools_run):
     """The default on CPU teachers is the fused layout (every stage in one actor per CPU);
     the pools layout cuts the same blocks and runs the same stages: the same rows, column for
     column, and the same manifest fingerprint."""
-    got, want = shard_rows(full_run[0]), shard_rows(pools_run[0])
+    got, want = shard_rows(full_run[0]), shard_rows(pools_run)
     assert sorted(got) == sorted(want) == sorted(IDS)
     for image_id, sample in want.items():
         assert_same_sample(got[image_id], sample)
-    assert full_run[1].plan.manifest.fingerprint == pools_run[1].plan.manifest.fingerprint
-    assert pools_run[1].summary["images"]["written"] == len(IDS)
+    assert full_run[1].plan.manifest.fingerprint == \
+        read_manifest(pools_run / "manifest.json").fingerprint
+    summary = json.loads((pools_run / "summary.json").read_text())
+    assert summary["images"]["written"] == len(IDS)
 
 
-def test_the_pools_graph_holds_a_bounded_window_of_the_object_store(pools_run):
+def test_the_pools_graph_holds_a_bounded_window_of_the_object_store(coco7, ray_address,
+                                                                     tmp_path):
     """Ray Data's object store limit is the graph's window (`object_store_budget`), not half the
-    store: memory stays flat whatever the number of images (issue 16)."""
+    store: memory stays flat whatever the number of images (issue 16). Set where the pools
+    layout starts, in the driver (the run above is another process)."""
     import ray.data
 
+    from pipelines.cluster import ClusterInfo
+    from pipelines.graph import _Pools
+
+    options = RunOptions(out=tmp_path / "out", dry_run=True, live=False)
+    plan = plan_run(label_config(coco7, "ray.layout=pools"), options)
+    ray.data.DataContext._set_current(ray.data.DataContext())  # none set by an earlier test
+    _Pools(plan, options, ClusterInfo("local", 2, 0, 1)).close()
     limits = ray.data.DataContext.get_current().execution_options.resource_limits
     assert 0 < limits.object_store_memory <= 1 << 30
 

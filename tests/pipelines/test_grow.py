@@ -268,22 +268,25 @@ def test_a_run_grows_three_ways_and_its_committed_shards_never_change(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_growth_killed_midway_resumes_without_growing_twice(tmp_path, ray_address):
-    root, out = make_coco7(tmp_path / "coco"), tmp_path / "out"
-    generate_labels(label_config(root), RunOptions(out=out, live=False, limit=2))  # [1, 3]
+def test_a_growth_killed_midway_resumes_without_growing_twice(tmp_path, ray_address,
+                                                              labelled_coco7):
+    # the session's labelled run ([1 3 5] [7 9 12] [20], committed); the split then gains
+    # four images: two new shards, [2 4 30] and [31]
+    root, out = _copy_run(labelled_coco7, tmp_path)
+    _add_images(root, 2, 4, 30, 31)
     before = _digests(out)
     cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
            "--set", f"data.root={root}", "--set", "teachers.text.input_size=160",
            "--set", "teachers.depth.batch_size=2", "--shard-size", "3", "--out", str(out),
-           "--no-live", "--address", str(ray_address), "--limit", "7"]
-    assert run_until(cmd, out, 2) == -signal.SIGKILL  # one of two new shards committed
+           "--no-live", "--address", str(ray_address)]
+    assert run_until(cmd, out, 4) == -signal.SIGKILL  # one of two new shards committed
     assert run_until(cmd, out, None) == 0  # the same command finishes the extension
     now = _digests(out)
     assert {k: now[k] for k in before} == before
-    assert sorted(shard_rows(out)) == sorted(COCO7_IDS)
+    assert sorted(shard_rows(out)) == sorted([*COCO7_IDS, 2, 4, 30, 31])
     manifest = read_manifest(out / "manifest.json")
-    assert [x["shards"] for x in manifest.extensions] == [["val2017-00001.parquet",
-                                                          "val2017-00002.parquet"]]
+    assert [x["shards"] for x in manifest.extensions] == [["val2017-00003.parquet",
+                                                          "val2017-00004.parquet"]]
     assert all(e.sha256 == now[e.name] for e in manifest.shards)
 
 
