@@ -423,26 +423,52 @@ def card_columns() -> tuple[str, ...]:
                                 *role_markers().values())))
 
 
+# The layers each plug-in module gave when first imported, and the modules in use now.
+_plugin_layers: dict[str, tuple[LabelLayer, ...]] = {}
+_plugins_in_use: set[str] = set()
+
+
+def _plugin_module_layers(name: str) -> tuple[LabelLayer, ...]:
+    """The layers plug-in module `name` gives: those it registers when imported, or its
+    `LAYER`; remembered, so a module Python has already imported can be used again later."""
+    if name in _plugin_layers:
+        return _plugin_layers[name]
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise LayerError(f"label layer module {name!r} cannot be imported: {exc}") from None
+    found = [layer for layer in layers() if type(layer).__module__ == name]
+    layer = getattr(module, "LAYER", None)
+    if isinstance(layer, LabelLayer) and layer not in found:
+        found.append(layer)
+    if not found:
+        raise LayerError(f"label layer module {name!r} registers no label layer (define "
+                         "LAYER, or call distill.layers.register when imported)")
+    _plugin_layers[name] = tuple(found)
+    return _plugin_layers[name]
+
+
 def import_plugins(modules: Collection[str]) -> tuple[LabelLayer, ...]:
-    """Import each plug-in layer module (`labels.plugins`) and register its layers: a module
-    registers them when imported, or defines `LAYER` as a built-in module does (registered
-    here unless it already is). Returns the modules' layers; raises `LayerError` for a module
-    that cannot be imported or that gives no layer. Idempotent, so the driver and every worker
-    call it before post-processing."""
+    """Make the plug-in layer modules in use in this process exactly `modules`
+    (`labels.plugins`): import each (a module registers its layers when imported, or defines
+    `LAYER` as a built-in module does) and register its layers; the layers of a plug-in module
+    an earlier call used and this one does not are removed, so a long-lived process (a Ray
+    worker, a notebook) labels each run with that run's layers only. Layers registered by a
+    direct `register` call are left alone. Returns the modules' layers; raises `LayerError` for
+    a module that cannot be imported or that gives no layer. The driver and every worker call
+    it before post-processing."""
     out: list[LabelLayer] = []
     for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            raise LayerError(f"label layer module {name!r} cannot be imported: {exc}") from None
-        found = [layer for layer in layers() if type(layer).__module__ == name]
-        layer = getattr(module, "LAYER", None)
-        if isinstance(layer, LabelLayer) and layer not in found:
+        for layer in _plugin_module_layers(name):
             if _registry.get(layer.name) is not layer:
                 register(layer)
-            found.append(layer)
-        if not found:
-            raise LayerError(f"label layer module {name!r} registers no label layer (define "
-                             "LAYER, or call distill.layers.register when imported)")
-        out += [layer for layer in found if layer not in out]
+            if layer not in out:
+                out.append(layer)
+    for name in _plugins_in_use - set(modules):
+        for layer in _plugin_layers.get(name, ()):
+            if _registry.get(layer.name) is layer and layer not in out:
+                unregister(layer.name)
+                logger.debug("label layer %s is not in this run's labels.plugins", layer.name)
+    _plugins_in_use.clear()
+    _plugins_in_use.update(modules)
     return tuple(out)

@@ -40,6 +40,21 @@ def test_a_plugin_enters_the_label_fingerprint_only_when_set(unregisters):
     assert schema().names[-1] == "sky_png"  # its column is in the schema once imported
 
 
+def test_a_process_labels_each_run_with_that_runs_plugins_only(unregisters):
+    """A Ray worker (or a notebook) lives across runs: a plug-in one run used is not encoded by
+    the next run that does not name it, and comes back when a later run names it again."""
+    from distill.shards import schema
+    from pipelines.postprocess import import_plugins
+
+    with_plugin = load_config("demo", overrides=[PLUGIN]).labels
+    import_plugins(with_plugin)
+    assert "sky_png" in schema().names
+    import_plugins(load_config("demo").labels)
+    assert "sky_png" not in schema().names
+    import_plugins(with_plugin)
+    assert "sky_png" in schema().names
+
+
 def test_a_module_that_cannot_be_imported_or_gives_no_layer_is_one_line(unregisters):
     line = one_error_line(distill("config", "show", "--preset", "demo", "--set",
                                   'labels.plugins=["no_such_module_27"]', check=False))
