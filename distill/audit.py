@@ -8,7 +8,9 @@ Three checks, one pass over the shards:
   regions included; category → group by the run's `GroupTable`);
 * the caption teacher's words against the five human captions, with a human caption held out
   against the others as the yardstick;
-* the pose teacher's people against COCO's keypoints, as OKS AP (`distill.audit_pose`).
+* the pose teacher's people against COCO's keypoints, as OKS AP (`distill.audit_pose`);
+* HCQ's person table: the panoptic teacher's person instances as box and mask AP, the pose
+  teacher's as OKS AP, with and without persons under 32² (`distill.audit_persons`).
 
 The mask check lives in `distill.audit_masks`; this module scores captions, runs the pass and
 writes the report.
@@ -34,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from distill.audit_masks import _MaskAudit, _ratio
+from distill.audit_persons import PersonAudit, format_persons, persons_report
 from distill.audit_pose import PoseAudit
 from distill.config import Config, LabelsConfig, load_config
 from distill.errors import ConfigError, ShardError
@@ -60,7 +63,7 @@ logger = logging.getLogger(__name__)
 CAPTION_METRICS = ("precision", "recall_union", "recall_each")
 # The label layers whose columns the audit reads (the mask check's, the caption check's and the
 # pose check's); the rest of a row (image bytes, depth, ...) is never decoded.
-_LAYERS = ("groups", "tokens", "persons", "pose")
+_LAYERS = ("groups", "panoptic", "tokens", "persons", "pose")
 
 
 def _columns() -> list[str]:
@@ -240,12 +243,14 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
                        GroupTable.load(config.labels.group_overrides))
     captions = _CaptionAudit(config.labels)
     pose = PoseAudit()
+    people = PersonAudit(masks.coco, masks.reason)
     rows = 0
     with Progress("audit", total, "rows", enabled=progress, transient=True) as bar:
         for sample in _iter_rows(paths, limit):
             masks.add(sample)
             captions.add(sample)
             pose.add(sample)
+            people.add(sample)
             rows += 1
             bar.advance()
     report = {
@@ -259,6 +264,7 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
         "masks": masks.report(),
         "captions": captions.report(),
         "pose": pose.report(),
+        "persons": persons_report(people, pose),
         "elapsed_s": round(time.monotonic() - started, 3),
     }
     atomic_write_bytes(run.audit, json.dumps(report, indent=1).encode())
@@ -365,6 +371,8 @@ def format_audit(report: dict[str, Any]) -> str:
                          + (f" (boxes: {sources})" if sources else ""))
             lines.append(f"  AP {_f(pose['AP'])} · AP50 {_f(pose['AP50'])} · "
                          f"AP75 {_f(pose['AP75'])}")
+    if report.get("persons") is not None:
+        lines += ["", *format_persons(report["persons"])]
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """`distill run evaluate`: the student against its teachers' labels — the paper's Table 2 (HDM at
 T = 0.1, 0.3, 0.5, 0.8 and MSE per modality, cosine similarity per token position), plus COCO
-keypoint AP of the people decoded from its joints and PAFs against the shards' COCO ground truth.
+keypoint AP of the people decoded from its joints and PAFs against the shards' COCO ground truth,
+and HCQ's person-centric scores (`distill.student.persons_eval`: OKS AP with and without persons
+under 32², Persons IoU against COCO's person masks, AP against input resolution).
 
 Targets are built exactly as training builds them (no augmentation), with the heatmap sizes of
 the epoch the checkpoint ended, and scored with the same `distill.student.metrics.measure`.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +20,6 @@ from torch.utils.data import DataLoader
 
 from distill.config import Config
 from distill.errors import DistillError
-from distill.labels.letterbox import Letterbox
 from distill.labels.tokens import Vocabulary
 from distill.runfolder import StudentRun, resolve_shards
 from distill.shards import Sample, decode_row, read_shard, shard_identity
@@ -26,8 +27,8 @@ from distill.storage import Location
 from distill.student import layout
 from distill.student.data import ShardSpec, ShardStream
 from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
-from distill.student.pose import decode_letterboxed
-from distill.student.pose_ap import keypoint_ap, to_coco_results
+from distill.student.persons_eval import RESOLUTIONS, PersonEval, PersonMasks, format_persons
+from distill.student.pose_ap import keypoint_ap
 
 __all__ = ["PAPER_TABLE2", "evaluate", "format_evaluation", "score_sample", "trained_on"]
 
@@ -92,6 +93,8 @@ def evaluate(
     workers: int = 0,
     limit: int | None = None,
     pose: bool = True,
+    person_masks: PersonMasks | None = None,
+    resolutions: Sequence[int] = RESOLUTIONS,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Score `model` on every row of `shards` (or the first `limit`). Returns the report dict.
@@ -101,7 +104,9 @@ def evaluate(
 
     `model` maps (B, 3, S, S) images in [-1, 1] to {"maps": (B, 44, S, S) in [-1, 1],
     "tokens": (B, T, D)} — a `YMapNet` or anything shaped like one. `epoch` picks the heatmap
-    sizes of the targets (those the checkpoint was trained on at that epoch).
+    sizes of the targets (those the checkpoint was trained on at that epoch). With `pose`, the
+    person-centric scores too: `person_masks` (COCO's instances) for the Persons IoU,
+    `resolutions` for AP against input resolution.
     """
     device = torch.device(device)
     student = config.student
@@ -114,6 +119,7 @@ def evaluate(
     loader: DataLoader[Any] = DataLoader(stream, batch_size=batch_size, num_workers=workers)
     meter = Meter()
     results: list[dict[str, Any]] = []
+    people = PersonEval(config, person_masks, resolutions)
     rows = 0
     seen: list[int] = []
     started = time.monotonic()
@@ -129,15 +135,9 @@ def evaluate(
         measure(meter, outputs, batch["target"].to(device), batch["tokens"].to(device),
                 batch["present"].to(device))
         if pose:
-            maps = ((outputs["maps"][:, : layout.PAFS.stop] + 1) / 2).cpu().numpy()
-            for i, image_id in enumerate(batch["image_id"].tolist()):
-                seen.append(image_id)
-                gt = truth[image_id]
-                lb = Letterbox.fit(gt.width, gt.height, student.input_size)
-                people = decode_letterboxed(maps[i, layout.JOINTS], maps[i, layout.PAFS], lb,
-                                            peak_threshold=config.predict.peak_threshold,
-                                            paf_threshold=config.predict.paf_threshold)
-                results.extend(to_coco_results(people, image_id, lb))
+            ids = batch["image_id"].tolist()
+            seen.extend(ids)
+            results.extend(people.add(model, image, outputs["maps"], ids, truth))
         rows += len(batch["image_id"])
         if progress is not None:
             progress(len(batch["image_id"]))
@@ -162,6 +162,7 @@ def evaluate(
     }
     if pose:
         report["pose"] = keypoint_ap([truth[i] for i in seen], results)
+        report["persons"] = people.report([truth[i] for i in seen])
     return report
 
 
@@ -238,4 +239,6 @@ def format_evaluation(report: dict[str, Any]) -> list[Any]:
                      _fmt(p.get("AR")), str(int(p.get("gt_persons", 0))),
                      str(int(p.get("detections", 0))))
         out.append(pose)
+    if "persons" in report:
+        out.append("\n".join(format_persons(report["persons"])))
     return out

@@ -40,6 +40,7 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     from distill.runfolder import find_label_run, resolve_shards
     from distill.shards import open_shard
     from distill.student.evaluate import evaluate, trained_on
+    from distill.student.persons_eval import person_masks
     from distill.student.predict import load_student, run_folder
 
     sets = list(overrides or [])
@@ -58,7 +59,8 @@ def evaluate_checkpoint(checkpoint: str, shards: str, *, out: str | None = None,
     with Progress("evaluate", total, "images", enabled=progress) as bar:
         report = evaluate(student.model, student.config, paths, vocab=student.vocab,
                           epoch=student.epoch, device=device, batch_size=batch_size,
-                          workers=workers, limit=limit, pose=pose, progress=bar.advance)
+                          workers=workers, limit=limit, pose=pose, progress=bar.advance,
+                          person_masks=person_masks(labels) if pose else None)
     report = {"checkpoint": str(student.checkpoint), "shards": str(shards),
               "trained_on": seen, **report}
     path = Location(out) if out else run_folder(student.checkpoint).evaluation

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -14,6 +12,7 @@ from distill.coco import Person
 from distill.errors import LabelError
 from distill.labels.keypoints import JOINT_NAMES, LIMBS, NUM_JOINTS
 from distill.labels.letterbox import Letterbox
+from distill.person_ap import coco_stats, person_category
 from distill.student.pose import DecodedPerson
 
 __all__ = ["GroundTruthImage", "keypoint_ap", "to_coco_results"]
@@ -66,6 +65,7 @@ def keypoint_ap(
     results: Sequence[dict[str, Any]],
     *,
     min_visible: int = 5,
+    min_area: float = 0.0,
 ) -> dict[str, float | None]:
     """COCO OKS keypoint AP of `results` (see `to_coco_results`) against the images' persons.
 
@@ -75,11 +75,9 @@ def keypoint_ap(
     a true nor a false positive. Returns AP, AP50, AP75, APm, APl, AR (also AR50, AR75, ARm,
     ARl), None when no ground-truth person counts, 0.0 for no detections or no ground truth in
     an area range, plus
-    `gt_persons` (persons that count) and `detections`.
+    `gt_persons` (persons that count, `min_area` included) and `detections`. `min_area` > 0 starts COCOeval's `all`
+    range there (`distill.person_ap`: HCQ's rule without persons under 32², `SMALL_AREA`).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     gt_images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     counted = 0
@@ -90,9 +88,9 @@ def keypoint_ap(
             kp = np.asarray(person.keypoints, dtype=np.float64).reshape(NUM_JOINTS, 3)
             visible = int((kp[:, 2] > 0).sum())
             ignored = bool(person.iscrowd) or visible < min_visible
-            counted += not ignored
             x, y, w, h = (float(v) for v in person.bbox)
             area = float(person.area) if person.area > 0 else w * h
+            counted += not ignored and area >= min_area
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": int(image.image_id),
@@ -114,20 +112,10 @@ def keypoint_ap(
     if not results:
         return stats
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = {
-            "images": gt_images,
-            "annotations": annotations,
-            "categories": [{"id": 1, "name": "person", "supercategory": "person",
-                            "keypoints": list(JOINT_NAMES), "skeleton": _SKELETON}],
-        }
-        gt.createIndex()
-        dt = gt.loadRes([dict(r, keypoints=list(r["keypoints"])) for r in results])
-        ev = COCOeval(gt, dt, iouType="keypoints")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    for name, value in zip(_AP_NAMES, ev.stats, strict=True):
+    dataset = {"images": gt_images, "annotations": annotations,
+               "categories": [person_category(JOINT_NAMES, _SKELETON)]}
+    values = coco_stats(dataset, [dict(r, keypoints=list(r["keypoints"])) for r in results],
+                        "keypoints", min_area=min_area)
+    for name, value in zip(_AP_NAMES, values, strict=True):
         stats[name] = max(float(value), 0.0)
     return stats

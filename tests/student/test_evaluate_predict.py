@@ -150,9 +150,14 @@ def test_people_decoded_from_perfect_maps_score_high_ap_in_original_pixels(peopl
     stream = ShardStream(shards, 256, None, config.train, train=False, token_dim=50)
     stream.set_epoch(400)  # end of the schedule: 6-px joints, 2-px limbs
     oracle = _Oracle(stream)
-    report = evaluate(oracle, config, shards, vocab=None, epoch=400, batch_size=4)
+    # the oracle knows only the plain inputs: AP against resolution at the input size alone
+    report = evaluate(oracle, config, shards, vocab=None, epoch=400, batch_size=4,
+                      resolutions=(256,))
     pose = report["pose"]
     assert pose["gt_persons"] >= 8 and pose["AP"] >= 0.8, pose
+    persons = report["persons"]  # the person protocol's rule "all" is the plain OKS AP
+    assert persons["oks"][0]["AP"] == pose["AP"] == persons["resolutions"][0]["AP"]
+    assert persons["oks"][1]["rule"] == "no_small" and persons["oks"][1]["AP"] is not None
 
     predictor = Predictor(LoadedStudent(oracle, config, None, shards, 400),  # type: ignore[arg-type]
                           refine=False, full_maps=False)
