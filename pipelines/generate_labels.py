@@ -2,6 +2,7 @@
 resumable, self-describing Parquet shards. This module only wires the pieces:
 
     lock      one writer per run folder                         distill.runfolder
+    check     GloVe and the teachers' weights are here          pipelines.preflight
     plan      images sorted by id → shards → OUT/manifest.json   pipelines.plan
     stages    decode → teachers → post-process (fused, or pools)   pipelines.graph (Ray), .stages
     commit    shard → quarantine → commit record, per shard      pipelines.commit
@@ -33,6 +34,7 @@ from pipelines.finalize import summarise_run, write_vocabulary
 from pipelines.graph import execute
 from pipelines.plan import RunOptions, RunPlan, plan_run
 from pipelines.postprocess import import_plugins
+from pipelines.preflight import check_sources
 
 __all__ = ["RunOptions", "RunPlan", "RunResult", "generate_labels", "plan_run"]
 
@@ -72,6 +74,7 @@ def _undo_first_run(run: LabelRun, lease: Lease) -> None:
 def generate_labels(config: Config, options: RunOptions) -> RunResult:
     """Plan, run the stages, commit shards, finalize. Safe to re-run after any crash."""
     started = time.monotonic()
+    check_sources(config)  # GloVe and every teacher's weights, in seconds, before anything
     import_plugins(config.labels)  # their columns are in the shards' schema from here on
     run = LabelRun(options.out)
     with run.lock() as lease:

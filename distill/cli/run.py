@@ -198,7 +198,9 @@ def run_generate_labels(
     )
     if dry_run:
         from pipelines.estimate import estimate
+        from pipelines.preflight import check_sources
 
+        check_sources(cfg)
         plan = plan_run(cfg, options)
         _report_dry_run(plan, estimate(plan, sample))
         return
