@@ -35,6 +35,7 @@ from pipelines.graph import execute
 from pipelines.plan import RunOptions, RunPlan, plan_run
 from pipelines.postprocess import import_plugins
 from pipelines.preflight import check_sources
+from pipelines.progress import announce
 
 __all__ = ["RunOptions", "RunPlan", "RunResult", "generate_labels", "plan_run"]
 
@@ -91,6 +92,8 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
             committer.commit_empty()
             ray_logs = ""
             if plan.images_to_process:
+                announce(f"joining Ray at {options.address}" if options.address
+                         else "starting Ray (a private one on 127.0.0.1)")
                 with ray_session(config.ray, options.address, options.verbose) as cluster:
                     ray_logs = cluster.logs
                     execute(plan, options, cluster, committer)
