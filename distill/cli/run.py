@@ -104,7 +104,8 @@ def _report_dry_run(plan: Any, est: Any) -> None:
         typer.echo(f"nothing to do: all {len(plan.skipped)} shard(s) of the {planned} planned "
                    "images are committed")
         return
-    table = Table(title=f"estimate from {est.sample} timed image(s), in this process",
+    table = Table(title=f"estimate from {est.sample} timed image(s), in this process, "
+                  "timed after one warm-up pass on them",
                   title_justify="left")
     for col in ("stage", "load s", "s/image", "workers", "projected"):
         table.add_column(col, justify="left" if col == "stage" else "right")
