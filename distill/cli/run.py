@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -165,6 +166,11 @@ def run_generate_labels(
         "--live/--no-live", help="Live progress table (default: when stderr is a terminal; "
         "otherwise a progress line every 10 s).")] = None,
     verify_shards: VerifyShardsOpt = False,
+    root: Annotated[str | None, typer.Option(
+        "--root", help="The dataset folder (same as --set data.root=ROOT).")] = None,
+    split: Annotated[str | None, typer.Option(
+        "--split", help="The split to label, e.g. val2017 (same as --set data.split=SPLIT).")
+    ] = None,
 ) -> None:
     """Label a COCO split with the teachers into Parquet shards (resumable).
 
@@ -188,6 +194,7 @@ def run_generate_labels(
     overrides = list(set_ or [])
     if shard_size is not None:
         overrides.append(f"shards.shard_size={shard_size}")
+    overrides += [f"data.{k}={json.dumps(v)}" for k, v in (("root", root), ("split", split)) if v is not None]
     cfg = load_config(preset, config, overrides)
     out = out or default_out(cfg)
     if not dry_run:  # from here on, an interruption says how far the run got
