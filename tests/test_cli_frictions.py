@@ -28,3 +28,10 @@ def test_generate_labels_takes_root_and_split(synthetic_coco, tmp_path):
                    "--split", "nosuch2017", "--out", str(tmp_path / "run"), "--dry-run")
     assert proc.returncode == 2, proc.stderr
     assert "'nosuch2017'" in proc.stderr and str(synthetic_coco) in proc.stderr
+
+
+def test_data_check_says_why_it_reads_a_plain_folder(synthetic_coco):
+    proc = distill("data", "check", str(synthetic_coco / "val2017"))
+    assert proc.returncode == 0, proc.stderr
+    assert "no annotations/ folder" in proc.stdout
+    assert f"did you mean `distill data check {synthetic_coco}`" in proc.stdout
