@@ -35,3 +35,10 @@ def test_data_check_says_why_it_reads_a_plain_folder(synthetic_coco):
     assert proc.returncode == 0, proc.stderr
     assert "no annotations/ folder" in proc.stdout
     assert f"did you mean `distill data check {synthetic_coco}`" in proc.stdout
+
+
+def test_config_show_names_the_stop_words_in_use_and_what_max_tokens_means():
+    proc = distill("config", "show", "--preset", "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert "the paper's list, in use: ( ) : a an and at for from" in proc.stdout
+    assert "labels.max_tokens = 8: the student learns the first max_tokens" in proc.stdout
