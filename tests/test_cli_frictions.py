@@ -42,3 +42,9 @@ def test_config_show_names_the_stop_words_in_use_and_what_max_tokens_means():
     assert proc.returncode == 0, proc.stderr
     assert "the paper's list, in use: ( ) : a an and at for from" in proc.stdout
     assert "labels.max_tokens = 8: the student learns the first max_tokens" in proc.stdout
+
+
+def test_generate_labels_help_describes_both_layouts_and_every_exit_code():
+    text = " ".join(distill("run", "generate-labels", "--help").stdout.split())
+    assert '("fused")' in text and '("pools")' in text
+    assert "1 an unexpected failure" in text

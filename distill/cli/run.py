@@ -131,7 +131,8 @@ def _report_dry_run(plan: Any, est: Any) -> None:
 
 
 _RUN_EPILOG = (
-    "Exit codes: 0 done, 2 an error (one line on stderr), 130 Ctrl-C, 143 SIGTERM. Interrupted, "
+    "Exit codes: 0 done, 1 an unexpected failure (a traceback: a bug to report), 2 an error "
+    "(one line on stderr), 130 Ctrl-C, 143 SIGTERM. Interrupted, "
     "a run says how many shards it committed; re-run the same command to resume. Without "
     "--address the run starts a private Ray on 127.0.0.1 and never joins a running cluster "
     "(RAY_ADDRESS included: --address auto joins that one)."
@@ -174,8 +175,10 @@ def run_generate_labels(
 ) -> None:
     """Label a COCO split with the teachers into Parquet shards (resumable).
 
-    Decode → one Ray actor pool per enabled teacher → post-processing (16-bit depth, normals,
-    11-group masks, text masks, caption tokens) → shards written atomically. Re-run the same
+    Decode → every enabled teacher → post-processing (16-bit depth, normals, 11-group masks,
+    text masks, caption tokens) → shards written atomically. With no GPU teacher (ray.layout
+    auto) each worker runs that whole chain on its blocks ("fused"); a teacher with num_gpus
+    gets its own Ray actor pool ("pools"). Re-run the same
     command after a crash to finish; enable another teacher and re-run to add only its labels;
     a larger --limit, a wider --image-ids or images new in the split add shards for the new
     images only.
@@ -185,7 +188,9 @@ def run_generate_labels(
       distill run generate-labels --preset demo
       distill run generate-labels --preset paper --set data.root=/data/coco \\
           --out /runs/coco-train
-      distill run generate-labels --preset paper --limit 200 --dry-run
+      distill run generate-labels --preset paper --root /data/coco \\
+          --split val2017 --set labels.glove=/data/glove.6B.300d.txt \\
+          --limit 200 --dry-run
       distill run generate-labels -c mycluster.toml --address auto
     """
     from distill.config import load_config
