@@ -38,10 +38,18 @@ def show_config(config: Config) -> str:
     under a comment naming its preset and its fingerprints (whole run, labels only)."""
     from distill.config import dump_toml
     from distill.identity import label_fingerprint, label_view
+    from distill.labels.tokens import PAPER_STOP_WORDS
 
     labels = label_fingerprint(label_view(config))  # what a label run's manifest records
-    return (f"# preset: {config.preset}\n"
-            f"# fingerprint: {config.fingerprint()}  (labels: {labels})\n" + dump_toml(config))
+    notes = [f"# preset: {config.preset}",
+             f"# fingerprint: {config.fingerprint()}  (labels: {labels})"]
+    if not config.labels.stop_words and not config.labels.stop_words_file:
+        notes.append("# labels.stop_words = [] means the paper's list, in use: "
+                     + " ".join(sorted(PAPER_STOP_WORDS)))
+    notes.append(f"# labels.max_tokens = {config.labels.max_tokens}: the student learns the "
+                 "first max_tokens caption tokens; shards keep them all (up to the caption "
+                 "teacher's cap)")
+    return "\n".join(notes) + "\n" + dump_toml(config)
 
 
 def list_presets() -> list[str]:

@@ -135,7 +135,10 @@ def open_dataset(root: str | Path | Location, split: str) -> Dataset:
     except StorageError as exc:
         raise DatasetLayoutError(f"dataset root {str(root)!r} cannot be read: {exc}") from exc
     if not is_dir:
-        raise DatasetLayoutError(f"dataset root {str(root)!r} is not a folder.\n{COCO_LAYOUT}")
+        looked = f" (looked in {loc.path})" \
+            if loc.is_local and not os.path.isabs(os.path.expanduser(str(root))) else ""
+        raise DatasetLayoutError(f"dataset root {str(root)!r}{looked} is not a folder."
+                                 f"\n{COCO_LAYOUT}")
     if dataset_kind(loc) == "coco":
         return _read_coco(loc, split)
     return _read_folder(loc, split)

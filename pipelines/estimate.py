@@ -1,7 +1,7 @@
 """`generate-labels --dry-run`: the plan, and what it will cost, from a short timed sample.
 
 The sample runs the real stages in this process (no Ray): decode, every teacher the run needs
-(loaded once, warmed up on one image, then timed), post-processing and PNG encoding. Per-image
+(loaded once, warmed up on the sample, then timed on it again), post-processing and PNG encoding. Per-image
 times and encoded row sizes are then scaled to the images the run will process.
 """
 
@@ -94,7 +94,9 @@ def estimate(plan: RunPlan, sample: int = 2) -> Estimate:
             t0 = time.perf_counter()
             stage = TeacherStage(role, teachers[role])
             est.load_seconds[role] = time.perf_counter() - t0
-            stage([copy.copy(live[0])])  # warm-up: first calls allocate and compile
+            # warm-up on the batch that is timed next: first calls (and a GPU's first call
+            # per batch shape) allocate, autotune and compile; the dry run reports time after
+            stage([copy.copy(it) for it in live])
             t0 = time.perf_counter()
             stage(live)
             est.seconds_per_image[role] = (time.perf_counter() - t0) / len(live)

@@ -2,6 +2,7 @@
 resumable, self-describing Parquet shards. This module only wires the pieces:
 
     lock      one writer per run folder                         distill.runfolder
+    check     GloVe and the teachers' weights are here          pipelines.preflight
     plan      images sorted by id → shards → OUT/manifest.json   pipelines.plan
     stages    decode → teachers → post-process (fused, or pools)   pipelines.graph (Ray), .stages
     commit    shard → quarantine → commit record, per shard      pipelines.commit
@@ -33,6 +34,8 @@ from pipelines.finalize import summarise_run, write_vocabulary
 from pipelines.graph import execute
 from pipelines.plan import RunOptions, RunPlan, plan_run
 from pipelines.postprocess import import_plugins
+from pipelines.preflight import check_sources
+from pipelines.progress import announce
 
 __all__ = ["RunOptions", "RunPlan", "RunResult", "generate_labels", "plan_run"]
 
@@ -72,6 +75,7 @@ def _undo_first_run(run: LabelRun, lease: Lease) -> None:
 def generate_labels(config: Config, options: RunOptions) -> RunResult:
     """Plan, run the stages, commit shards, finalize. Safe to re-run after any crash."""
     started = time.monotonic()
+    check_sources(config)  # GloVe and every teacher's weights, in seconds, before anything
     import_plugins(config.labels)  # their columns are in the shards' schema from here on
     run = LabelRun(options.out)
     with run.lock() as lease:
@@ -88,6 +92,8 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
             committer.commit_empty()
             ray_logs = ""
             if plan.images_to_process:
+                announce(f"joining Ray at {options.address}" if options.address
+                         else "starting Ray (a private one on 127.0.0.1)")
                 with ray_session(config.ray, options.address, options.verbose) as cluster:
                     ray_logs = cluster.logs
                     execute(plan, options, cluster, committer)

@@ -27,7 +27,7 @@ from pipelines.blocks import arrow_blocks, block_items, block_size, dump_block, 
 from pipelines.cluster import ClusterInfo, first_line, unwrap_error
 from pipelines.commit import Committer
 from pipelines.plan import RunOptions, RunPlan
-from pipelines.progress import ProgressBoard, ProgressDisplay
+from pipelines.progress import ProgressBoard, ProgressDisplay, announce
 from pipelines.sizing import (
     actor_cpus,
     actor_memory,
@@ -185,6 +185,12 @@ class _Pools:
 
         return dict(ray.get(self.board.snapshot.remote(), timeout=5))
 
+    def phase(self, counts: dict[str, int]) -> str:
+        roles = self.plan.stage_names()[1:-1]
+        ready = sum(1 for r in roles if counts.get(r))
+        return "" if ready == len(roles) else \
+            f"loading teachers ({ready}/{len(roles)} pools labelling)"
+
     def items(self) -> Iterator[Item]:
         ds = _build_dataset(self.plan, self.cluster, self.board)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow",
@@ -226,8 +232,17 @@ class _Fused:
         self.load: dict[Any, int] = {}  # ready actor → blocks queued on it
         self.gone: set[Any] = set()  # workers lost and replaced
 
+    # Every stage of a block runs in one worker: one progress row for them all.
+    ROW = "labelled (fused)"
+
     def counts(self) -> dict[str, int]:
-        return dict(self.done)
+        return {self.ROW: self.done.get("postprocess", 0)}
+
+    def phase(self, counts: dict[str, int]) -> str:
+        if self.done:
+            return ""
+        ready = len(self.load)
+        return f"loading teachers ({ready}/{self.workers.count} worker(s) ready)"
 
     def _start(self, n: int) -> None:
         import ray
@@ -332,7 +347,13 @@ def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
                                if choose_layout(plan.config, roles) == "fused"
                                else _Pools(plan, options, cluster))
     total = plan.images_to_process
-    display = ProgressDisplay(plan.stage_names(), total, live=options.live)
+    fused = isinstance(source, _Fused)
+    if fused:
+        announce(f"layout fused: every worker runs {' → '.join(plan.stage_names())} on its "
+                 "blocks (one progress row)")
+    display = ProgressDisplay([_Fused.ROW] if fused else plan.stage_names(), total,
+                              live=options.live)
+    display.phase = source.phase({})
     stop = threading.Event()
 
     def poll() -> None:
@@ -341,6 +362,7 @@ def execute(plan: RunPlan, options: RunOptions, cluster: ClusterInfo,
                 counts = source.counts()
             except Exception:
                 continue
+            display.phase = source.phase(counts)
             display.update(counts, committer.written)
 
     with display:

@@ -14,7 +14,12 @@ from typing import Any
 
 from distill.progress import RateTracker, format_duration, format_rate
 
-__all__ = ["ProgressBoard", "ProgressDisplay", "RateTracker", "format_duration"]
+__all__ = ["ProgressBoard", "ProgressDisplay", "RateTracker", "announce", "format_duration"]
+
+
+def announce(text: str, title: str = "generate-labels") -> None:
+    """One progress line on stderr for a step that shows no counts yet ("starting Ray")."""
+    print(f"[{title}] {text}", file=sys.stderr, flush=True)
 
 
 class ProgressBoard:
@@ -44,6 +49,7 @@ class ProgressDisplay:
         self._last_line = 0.0
         self.live = sys.stderr.isatty() if live is None else live
         self._live: Any = None
+        self._phase = ""  # what the run does before images flow ("loading teachers (1/2)")
 
     def __enter__(self) -> ProgressDisplay:
         if self.live:
@@ -61,6 +67,22 @@ class ProgressDisplay:
             self._live.__exit__(None, None, None)
             self._live = None
 
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, text: str) -> None:
+        """Say what the run is doing while no image is done yet; a change prints at once."""
+        if text == self._phase:
+            return
+        self._phase = text
+        if self._live is not None:
+            self._live.update(self._table())
+        elif text:
+            self._last_line = time.monotonic()
+            print(self.line(), file=sys.stderr, flush=True)
+
     def update(self, counts: dict[str, int], written: int) -> None:
         now = time.monotonic()
         for stage in self.stages:
@@ -76,7 +98,8 @@ class ProgressDisplay:
         """One log line: overall first, then each stage."""
         parts = [self._cell("written")] + [self._cell(s) for s in self.stages]
         elapsed = format_duration(time.monotonic() - self.started)
-        return f"[{self.title} {elapsed}] " + " | ".join(parts)
+        phase = f"{self._phase} | " if self._phase else ""
+        return f"[{self.title} {elapsed}] {phase}" + " | ".join(parts)
 
     def _cell(self, name: str) -> str:
         t = self.trackers[name]
@@ -85,8 +108,9 @@ class ProgressDisplay:
     def _table(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=f"{self.title} — {format_duration(time.monotonic() - self.started)}",
-                      title_justify="left")
+        phase = f" — {self._phase}" if self._phase else ""
+        table = Table(title=f"{self.title} — {format_duration(time.monotonic() - self.started)}"
+                      f"{phase}", title_justify="left")
         for col in ("stage", "images", "done", "images/s", "ETA"):
             table.add_column(col, justify="left" if col == "stage" else "right")
         for name in [*self.stages, "written"]:

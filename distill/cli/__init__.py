@@ -26,6 +26,7 @@ from distill.cli import config, data, run, student, teachers  # noqa: F401  (reg
 from distill.cli.exits import handles_errors, interrupted
 from distill.cli.groups import app
 from distill.cli.helptext import tidy_help
+from distill.cli.options import expanded_glob
 
 __all__ = ["app", "cli", "handles_errors", "main", "tidy_help"]
 
@@ -42,6 +43,10 @@ def main() -> None:
     SIGTERM decides the exit code (130, 143), whatever became of its KeyboardInterrupt on the
     way (`distill.interrupts`): an interrupted command never exits 0."""
     interrupts.install()
+    glob = expanded_glob(sys.argv[1:])
+    if glob:
+        typer.secho(f"error: {glob}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
     code: Any = 0
     try:
         try:

@@ -6,13 +6,25 @@ import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from distill.cli.exits import handles_errors
 from distill.cli.groups import data_app
 from distill.cli.options import ConfigOpt, PresetOpt, SetOpt
+
+
+def _say_why_folder(root: Any) -> None:
+    """A plain image folder has no persons or captions: say why it was read as one."""
+    from distill.coco import dataset_kind
+    from distill.storage import Location
+
+    parent = Location(root).parent
+    hint = (f"; {parent} has one: did you mean `distill data check {parent}`?"
+            if dataset_kind(parent) == "coco" else "")
+    typer.echo(f"  (read as a plain folder of images, without persons or captions: it has no "
+               f"annotations/ folder{hint})")
 
 
 @data_app.command("check")
@@ -61,6 +73,8 @@ def data_check(
         check = distill.check_data(root, split, decode=decode, config=cfg, progress=decoding)
     ds = check.dataset
     typer.echo(f"{ds.kind} dataset {ds.root} split {ds.split} (images in {ds.image_dir})")
+    if ds.kind == "folder":
+        _say_why_folder(ds.root)
     typer.echo(f"  images:   {check.images}")
     typer.echo(f"  persons:  {check.persons} ({check.with_keypoints} with keypoints)")
     typer.echo(f"  captions: {check.captions}")

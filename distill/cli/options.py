@@ -88,3 +88,28 @@ EngineOpt = Annotated[
     str, typer.Option(help="What runs the network: auto (a checkpoint: PyTorch; a file distill "
                       "export wrote: its runtime), torch, onnxruntime, torchscript.")]
 
+
+
+_PATH_OPTIONS = ("--shards", "--val-shards")
+
+
+def expanded_glob(argv: list[str]) -> str | None:
+    """Why `argv` looks like the shell expanded an unquoted glob given to --shards (one value
+    each, so click would only say "Got unexpected extra argument(s)"), or None."""
+    for i, arg in enumerate(argv):
+        name, _, inline = arg.partition("=")
+        if name not in _PATH_OPTIONS:
+            continue
+        first = inline or (argv[i + 1] if i + 1 < len(argv) else "")
+        rest = argv[i + 1 if inline else i + 2:]
+        extra = 0
+        for token in rest:
+            if token.startswith("-") or Path(token).suffix != Path(first).suffix \
+                    or not Path(token).is_file():
+                break
+            extra += 1
+        if extra:
+            return (f"{name} takes one value but got {extra + 1} paths: the shell expanded a "
+                    f"glob; quote it (--shards '{Path(first).parent}/*{Path(first).suffix}') "
+                    "or give the folder")
+    return None

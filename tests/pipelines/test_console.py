@@ -56,7 +56,8 @@ def test_without_v_no_ray_line_reaches_stderr_and_the_summary_names_rays_logs(po
     assert proc.returncode == 0, stderr[-3000:]
     assert not RAY_ON_CONSOLE.search(stderr), stderr
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert lines and all(ln.startswith(("[generate-labels ", "Ray: joined the cluster at "))
+    assert lines and all(ln.startswith(("[generate-labels ", "[generate-labels] ",
+                                        "Ray: joined the cluster at "))
                          for ln in lines), stderr
     logs = re.search(r"^Ray's logs: (\S+) \(-v shows them on the console\)$", stdout, re.M)
     assert logs, stdout

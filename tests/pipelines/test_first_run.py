@@ -149,3 +149,10 @@ def test_a_first_run_that_lost_its_lease_leaves_the_new_writers_files(synthetic_
     assert {"run/manifest.json", "run/config.toml", "run/.lease.json"} <= set(left), sorted(left)
     assert json.loads(left["run/.lease.json"])["token"] == "b"
     assert not [k for k in left if k.endswith("/")], sorted(left)
+
+
+def test_a_run_says_it_starts_ray(synthetic_coco, tmp_path, ray_fails, capfd):
+    """Issue 32: the console says "starting Ray" before the seconds Ray takes to start."""
+    with pytest.raises(DistillError, match="cannot join Ray"):
+        generate_labels(label_config(synthetic_coco), RunOptions(out=tmp_path / "run"))
+    assert "[generate-labels] starting Ray" in capfd.readouterr().err

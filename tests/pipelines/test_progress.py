@@ -92,3 +92,17 @@ def test_display_lines_show_rate_and_eta_and_respect_the_interval(capsys, monkey
                        "decode 0/30 -/s eta --:--"
     assert lines[1] == "[generate-labels 00:10] written 5/30 0.50/s eta 00:50 | " \
                        "decode 20/30 2.00/s eta 00:05"
+
+
+def test_display_says_what_the_run_does_before_images_flow(capsys):
+    """Issue 32: the first minute of a run is not a silent `0/20 -/s eta --:--`."""
+    display = ProgressDisplay(["decode"], total=20, live=False, interval=60.0)
+    display.phase = "loading teachers (0/1 worker(s) ready)"
+    display.phase = "loading teachers (0/1 worker(s) ready)"  # unchanged: not said again
+    display.phase = "loading teachers (1/1 worker(s) ready)"
+    display.phase = ""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert "loading teachers (0/1 worker(s) ready) | written 0/20" in lines[0]
+    assert "loading teachers (1/1 worker(s) ready)" in lines[1]
+    assert "loading" not in display.line()

@@ -1,0 +1,50 @@
+"""Issue 32's first-run frictions, as a user meets them on the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "distill.cli"]
+
+
+def distill(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_an_unquoted_glob_to_shards_is_explained(tmp_path):
+    for name in ("a.parquet", "b.parquet", "c.parquet"):
+        (tmp_path / name).write_bytes(b"")
+    proc = distill("run", "evaluate", "--checkpoint", "x", "--shards",
+                   *(str(tmp_path / n) for n in ("a.parquet", "b.parquet", "c.parquet")))
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "got 3 paths" in line and "quote it" in line, line
+
+
+def test_generate_labels_takes_root_and_split(synthetic_coco, tmp_path):
+    proc = distill("run", "generate-labels", "--preset", "demo", "--root", str(synthetic_coco),
+                   "--split", "nosuch2017", "--out", str(tmp_path / "run"), "--dry-run")
+    assert proc.returncode == 2, proc.stderr
+    assert "'nosuch2017'" in proc.stderr and str(synthetic_coco) in proc.stderr
+
+
+def test_data_check_says_why_it_reads_a_plain_folder(synthetic_coco):
+    proc = distill("data", "check", str(synthetic_coco / "val2017"))
+    assert proc.returncode == 0, proc.stderr
+    assert "no annotations/ folder" in proc.stdout
+    assert f"did you mean `distill data check {synthetic_coco}`" in proc.stdout
+
+
+def test_config_show_names_the_stop_words_in_use_and_what_max_tokens_means():
+    proc = distill("config", "show", "--preset", "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert "the paper's list, in use: ( ) : a an and at for from" in proc.stdout
+    assert "labels.max_tokens = 8: the student learns the first max_tokens" in proc.stdout
+
+
+def test_generate_labels_help_describes_both_layouts_and_every_exit_code():
+    text = " ".join(distill("run", "generate-labels", "--help").stdout.split())
+    assert '("fused")' in text and '("pools")' in text
+    assert "1 an unexpected failure" in text
