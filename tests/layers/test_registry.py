@@ -27,6 +27,7 @@ def test_each_teacher_role_rewrites_the_columns_it_did_before_the_registry():
         "text": ("groups_png", "text_png", "text_regions"),
         "caption": ("teacher_captions", "tokens"),
         "pose": ("teacher_persons",),  # issue 28, after the registry
+        "parts": ("parts_png", "part_instances_png", "part_persons", "parts_label_set"),  # 29
     }
     assert role_markers() == {"depth": "depth_min", "panoptic": "segments",
                               "text": "text_regions", "caption": "teacher_captions",
