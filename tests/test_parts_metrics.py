@@ -70,3 +70,38 @@ def test_label_sets_and_groups():
     # every CIHP part has a group; MHP's carried objects (ball, umbrella) have none
     assert (group_table("cihp")[1:20] > 0).all()
     assert group_table("mhp")[MHP_PARTS.index("ball")] == 0
+
+
+def test_ground_truth_in_either_layout_and_the_audit_scores_the_teacher(tmp_path):
+    from PIL import Image
+
+    from distill.audit_parts import PartsAudit, load_parts_gt
+    from distill.errors import DistillError
+    from distill.shards import Sample
+
+    mhp, cihp = tmp_path / "mhp", tmp_path / "cihp"
+    (cihp / "Category_ids").mkdir(parents=True)
+    (cihp / "Human_ids").mkdir()
+    mhp.mkdir()
+    a, b = np.array([[1, 1, 0, 0]], np.uint8), np.array([[0, 0, 2, 2]], np.uint8)
+    Image.fromarray(a).save(mhp / "7_02_01.png")
+    Image.fromarray(np.stack([b] * 3, -1)).save(mhp / "7_02_02.png")  # RGB: first channel
+    Image.fromarray(a + b).save(cihp / "Category_ids" / "7.png")
+    Image.fromarray(np.array([[1, 1, 2, 2]], np.uint8)).save(cihp / "Human_ids" / "7.png")
+    for root in (mhp, cihp):
+        got = load_parts_gt(root, "7.jpg")
+        assert got is not None and [g.tolist() for g in got] == [a.tolist(), b.tolist()]
+    assert load_parts_gt(mhp, "8.jpg") is None
+
+    sample = Sample(image_id=7, file_name="7.jpg", split="val", width=4, height=1, image=b"")
+    sample.plugins.update(part_map=a + b, part_instances=np.array([[1, 1, 2, 0]], np.uint8),
+                          part_persons=[{"score": 0.9}, {"score": 0.7}], parts_label_set="cihp")
+    audit = PartsAudit(mhp)
+    audit.add(sample)
+    audit.add(Sample(image_id=9, file_name="9.jpg", split="val", width=4, height=1, image=b""))
+    report = audit.report()
+    # person A exactly; person B half (background 2/3, part 2 1/2 over 20 classes → 7/12)
+    assert report["AP^p_50"] == pytest.approx(1.0) and report["PCP_50"] == pytest.approx(0.5)
+    assert (report["images"], report["rows_without_parts"]) == (1, 1)
+    with pytest.raises(DistillError, match="--parts-gt"):
+        PartsAudit(tmp_path / "none")

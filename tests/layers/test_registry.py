@@ -31,7 +31,7 @@ def test_each_teacher_role_rewrites_the_columns_it_did_before_the_registry():
     }
     assert role_markers() == {"depth": "depth_min", "panoptic": "segments",
                               "text": "text_regions", "caption": "teacher_captions",
-                              "pose": "teacher_persons"}
+                              "pose": "teacher_persons", "parts": "part_persons"}
 
 
 def test_a_layer_fills_after_the_layers_it_needs():
