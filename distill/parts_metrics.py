@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "ParsingScores", "part_ious", "parsing_scores", "persons_of", "voc_ap"]
+__all__ = ["THRESHOLDS", "ParsingScores", "parsing_scores", "part_ious", "persons_of", "voc_ap"]
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from distill.labels.parts import CIHP_PARTS, MHP_PARTS, PART_GROUPS, group_map, group_table
-from distill.parts_metrics import THRESHOLDS, part_ious, parsing_scores, persons_of, voc_ap
+from distill.parts_metrics import THRESHOLDS, parsing_scores, part_ious, persons_of, voc_ap
 
 
 def m(*ids: int) -> np.ndarray:

@@ -25,7 +25,13 @@ from distill.shards import Sample, decode_row, read_shard, shard_identity
 from distill.storage import Location
 from distill.student import layout
 from distill.student.data import ShardSpec, ShardStream
-from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
+from distill.student.metrics import (
+    HDM_THRESHOLDS,
+    Meter,
+    measure,
+    part_group_report,
+    to_unit,
+)
 from distill.student.pose import decode_letterboxed
 from distill.student.pose_ap import keypoint_ap, to_coco_results
 
@@ -162,6 +168,9 @@ def evaluate(
     }
     if pose:
         report["pose"] = keypoint_ap([truth[i] for i in seen], results)
+    groups = part_group_report(metrics)  # a student with the opt-in part channels
+    if groups is not None:
+        report["parts"] = groups
     return report
 
 

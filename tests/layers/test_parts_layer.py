@@ -48,7 +48,7 @@ def filled():
 
 
 def test_a_run_without_the_parts_teacher_keeps_schema_version_1():
-    assert SCHEMA == schema(["depth", "panoptic", "text", "caption"])
+    assert schema(["depth", "panoptic", "text", "caption"]) == SCHEMA
     assert schema(["parts"]).names[-4:] == ["parts_png", "part_instances_png", "part_persons",
                                             "parts_label_set"]
 
@@ -124,3 +124,38 @@ def test_pictures_colour_each_part_and_outline_each_person():
     assert tuple(rgba[6, 5, :3]) == PART_COLORS[HEAD] and tuple(rgba[12, 20, :3]) == PART_COLORS[TORSO]
     assert tuple(rgba[4, 5, :3]) == OUTLINE and rgba[4, 5, 3] == 255  # the left person's top edge
     assert rgba[0, 0, 3] == 0  # nobody: transparent
+
+
+def test_evaluate_scores_each_part_group_by_hdm_and_iou(extra_off):
+    import torch
+
+    from distill.student.metrics import Meter, measure, part_group_report
+
+    assert part_group_report({}) is None  # the paper's student has no part channels
+    layout.use_extra_layers(["parts"])
+    from distill.student.targets import present_keys
+
+    target = torch.zeros(1, 50, 4, 4, dtype=torch.uint8)
+    target[0, 44 + HEAD, :2] = 255  # the teacher's head: 8 pixels
+    maps = -torch.ones(1, 50, 4, 4)
+    maps[0, 44 + HEAD, :1] = 1.0  # the student's: 4 of them
+    maps[0, 44 + TORSO, 3, 3] = 1.0  # a torso pixel the teacher has not
+    present = torch.tensor([[k == "parts" for k in present_keys()]])
+    meter = Meter()
+    measure(meter, {"maps": maps, "tokens": torch.zeros(1, 8, 300)}, target,
+            torch.zeros(1, 8, 300), present)
+    groups = part_group_report(meter.means())
+    assert groups is not None
+    assert groups["head"]["iou"] == pytest.approx(0.5) and groups["torso"]["iou"] == 0.0
+    assert groups["head"]["hdm@0.1"] == pytest.approx(12 / 16) and groups["legs"]["iou"] is None
+
+
+def test_show_draws_a_parts_panel_and_random_parts_teachers_carry_the_banner():
+    from distill.layers.form import from_sample
+    from distill.provenance import random_weight_roles, random_weights_warning
+    from distill.viz import panel_boxes
+
+    assert "parts" in panel_boxes(from_sample(filled()))
+    roles = random_weight_roles({"parts": {"backend": "uniparser", "variant": "tiny"}})
+    assert roles == ["parts"] and "the parts teacher was not pretrained" in \
+        random_weights_warning(roles)
