@@ -133,14 +133,14 @@ def retry_failed(out: PathLike, *, ids: Sequence[int] | None = None,
     return generate_labels(run_config(out, overrides), options).summary
 
 
-def audit_run(run: PathLike, *, limit: int | None = None,
-              progress: bool = False) -> dict[str, Any]:
+def audit_run(run: PathLike, *, limit: int | None = None, progress: bool = False,
+              parts_gt: PathLike | None = None) -> dict[str, Any]:
     """`distill run audit`: the teachers measured against COCO's ground truth (group IoU
     against the instance masks, caption tokens against the human captions); the report is
     also written to RUN/audit.json."""
     from distill.audit import audit_run as _audit
 
-    return _audit(run, limit=limit, progress=progress)
+    return _audit(run, limit=limit, progress=progress, parts_gt=parts_gt)
 
 
 def inspect_labels(path: PathLike, *, sample_rows: int | None = None,

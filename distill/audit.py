@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from distill.audit_masks import _MaskAudit, _ratio
+from distill.audit_parts import PartsAudit
 from distill.audit_persons import PersonAudit, format_persons, persons_report
 from distill.audit_pose import PoseAudit
 from distill.config import Config, LabelsConfig, load_config
@@ -63,7 +64,7 @@ logger = logging.getLogger(__name__)
 CAPTION_METRICS = ("precision", "recall_union", "recall_each")
 # The label layers whose columns the audit reads (the mask check's, the caption check's and the
 # pose check's); the rest of a row (image bytes, depth, ...) is never decoded.
-_LAYERS = ("groups", "panoptic", "tokens", "persons", "pose")
+_LAYERS = ("groups", "panoptic", "tokens", "persons", "pose", "parts")
 
 
 def _columns() -> list[str]:
@@ -223,11 +224,13 @@ class _CaptionAudit:
 
 
 def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True,
+              parts_gt: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Audit the run folder `out` (a path or a URI: its resolved config and its shards, in
     run order, the first `limit` rows when given); write the run's audit report atomically and
     return the same dict. `progress` shows a bar on a terminal, else a line on stderr every
-    10 s (`distill.progress`)."""
+    10 s (`distill.progress`). `parts_gt`: CIHP/MHP-style ground truth the parts teacher is
+    scored against (`distill.audit_parts`)."""
     started = time.monotonic()
     run = LabelRun(out)
     if limit is not None and limit < 0:
@@ -244,6 +247,7 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
     captions = _CaptionAudit(config.labels)
     pose = PoseAudit()
     people = PersonAudit(masks.coco, masks.reason)
+    parts = PartsAudit(parts_gt) if parts_gt is not None else None
     rows = 0
     with Progress("audit", total, "rows", enabled=progress, transient=True) as bar:
         for sample in _iter_rows(paths, limit):
@@ -251,6 +255,8 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
             captions.add(sample)
             pose.add(sample)
             people.add(sample)
+            if parts is not None:
+                parts.add(sample)
             rows += 1
             bar.advance()
     report = {
@@ -265,6 +271,7 @@ def audit_run(out: str | os.PathLike[str] | Location, *, limit: int | None = Non
         "captions": captions.report(),
         "pose": pose.report(),
         "persons": persons_report(people, pose),
+        **({"parts": parts.report()} if parts is not None else {}),
         "elapsed_s": round(time.monotonic() - started, 3),
     }
     atomic_write_bytes(run.audit, json.dumps(report, indent=1).encode())
@@ -373,6 +380,13 @@ def format_audit(report: dict[str, Any]) -> str:
                          f"AP75 {_f(pose['AP75'])}")
     if report.get("persons") is not None:
         lines += ["", *format_persons(report["persons"])]
+    parts = report.get("parts")
+    if parts is not None:
+        lines.append("")
+        lines.append(f"parts vs {parts['ground_truth']}: {parts['images']} images"
+                     + (f", AP^p_50 {_f(parts['AP^p_50'])} · AP^p_vol {_f(parts['AP^p_vol'])} · "
+                        f"PCP_50 {_f(parts['PCP_50'])}" if parts["available"]
+                        else ": not available (no row with the parts teacher has ground truth)"))
     return "\n".join(lines)
 
 

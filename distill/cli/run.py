@@ -387,6 +387,9 @@ def run_audit(
     out: Annotated[str, typer.Argument(help="A generate-labels run folder (a path or a URI).")],
     limit: Annotated[int | None, typer.Option(min=0, help="Audit only the first N rows.")
                      ] = None,
+    parts_gt: Annotated[str | None, typer.Option(
+        "--parts-gt", help="CIHP (Category_ids/, Human_ids/) or MHP v2.0 (parsing_annos/) "
+        "ground truth to score the parts teacher against: AP^p_50, AP^p_vol, PCP_50.")] = None,
 ) -> None:
     """Measure the teachers against COCO ground truth where COCO has it: the panoptic teacher's
     Persons/Vehicles/Animals groups against the instance masks (IoU), the caption teacher's
@@ -395,7 +398,7 @@ def run_audit(
     from distill.audit import format_audit
     from distill.runfolder import LabelRun
 
-    report = distill.audit_run(out, limit=limit, progress=sys.stderr.isatty())
+    report = distill.audit_run(out, limit=limit, progress=sys.stderr.isatty(), parts_gt=parts_gt)
     typer.echo(format_audit(report))
     typer.echo(f"report: {LabelRun(out).audit}")
 

@@ -267,9 +267,16 @@ class StudentConfig:
     num_tokens: int = _setting(8, Range(1, 1024))
     token_dim: int = _setting(300, Range(1, 2**14))  # GloVe dimension
     multi_hot_tail: bool = False
+    # Opt-in label layers whose channels the student learns after the paper's 44 (issue 29:
+    # ["parts"], the body-part groups); part of the run's identity when set.
+    extra_layers: list[str] = field(default_factory=list, metadata=UNLESS_DEFAULT)
 
     def validate(self) -> None:
         check_ranges(self, "student.")  # also validated alone (build_student)
+        if self.extra_layers:
+            from distill.student.layout import check_extra_layers
+
+            check_extra_layers(self.extra_layers)
         if self.input_size % (2 ** (self.levels - 1)):
             raise ConfigError(
                 f"student.input_size = {self.input_size} must be divisible by "
@@ -288,6 +295,7 @@ class LossGainsConfig:
     normals: float = _setting(1.0, GAIN)
     text: float = _setting(1.0, GAIN)
     segmentation: float = _setting(3.0, GAIN)
+    parts: float = _setting(3.0, GAIN, added=True)  # the body-part groups (student.extra_layers)
 
 
 @dataclass

@@ -68,9 +68,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The built-in layers, in shard-schema order (schema version 1, then the pose layer's column,
-# which is in a shard only when its teacher ran: `LabelLayer.only_when_run`).
-BUILTIN = ("depth", "normals", "panoptic", "groups", "text", "tokens", "persons", "pose")
+# The built-in layers, in shard-schema order (schema version 1, then the pose and parts layers'
+# columns, which are in a shard only when their teacher ran: `LabelLayer.only_when_run`).
+BUILTIN = ("depth", "normals", "panoptic", "groups", "text", "tokens", "persons", "pose", "parts")
 # How the letterbox and the augmentation move a layer's label to the student's S×S
 # (`LabelLayer.moved`): ids or bits by nearest neighbour, a continuous map bilinearly (blending
 # only pixels of the image), keypoints as points (heatmaps drawn after), caption tokens not.
@@ -142,6 +142,9 @@ class LabelLayer:
     # Its columns are in a shard only when one of its `roles` ran in the run (the shard schema
     # of a run without that teacher is unchanged: `distill.shards.schema`); optional on read.
     only_when_run: ClassVar[bool] = False
+    # Its channels are in the student only when `student.extra_layers` names it (the paper's
+    # 44 channels stay the default student): `distill.student.layout.use_extra_layers`.
+    opt_in: ClassVar[bool] = False
 
     # -- shard codec ----------------------------------------------------------------------
 

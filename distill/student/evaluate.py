@@ -26,7 +26,13 @@ from distill.shards import Sample, decode_row, read_shard, shard_identity
 from distill.storage import Location
 from distill.student import layout
 from distill.student.data import ShardSpec, ShardStream
-from distill.student.metrics import HDM_THRESHOLDS, Meter, measure, to_unit
+from distill.student.metrics import (
+    HDM_THRESHOLDS,
+    Meter,
+    measure,
+    part_group_report,
+    to_unit,
+)
 from distill.student.persons_eval import RESOLUTIONS, PersonEval, PersonMasks, format_persons
 from distill.student.pose_ap import keypoint_ap
 
@@ -163,6 +169,9 @@ def evaluate(
     if pose:
         report["pose"] = keypoint_ap([truth[i] for i in seen], results)
         report["persons"] = people.report([truth[i] for i in seen])
+    groups = part_group_report(metrics)  # a student with the opt-in part channels
+    if groups is not None:
+        report["parts"] = groups
     return report
 
 

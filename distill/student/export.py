@@ -124,8 +124,9 @@ def export_metadata(student: LoadedStudent, *, fmt: str, fp16: bool, dynamic_bat
         },
         "outputs": names,
         "layout": {
-            "channels": layout.CHANNELS,
-            "maps": {name: [s.start, s.stop] for name, s in layout.MODALITIES.items()},
+            # the loaded student's: the paper's 44, then its extra layers' and plug-ins'
+            "channels": layout.channels(),
+            "maps": {name: [s.start, s.stop] for name, s in layout.modalities().items()},
             "joint_names": list(JOINT_NAMES), "limb_names": list(LIMB_NAMES),
             "maps_range": "[-1, 1] (tanh); unit maps = (v + 1) / 2",
             "tokens": f"({cfg.student.num_tokens}, {cfg.student.token_dim}) in [-1, 1], "

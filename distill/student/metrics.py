@@ -12,7 +12,8 @@ import torch
 from distill.student import layout
 from distill.student.targets import present_keys
 
-__all__ = ["HDM_THRESHOLDS", "Meter", "hdm", "measure", "to_unit"]
+__all__ = ["HDM_THRESHOLDS", "Meter", "hdm", "measure", "measure_part_groups", "part_group_report",
+           "to_unit"]
 
 HDM_THRESHOLDS = (0.1, 0.3, 0.5, 0.8)
 
@@ -45,6 +46,37 @@ class Meter:
         return {k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)}
 
 
+def measure_part_groups(meter: Meter, pred: torch.Tensor, truth: torch.Tensor) -> None:
+    """Per body-part group (`distill.labels.parts.PART_GROUPS`, the opt-in `parts` channels of
+    images that have them, [-1, 1]): HDM at each threshold (`hdm@T/parts:<group>`) and the IoU
+    of the student's part (unit map > 0.5) with the teacher's (`iou/parts:<group>`), averaged
+    over the images where either has that part."""
+    from distill.labels.parts import PART_GROUPS
+
+    for g, group in enumerate(PART_GROUPS):
+        p, t = pred[:, g], truth[:, g]
+        for th in HDM_THRESHOLDS:
+            meter.add(f"hdm@{th}/parts:{group}", hdm(p, t, th), len(p))
+        mine, theirs = (p > 0).flatten(1), (t > 0).flatten(1)
+        union = (mine | theirs).sum(1)
+        seen = union > 0
+        k = int(seen.sum())
+        if k:
+            iou = (mine & theirs).sum(1)[seen].float() / union[seen].float()
+            meter.add(f"iou/parts:{group}", iou.mean(), k)
+
+
+def part_group_report(metrics: dict[str, float]) -> dict[str, dict[str, float | None]] | None:
+    """`measure_part_groups`' figures per group, for `evaluate`'s report; None for a student
+    without part channels."""
+    from distill.labels.parts import PART_GROUPS
+
+    if "parts" not in layout.modalities():
+        return None
+    return {group: {**{f"hdm@{t}": metrics.get(f"hdm@{t}/parts:{group}") for t in HDM_THRESHOLDS},
+                    "iou": metrics.get(f"iou/parts:{group}")} for group in PART_GROUPS}
+
+
 @torch.no_grad()
 def measure(meter: Meter, outputs: dict[str, torch.Tensor], target: torch.Tensor,
              tokens: torch.Tensor, present: torch.Tensor) -> None:
@@ -59,6 +91,8 @@ def measure(meter: Meter, outputs: dict[str, torch.Tensor], target: torch.Tensor
         for th in HDM_THRESHOLDS:
             meter.add(f"hdm@{th}/{name}", hdm(p, t, th), n)
         meter.add(f"mse/{name}", torch.mean((p - t) ** 2), n)
+        if name == "parts":
+            measure_part_groups(meter, p, t)
     have = present[:, keys.index("tokens")]
     if bool(have.any()):
         p, t = outputs["tokens"].float()[have], tokens[have]

@@ -171,6 +171,7 @@ class YMapNet(nn.Module):
         )
         self.pool = nn.AvgPool2d(2)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        layout.use_extra_layers(config.extra_layers)  # its opt-in channels, for this process
         self.head = nn.Sequential(
             nn.Conv2d(widths.filters(0), config.pixelwise_width, 1),
             nn.LeakyReLU(LEAKY_SLOPE),

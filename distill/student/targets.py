@@ -204,8 +204,8 @@ def _channels(sample: Sample, warp: Warp, target: np.ndarray, present: dict[str,
     flags; on a picture replaced by noise, as its `on_noise` says."""
     channels = layout.modalities()
     for layer in layers():
-        if not layer.modalities:
-            continue
+        if not layer.modalities or layer.modalities[0].key not in channels:
+            continue  # no channels, or an opt-in layer this student does not have
         first, last = channels[layer.modalities[0].key], channels[layer.modalities[-1].key]
         out = layer.target(sample, warp)
         absent = out is None or (replaced and layer.on_noise == "absent")

@@ -27,10 +27,11 @@ def test_each_teacher_role_rewrites_the_columns_it_did_before_the_registry():
         "text": ("groups_png", "text_png", "text_regions"),
         "caption": ("teacher_captions", "tokens"),
         "pose": ("teacher_persons",),  # issue 28, after the registry
+        "parts": ("parts_png", "part_instances_png", "part_persons", "parts_label_set"),  # 29
     }
     assert role_markers() == {"depth": "depth_min", "panoptic": "segments",
                               "text": "text_regions", "caption": "teacher_captions",
-                              "pose": "teacher_persons"}
+                              "pose": "teacher_persons", "parts": "part_persons"}
 
 
 def test_a_layer_fills_after_the_layers_it_needs():
