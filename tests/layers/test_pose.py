@@ -68,6 +68,19 @@ def test_boxes_come_from_annotations_else_panoptic_people_else_the_backend():
     assert pose_boxes(False, [], None) == (None, [])
 
 
+def test_the_boxes_setting_skips_panoptic_people_or_every_given_box():
+    """`teachers.pose.boxes`: "gt" never takes the panoptic teacher's people (the demo's is
+    random), "detector" ignores the annotations too (the teacher judged on its own boxes)."""
+    people = [_person(4, 5)]
+    class_map = np.full((80, 100), 255, np.uint8)
+    class_map[10:50, 5:40] = 1
+    boxes, sources = pose_boxes(True, people, class_map, "gt")
+    assert boxes.tolist() == [[4, 5, 24, 35]] and sources == ["gt"]
+    assert pose_boxes(False, [], class_map, "gt") == (None, [])
+    assert pose_boxes(True, people, class_map, "detector") == (None, [])
+    assert pose_boxes(False, [], class_map, "detector") == (None, [])
+
+
 def test_pose_source_picks_whose_people_are_learned():
     gt, seen = [_person(4, 5)], [_seen([0.9] * 4 + [0.1] * 13)]
     assert training_persons(gt, seen, "gt", 0.3) is gt
