@@ -106,7 +106,7 @@ class PoseLayer(LabelLayer):
         painter.paste(panel, u8(painter.image_at(size).astype(np.float32) * 0.6))
         x0, y0, _, _ = painter.content_box(panel)
         n = draw_teacher_people(painter.draw, labelled, size, (x0, y0))
-        counts = {}
+        counts: dict[str, int] = {}
         for p in labelled.teacher_people:
             counts[p.box_source] = counts.get(p.box_source, 0) + 1
         boxes = ", ".join(f"{source} {k}" for source, k in sorted(counts.items()))
