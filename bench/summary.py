@@ -340,6 +340,14 @@ def _teacher_lines(teachers: dict[str, Any]) -> list[str]:
                          f"{r.get('dtype', '–')} | {ips} |")
     lines += ["", "CPU rows use the tiny random-initialised variants (CRAFT: its real weights), "
               "so they measure the pipeline's code paths, not the paper models' cost."]
+    pose = teachers.get("cpu_pose")
+    if isinstance(pose, list) and pose:
+        lines += ["", "Pose teachers, persons/s per core (one whole-photo box per photo, one "
+                  "thread; only blazepose has real weights, the others are random-initialised):",
+                  "", "| backend | variant | persons/s |", "|---|---|---:|"]
+        lines += [f"| {r['backend']} | {r.get('variant', '–')} | "
+                  f"{_num(r.get('persons_per_second')) if 'persons_per_second' in r else r['error']} |"
+                  for r in pose]
     proj = teachers.get("gpu_projection")
     if isinstance(proj, dict) and "images_per_second" in proj:
         lines += ["", f"Projected on this GPU, all four teachers sharing it: "

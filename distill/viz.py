@@ -70,20 +70,24 @@ def _panel_height(width: int, height: int, panel_width: int) -> int:
     return max(1, min(round(height * panel_width / width), 2 * panel_width))
 
 
-def _specs() -> list[tuple[PanelSpec, str]]:
-    """Every panel the registered layers draw, with its layer's name (the image's: "")."""
+def _specs(labels: LabelledImage | None = None) -> list[tuple[PanelSpec, str]]:
+    """Every panel the registered layers draw, with its layer's name (the image's: ""); with
+    `labels`, less the `when_present` panels whose field they lack."""
     return [(IMAGE, ""), *((spec, layer.name) for layer in layers()
-                           for spec in layer.sheet_panels())]
+                           for spec in layer.sheet_panels()
+                           if not (spec.when_present and labels is not None
+                                   and getattr(labels, spec.field) is None))]
 
 
 # (key, kind, layer, row, column, grid row, column span)
 _Slot = tuple[str, str, str, str, int, int, int]
 
 
-def _single_slots(ncols: int) -> tuple[list[_Slot], list[bool]]:
+def _single_slots(ncols: int, labels: LabelledImage) -> tuple[list[_Slot], list[bool]]:
     """One labels' panels in `rank` order, `ncols` to a grid row; whether each grid row holds
     text."""
-    specs = sorted(((s, n) for s, n in _specs() if not s.student_first), key=lambda p: p[0].rank)
+    specs = sorted(((s, n) for s, n in _specs(labels) if not s.student_first),
+                   key=lambda p: p[0].rank)
     slots: list[_Slot] = []
     texty: list[bool] = []
     for i, (spec, name) in enumerate(specs):
@@ -94,11 +98,12 @@ def _single_slots(ncols: int) -> tuple[list[_Slot], list[bool]]:
     return slots, texty
 
 
-def _compare_slots(ncols: int, compare: LabelledImage) -> tuple[list[_Slot], list[bool]]:
+def _compare_slots(ncols: int, labels: LabelledImage,
+                   compare: LabelledImage) -> tuple[list[_Slot], list[bool]]:
     """The teachers' first `ncols` dense panels (`compare_rank` order) above the student's, the
     text panels of both in one row, then the other dense panels (plug-ins'), teachers' beside
     the student's."""
-    specs = sorted(_specs(), key=lambda p: p[0].compare_rank)
+    specs = sorted(_specs(labels), key=lambda p: p[0].compare_rank)
     dense = [(s, n) for s, n in specs if s.dense and not s.student_first]
     first = next(((s, n) for s, n in specs if s.student_first
                   and getattr(compare, s.field) is not None), dense[0])
@@ -142,7 +147,8 @@ def sheet_layout(labels: LabelledImage, *, compare: LabelledImage | None = None,
     title_h = font + 16
     banner_h = font + 14 if banner else 0
     ncols = 4 if compare is None else 6
-    slots, texty = _single_slots(ncols) if compare is None else _compare_slots(ncols, compare)
+    slots, texty = (_single_slots(ncols, labels) if compare is None
+                    else _compare_slots(ncols, labels, compare))
     row_heights = [text_h if t else ph for t in texty]
     width = 2 * margin + ncols * pw + (ncols - 1) * gap
     tops = []

@@ -315,7 +315,8 @@ class TeacherStage:
         images = [it.array for it in todo if it.array is not None]  # all of them
         if self.role == "pose":  # top-down: each image with its person boxes
             results = predict_resilient(_with_boxes(self.teacher.predict), self.config,
-                                        [(it.array, *_pose_boxes(it)) for it in todo],
+                                        [(it.array, *_pose_boxes(it, self.config.boxes))
+                                         for it in todo],
                                         on_halved)
         else:
             results = predict_resilient(self.teacher.predict, self.config, images, on_halved)
@@ -332,11 +333,12 @@ class TeacherStage:
         return items
 
 
-def _pose_boxes(item: Item) -> tuple[np.ndarray | None, list[str]]:
-    """The person boxes the pose teacher gets for one image (`distill.labels.pose.pose_boxes`):
-    its annotations' when it has any (a COCO image; a stored row extended with the pose teacher
-    when it holds annotated people), else the panoptic teacher's people, from this run's
-    panoptic output (pose runs after panoptic) or the stored row's class map."""
+def _pose_boxes(item: Item, mode: str) -> tuple[np.ndarray | None, list[str]]:
+    """The person boxes the pose teacher gets for one image (`distill.labels.pose.pose_boxes`,
+    `mode` = `teachers.pose.boxes`): its annotations' when it has any (a COCO image; a stored
+    row extended with the pose teacher when it holds annotated people), else the panoptic
+    teacher's people, from this run's panoptic output (pose runs after panoptic) or the stored
+    row's class map."""
     from distill.labels.pose import pose_boxes
 
     if item.record is not None:
@@ -349,7 +351,7 @@ def _pose_boxes(item: Item) -> tuple[np.ndarray | None, list[str]]:
     class_map = panoptic.class_map if panoptic is not None else None
     if class_map is None and item.row is not None and item.row.get("panoptic_png") is not None:
         class_map = decode_row({"panoptic_png": item.row["panoptic_png"]}).panoptic
-    return pose_boxes(annotated, persons, class_map)
+    return pose_boxes(annotated, persons, class_map, mode)
 
 
 def _with_boxes(predict: Callable[..., list[Any]]) -> Callable[[list[Any]], list[Any]]:

