@@ -72,11 +72,17 @@ def _panel_height(width: int, height: int, panel_width: int) -> int:
 
 def _specs(labels: LabelledImage | None = None) -> list[tuple[PanelSpec, str]]:
     """Every panel the registered layers draw, with its layer's name (the image's: ""); with
-    `labels`, less the `when_present` panels whose field they lack."""
+    `labels`, less the `when_present` panels whose label they lack."""
     return [(IMAGE, ""), *((spec, layer.name) for layer in layers()
                            for spec in layer.sheet_panels()
                            if not (spec.when_present and labels is not None
-                                   and getattr(labels, spec.field) is None))]
+                                   and _absent(labels, spec)))]
+
+
+def _absent(labels: LabelledImage, spec: PanelSpec) -> bool:
+    """Whether `labels` lack a `when_present` panel's label: its `field`, or (no field) the
+    `layers` entry under its key."""
+    return (getattr(labels, spec.field) if spec.field else labels.layers.get(spec.key)) is None
 
 
 # (key, kind, layer, row, column, grid row, column span)

@@ -188,7 +188,8 @@ class PartsLayer(LabelLayer):
         return {"layers": found}
 
     def sheet_panels(self) -> tuple[PanelSpec, ...]:
-        return (PanelSpec(self.name, self.caption, rank=100, compare_rank=100),)
+        return (PanelSpec(self.name, self.caption, rank=100, compare_rank=100,
+                          when_present=True),)
 
     def _picture(self, labelled: LabelledImage,
                  size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -112,7 +112,8 @@ class PanelSpec:
     a text panel's place in the bottom row, `span` columns wide). A `student_first` panel
     takes the image's place in the student's row when its labels have `field`. A
     `when_present` panel is on a sheet only when the (teachers') labels have `field` (not
-    None): the sheets of runs without its teacher keep their layout."""
+    None; without a field: their `layers` entry under `key`): the sheets of runs without its
+    teacher keep their layout."""
 
     key: str
     caption: str
