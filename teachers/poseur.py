@@ -32,8 +32,14 @@ from distill.config import TeacherConfig
 from teachers.base import PosePerson, PoseResult, Provenance, Teacher, TeacherError, check_images
 from teachers.poseur_net import ARCHS, PoseurNet
 from teachers.registry import register
-from teachers.runtime import (load_state_dict, load_strict, make_provenance, resolve_device,
-                              resolve_dtype, seeded)
+from teachers.runtime import (
+    load_state_dict,
+    load_strict,
+    make_provenance,
+    resolve_device,
+    resolve_dtype,
+    seeded,
+)
 
 __all__ = ["Poseur", "box_to_center_scale", "crop_person", "map_upstream_keys", "to_original"]
 

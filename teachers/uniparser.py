@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,10 @@ import torch.nn.functional as F
 
 from distill.config import TeacherConfig
 from teachers import runtime
-from teachers.base import (PartsPerson, PartsResult, Provenance, Teacher, TeacherError,
-                           check_images)
+from teachers.base import PartsPerson, PartsResult, Provenance, Teacher, TeacherError, check_images
 from teachers.registry import register
 from teachers.resize import resize_bilinear_uint8
-from teachers.uniparser_net import ARCHS, LABEL_SETS, UniParserArch, UniParserNet
+from teachers.uniparser_net import ARCHS, UniParserArch, UniParserNet
 
 __all__ = ["TestConfig", "UniParser", "arch_of_checkpoint",
            "map_upstream_keys", "parse_single", "to_parts_result"]
@@ -181,7 +180,7 @@ def to_parts_result(parsings: np.ndarray, scores: np.ndarray) -> PartsResult:
         part_map[on] = parsings[k][on]
         owner[on] = k
     instance_map = np.zeros((h, w), np.uint8)
-    persons = []
+    persons: list[PartsPerson] = []
     for k in order:
         on = owner == k
         if not on.any():
@@ -194,13 +193,18 @@ def to_parts_result(parsings: np.ndarray, scores: np.ndarray) -> PartsResult:
 
 
 def _arch_for(config: TeacherConfig) -> UniParserArch:
+    """The tiny config, or the upstream config a random variant's `checkpoint` names (r101 when
+    it names none: the default local checkpoint path, for one, is not a config name)."""
     if config.variant == "tiny":
         return ARCHS["tiny"]
-    name = config.checkpoint or "r101"
-    if name not in ARCHS or name == "tiny":
-        raise TeacherError(f"teachers.parts.checkpoint = {config.checkpoint!r}: a random uniparser "
-                           f"names an upstream config: {', '.join(a for a in ARCHS if a != 'tiny')}")
-    return ARCHS[name]
+    name = config.checkpoint
+    if name in ARCHS and name != "tiny":
+        return ARCHS[name]
+    if re.fullmatch(r"r\d+(-\w+)?", name):
+        raise TeacherError(f"teachers.parts.checkpoint = {name!r}: a random uniparser names an "
+                           f"upstream config: {', '.join(a for a in ARCHS if a != 'tiny')}")
+    logger.info("random uniparser: %r is not a config name; using r101 (CIHP)", name)
+    return ARCHS["r101"]
 
 
 @register
@@ -255,7 +259,9 @@ class UniParser(Teacher[PartsResult]):
 
     def predict(self, images: list[np.ndarray]) -> list[PartsResult]:
         check_images(images)
-        shapes = [runtime.shortest_edge_size(*img.shape[:2], *self.sizes) for img in images]
+        shortest, longest = self.sizes
+        shapes = [runtime.shortest_edge_size(img.shape[0], img.shape[1], shortest, longest)
+                  for img in images]
         results: list[PartsResult | None] = [None] * len(images)
         with torch.inference_mode():
             for chunk in runtime.batches_by_size(shapes, self.config.batch_size):

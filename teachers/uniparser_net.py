@@ -83,7 +83,7 @@ class ModulatedDeformConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         self.conv_offset = nn.Conv2d(cin, 27, 3, stride=stride, padding=1)
         nn.init.zeros_(self.conv_offset.weight)
-        nn.init.zeros_(self.conv_offset.bias)
+        nn.init.zeros_(self.conv_offset.bias)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o1, o2, mask = torch.chunk(self.conv_offset(x), 3, dim=1)
