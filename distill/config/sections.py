@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,6 +44,8 @@ __all__ = [
     "TrainConfig",
 ]
 
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # The backends distill ships, per teacher role (DESIGN.md §3). The teacher registry owns the code;
 # this table lets a config be validated without importing torch.
@@ -115,9 +118,16 @@ class TeacherConfig:
     # the panoptic teacher's people); "detector": always the backend's own (ground truth
     # ignored: how the teacher does on its own, `distill audit`).
     boxes: Literal["auto", "gt", "detector"] = _added("auto")
+    # The sha256 of weight files by name (a path in the hub repo, or the checkpoint file's own
+    # name): `distill teachers fetch` refuses a file that hashes otherwise (issue 32).
+    sha256: dict[str, str] = field(default_factory=dict, metadata=UNLESS_DEFAULT)
 
     def validate(self, role: str) -> None:
         check_ranges(self, f"teachers.{role}.")  # also validated alone (teachers.registry)
+        for name, digest in self.sha256.items():
+            if not _SHA256.fullmatch(digest):
+                raise ConfigError(f"teachers.{role}.sha256[{name!r}] = {digest!r} is not a "
+                                  "sha256 (64 lowercase hex digits)")
         allowed = TEACHER_BACKENDS[role]
         if self.backend not in allowed:
             raise ConfigError(
