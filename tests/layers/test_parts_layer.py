@@ -159,3 +159,47 @@ def test_show_draws_a_parts_panel_and_random_parts_teachers_carry_the_banner():
     roles = random_weight_roles({"parts": {"backend": "uniparser", "variant": "tiny"}})
     assert roles == ["parts"] and "the parts teacher was not pretrained" in \
         random_weights_warning(roles)
+
+
+@pytest.mark.slow
+def test_tiny_uniparser_flows_from_labelling_to_the_students_part_channels(tmp_path, ray_address,
+                                                                            extra_off):
+    """Issue 29's "done when", end to end: generate-labels with the tiny UniParser writes the
+    parts columns (plain pyarrow reads them), a student with `student.extra_layers = ["parts"]`
+    trains on them (its `loss/parts` logged), `evaluate` scores each part group and `show`
+    draws the teacher's and the student's parts panels."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from distill.api_labels import show
+    from distill.api_student import evaluate
+    from distill.config import load_config
+    from distill.student.train import TrainOptions, train_student
+    from pipelines.generate_labels import RunOptions, generate_labels
+    from tests.conftest import label_config, make_coco7
+
+    root = make_coco7(tmp_path / "coco")
+    out = tmp_path / "labels"
+    # only the parts teacher runs: the cheapest run that writes the layer
+    off = [f"teachers.{role}.enabled=false" for role in ("depth", "panoptic", "text", "caption",
+                                                          "pose")]
+    cfg = label_config(root, "teachers.parts.enabled=true", "teachers.parts.variant=tiny", *off)
+    generate_labels(cfg, RunOptions(out=out, live=False, limit=3))
+    table = pq.read_table(out / "shards")
+    assert {"parts_png", "part_instances_png", "part_persons", "parts_label_set"} \
+        <= set(table.column_names)
+    assert table.num_rows == 3 and set(table.column("parts_label_set").to_pylist()) == {"cihp"}
+
+    train = load_config("demo", overrides=["train.epochs=1", 'student.extra_layers=["parts"]'])
+    student = tmp_path / "student"
+    train_student(train, TrainOptions(shards=out / "shards", out=student, progress=False))
+    logged = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/parts" in entry["train"] for entry in logged)
+    report = evaluate(student / "checkpoints" / "last", out / "shards").report
+    assert set(report["parts"]) == set(PART_GROUPS)
+    assert all(0.0 <= group["iou"] <= 1.0 for group in report["parts"].values())
+    shard = sorted((out / "shards").glob("*.parquet"))[0]
+    show(shard, row=0, checkpoint=str(student / "checkpoints" / "last"),
+         out=tmp_path / "sheet.png")
+    assert (tmp_path / "sheet.png").stat().st_size > 0
