@@ -164,11 +164,10 @@ class _RunFolder:
 
 
 def _remove_lock(root: Location, remove_folder: bool) -> None:
-    """A run that never got as far as its plan leaves nothing: not its lock file, and not the
-    folder it made for it."""
+    """A run that never got as far as its plan leaves nothing: not the folder it made for it
+    (its lock file went with the lock, `local_lock`)."""
     path = root.as_path()
     with contextlib.suppress(OSError):
-        (path / LOCK).unlink(missing_ok=True)
         if remove_folder and not any(path.iterdir()):
             path.rmdir()
 
