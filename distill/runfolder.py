@@ -145,6 +145,12 @@ class _RunFolder:
         """Before a first write: the folder is new, empty, or already this kind of run."""
         if self.is_run():
             return
+        for other in (LabelRun, StudentRun):  # distill made it, for the other kind of run
+            if other.kind != self.kind and other(self.root).is_run():
+                raise DistillError(
+                    f"--out {self.root} is a distill {other.kind} ({other.marker}); a "
+                    f"{self.kind.removesuffix(' folder')} goes into a folder of its own: choose "
+                    "an empty or new folder")
         _refuse_foreign(self.root, self.kind, self.marker, {LOCK, LEASE})
 
     @contextlib.contextmanager

@@ -48,3 +48,16 @@ def test_generate_labels_help_describes_both_layouts_and_every_exit_code():
     text = " ".join(distill("run", "generate-labels", "--help").stdout.split())
     assert '("fused")' in text and '("pools")' in text
     assert "1 an unexpected failure" in text
+
+
+def test_train_student_into_a_label_run_says_it_is_a_label_run(tmp_path):
+    run = tmp_path / "labels"
+    (run / "shards").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    proc = distill("run", "train-student", "--preset", "demo", "--shards", str(run),
+                   "--out", str(run))
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "is a distill label run folder (manifest.json)" in line, line
+    assert "a student run goes into a folder of its own" in line and "did not make" not in line
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json", "shards"]
