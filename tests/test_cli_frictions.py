@@ -61,3 +61,13 @@ def test_train_student_into_a_label_run_says_it_is_a_label_run(tmp_path):
     assert "\n" not in line and "is a distill label run folder (manifest.json)" in line, line
     assert "a student run goes into a folder of its own" in line and "did not make" not in line
     assert sorted(p.name for p in run.iterdir()) == ["manifest.json", "shards"]
+
+
+def test_inspect_json_to_a_folder_is_one_line_before_any_work(tmp_path):
+    (tmp_path / "reports").mkdir()
+    proc = distill("inspect", str(tmp_path / "no-such-run"), "--json", str(tmp_path / "reports"))
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and proc.stdout == "", (line, proc.stdout)
+    assert f"--json {tmp_path / 'reports'} is a folder" in line
+    assert str(tmp_path / "reports" / "inspect.json") in line

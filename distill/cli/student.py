@@ -244,7 +244,7 @@ def inspect(
     sample_rows: Annotated[int | None, typer.Option(
         min=1, help="Decode only the first N rows for the pixel statistics (default: all).")] = None,
     json_out: Annotated[Path | None, typer.Option(
-        "--json", help="Also write the report as JSON.")] = None,
+        "--json", help="Also write the report as JSON to this file (not a folder).")] = None,
 ) -> None:
     """Summarise labels: schema, rows, shards done/pending, every teacher's provenance, the
     quarantine, and QA statistics (class-group pixel shares, empty-caption and empty-token
