@@ -378,7 +378,7 @@ class StudentRun(_RunFolder):
                                json.dumps({"kind": "student", "by": "distill"}).encode())
 
     def record_training_shards(self, shards: list[dict[str, Any]]) -> None:
-        """Add `shards` (each {"path", "name", "fingerprint"}) to the training shards `run.json`
+        """Add `shards` (each {"path", "name", "fingerprint", "random_weights"}) to the training shards `run.json`
         records, so `evaluate` can tell when it scores a student on its own training data. A
         resumed run adds the shards it trains on to those of the runs before it."""
         doc = _read_json(self.root / RUN_MARKER) if (self.root / RUN_MARKER).is_file() else {}
@@ -394,6 +394,12 @@ class StudentRun(_RunFolder):
             return []
         shards = _read_json(marker).get("train_shards")
         return [s for s in shards if isinstance(s, dict)] if isinstance(shards, list) else []
+
+    def random_weight_roles(self) -> list[str]:
+        """The roles whose teacher had random weights in any shard the run trained on (as
+        `record_training_shards` recorded them; [] for a run made before that)."""
+        return sorted({str(role) for s in self.training_shards()
+                       for role in s.get("random_weights") or []})
 
     @classmethod
     def holding(cls, path: Location) -> StudentRun | None:

@@ -509,3 +509,21 @@ def test_shares_on_pictures_are_the_layers_statistics(shard):
     stats = get_layer("groups").statistics(row)
     assert stats is not None
     assert [stats[f"group:{g}"] for g in GROUP_NAMES] == plane_shares(labels.groups)
+
+
+def test_the_text_panel_tints_only_the_pixels_its_share_counts(shard):
+    """A student's low text probabilities everywhere ("text 0.0 %") draw no tint at all."""
+    import dataclasses
+
+    from distill.images import decode_image
+    from distill.shards import decode_row, read_shard
+
+    sample = decode_row(read_shard(shard).slice(0, 1).to_pylist()[0])
+    labels = from_sample(sample)
+    image = decode_image(sample.image)
+    box = sheet_layout(labels).boxes["text"]
+    low = dataclasses.replace(labels, text=np.full((labels.height, labels.width), 0.3,
+                                                   np.float32))
+    none = dataclasses.replace(labels, text=np.zeros((labels.height, labels.width), np.float32))
+    drawn = [region(np.asarray(contact_sheet(image, lab)), box) for lab in (low, none)]
+    assert np.array_equal(drawn[0], drawn[1])
