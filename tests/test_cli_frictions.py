@@ -71,3 +71,29 @@ def test_inspect_json_to_a_folder_is_one_line_before_any_work(tmp_path):
     assert "\n" not in line and proc.stdout == "", (line, proc.stdout)
     assert f"--json {tmp_path / 'reports'} is a folder" in line
     assert str(tmp_path / "reports" / "inspect.json") in line
+
+
+def test_training_says_every_epoch_with_validation_and_what_an_epoch_sees(labelled_coco7,
+                                                                         tmp_path):
+    _, run, _ = labelled_coco7
+    proc = distill("run", "train-student", "--preset", "demo", "--shards", str(run),
+                   "--val-shards", str(run), "--out", str(tmp_path / "student"), "--epochs", "2",
+                   "--batch-size", "4", "--device", "cpu", "--set", "student.input_size=64",
+                   "--set", "train.num_workers=0")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 0", "epoch 1"], proc.stdout
+    assert all("val loss" in line for line in epochs)
+    assert ("each epoch trains on 4 of the 7 images: full batches of 4 only, a different 3 left "
+            "out each epoch (train.batch_size)") in lines
+    assert not any("no --val-shards" in line for line in lines)
+
+
+def test_without_validation_shards_best_is_said_to_follow_the_training_loss():
+    from distill.student.epochlines import training_notes
+
+    notes = training_notes(validated=False, images=8, per_epoch=8, batch_size=4)
+    assert notes == ["no --val-shards: the best checkpoint (and early stopping) is judged on "
+                     "the training loss"]
+    assert training_notes(validated=True, images=8, per_epoch=8, batch_size=4) == []

@@ -300,6 +300,7 @@ def run_train_student(
     """
     from distill.config import load_config
     from distill.runfolder import StudentRun
+    from distill.student.epochlines import epoch_line
     from distill.student.train import TrainOptions, train_student
 
     overrides = list(set_ or [])
@@ -308,9 +309,16 @@ def run_train_student(
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
     cfg = load_config(preset, config, overrides)
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        typer.echo(line)
+
     options = TrainOptions(shards=shards, val_shards=val_shards, vocab=vocab,
                            out=out or str(Path("runs") / cfg.preset / "student"), resume=resume,
-                           device=device, verify_shards=verify_shards, allow_mixed=allow_mixed)
+                           device=device, verify_shards=verify_shards, allow_mixed=allow_mixed,
+                           say=say if num_workers == 0 else None)
     if num_workers > 0:
         from pipelines.train_student import train_on_ray
 
@@ -320,12 +328,8 @@ def run_train_student(
                    f"{metrics.get('loss')}; checkpoints in {StudentRun(options.out).checkpoint('last').parent}")
         return
     last = train_student(cfg, options)
-    if last:
-        joints = last["train"].get("hdm@0.1/joints")
-        bad = sum(last.get("skipped_rows", {}).values())
-        typer.echo(f"epoch {last['epoch']}: loss {last['train'].get('loss', float('nan')):.4f}"
-                   + (f", HDM@0.1 joints {joints:.3f}" if joints is not None else "")
-                   + (f", {bad} bad row(s) skipped (see the log)" if bad else ""))
+    if last and not said:  # resumed at or past train.epochs: no epoch ran
+        typer.echo(epoch_line(last))
     run = StudentRun(options.out)
     typer.echo(f"checkpoints: {run.checkpoint('last').parent}   metrics: {run.metrics}")
 
