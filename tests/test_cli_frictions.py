@@ -97,3 +97,14 @@ def test_without_validation_shards_best_is_said_to_follow_the_training_loss():
     assert notes == ["no --val-shards: the best checkpoint (and early stopping) is judged on "
                      "the training loss"]
     assert training_notes(validated=True, images=8, per_epoch=8, batch_size=4) == []
+
+
+def test_num_workers_is_renamed_ray_workers_and_still_accepted(tmp_path):
+    proc = distill("run", "train-student", "--preset", "demo", "--shards", str(tmp_path / "no"),
+                   "--out", str(tmp_path / "student"), "--num-workers", "1")
+    assert proc.returncode == 2, proc.stderr
+    first, second = proc.stderr.strip().splitlines()
+    assert first == ("note: --num-workers is now --ray-workers (Ray Train workers); "
+                     "train.num_workers is the DataLoader's")
+    assert second.startswith(f"error: {tmp_path / 'no'} does not exist")
+    assert "--ray-workers" in distill("run", "train-student", "--help").stdout

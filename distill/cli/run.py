@@ -280,8 +280,11 @@ def run_train_student(
     verify_shards: Annotated[bool, typer.Option(
         "--verify-shards", help="Before training, check every shard's sha256 against its label "
         "run's manifest; a shard that differs, or that no manifest records, is refused.")] = False,
-    num_workers: Annotated[int, typer.Option(
-        help="Ray Train workers (DDP). 0 trains in this process.")] = 0,
+    ray_workers: Annotated[int, typer.Option(
+        "--ray-workers", help="Ray Train workers (DDP). 0 trains in this process. (Not "
+        "train.num_workers: DataLoader workers per training process.)")] = 0,
+    old_num_workers: Annotated[int | None, typer.Option(
+        "--num-workers", hidden=True, help="Renamed --ray-workers.")] = None,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Ray Train worker.")] = 0.0,
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs per Ray Train worker.")] = 1.0,
     device: Annotated[str, typer.Option(
@@ -295,7 +298,7 @@ def run_train_student(
       distill run train-student --preset demo --shards demo-data/run/shards
       distill run train-student -c paper-run.toml --shards /runs/coco-train \\
           --val-shards /runs/coco-val --out /runs/student \\
-          --num-workers 4 --gpus-per-worker 1
+          --ray-workers 4 --gpus-per-worker 1
       distill run train-student --preset demo --shards demo-data/run --resume
     """
     from distill.config import load_config
@@ -303,6 +306,11 @@ def run_train_student(
     from distill.student.epochlines import epoch_line
     from distill.student.train import TrainOptions, train_student
 
+    if old_num_workers is not None:
+        typer.secho("note: --num-workers is now --ray-workers (Ray Train workers); "
+                    "train.num_workers is the DataLoader's", err=True)
+        ray_workers = old_num_workers
+    num_workers = ray_workers
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
