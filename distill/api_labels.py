@@ -164,6 +164,9 @@ def inspect_labels(path: PathLike, *, sample_rows: int | None = None,
     from distill.inspect import inspect_path
     from distill.storage import atomic_write_bytes
 
+    if json_out is not None and (os.path.isdir(json_out) or str(json_out).endswith("/")):
+        raise DistillError(f"--json {json_out} is a folder; name the file to write, such as "
+                           f"{os.path.join(json_out, 'inspect.json')}")
     report = inspect_path(path, sample_rows=sample_rows)
     if json_out is not None:
         atomic_write_bytes(json_out, (json.dumps(report, indent=1, default=str) + "\n").encode())

@@ -73,13 +73,19 @@ def shards_random_weight_roles(metadatas: Iterable[Mapping[str, Any]]) -> list[s
     return sorted(roles)
 
 
-def random_weights_warning(roles: list[str]) -> str:
-    """The one line that says which teachers had random weights ("" when none did)."""
+def random_weights_warning(roles: list[str], *, student: bool = False) -> str:
+    """The one line that says which teachers had random weights ("" when none did); with
+    `student`, of the labels a student learnt from (`distill predict`)."""
     if not roles:
         return ""
     which = roles[0] if len(roles) == 1 else ", ".join(roles[:-1]) + " and " + roles[-1]
+    were = "were" if len(roles) > 1 else "was"
+    if student:
+        return (f"RANDOM WEIGHTS: the student learnt from labels of the {which} "
+                f"teacher{'s' if len(roles) > 1 else ''}, which {were} not pretrained; its "
+                "predictions are for plumbing tests only")
     return (f"RANDOM WEIGHTS: the {which} teacher{'s' if len(roles) > 1 else ''} "
-            f"{'were' if len(roles) > 1 else 'was'} not pretrained; {PLUMBING_ONLY}")
+            f"{were} not pretrained; {PLUMBING_ONLY}")
 
 
 def unpinned_warning(role: str, prov: Mapping[str, Any]) -> str:

@@ -145,6 +145,12 @@ class _RunFolder:
         """Before a first write: the folder is new, empty, or already this kind of run."""
         if self.is_run():
             return
+        for other in (LabelRun, StudentRun):  # distill made it, for the other kind of run
+            if other.kind != self.kind and other(self.root).is_run():
+                raise DistillError(
+                    f"--out {self.root} is a distill {other.kind} ({other.marker}); a "
+                    f"{self.kind.removesuffix(' folder')} goes into a folder of its own: choose "
+                    "an empty or new folder")
         _refuse_foreign(self.root, self.kind, self.marker, {LOCK, LEASE})
 
     @contextlib.contextmanager
@@ -164,11 +170,10 @@ class _RunFolder:
 
 
 def _remove_lock(root: Location, remove_folder: bool) -> None:
-    """A run that never got as far as its plan leaves nothing: not its lock file, and not the
-    folder it made for it."""
+    """A run that never got as far as its plan leaves nothing: not the folder it made for it
+    (its lock file went with the lock, `local_lock`)."""
     path = root.as_path()
     with contextlib.suppress(OSError):
-        (path / LOCK).unlink(missing_ok=True)
         if remove_folder and not any(path.iterdir()):
             path.rmdir()
 
@@ -373,7 +378,7 @@ class StudentRun(_RunFolder):
                                json.dumps({"kind": "student", "by": "distill"}).encode())
 
     def record_training_shards(self, shards: list[dict[str, Any]]) -> None:
-        """Add `shards` (each {"path", "name", "fingerprint"}) to the training shards `run.json`
+        """Add `shards` (each {"path", "name", "fingerprint", "random_weights"}) to the training shards `run.json`
         records, so `evaluate` can tell when it scores a student on its own training data. A
         resumed run adds the shards it trains on to those of the runs before it."""
         doc = _read_json(self.root / RUN_MARKER) if (self.root / RUN_MARKER).is_file() else {}
@@ -389,6 +394,12 @@ class StudentRun(_RunFolder):
             return []
         shards = _read_json(marker).get("train_shards")
         return [s for s in shards if isinstance(s, dict)] if isinstance(shards, list) else []
+
+    def random_weight_roles(self) -> list[str]:
+        """The roles whose teacher had random weights in any shard the run trained on (as
+        `record_training_shards` recorded them; [] for a run made before that)."""
+        return sorted({str(role) for s in self.training_shards()
+                       for role in s.get("random_weights") or []})
 
     @classmethod
     def holding(cls, path: Location) -> StudentRun | None:

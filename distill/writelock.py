@@ -2,7 +2,7 @@
 object store.
 
 One writer per run. On a local disk the lock is `fcntl.flock` on `RUN/.lock` (released by the
-kernel when the writer dies). It is the writer's alone: a process forked while it is held (a
+kernel when the writer dies; the file is removed at the end of the run that made it). It is the writer's alone: a process forked while it is held (a
 DataLoader worker) gets its copy of the descriptor pointed at /dev/null at once
 (`os.register_at_fork`), so an orphaned child never keeps a killed writer's run locked. Object
 stores have no locks, so the writer holds a *lease*: `RUN/.lease.json`, created with a
@@ -74,28 +74,54 @@ class Lease:
 
 
 def local_lock(root: Location) -> Lease:
-
+    """Hold `root`'s lock file (`LOCK`), made if missing. A lock file this call created is
+    removed again on release, if it is still the same file (inode): never a `.lock` that was
+    there before, nor one another writer made since. So that removing it is safe, a writer that
+    locked a file somebody removed meanwhile locks the new one instead."""
     path = root.as_path()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fh = (path / LOCK).open("a+")
-    except OSError as exc:
-        raise StorageError(_cannot_write(root, exc)) from exc
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        fh.close()
-        raise RunLocked(f"another distill run is writing to {root}; wait for it or use another "
-                        "--out") from exc
+    for _ in range(100):  # another writer removing its lock file between our open and flock
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                fh = (path / LOCK).open("x+")
+                created = True
+            except FileExistsError:
+                fh = (path / LOCK).open("a+")
+                created = False
+        except OSError as exc:
+            raise StorageError(_cannot_write(root, exc)) from exc
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            fh.close()
+            raise RunLocked(f"another distill run is writing to {root}; wait for it or use "
+                            "another --out") from exc
+        if _same_file(fh, path / LOCK):
+            break
+        fh.close()  # locked a file its writer removed on release: lock the one there now
+    else:
+        raise RunLocked(f"could not hold the lock file {path / LOCK}: it keeps being replaced")
 
     _HELD_LOCKS.add(fh.fileno())
 
     def release() -> None:
         _HELD_LOCKS.discard(fh.fileno())
+        if created and _same_file(fh, path / LOCK):  # ours alone: removed while still held
+            with contextlib.suppress(OSError):
+                (path / LOCK).unlink()
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
 
     return Lease(str(root), release)
+
+
+def _same_file(fh: Any, path: Any) -> bool:
+    """Whether the open file `fh` is the file at `path` now (device and inode)."""
+    try:
+        held, there = os.fstat(fh.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
 # The descriptors of the local locks this process holds. A flock belongs to the open file

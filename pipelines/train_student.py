@@ -1,4 +1,4 @@
-"""`distill run train-student --num-workers N`: the same training loop under Ray Train.
+"""`distill run train-student --ray-workers N`: the same training loop under Ray Train.
 
 `TorchTrainer` starts N workers (DDP over gloo on CPU, NCCL on GPUs); each streams its own
 share of the shards' row groups (`ShardStream` with its rank and the world size), and every

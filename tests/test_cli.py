@@ -212,7 +212,7 @@ def test_image_ids_from_a_file_restrict_the_plan(synthetic_coco, tmp_path):
 def test_train_student_help_shows_local_and_ray_options():
     out = distill("run", "train-student", "--help").stdout
     for opt in ("--shards", "--val-shards", "--epochs", "--batch-size", "--out", "--resume",
-                "--num-workers", "--gpus-per-worker", "--address"):
+                "--ray-workers", "--gpus-per-worker", "--address"):
         assert opt in out
 
 
@@ -320,7 +320,7 @@ def test_address_auto_with_a_dead_ray_address_fails_fast(synthetic_coco, tmp_pat
 
 
 def test_train_student_on_ray_that_does_not_answer_leaves_no_folder(tmp_path):
-    """`--num-workers 1 --address <closed port>`: one line, and no run folder (the folder is
+    """`--ray-workers 1 --address <closed port>`: one line, and no run folder (the folder is
     claimed as a student run only once Ray is joined)."""
     from distill.config import load_config
     from distill.labels.tokens import vocabulary_from_shards, write_vocabulary_file
@@ -339,7 +339,7 @@ def test_train_student_on_ray_that_does_not_answer_leaves_no_folder(tmp_path):
     out = tmp_path / "student"
     port = closed_port()
     proc = distill("run", "train-student", "--preset", "demo", "--shards", str(shards), "--out",
-                   str(out), "--vocab", str(tmp_path / "vocab.parquet"), "--num-workers", "1",
+                   str(out), "--vocab", str(tmp_path / "vocab.parquet"), "--ray-workers", "1",
                    "--address", f"127.0.0.1:{port}", check=False)
     line = one_error_line(proc)
     assert line.startswith("error: cannot join Ray at ") and "Connection refused" in line

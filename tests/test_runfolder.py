@@ -226,6 +226,29 @@ def test_local_lock_refuses_a_second_writer(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing but the lock was written: removed
 
 
+def test_a_completed_run_leaves_no_lock_file(labelled_coco7, tmp_path):
+    _, out, _ = labelled_coco7
+    assert (out / "manifest.json").is_file() and not (out / ".lock").exists()
+    run = StudentRun(tmp_path / "student")
+    with run.lock():
+        assert (tmp_path / "student" / ".lock").is_file()
+        run.mark()
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["run.json"]
+
+
+def test_a_lock_file_distill_did_not_make_is_never_removed(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text("somebody else's\n")
+    run = StudentRun(tmp_path / "run")
+    with run.lock():
+        run.mark()
+    assert (tmp_path / "run" / ".lock").read_text() == "somebody else's\n"
+    with LabelRun(tmp_path / "new").lock():  # made here, then replaced: the new one stays
+        (tmp_path / "new" / ".lock").unlink()
+        (tmp_path / "new" / ".lock").write_text("another writer's\n")
+    assert (tmp_path / "new" / ".lock").read_text() == "another writer's\n"
+
+
 def test_a_forked_child_does_not_keep_the_lock_after_the_writer_dies(tmp_path):
     """A process forked while the lock is held (a DataLoader worker) shares the lock's open
     file description; were it to keep its copy, the run would stay locked after the writer was

@@ -241,7 +241,7 @@ def test_missing_modalities_draw_a_no_label_panel(shard, tmp_path):
     reference = Painter(decode_image(sample.image), layout)
     by_key = {p.key: p for p in layout.panels}
     for key, message in [("depth", "no depth label"), ("normals", "no normals label"),
-                         ("text", "no text label"), ("words", "no caption label")]:
+                         ("text", "no text label")]:
         reference.missing(by_key[key], message)
         want = region(np.asarray(reference.canvas), by_key[key].box)
         assert np.array_equal(region(pixels, by_key[key].box), want), key
@@ -509,3 +509,47 @@ def test_shares_on_pictures_are_the_layers_statistics(shard):
     stats = get_layer("groups").statistics(row)
     assert stats is not None
     assert [stats[f"group:{g}"] for g in GROUP_NAMES] == plane_shares(labels.groups)
+
+
+def test_the_text_panel_tints_only_the_pixels_its_share_counts(shard):
+    """A student's low text probabilities everywhere ("text 0.0 %") draw no tint at all."""
+    import dataclasses
+
+    from distill.images import decode_image
+    from distill.shards import decode_row, read_shard
+
+    sample = decode_row(read_shard(shard).slice(0, 1).to_pylist()[0])
+    labels = from_sample(sample)
+    image = decode_image(sample.image)
+    box = sheet_layout(labels).boxes["text"]
+    low = dataclasses.replace(labels, text=np.full((labels.height, labels.width), 0.3,
+                                                   np.float32))
+    none = dataclasses.replace(labels, text=np.zeros((labels.height, labels.width), np.float32))
+    drawn = [region(np.asarray(contact_sheet(image, lab)), box) for lab in (low, none)]
+    assert np.array_equal(drawn[0], drawn[1])
+
+
+def test_the_words_panel_shows_cocos_captions_beside_the_teachers(shard):
+    import dataclasses
+
+    from distill.layers.tokens import LAYER
+    from distill.shards import decode_row, read_shard
+
+    labels = dataclasses.replace(
+        from_sample(decode_row(read_shard(shard).slice(0, 1).to_pylist()[0])),
+        captions=["a teacher's caption"], tokens=["teacher", "caption"],
+        coco_captions=["a man rides a horse", "a horse on a beach"])
+    drawn: list = []
+
+    class _Painter:
+        def text_block(self, panel, blocks):
+            drawn.extend(blocks)
+
+    LAYER.draw_panel("words", _Painter(), None, labels)
+    assert drawn[0] == ("caption", "a teacher's caption")
+    assert drawn[-1] == ("COCO captions (2)", "a man rides a horse\na horse on a beach")
+    drawn.clear()  # no caption teacher: said, and COCO's still shown
+    LAYER.draw_panel("words", _Painter(), None,
+                     dataclasses.replace(labels, captions=None, tokens=None))
+    assert drawn == [("caption", "no caption label"),
+                     ("COCO captions (2)", "a man rides a horse\na horse on a beach")]

@@ -280,8 +280,11 @@ def run_train_student(
     verify_shards: Annotated[bool, typer.Option(
         "--verify-shards", help="Before training, check every shard's sha256 against its label "
         "run's manifest; a shard that differs, or that no manifest records, is refused.")] = False,
-    num_workers: Annotated[int, typer.Option(
-        help="Ray Train workers (DDP). 0 trains in this process.")] = 0,
+    ray_workers: Annotated[int, typer.Option(
+        "--ray-workers", help="Ray Train workers (DDP). 0 trains in this process. (Not "
+        "train.num_workers: DataLoader workers per training process.)")] = 0,
+    old_num_workers: Annotated[int | None, typer.Option(
+        "--num-workers", hidden=True, help="Renamed --ray-workers.")] = None,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per Ray Train worker.")] = 0.0,
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs per Ray Train worker.")] = 1.0,
     device: Annotated[str, typer.Option(
@@ -295,22 +298,35 @@ def run_train_student(
       distill run train-student --preset demo --shards demo-data/run/shards
       distill run train-student -c paper-run.toml --shards /runs/coco-train \\
           --val-shards /runs/coco-val --out /runs/student \\
-          --num-workers 4 --gpus-per-worker 1
+          --ray-workers 4 --gpus-per-worker 1
       distill run train-student --preset demo --shards demo-data/run --resume
     """
     from distill.config import load_config
     from distill.runfolder import StudentRun
+    from distill.student.epochlines import epoch_line
     from distill.student.train import TrainOptions, train_student
 
+    if old_num_workers is not None:
+        typer.secho("note: --num-workers is now --ray-workers (Ray Train workers); "
+                    "train.num_workers is the DataLoader's", err=True)
+        ray_workers = old_num_workers
+    num_workers = ray_workers
     overrides = list(set_ or [])
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
     cfg = load_config(preset, config, overrides)
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        typer.echo(line)
+
     options = TrainOptions(shards=shards, val_shards=val_shards, vocab=vocab,
                            out=out or str(Path("runs") / cfg.preset / "student"), resume=resume,
-                           device=device, verify_shards=verify_shards, allow_mixed=allow_mixed)
+                           device=device, verify_shards=verify_shards, allow_mixed=allow_mixed,
+                           say=say if num_workers == 0 else None)
     if num_workers > 0:
         from pipelines.train_student import train_on_ray
 
@@ -320,12 +336,8 @@ def run_train_student(
                    f"{metrics.get('loss')}; checkpoints in {StudentRun(options.out).checkpoint('last').parent}")
         return
     last = train_student(cfg, options)
-    if last:
-        joints = last["train"].get("hdm@0.1/joints")
-        bad = sum(last.get("skipped_rows", {}).values())
-        typer.echo(f"epoch {last['epoch']}: loss {last['train'].get('loss', float('nan')):.4f}"
-                   + (f", HDM@0.1 joints {joints:.3f}" if joints is not None else "")
-                   + (f", {bad} bad row(s) skipped (see the log)" if bad else ""))
+    if last and not said:  # resumed at or past train.epochs: no epoch ran
+        typer.echo(epoch_line(last))
     run = StudentRun(options.out)
     typer.echo(f"checkpoints: {run.checkpoint('last').parent}   metrics: {run.metrics}")
 

@@ -73,12 +73,14 @@ def predict(
                              refine=refine, sheets=sheets, device=device, engine=engine,
                              vocab=vocab, overrides=list(set_ or []),
                              progress=sys.stderr.isatty())
+    steps_words = ("letterboxing, refinement and decoding" if refine else
+                   "letterboxing and decoding (no refinement)")
     if not isinstance(result, FilesPrediction):
         summary = result.summary
         fps = summary["frames_per_second"]
         typer.echo(f"{summary['frames']} frame(s) of {video} on {summary['device']} "
                    f"({summary['engine']}): {fps['model']} frames/s model only, "
-                   f"{fps['predict']} with letterboxing, refinement and decoding, "
+                   f"{fps['predict']} with {steps_words}, "
                    f"{fps['end_to_end']} end to end (decoding, drawing and encoding the video "
                    "included)")
         typer.echo(f"  frames/s per step (medians): {_fps_line(summary['steps_ms'])}")
@@ -89,10 +91,12 @@ def predict(
                                f"{summary['frames']} frame(s) before the cut")
         return
     fps = result.frames_per_second
+    if result.warning:
+        typer.secho(result.warning, fg=typer.colors.RED, err=True)
     if result.records:
         typer.echo(f"{len(result.records)} image(s) on {result.device} ({result.engine}): "
                    f"{fps['model']} frames/s model only, {fps['predict']} with reading, "
-                   f"letterboxing, refinement and decoding, {fps['end_to_end']} end to end "
+                   f"{steps_words}, {fps['end_to_end']} end to end "
                    "(reading, drawing and writing included)")
     if result.steps_ms:
         typer.echo(f"  frames/s per step (medians): {_fps_line(result.steps_ms)}")
@@ -244,7 +248,7 @@ def inspect(
     sample_rows: Annotated[int | None, typer.Option(
         min=1, help="Decode only the first N rows for the pixel statistics (default: all).")] = None,
     json_out: Annotated[Path | None, typer.Option(
-        "--json", help="Also write the report as JSON.")] = None,
+        "--json", help="Also write the report as JSON to this file (not a folder).")] = None,
 ) -> None:
     """Summarise labels: schema, rows, shards done/pending, every teacher's provenance, the
     quarantine, and QA statistics (class-group pixel shares, empty-caption and empty-token

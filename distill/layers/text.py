@@ -109,7 +109,9 @@ class TextLayer(LabelLayer):
             painter.missing(panel, "no text label")
             return
         share = pixel_share(labelled.text)  # the figure `statistics` gives a row
-        painter.overlay(panel, labelled.text, TEXT_COLOR, f"text {100 * share:.1f} % of pixels")
+        # the pixels the share counts, no tint below 0.5 (a student's low probabilities)
+        painter.overlay(panel, (labelled.text > 0.5).astype(np.float32), TEXT_COLOR,
+                        f"text {100 * share:.1f} % of pixels")
 
     def view_layers(self, labelled: LabelledImage) -> list[tuple[int, str]]:
         return [(3, "text")] if labelled.text is not None else []

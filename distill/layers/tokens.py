@@ -94,6 +94,11 @@ class TokensLayer(LabelLayer):
             blocks.append((f"{heading} ({len(words)})",
                            # a no-break space keeps each separator on its word's line
                            "\u00a0· ".join(words) if words else "(none)"))
+        if labelled.coco_captions:  # the annotators', beside the teacher's (not learnt)
+            if not blocks:
+                blocks.append(("caption", "no caption label"))
+            blocks.append((f"COCO captions ({len(labelled.coco_captions)})",
+                           "\n".join(labelled.coco_captions)))
         if not blocks:
             painter.missing(panel, "no caption label")
             return

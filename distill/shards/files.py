@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from distill.errors import ShardError, StorageError
 from distill.layers.registry import layers
-from distill.provenance import library_versions
+from distill.provenance import library_versions, random_weight_roles
 from distill.shards.rows import (
     SCHEMA_VERSION,
     Sample,
@@ -52,10 +52,13 @@ META_PREFIX = "distill."
 
 def shard_identity(path: Location) -> dict[str, Any]:
     """What names a shard's data wherever it is copied: its path, its file name and the label
-    fingerprint in its footer (one label run's shard of one name holds the same rows)."""
-    fingerprint = read_metadata(path).get("fingerprint")
+    fingerprint in its footer (one label run's shard of one name holds the same rows); and the
+    roles whose teacher had random weights (a student trained on it says so when it predicts)."""
+    meta = read_metadata(path)
+    fingerprint = meta.get("fingerprint")
     return {"path": str(path), "name": path.name,
-            "fingerprint": str(fingerprint) if fingerprint is not None else None}
+            "fingerprint": str(fingerprint) if fingerprint is not None else None,
+            "random_weights": random_weight_roles(meta.get("provenance") or {})}
 
 
 def make_metadata(

@@ -283,7 +283,9 @@ class Predictor:
             t2 = time.perf_counter()
             labels = self._labels(maps[i], raw_depth[i], lb, people, words)
             t3 = time.perf_counter()
-            timings = {"forward": forward_ms / len(inputs), "refine": refine_ms / len(inputs),
+            timings = {"forward": forward_ms / len(inputs),
+                       # (no refine step timed when refinement is off)
+                       **({"refine": refine_ms / len(inputs)} if self.refine else {}),
                        "tokens": (t1 - t0) * 1e3, "pose": (t2 - t1) * 1e3,
                        "unletterbox": (t3 - t2) * 1e3}
             results.append(Prediction(labels, words, people, (lb.src_w, lb.src_h), timings,

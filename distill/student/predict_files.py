@@ -20,7 +20,7 @@ from distill.storage import atomic_write_bytes
 from distill.student.predict import ExportedStudent, LoadedStudent
 
 __all__ = ["FilesPrediction", "VideoPrediction", "image_files", "load_for_predict",
-           "predict_files", "predict_video_file"]
+           "predict_files", "predict_video_file", "trained_on_random_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class FilesPrediction:
     steps_ms: dict[str, float]
     sheets: bool
     kept: list[str] = field(default_factory=list)  # panels that keep their image's extension
+    warning: str = ""  # the student learnt from random-weight teachers (drawn on every panel)
 
     @property
     def predictions(self) -> Path:
@@ -93,6 +94,18 @@ def load_for_predict(checkpoint: str, engine: str, device: str, vocab: str | Non
     return load_student(checkpoint, device, vocab=vocab, overrides=list(overrides or []))
 
 
+def trained_on_random_weights(student: LoadedStudent | ExportedStudent) -> str:
+    """The random-weights warning of a train-student checkpoint whose training shards were
+    labelled by random-weight teachers ("" otherwise, and for an exported file)."""
+    from distill.provenance import random_weights_warning
+    from distill.student.checkpoint import run_folder
+
+    if not isinstance(student, LoadedStudent):
+        return ""
+    return random_weights_warning(run_folder(student.checkpoint).random_weight_roles(),
+                                  student=True)
+
+
 def predict_files(checkpoint: str, images: Path, out: Path, *, batch_size: int = 1,
                   refine: bool = True, sheets: bool = True, device: str = "cpu",
                   engine: str = "auto", vocab: str | None = None,
@@ -111,6 +124,7 @@ def predict_files(checkpoint: str, images: Path, out: Path, *, batch_size: int =
     files = image_files(images)
     panels, kept = panel_paths(files, out)
     student = load_for_predict(checkpoint, engine, device, vocab, overrides)
+    warning = trained_on_random_weights(student)
     # Maps come back at most 1024 px on a side (the panels are 320 px wide; a 12 MP photo at full
     # size would cost GBs); people and words are not affected.
     predictor = Predictor(student, device, refine=refine, full_maps=sheets, display_max=1024)
@@ -144,7 +158,8 @@ def predict_files(checkpoint: str, images: Path, out: Path, *, batch_size: int =
                     if shown.shape[1::-1] != wh:
                         shown = np.asarray(Image.fromarray(shown).resize(
                             wh, Image.Resampling.BILINEAR))
-                    sheet = contact_sheet(shown, result.labels, title=f"student: {f.name}")
+                    sheet = contact_sheet(shown, result.labels, title=f"student: {f.name}",
+                                          warning=warning)
                     panel = panels[f]
                     record["panel"] = str(panel)
                     save_sheet(sheet, panel)
@@ -162,12 +177,12 @@ def predict_files(checkpoint: str, images: Path, out: Path, *, batch_size: int =
     doc = {"checkpoint": str(student.checkpoint), "engine": predictor.engine.name,
            "device": device, "batch_size": batch_size, "refine": refine,
            "frames_per_second": fps, "steps_ms": {k: round(v, 3) for k, v in steps.items()},
-           "images": records, "failed": failed}
+           "images": records, "failed": failed, **({"warning": warning} if warning else {})}
     atomic_write_bytes(out / "predictions.json", (json.dumps(doc, indent=1) + "\n").encode())
     return FilesPrediction(out=out, checkpoint=str(student.checkpoint),
                            engine=predictor.engine.name, device=device, records=records,
                            failed=failed, frames_per_second=fps, steps_ms=steps, sheets=sheets,
-                           kept=kept)
+                           kept=kept, warning=warning)
 
 
 def predict_video_file(checkpoint: str, video: Path, out: Path, *, batch_size: int = 1,

@@ -81,6 +81,7 @@ from distill.student.checkpoint import (
 )
 from distill.student.curves import Curves, check_trackers
 from distill.student.data import ShardSpec, ShardStream, collate
+from distill.student.epochlines import epoch_line, training_notes
 from distill.student.loss import compute_loss, lr_schedule
 from distill.student.metrics import Meter, measure, to_unit
 from distill.student.model import build_student, unwrap
@@ -108,6 +109,9 @@ class TrainOptions:
     verify_shards: bool = False
     # Train on shards of several label runs (refused otherwise; distill.student.sources).
     allow_mixed: bool = False
+    # Told each epoch's line and the notes before the first (distill.student.epochlines);
+    # None: printed above the progress bar, or logged at INFO
+    say: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -308,7 +312,13 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
             curves.batch(loss)
 
     progress = _Progress(cfg.epochs - start_epoch, samples_per_epoch * session.world_size,
-                         enabled=options.progress and session.is_main)
+                         enabled=options.progress and session.is_main, say=options.say)
+    if session.is_main and start_epoch < cfg.epochs:
+        for note in training_notes(validated=val_stream is not None,
+                                   images=sum(train_stream.rows_per_rank()),
+                                   per_epoch=samples_per_epoch * session.world_size,
+                                   batch_size=cfg.batch_size):
+            progress.say(note)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             lr = float(optimizer.param_groups[0]["lr"])  # learning_rate(epoch, cfg)
@@ -416,10 +426,12 @@ def _read_metrics(run: StudentRun, before_epoch: int) -> list[dict[str, Any]]:
 class _Progress:
     """The bar over all remaining epochs (`distill.progress`): samples/s, loss, ETA."""
 
-    def __init__(self, epochs: int, samples_per_epoch: int, enabled: bool) -> None:
+    def __init__(self, epochs: int, samples_per_epoch: int, enabled: bool,
+                 say: Callable[[str], None] | None = None) -> None:
         self.bar = Progress("train-student", max(0, epochs) * samples_per_epoch, "samples",
                             enabled=enabled and epochs > 0, fields=("loss",)).__enter__()
         self.shown = 0.0
+        self.said = say
 
     def step(self, n: int, loss: torch.Tensor) -> None:
         now = time.monotonic()
@@ -431,16 +443,12 @@ class _Progress:
         self.bar.advance(n, loss=f"{float(loss):.4f}")
 
     def epoch_done(self, metrics: dict[str, Any]) -> None:
-        hdm_joints = metrics["train"].get("hdm@0.1/joints")
-        line = f"epoch {metrics['epoch']}: loss {metrics['train'].get('loss', math.nan):.4f}"
-        if hdm_joints is not None:
-            line += f"  HDM@0.1 joints {hdm_joints:.3f}"
-        if metrics["val"]:
-            line += f"  val loss {metrics['val']['loss']:.4f}"
-        bad = sum(metrics.get("skipped_rows", {}).values())
-        if bad:
-            line += f"  ({bad} bad row(s) skipped)"
-        if not self.bar.note(line):
+        self.say(epoch_line(metrics))
+
+    def say(self, line: str) -> None:
+        if self.said is not None:  # (the CLI's echo: a live bar shows it above itself)
+            self.said(line)
+        elif not self.bar.note(line):
             logger.info(line)
 
     def close(self) -> None:

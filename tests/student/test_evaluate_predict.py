@@ -265,6 +265,15 @@ def test_cli_evaluate_predict_and_show_on_a_trained_student(trained, labelled_co
     for record in doc["images"]:
         assert Path(record["panel"]).is_file()
         assert set(record["timings_ms"]) >= {"forward", "refine", "pose", "tokens"}
+    # the demo's labels come from random-weight teachers: said once, and on every panel
+    assert res.output.count("RANDOM WEIGHTS: the student learnt from labels of the ") == 1
+    assert doc["warning"].startswith("RANDOM WEIGHTS") and "refinement and decoding" in res.output
+    res = runner.invoke(app, ["predict", str(sorted(images.iterdir())[0]), "--checkpoint",
+                              str(out), "--out", str(tmp_path / "raw"), "--no-refine"])
+    assert res.exit_code == 0, res.output
+    assert "refine" not in json.loads((tmp_path / "raw" / "predictions.json").read_text())[
+        "images"][0]["timings_ms"]
+    assert "(no refinement)" in res.output and "refine " not in res.output
     res = runner.invoke(app, ["predict", str(tmp_path / "bad.jpg"), "--checkpoint", str(out),
                               "--out", str(tmp_path / "pred2"), "--device", "cpu"])
     assert res.exit_code == 2 and "1 of 1 inputs could not be read" in res.output

@@ -142,6 +142,38 @@ def test_grid_filter_sample_and_layer_toggle(server, browser, labelled_coco7, tm
     assert "quarantine (0)" in browser.find_element(By.ID, "run-info").text
 
 
+_SPILLED = """return [...document.querySelectorAll(arguments[0] + ' section')].flatMap((s) => {
+  const box = s.getBoundingClientRect();
+  return [...s.querySelectorAll('td, th')].filter((c) => c.getBoundingClientRect().right > box.right + 1)
+    .map((c) => s.querySelector('h2').textContent + ': ' + c.textContent); });"""
+
+
+def test_tables_stay_in_their_cards_and_the_run_page_shows_no_raw_json(server, browser):
+    """On a narrow window every cell of the sample and run pages' tables is inside its card
+    (the provenance's last column, "RANDOM"/"pretrained", included), and each teacher's
+    provenance on the run page is key/value rows, not a JSON dump."""
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(700, 1000)
+    try:
+        browser.get(server + "/")
+        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".card"), what="cards")
+        browser.find_elements(By.CSS_SELECTOR, ".card")[0].click()
+        _wait(lambda: "provenance" in browser.find_element(By.ID, "sample-info").text,
+              what="the sample's provenance")
+        assert browser.execute_script(_SPILLED, "#sample-info") == []
+        browser.get(server + "/#/run")
+        _wait(lambda: "teacher: " in browser.find_element(By.ID, "run-info").text,
+              what="the run page's teachers")
+        assert browser.execute_script(_SPILLED, "#run-info") == []
+        cells = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "#run-info td")]
+        assert not any(c.startswith("{") for c in cells), cells
+        assert "backend" in cells and "label fingerprints" in cells
+        assert "RANDOM" in cells  # the demo's tiny teachers
+    finally:
+        browser.set_window_size(1400, 1000)
+
+
 @pytest.mark.parametrize("path", ["/static/../../cli.py", "/static/../app.py",
                                   "/api/sample/../../manifest.json/0",
                                   "/thumb/../config.toml/0.jpg", "/static/%2e%2e/app.py"])

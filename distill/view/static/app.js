@@ -115,6 +115,14 @@ function table(headers, rows, numeric = []) {
   return el("table", {}, head, ...body);
 }
 
+// a JSON value as readable text: "a, b" for a list, "key value, …" for an object
+function plain(x) {
+  if (x === null || x === undefined) return "";
+  if (Array.isArray(x)) return x.map(plain).join(", ");
+  if (typeof x === "object") return Object.entries(x).map(([k, v]) => `${k} ${plain(v)}`).join(", ");
+  return String(x);
+}
+
 function section(title, ...content) {
   return el("section", {}, el("h2", { text: title }), ...content);
 }
@@ -157,7 +165,9 @@ async function loadSample(shard, row) {
     const one = Array.isArray(p) ? p[p.length - 1] : p;
     return [role, one.backend || "", one.variant || "", one.checkpoint || one.weights || "", s.random_weights.includes(role) ? "RANDOM" : "pretrained"];
   });
-  info.append(section("provenance", table(["teacher", "backend", "variant", "weights", ""], prov)));
+  const provSection = section("provenance", table(["teacher", "backend", "variant", "weights", ""], prov));
+  provSection.classList.add("wide");  // long checkpoint paths: the last column stays in view
+  info.append(provSection);
   info.append(section("people and text", el("div", { text: `${s.people} COCO people · ${s.text_regions} text regions` }),
     ...(s.quarantine.length ? [el("div", { class: "error", text: "also quarantined: " + s.quarantine.map((q) => `${q.stage}: ${q.reason}`).join("; ") })] : [])));
   if (s.student) {
@@ -221,8 +231,27 @@ async function loadRun() {
     sh.classList.add("wide");
     info.append(sh);
   }
-  const prov = Object.entries(r.provenance || {}).map(([role, v]) => [role, JSON.stringify(v).slice(0, 160)]);
-  info.append(section("teachers", table(["teacher", "provenance"], prov)));
+  // the inspect report's provenance as key/value tables: the labels', then one per teacher
+  const pv = r.provenance || {};
+  const random = pv.random_weights || [];
+  const labels = section("labels", table(["", ""], [
+    ["label fingerprints", plain(pv.label_fingerprints)], ["schema versions", plain(pv.schema_versions)],
+    ["library versions", plain((pv.library_versions || [])[0])],
+    ["random weights", random.length ? random.join(", ") + " (labels for plumbing tests only)" : "none"],
+    ["shards without provenance", plain(pv.shards_without_provenance) || "none"]]));
+  labels.classList.add("provenance");
+  info.append(labels);
+  for (const [role, entries] of Object.entries(pv.teachers || {})) {
+    entries.forEach((e, i) => {
+      const rows = Object.entries(e.provenance || {}).filter(([, x]) => x !== null && x !== "")
+        .map(([k, x]) => [k, plain(x)]);
+      rows.push(["shards", e.shards.length > 3 ? `${e.shards.length} shards` : e.shards.join(", ")]);
+      rows.push(["weights", random.includes(role) ? "RANDOM" : "pretrained"]);
+      const sec = section(`teacher: ${role}` + (entries.length > 1 ? ` (${i + 1} of ${entries.length})` : ""), table(["", ""], rows));
+      sec.classList.add("provenance");
+      info.append(sec);
+    });
+  }
   if (r.running || (p && p.done < p.planned)) state.refresh = setTimeout(loadRun, 5000);
 }
 
