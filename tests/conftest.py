@@ -221,6 +221,17 @@ def assert_same_sample(a, b, *, depth_levels: int = 0) -> None:
             assert np.array_equal(x, y), name
         elif name == "persons":
             assert [p.keypoints.tolist() for p in x] == [p.keypoints.tolist() for p in y]
+        elif name == "teacher_persons":  # the pose teacher's people (issue 28)
+            assert [(p.box.tolist(), p.keypoints.tolist(), p.score, p.box_source)
+                    for p in x or []] == [(p.box.tolist(), p.keypoints.tolist(), p.score,
+                                           p.box_source) for p in y or []], name
+        elif name == "plugins":  # plug-in and opt-in layers' values: arrays or plain values
+            assert x.keys() == y.keys(), name
+            for key in x:
+                if isinstance(x[key], np.ndarray):
+                    assert np.array_equal(x[key], y[key]), f"{name}[{key}]"
+                else:  # Arrow values decoded to Python: lists, dicts, strings
+                    assert repr(x[key]) == repr(y[key]), f"{name}[{key}]"
         elif name == "text_regions":
             assert [(r.points.tolist(), r.score) for r in x or []] == \
                    [(r.points.tolist(), r.score) for r in y or []], name
