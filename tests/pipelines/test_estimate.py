@@ -26,7 +26,7 @@ def test_the_warm_up_runs_the_batch_that_is_timed(synthetic_coco, tmp_path, monk
     monkeypatch.setattr(estimate_module, "TeacherStage", _Stage)
     monkeypatch.setattr(estimate_module, "postprocess_items", lambda items, labels: None)
     cfg = label_config(synthetic_coco, *(f"teachers.{r}.enabled=false"
-                                         for r in ("panoptic", "text", "caption")))
+                                         for r in ("panoptic", "text", "caption", "pose")))
     plan = plan_run(cfg, RunOptions(out=tmp_path / "run", dry_run=True))
     est = estimate(plan, sample=3)
     assert est.sample == 3 and "depth" in est.seconds_per_image
