@@ -25,7 +25,7 @@ from tests.conftest import assert_same_sample, label_config, shard_rows
 
 pytestmark = pytest.mark.slow
 
-ROLES = ["depth", "panoptic", "text", "caption"]
+ROLES = ["depth", "panoptic", "text", "caption", "pose"]  # the demo preset's teachers
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_adding_a_teacher_runs_only_that_teacher(full_run, coco7, tmp_path):
     out = tmp_path / "out"
     first = generate_labels(label_config(coco7, "teachers.caption.enabled=false"),
                             RunOptions(out=out, live=False))
-    assert first.summary["stages"].keys() == {"decode", "depth", "panoptic", "text",
+    assert first.summary["stages"].keys() == {"decode", "depth", "panoptic", "text", "pose",
                                               "postprocess"}
     assert all(s.teacher_captions is None for s in shard_rows(out).values())
     plan = plan_run(label_config(coco7), RunOptions(out=out, dry_run=True))
@@ -206,8 +206,8 @@ def test_adding_a_teacher_runs_only_that_teacher(full_run, coco7, tmp_path):
     assert {j.kind for j in plan.jobs} == {"add-teacher"}
     second = generate_labels(label_config(coco7), RunOptions(out=out, live=False))
     counts = {k: v["images"] for k, v in second.summary["stages"].items()}
-    assert counts == {"decode": 14, "depth": 7, "panoptic": 7, "text": 7, "caption": 7,
-                      "postprocess": 14}  # only caption ran again
+    assert counts == {"decode": 14, "depth": 7, "panoptic": 7, "text": 7, "pose": 7,
+                      "caption": 7, "postprocess": 14}  # only caption ran again
     # The result equals a run that had every teacher from the start.
     full = shard_rows(full_run[0])
     for image_id, sample in shard_rows(out).items():
@@ -253,7 +253,7 @@ def test_a_resume_in_another_precision_is_refused(tmp_path, labelled_coco7, ray_
 
     root, labelled, _ = labelled_coco7
     recorded = read_manifest(labelled / "manifest.json").dtypes
-    assert set(recorded) == {"depth", "panoptic", "text", "caption"}
+    assert set(recorded) == set(ROLES)
     assert set(recorded.values()) == {"float32"}  # CPU: "auto" resolved to float32
     out = tmp_path / "run"
     shutil.copytree(labelled, out)
