@@ -26,6 +26,7 @@ from distill.config.sections import (
     StudentConfig,
     TeacherConfig,
     TeachersConfig,
+    SelfDistillConfig,
     TrainConfig,
 )
 from distill.config.toml import (
@@ -54,6 +55,7 @@ __all__ = [
     "StudentConfig",
     "TeacherConfig",
     "TeachersConfig",
+    "SelfDistillConfig",
     "TrainConfig",
     "available_presets",
     "check_ranges",
