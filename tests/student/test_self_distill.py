@@ -108,3 +108,35 @@ def test_a_step_through_distributed_data_parallel_matches_one_without():
     for a, b in zip(ref.state_dict().values(), wrapped.module.state_dict().values(),
                     strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_an_export_of_a_self_distilled_student_is_a_plain_students(labelled_coco7, tmp_path):
+    """Pruned inference: the same weights (names and shapes) in the checkpoint and the same
+    ONNX graph (operators, inputs and outputs) as a student trained without it."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from safetensors.torch import load_file
+
+    from distill.student.export import export_student
+    from distill.student.train import TrainOptions, train_student
+
+    graphs = {}
+    weights = {}
+    for name, extra in (("plain", ()), ("sasd", ("train.self_distill.enabled=true",))):
+        out = tmp_path / name
+        train_student(_config("train.epochs=1", "train.num_workers=0", "train.batch_size=4",
+                              *extra),
+                      TrainOptions(shards=labelled_coco7[1] / "shards", out=out, progress=False))
+        metrics = (out / "metrics.jsonl").read_text()
+        assert ("loss/sasd_align" in metrics) == bool(extra)
+        last = out / "checkpoints" / "last"
+        weights[name] = {k: v.shape for k, v in load_file(last / "model.safetensors").items()}
+        export_student(last, "onnx", tmp_path / f"{name}.onnx")
+        model = onnx.load(tmp_path / f"{name}.onnx")
+        # (initialisers are not compared: the exporter's optimiser merges equal-valued ones,
+        # such as a LayerNorm weight still all ones, so their set depends on the values)
+        graphs[name] = (sorted(n.op_type for n in model.graph.node),
+                        [str(v.type) for v in (*model.graph.input, *model.graph.output)])
+    assert weights["sasd"] == weights["plain"]
+    assert graphs["sasd"] == graphs["plain"]
