@@ -259,10 +259,11 @@ def _bench_scale(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def _bench_sasd(work: Path) -> dict[str, Any]:
     from bench.sasd import bench_sasd
+    from bench.scale import COCO_MINI as root  # (DISTILL_BENCH_COCO_MINI: elsewhere)
 
-    if not (COCO_MINI / "annotations").is_dir():
-        return {"error": f"needs the real images of {COCO_MINI}"}
-    return bench_sasd(work, COCO_MINI)
+    if not (root / "annotations").is_dir():
+        return {"error": f"needs the real images of {root}"}
+    return bench_sasd(work, root)
 
 
 def _bench_viewer(work: Path, args: argparse.Namespace) -> dict[str, Any]:

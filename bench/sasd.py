@@ -27,7 +27,7 @@ def _labelled(work: Path, root: Path, split: str) -> Path:
 
     run = LabelRun(work / f"sasd-labels-{split}")
     if not run.is_run():
-        _timed_run(bench_config(root, f"data.split={split}"), run.root)
+        _timed_run(bench_config(root, f"data.split={split}"), run.root.as_path())
     return run.shards.as_path()
 
 

@@ -36,11 +36,11 @@ __all__ = [
     "LossGainsConfig",
     "PredictConfig",
     "RayConfig",
+    "SelfDistillConfig",
     "ShardsConfig",
     "StudentConfig",
     "TeacherConfig",
     "TeachersConfig",
-    "SelfDistillConfig",
     "TrainConfig",
 ]
 

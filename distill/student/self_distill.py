@@ -73,8 +73,8 @@ class AuxLevels(nn.Module):
         self.apply(_glorot)
 
     def adapt(self, level: int, features: torch.Tensor) -> torch.Tensor:
-        adapter = self.adapters[str(level)] if str(level) in self.adapters else None
-        return features if adapter is None else adapter(features)
+        key = str(level)
+        return self.adapters[key](features) if key in self.adapters else features
 
 
 def high_res_pass(net: YMapNet, aux: AuxLevels,
