@@ -163,7 +163,7 @@ def bench_profile(repeat: int) -> dict[str, Any]:
 
 SECTIONS = ("baseline", "postprocess", "pipeline", "loader", "student", "export", "teachers",
             "scaling", "single_writer", "manifest", "driver_memory", "viewer", "viewer_scale",
-            "profile", "scale")
+            "profile", "scale", "sasd")
 
 
 def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -194,6 +194,7 @@ def run_sections(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "viewer_scale": lambda: bench_viewer_scale(work),
         "scale": lambda: _bench_scale(work, args),
         "profile": lambda: bench_profile(args.repeat),
+        "sasd": lambda: _bench_sasd(work),
     }
     for name in SECTIONS:
         if name not in wanted:
@@ -254,6 +255,15 @@ def _bench_scale(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from bench.scale import bench_scale
 
     return bench_scale(work, args.scale_sizes)
+
+
+def _bench_sasd(work: Path) -> dict[str, Any]:
+    from bench.sasd import bench_sasd
+    from bench.scale import COCO_MINI as root  # (DISTILL_BENCH_COCO_MINI: elsewhere)
+
+    if not (root / "annotations").is_dir():
+        return {"error": f"needs the real images of {root}"}
+    return bench_sasd(work, root)
 
 
 def _bench_viewer(work: Path, args: argparse.Namespace) -> dict[str, Any]:

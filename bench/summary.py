@@ -10,6 +10,7 @@ from bench.baseline import summary_lines as baseline_lines
 from bench.commit import summary_lines as single_writer_lines
 from bench.export import export_lines
 from bench.manifest import summary_lines as manifest_lines
+from bench.sasd import sasd_lines
 from bench.scale import goal_rows as scale_goals
 from bench.scale import summary_lines as scale_lines
 from bench.teacher_rates import TRAIN2017
@@ -161,6 +162,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     lines += viewer_scale_lines(results.get("viewer_scale"))
     lines += _profile_lines(results.get("profile"))
     lines += scale_lines(results.get("scale"))
+    lines += sasd_lines(results.get("sasd"))
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "LossGainsConfig",
     "PredictConfig",
     "RayConfig",
+    "SelfDistillConfig",
     "ShardsConfig",
     "StudentConfig",
     "TeacherConfig",
@@ -354,6 +355,20 @@ class AugmentConfig:
 
 
 @dataclass
+class SelfDistillConfig:
+    """Staggered-alignment self-distillation (SASD, Fan et al. 2024; distill.student.self_distill):
+    a second pass of the same weights on the input upsampled 2×, its decoder level l+1 tied to
+    the base pass's level l. Training only: nothing of it is in a checkpoint's weights."""
+
+    enabled: bool = False
+    # epochs at the base resolution alone before the 2× pass starts (the paper: 100 of 400)
+    warmup_epochs: int = _setting(0, AT_LEAST_0)
+    gamma: float = _setting(0.02, GAIN)  # the alignment loss's weight (the paper's γ)
+    # the base pass's decoder levels aligned (0 = full resolution); empty: every level
+    levels: list[int] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     """Student training (§3.6)."""
 
@@ -382,6 +397,8 @@ class TrainConfig:
     pose_source: Literal["gt", "teacher", "gt+teacher"] = _added("gt+teacher")
     # A teacher keypoint scored below this counts as absent (not drawn).
     pose_score_threshold: float = _setting(0.3, UNIT, added=True)
+    self_distill: SelfDistillConfig = field(default_factory=SelfDistillConfig,
+                                            metadata=UNLESS_DEFAULT)
 
 
 @dataclass

@@ -195,16 +195,31 @@ class YMapNet(nn.Module):
         size = self.input_size
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, size, size):
             raise ValueError(f"YMapNet expects (B, 3, {size}, {size}) RGB, got {tuple(x.shape)}")
+        skips = self.encode(x)
+        h, code = self.bridge(skips[-1])
+        return self.outputs(self.decode(h, skips), code)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's output at every level (the U-NET skips), full resolution first."""
         skips: list[torch.Tensor] = []
         h = x
         for i, block in enumerate(self.encoder):
             h = block(self.pool(h) if i else h)
             skips.append(h)
-        h, code = self.bridge(h)
+        return skips
+
+    def decode(self, h: torch.Tensor, skips: list[torch.Tensor],
+               from_below: bool = False) -> torch.Tensor:
+        """The pictorial decoder from the bottom level up; `from_below`: `h` comes from a level
+        under the bottom one (half its size), as in self-distillation's 2× pass."""
         for i in reversed(range(len(self.decoder))):
-            if i < len(self.decoder) - 1:
+            if from_below or i < len(self.decoder) - 1:
                 h = self.up(h)
             h = self.decoder[i](torch.cat([h, skips[i]], dim=1))
+        return h
+
+    def outputs(self, h: torch.Tensor, code: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The maps from the decoder's last features `h`, the tokens from the bridge's code."""
         tokens: list[torch.Tensor] = []
         for head in self.tokens:
             t = head(code)

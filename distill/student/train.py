@@ -85,6 +85,7 @@ from distill.student.epochlines import epoch_line, training_notes
 from distill.student.loss import compute_loss, lr_schedule
 from distill.student.metrics import Meter, measure, to_unit
 from distill.student.model import build_student, unwrap
+from distill.student.self_distill import SelfDistill
 from distill.student.sizing import check_batch_memory
 from distill.student.sources import check_streams, shown_shards, training_vocabulary, verify_shards
 from distill.writelock import Lease
@@ -171,7 +172,8 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg:
                device: torch.device, optimizer: torch.optim.Optimizer | None,
                on_step: Callable[[int, torch.Tensor], None] | None = None,
                warned: set[str] | None = None,
-               distributed: bool = False) -> tuple[dict[str, float], int]:
+               distributed: bool = False,
+               sasd: SelfDistill | None = None) -> tuple[dict[str, float], int]:
     """One pass: trains when `optimizer` is given, else evaluates. Returns mean metrics (empty
     when no batch had an example) and the number of rows skipped as bad. The first error a
     stream reports is raised here, in this process; each skipped row is logged once per
@@ -205,13 +207,21 @@ def _run_epoch(model: torch.nn.Module, loader: DataLoader[Any], steps: int, cfg:
                 torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             outputs = model(image)
             loss, parts = compute_loss(outputs, target, tokens, present, cfg)
+            extra = sasd.extra_loss(image, target, tokens, present, cfg, parts) \
+                if sasd is not None and optimizer is not None else None
+            if extra is not None:  # self-distillation's 2× pass (train.self_distill)
+                loss = loss + extra
         if not bool(loss.detach().isfinite()):  # (compute_loss waits for the device already)
             raise TrainingDiverged(f"{'training' if optimizer else 'validation'} loss "
                                    f"{float(loss.detach())} at step {step + 1} of {steps}")
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
+            if sasd is not None:
+                sasd.zero_grad()
             loss.backward()
             optimizer.step()
+            if sasd is not None:
+                sasd.step()
         n = image.shape[0]
         meter.add("loss", loss, n)
         for name, value in parts.items():
@@ -283,6 +293,8 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
         best, stale = float(state["best"]), int(state["stale"])
         logger.info("resumed from %s at epoch %d", restore, start_epoch)
     scheduler = lr_schedule(optimizer, cfg, start_epoch, state)
+    sasd = SelfDistill(cfg.self_distill, model, session.device, cfg.seed,
+                       (state or {}).get("self_distill")) if cfg.self_distill.enabled else None
     history: list[dict[str, Any]] = []
     if session.is_main:
         run.mark()
@@ -327,11 +339,13 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
             if steps == 0:  # check_streams ruled this out; a guard, not a nan checkpoint
                 raise DistillError(f"epoch {epoch}: no rows for rank {session.rank}")
             started = time.monotonic()
+            if sasd is not None:
+                sasd.begin_epoch(epoch, lr)
             train_metrics, skipped = _run_epoch(
                 model, _loader(train_stream, cfg.batch_size, workers), steps, cfg,
                 session.device, optimizer,
                 on_step=on_step,
-                warned=warned, distributed=distributed)
+                warned=warned, distributed=distributed, sasd=sasd)
             if "loss" not in train_metrics:
                 raise DistillError(
                     f"epoch {epoch} trained on no batch: all {skipped} row(s) it read from "
@@ -363,6 +377,8 @@ def _train(config: Config, options: TrainOptions, session: Session, workers: int
             state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                      "best": best, "stale": stale}
+            if sasd is not None:  # training-only weights: state.pt, never model.safetensors
+                state["self_distill"] = sasd.state_dict()
             if session.is_main:
                 model_bytes, state_bytes = checkpoint_bytes(model, state)  # (checks them)
                 # metrics, then best, then last: a crash in between redoes this epoch

@@ -108,11 +108,14 @@ def test_the_tiny_student_overfits_a_handful_of_real_rows(labelled_coco7, tmp_pa
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(labelled_coco7, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("train.self_distill.enabled=true",
+                                        "train.self_distill.warmup_epochs=1")],
+                         ids=["plain", "self_distill"])
+def test_resume_continues_exactly(labelled_coco7, tmp_path, extra):
     shards = labelled_coco7[1] / "shards"
-    cfg = _config("train.epochs=4")
+    cfg = _config("train.epochs=4", *extra)
     train_student(cfg, TrainOptions(shards=shards, out=tmp_path / "straight", progress=False))
-    train_student(_config("train.epochs=2"),
+    train_student(_config("train.epochs=2", *extra),
                   TrainOptions(shards=shards, out=tmp_path / "split", progress=False))
     train_student(cfg, TrainOptions(shards=shards, out=tmp_path / "split", resume=True,
                                     progress=False))
@@ -127,6 +130,8 @@ def test_resume_continues_exactly(labelled_coco7, tmp_path):
     state = torch.load(tmp_path / "split" / "checkpoints" / "last" / "state.pt",
                        weights_only=True)
     assert state["scheduler"]["last_epoch"] == 4
+    # self-distillation's auxiliary weights resume too (training state, not model weights)
+    assert ("self_distill" in state) == bool(extra)
     # Starting over a finished run without --resume is refused, not silently mixed.
     with pytest.raises(DistillError, match="--resume"):
         train_student(cfg, TrainOptions(shards=shards, out=tmp_path / "split", progress=False))
