@@ -94,7 +94,7 @@ class PersonColumns(_Grouped):
         keypoints = np.frombuffer(self._keypoints, np.float32).reshape(-1, NUM_JOINTS, 3)
         bbox = np.frombuffer(self._bbox, np.float64).reshape(-1, 4)
         return [Person(keypoints=keypoints[i].copy(),
-                       bbox=tuple(bbox[i].tolist()),  # type: ignore[arg-type]
+                       bbox=tuple(bbox[i].tolist()),
                        area=self._area[i], iscrowd=self._crowd[i],
                        num_keypoints=self._count[i])
                 for i in self.rows(image_id).tolist()]
