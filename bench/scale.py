@@ -217,13 +217,14 @@ def summary_lines(sc: Any) -> list[str]:
                   f"plan s (shards of {s}) | of it reading s | peak RSS MiB" for s in shard_sizes)
               + " | --dry-run s | --dry-run peak RSS MiB |",
               "|---:|---:|" + "---:|---:|---:|" * len(shard_sizes) + "---:|---:|"]
-    for r in sc["rows"]:
+    for r in sc["rows"]:  # a figure a row lacks (not measured) reads "–"
         cells = [f"{r['images']:,}", f"{r['annotation_bytes'] / 1e6:,.0f}"]
         for s in shard_sizes:
-            p = r["plan"][s]
+            p = r["plan"].get(s)
             cells += [f"{p['plan_seconds']:.1f}", f"{p['read_seconds']:.1f}",
-                      f"{p['peak_rss_mib']:,.0f}"]
-        cells += [f"{r['dry_run']['seconds']:.1f}", f"{r['dry_run']['peak_rss_mib']:,.0f}"]
+                      f"{p['peak_rss_mib']:,.0f}"] if p else ["–"] * 3
+        dry = r.get("dry_run")
+        cells += [f"{dry['seconds']:.1f}", f"{dry['peak_rss_mib']:,.0f}"] if dry else ["–"] * 2
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Goals: planning 1M images in ≤ {GOAL_RATIO:.0f}× the time of 100k, with the "
               f"driver's peak RSS ≤ {GOAL_RSS_MIB:,} MiB (the goal table above)."]
@@ -247,7 +248,8 @@ def goal_rows(sc: Any) -> list[tuple[str, str, str, str]]:
     rss = max(p["peak_rss_mib"] for p in top["plan"].values())
     where = f"{max(by):,} images" + ("" if max(by) >= 1_000_000 else
                                      " (the largest split measured; 1M was not)")
-    where += f"; the --dry-run, teachers loaded: {top['dry_run']['peak_rss_mib']:,.0f} MiB"
+    if top.get("dry_run"):
+        where += f"; the --dry-run, teachers loaded: {top['dry_run']['peak_rss_mib']:,.0f} MiB"
     return [
         ("planning 1M images ÷ planning 100k (near-linear)", f"≤ {GOAL_RATIO:.0f}×",
          ", ".join(f"{v:.1f}× (shards of {k})" for k, v in ratios.items()) or
@@ -265,7 +267,7 @@ def plan_ratios(sc: dict[str, Any]) -> dict[str, float]:
     if 100_000 not in by or 1_000_000 not in by:
         return {}
     return {s: by[1_000_000]["plan"][s]["plan_seconds"] / by[100_000]["plan"][s]["plan_seconds"]
-            for s in by[100_000]["plan"]}
+            for s in by[100_000]["plan"] if s in by[1_000_000]["plan"]}
 
 
 def _plan_once(root: str, out: str, shard_size: int, result: str) -> None:
