@@ -14,9 +14,13 @@ Per split, each in a fresh process:
   build every shard's job), timed in the process, with its peak RSS;
 - `dry run`: `distill run generate-labels --dry-run` end to end (the CLI, the plan, the
   one-image timed sample of the demo preset's tiny teachers), its wall time and peak RSS
-  (the child's `ru_maxrss` from `os.wait4`).
+  (its VmHWM).
+
+Peak RSS: each process's own VmHWM (a spawned child's `ru_maxrss` would count the bench
+driver's RSS at the spawn).
 
 usage: python -m bench.scale ROOT OUT SHARD_SIZE RESULT_JSON   (the timed plan, one process)
+       python -m bench.scale --cli PEAK_FILE ARGS...           (`distill ARGS`, its peak RSS)
 """
 
 from __future__ import annotations
@@ -123,18 +127,32 @@ def synthetic_split(cache: Path, n: int, mini: Path = COCO_MINI) -> Path:
     return root
 
 
-def _timed_child(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Run `cmd`; (wall seconds, the child's peak RSS in MiB, its output)."""
+def _peak_mib() -> float:
+    """This process's peak RSS since it started (VmHWM). Not `ru_maxrss`: on Linux a spawned
+    child's counts its parent's RSS at the spawn (the bench driver's ~0.5 GB, a floor under
+    every figure)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed_child(cmd: list[str], env: dict[str, str], peak_file: Path) -> tuple[float, float, str]:
+    """Run `cmd` (which writes its own peak RSS to `peak_file`); (wall seconds, that peak in
+    MiB, its output)."""
+    peak_file.unlink(missing_ok=True)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc.wait()
     seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} … exited {proc.returncode}: {out[-1500:]}")
-    return seconds, usage.ru_maxrss / 1024, out  # Linux: kB
+    return seconds, float(peak_file.read_text()), out
 
 
 def _env() -> dict[str, str]:
@@ -164,16 +182,16 @@ def bench_scale(work: Path, sizes: tuple[int, ...] = SIZES,
             result = work / f"scale-plan-{n}-{shard_size}.json"
             wall, rss, _ = _timed_child(
                 [sys.executable, "-m", "bench.scale", str(root), str(work / f"scale-out-{n}"),
-                 str(shard_size), str(result)], _env())
+                 str(shard_size), str(result)], _env(), work / "scale-peak")
             got = json.loads(result.read_text())
             row["plan"][str(shard_size)] = {**got, "process_seconds": wall, "peak_rss_mib": rss}
             print(f"  {n:,} images, shards of {shard_size}: plan {got['plan_seconds']:.1f} s "
                   f"(reading {got['read_seconds']:.1f} s), peak RSS {rss:.0f} MiB", flush=True)
         wall, rss, _ = _timed_child(
-            [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
-             "--set", f"data.root={root}", "--set", f"data.split={SPLIT}",
-             "--shard-size", "1000", "--out", str(work / f"scale-dry-{n}"), "--dry-run",
-             "--sample", "1"], _env())
+            [sys.executable, "-m", "bench.scale", "--cli", str(work / "scale-peak"), "run",
+             "generate-labels", "--preset", "demo", "--set", f"data.root={root}", "--set",
+             f"data.split={SPLIT}", "--shard-size", "1000", "--out", str(work / f"scale-dry-{n}"),
+             "--dry-run", "--sample", "1"], _env(), work / "scale-peak")
         row["dry_run"] = {"seconds": wall, "peak_rss_mib": rss, "shard_size": 1000}
         print(f"  {n:,} images: --dry-run {wall:.1f} s, peak RSS {rss:.0f} MiB", flush=True)
         rows.append(row)
@@ -199,13 +217,14 @@ def summary_lines(sc: Any) -> list[str]:
                   f"plan s (shards of {s}) | of it reading s | peak RSS MiB" for s in shard_sizes)
               + " | --dry-run s | --dry-run peak RSS MiB |",
               "|---:|---:|" + "---:|---:|---:|" * len(shard_sizes) + "---:|---:|"]
-    for r in sc["rows"]:
+    for r in sc["rows"]:  # a figure a row lacks (not measured) reads "–"
         cells = [f"{r['images']:,}", f"{r['annotation_bytes'] / 1e6:,.0f}"]
         for s in shard_sizes:
-            p = r["plan"][s]
+            p = r["plan"].get(s)
             cells += [f"{p['plan_seconds']:.1f}", f"{p['read_seconds']:.1f}",
-                      f"{p['peak_rss_mib']:,.0f}"]
-        cells += [f"{r['dry_run']['seconds']:.1f}", f"{r['dry_run']['peak_rss_mib']:,.0f}"]
+                      f"{p['peak_rss_mib']:,.0f}"] if p else ["–"] * 3
+        dry = r.get("dry_run")
+        cells += [f"{dry['seconds']:.1f}", f"{dry['peak_rss_mib']:,.0f}"] if dry else ["–"] * 2
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Goals: planning 1M images in ≤ {GOAL_RATIO:.0f}× the time of 100k, with the "
               f"driver's peak RSS ≤ {GOAL_RSS_MIB:,} MiB (the goal table above)."]
@@ -225,9 +244,12 @@ def goal_rows(sc: Any) -> list[tuple[str, str, str, str]]:
     ratios = plan_ratios(sc)
     by = {r["images"]: r for r in sc["rows"]}
     top = by[max(by)]
-    rss = max([p["peak_rss_mib"] for p in top["plan"].values()] + [top["dry_run"]["peak_rss_mib"]])
+    # planning's own peak; the --dry-run's also holds the demo teachers it times (~1 GB)
+    rss = max(p["peak_rss_mib"] for p in top["plan"].values())
     where = f"{max(by):,} images" + ("" if max(by) >= 1_000_000 else
                                      " (the largest split measured; 1M was not)")
+    if top.get("dry_run"):
+        where += f"; the --dry-run, teachers loaded: {top['dry_run']['peak_rss_mib']:,.0f} MiB"
     return [
         ("planning 1M images ÷ planning 100k (near-linear)", f"≤ {GOAL_RATIO:.0f}×",
          ", ".join(f"{v:.1f}× (shards of {k})" for k, v in ratios.items()) or
@@ -245,7 +267,7 @@ def plan_ratios(sc: dict[str, Any]) -> dict[str, float]:
     if 100_000 not in by or 1_000_000 not in by:
         return {}
     return {s: by[1_000_000]["plan"][s]["plan_seconds"] / by[100_000]["plan"][s]["plan_seconds"]
-            for s in by[100_000]["plan"]}
+            for s in by[100_000]["plan"] if s in by[1_000_000]["plan"]}
 
 
 def _plan_once(root: str, out: str, shard_size: int, result: str) -> None:
@@ -278,9 +300,22 @@ def _plan_once(root: str, out: str, shard_size: int, result: str) -> None:
     seconds = time.perf_counter() - t0
     Path(result).write_text(json.dumps({
         "plan_seconds": seconds, "read_seconds": reading, "shards": len(plan.manifest.shards),
-        "images_to_process": plan.images_to_process,
-        "self_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        "images_to_process": plan.images_to_process}))
+    Path(result).with_name("scale-peak").write_text(str(_peak_mib()))
+
+
+def _cli(peak_file: str, args: list[str]) -> None:
+    """`distill ARGS` in this process, its peak RSS written to `peak_file` at exit."""
+    import atexit
+    import runpy
+
+    atexit.register(lambda: Path(peak_file).write_text(str(_peak_mib())))
+    sys.argv = ["distill", *args]
+    runpy.run_module("distill.cli", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
-    _plan_once(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    if sys.argv[1] == "--cli":
+        _cli(sys.argv[2], sys.argv[3:])
+    else:
+        _plan_once(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])

@@ -6,26 +6,26 @@ and images are read later, by whichever node decodes them (`distill.storage`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
 import stat
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from distill.annotations import (
     INT64_MAX,
+    AnnotationReader,
     Dropped,
-    Person,
     Problem,
-    read_annotations,
     show_value,
 )
 from distill.errors import DatasetLayoutError, StorageError, UnsafePathError
+from distill.jsonstream import top_level_arrays
+from distill.records import ImageRecord, Person, RecordTable
 from distill.storage import Location
 
 __all__ = [
@@ -57,46 +57,36 @@ A COCO 2017 folder looks like this (images may also sit in <root>/images/<split>
 A folder without annotations/ is read as a plain folder of images. See datasets/README.md."""
 
 
-
-@dataclass
-class ImageRecord:
-    """One image and its ground truth."""
-
-    image_id: int
-    file_name: str  # as in the annotations, relative to the image folder
-    path: str  # resolved, inside the dataset root: a local path or a URI
-    width: int | None = None  # from the annotations; None for plain folders
-    height: int | None = None
-    persons: list[Person] = field(default_factory=list)
-    captions: list[str] = field(default_factory=list)
-    # Decode with the EXIF orientation applied (plain folders: the pixels a viewer shows), not
-    # the stored pixels (COCO: its annotations refer to those). See `follows_exif_orientation`.
-    exif_transpose: bool = False
-
-
-
 @dataclass
 class Dataset:
-    """The records of one split, sorted by image id, plus the problems met reading it."""
+    """The records of one split, sorted by image id, plus the problems met reading it. A COCO
+    split's records are a `RecordTable`: each record is made when it is read."""
 
     root: Location
     split: str
     kind: Literal["coco", "folder"]
     image_dir: Location
-    records: list[ImageRecord]
+    records: Sequence[ImageRecord]
     problems: list[Problem]
     dropped: list[Dropped] = field(default_factory=list)
-    _by_id: dict[int, ImageRecord] | None = field(default=None, init=False, repr=False,
-                                                  compare=False)
+    _by_id: Mapping[int, ImageRecord] | None = field(default=None, init=False, repr=False,
+                                                     compare=False)
     _problem_by_id: dict[int, Problem] | None = field(default=None, init=False, repr=False,
                                                       compare=False)
 
-    def by_id(self) -> dict[int, ImageRecord]:
-        """Image id → record. Built once (one pass over the records) and shared: do not
-        change it, nor `records` once it is built."""
+    def by_id(self) -> Mapping[int, ImageRecord]:
+        """Image id → record. Built once (one pass over the records, none for a table) and
+        shared: do not change `records` once it is built."""
         if self._by_id is None:
-            self._by_id = {r.image_id: r for r in self.records}
+            self._by_id = self.records.by_id() if isinstance(self.records, RecordTable) else \
+                {r.image_id: r for r in self.records}
         return self._by_id
+
+    def record_ids(self) -> list[int]:
+        """The records' image ids, sorted, without making the records."""
+        if isinstance(self.records, RecordTable):
+            return self.records.ids()
+        return [r.image_id for r in self.records]
 
     def problem_by_id(self) -> dict[int, Problem]:
         """Image id → the first problem met reading it, built once like `by_id`."""
@@ -172,24 +162,32 @@ def _image_dir(root: Location, split: str) -> Location:
     )
 
 
-def _load_json(path: Location) -> dict[str, Any]:
+def _entries(path: Location) -> Iterator[tuple[str, int, Any]]:
+    """(key, index, entry) of every entry of an annotation file's 'images' and 'annotations'
+    lists, read a chunk at a time (`distill.jsonstream`); the file is checked to be a COCO
+    annotation file once it has been read to its end."""
     if not path.is_file():
         raise DatasetLayoutError(f"missing annotation file {path}.\n{COCO_LAYOUT}")
+    found: dict[str, Any] = {}
     try:
-        doc = json.loads(path.read_bytes())
+        with (open(path.path, "rb") if path.is_local else path.open_input()) as stream:
+            for key, index, entry in top_level_arrays(stream, ("images", "annotations")):
+                if key is None:
+                    break
+                if index < 0:
+                    found[key] = entry
+                else:
+                    yield key, index, entry
     except (OSError, ValueError, StorageError) as exc:
         raise DatasetLayoutError(f"cannot read annotation file {path}: {exc}") from exc
-    if not isinstance(doc, dict) or "images" not in doc or "annotations" not in doc:
+    if any(k not in found for k in ("images", "annotations")):
         raise DatasetLayoutError(
             f"{path} is not a COCO annotation file (it needs 'images' and 'annotations')"
         )
     for key in ("images", "annotations"):
-        if not isinstance(doc[key], list):
+        if not isinstance(found[key], list):
             raise DatasetLayoutError(
-                f"{path}: '{key}' is {show_value(doc[key])}, not a list of {key[:-1]} entries")
-    return doc
-
-
+                f"{path}: '{key}' is {show_value(found[key])}, not a list of {key[:-1]} entries")
 
 
 def _read_coco(root: Location, split: str) -> Dataset:
@@ -207,28 +205,36 @@ def _read_coco(root: Location, split: str) -> Dataset:
             f"missing annotation file(s): {', '.join(str(p) for p in missing)}.\n{COCO_LAYOUT}"
         )
     image_dir = _image_dir(root, split)
-    kp_doc, cap_doc = _load_json(kp_path), _load_json(cap_path)
+    reader = AnnotationReader(kp_path.name, cap_path.name)
+    for file, path in enumerate((kp_path, cap_path)):
+        for key, index, entry in _entries(path):  # a chunk of the file at a time
+            reader.feed(file, key, index, entry)
+    notes = reader.finish()
+    del reader
     present = _listing(image_dir)
-
-    notes = read_annotations(kp_path.name, kp_doc, cap_path.name, cap_doc)
-    del kp_doc, cap_doc  # the parsed files are the largest thing a plan holds: gone first
-    images, unusable, persons, captions = (notes.images, notes.unusable, notes.persons,
-                                           notes.captions)
-
-    problems = notes.problems
+    images, unusable, problems = notes.images, notes.unusable, notes.problems
     base = _real_base(image_dir)
-    records = []
+    join_base = base if base is not None else str(image_dir)
+    ids: list[int] = []
+    names: list[str] = []
+    widths: list[int | None] = []
+    heights: list[int | None] = []
+    paths: dict[int, str] = {}  # those that are not <base>/<file_name>
     for image_id in sorted(images):
+        entry = images.pop(image_id)  # each entry gone as its record's columns are filled
         if image_id in unusable:
             continue
-        entry = images[image_id]
         record = _record(image_dir, image_id, entry.file_name, problems, present, base)
         if record is None:
             continue
-        record.width, record.height = entry.width, entry.height
-        record.persons = persons.get(image_id, [])
-        record.captions = captions.get(image_id, [])
-        records.append(record)
+        ids.append(image_id)
+        names.append(entry.file_name)
+        widths.append(entry.width)
+        heights.append(entry.height)
+        if record.path != os.path.join(join_base, entry.file_name):
+            paths[image_id] = record.path
+    records = RecordTable(ids, names, paths, join_base, (widths, heights), notes.persons,
+                          notes.captions)
     logger.info("read %d %s records from %s (%d problems)", len(records), split, root,
                 len(problems))
     if notes.dropped:

@@ -38,7 +38,7 @@ class Committer:
         self.plan = plan
         self.lease = lease
         self.jobs = {j.entry.name: j for j in plan.jobs}
-        self.expected = {name: len(j.items) for name, j in self.jobs.items()}
+        self.expected = {name: j.count for name, j in self.jobs.items()}
         self.got: dict[str, list[Item]] = {}
         self.written = 0  # images accounted for (labelled or quarantined) this invocation
         self.shards_done = 0

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -61,12 +63,22 @@ class RunOptions:
 
 @dataclass
 class ShardJob:
-    """The work one shard needs in this invocation."""
+    """The work one shard needs in this invocation. Its `items` (records with their people and
+    captions) are made when first asked for: a plan of a million images holds ids only."""
 
     entry: ShardEntry
-    items: list[Item]
+    count: int  # images it sends through the stages
+    roles: tuple[str, ...]  # the teachers they need
+    make: Callable[[], list[Item]] = field(repr=False)
     keep_committed: bool = False  # retry-failed: the shard's other rows are kept as they are
     kind: str = "label"  # label | add-teacher | retry
+    _items: list[Item] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def items(self) -> list[Item]:
+        if self._items is None:
+            self._items = self.make()
+        return self._items
 
 
 @dataclass
@@ -82,10 +94,10 @@ class RunPlan:
 
     @property
     def images_to_process(self) -> int:
-        return sum(len(j.items) for j in self.jobs)
+        return sum(j.count for j in self.jobs)
 
     def stage_names(self) -> list[str]:
-        needed = {r for j in self.jobs for it in j.items for r in it.roles}
+        needed = {r for j in self.jobs if j.count for r in j.roles}
         return ["decode", *[r for r in self.roles if r in needed], "postprocess"]
 
 
@@ -108,7 +120,7 @@ def _select(dataset: Dataset, options: RunOptions, planned: set[int] | None = No
     N (images that joined the split with lower ids than planned ones come first), so the same
     --limit never adds anything and a smaller one is refused."""
     planned = planned or set()
-    ids = sorted({r.image_id for r in dataset.records} |
+    ids = sorted(set(dataset.record_ids()) |
                  {p.image_id for p in dataset.problems if p.error_type != "UnknownImageId"})
     if options.limit is not None and options.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {options.limit}")
@@ -257,6 +269,16 @@ def _fresh_items(entry: ShardEntry, ids: list[int], dataset: Dataset, split: str
     return items
 
 
+def _job_items(entry: ShardEntry, retry: list[int], dataset: Dataset, split: str,
+               roles: list[str], path: Location, missing_roles: list[str]) -> list[Item]:
+    """A committed shard's items: its images to retry, then (a teacher added) every committed
+    row, through the new teacher(s) only."""
+    items = _fresh_items(entry, retry, dataset, split, roles)
+    if missing_roles:
+        items += _extend_items(entry, path, split, missing_roles)
+    return items
+
+
 def _accounted(path: Location, entry: ShardEntry, quarantined: dict[str, set[int]]) -> bool:
     """A committed shard's rows plus its quarantined images must be exactly its planned images;
     anything else (a commit interrupted between the shard and the quarantine, a file edited by
@@ -310,8 +332,8 @@ def plan_run(config: Config, options: RunOptions, lease: Lease | None = None) ->
 
         if not complete:
             entry.teachers, entry.stats = {}, {}  # labelled again from scratch
-            jobs.append(ShardJob(entry, _fresh_items(entry, entry.image_ids, dataset,
-                                                     manifest.split, roles)))
+            jobs.append(ShardJob(entry, len(entry.image_ids), tuple(roles), partial(
+                _fresh_items, entry, entry.image_ids, dataset, manifest.split, roles)))
             continue
         committed.append(entry)
         missing_roles = [r for r in roles if entry.teachers.get(r) != "done"]
@@ -321,14 +343,15 @@ def plan_run(config: Config, options: RunOptions, lease: Lease | None = None) ->
         if not missing_roles and not retry:
             skipped.append(entry.name)
             continue
-        items = _fresh_items(entry, retry, dataset, manifest.split, roles)
-        if missing_roles:  # every committed row goes through the new teacher(s)
-            items += _extend_items(entry, path, manifest.split, missing_roles)
+        rows = pq.ParquetFile(path.open_input()).metadata.num_rows if missing_roles else 0
         kind = "add-teacher" if missing_roles else "retry"
         if missing_roles and retry:
             kind = "add-teacher+retry"
         # Retrying alone: the rows not retried stay as they are.
-        jobs.append(ShardJob(entry, items, keep_committed=not missing_roles, kind=kind))
+        jobs.append(ShardJob(
+            entry, len(retry) + rows, tuple(roles if retry else missing_roles),
+            partial(_job_items, entry, retry, dataset, manifest.split, roles, path,
+                    missing_roles), keep_committed=not missing_roles, kind=kind))
     stale = sorted(set(_changed_annotations(run, dataset, committed, quarantined)) -
                    (wanted or set()))
     if stale:

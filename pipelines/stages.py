@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,7 @@ def decode_items(items: list[Item], data: DataConfig) -> list[Item]:
     return items
 
 
-def decode_records(records: list[ImageRecord], split: str, data: DataConfig,
+def decode_records(records: Sequence[ImageRecord], split: str, data: DataConfig,
                    progress: Callable[[int, int, int], None] | None = None) -> list[Failure]:
     """Decode a dataset's images one by one exactly as a label run's decode stage does
     (`decode_items`; `distill data check --decode`), and return those that fail. `progress` is
