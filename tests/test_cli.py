@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -292,15 +291,19 @@ def test_out_on_a_read_only_folder_fails_with_one_line(synthetic_coco, tmp_path)
     assert list(folder.iterdir()) == []
 
 
+# Fast: the probe before `ray.init` (pipelines/cluster.py) refuses a closed port at once; only
+# it asks "is a Ray head running there", so that question in the line shows Ray's own retries
+# (20 attempts of up to 40 s) never started — said without timing the run.
+PROBE_SAYS = "; is a Ray head running there (`ray start --head` prints its address)?"
+
+
 def test_joining_a_closed_port_fails_fast_with_one_line(synthetic_coco, tmp_path):
     port = closed_port()
-    started = time.monotonic()
     proc = distill(*_label_into(synthetic_coco, tmp_path / "run"), "--address",
                    f"127.0.0.1:{port}", check=False)
-    assert time.monotonic() - started < 60
     line = one_error_line(proc)  # Ray may name this machine's address for 127.0.0.1
     assert line.startswith("error: cannot join Ray at ") and f"127.0.0.1:{port}" in line
-    assert "Connection refused" in line
+    assert line.endswith(f"Connection refused{PROBE_SAYS}"), line
     assert not (tmp_path / "run").exists()  # a first run that failed leaves nothing
 
 
@@ -310,13 +313,11 @@ def test_address_auto_with_a_dead_ray_address_fails_fast(synthetic_coco, tmp_pat
     port = closed_port()
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    started = time.monotonic()
     proc = subprocess.run([*CLI, *_label_into(synthetic_coco, tmp_path / "run"), "--address",
                            "auto"], capture_output=True, text=True, env=env)
-    assert time.monotonic() - started < 60
     line = one_error_line(proc)
-    assert line.startswith(f"error: cannot join Ray at 127.0.0.1:{port} (--address auto: "
-                           "RAY_ADDRESS): Connection refused"), line
+    assert line == (f"error: cannot join Ray at 127.0.0.1:{port} (--address auto: "
+                    f"RAY_ADDRESS): Connection refused{PROBE_SAYS}"), line
 
 
 def test_train_student_on_ray_that_does_not_answer_leaves_no_folder(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from distill.manifest import read_manifest
 from pipelines.generate_labels import RunOptions, generate_labels
 from tests.conftest import (
+    LABEL_SETS,
     label_config,
     run_until,
     shard_rows,
@@ -52,13 +53,18 @@ def _raw_rows(out: Path) -> dict[int, dict]:
     return rows
 
 
-SETS = ["shards.shard_size=3", "teachers.depth.batch_size=2"]  # on top of label_config's
+# On top of label_config's. Depth and panoptic only: they batch images (depth's output depends
+# on its batch neighbours), which is what a resume must not mix up; text and captions are per
+# image, and their columns across a kill and resume are checked byte for byte by
+# tests/pipelines/test_object_store.py. Six CLI runs load two teachers instead of four.
+SETS = ["shards.shard_size=3", "teachers.depth.batch_size=2", "teachers.text.enabled=false",
+        "teachers.caption.enabled=false"]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, ray_address) -> tuple[Path, Path]:
-    """`_same_size_coco` labelled once, uninterrupted, with every teacher: (dataset root, run
-    folder). Both tests compare against it; they must not modify it."""
+    """`_same_size_coco` labelled once, uninterrupted, by the teachers SETS leaves on: (dataset
+    root, run folder). Both tests compare against it; they must not modify it."""
     root = _same_size_coco(tmp_path_factory.mktemp("same-size") / "coco")
     out = tmp_path_factory.mktemp("reference") / "out"
     generate_labels(label_config(root, *SETS), RunOptions(out=out, live=False))
@@ -71,7 +77,7 @@ def test_sigkill_at_five_points_then_resume_is_byte_identical(tmp_path, ray_addr
     out = tmp_path / "crashed"
     cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
            "--out", str(out), "--address", str(ray_address), "--no-live"]
-    for s in [f"data.root={root}", "teachers.text.input_size=160", *SETS]:
+    for s in [f"data.root={root}", *LABEL_SETS, *SETS]:  # what label_config sets
         cmd += ["--set", s]
     killed = []
     for point in (-1, 1, 2, 3, 4):  # after planning, then after each of the first 4 shards
@@ -102,12 +108,9 @@ def test_a_changed_batch_size_moves_depth_by_at_most_one_level(tmp_path, ray_add
     out = tmp_path / "batch1"
     # The reference ran depth in batches of 2 (and panoptic in batches of 3, its shards' size);
     # this run takes one image at a time. Depth is the teacher whose batched attention rounds
-    # differently (the others are checked byte for byte across resumes above); text and
-    # captions off to keep it short.
+    # differently (panoptic is checked byte for byte across resumes above).
     generate_labels(label_config(root, *SETS, "teachers.depth.batch_size=1",
-                                 "teachers.panoptic.batch_size=1",
-                                 "teachers.text.enabled=false",
-                                 "teachers.caption.enabled=false"),
+                                 "teachers.panoptic.batch_size=1"),
                     RunOptions(out=out, live=False))
     one, batched = shard_rows(out), shard_rows(reference)
     assert sorted(one) == sorted(batched) == list(range(1, 16))

@@ -26,24 +26,12 @@ from distill.student.metrics import HDM_THRESHOLDS, to_unit
 from distill.student.predict import decode_tokens, find_checkpoint, load_student, refine_depth
 from distill.student.sources import training_vocabulary
 from distill.student.targets import PRESENT_KEYS
-from distill.student.train import TrainOptions, train_student
+from distill.student.train import TrainOptions
+from tests.student.conftest import SIZE
+from tests.student.conftest import tiny_config as _config
 
-SIZE = 64
-
-
-def _config(*overrides: str):
-    return load_config("demo", overrides=[
-        f"student.input_size={SIZE}", "train.num_workers=0", "train.batch_size=4", *overrides])
-
-
-@pytest.fixture(scope="module")
-def trained(labelled_coco7, tmp_path_factory):
-    """A tiny student trained 2 epochs on the real coco7 shards: (run folder, shards folder)."""
-    _, run, _ = labelled_coco7
-    out = tmp_path_factory.mktemp("student") / "student"
-    train_student(_config("train.epochs=2"),
-                  TrainOptions(shards=run / "shards", out=out, progress=False))
-    return out, run / "shards"
+# `trained`, the tiny student trained 2 epochs on the real coco7 shards, is tests/student/
+# conftest.py's (one per session: test_export.py runs it too).
 
 
 def _stream(shards: Path, config, vocab, epoch: int) -> ShardStream:

@@ -1,7 +1,11 @@
 """`distill export` (ONNX, TorchScript) and running the exported file: its outputs equal
 PyTorch's within `distill.student.export.TOLERANCE` on real photos (scikit-image's), the file
 carries what running it alone needs, `distill predict` runs it with the same refinement and
-decoding, `distill predict --video` on a video the test writes, and the error paths."""
+decoding, `distill predict --video` on a video the test writes, and the error paths.
+
+The CLI runs in this process (typer's runner: the same app, arguments, output and exit codes)
+except once, where `distill predict` runs the exported file in a Python of its own as a user's
+shell would: each such process imports torch again, ~20 s on a loaded 2-core machine."""
 
 from __future__ import annotations
 
@@ -11,23 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from distill.cli import app
 from distill.config import config_to_dict
 from distill.storage import file_sha256
 from distill.student import layout
 from distill.student.predict import Predictor, load_student
-from tests.student import test_evaluate_predict as _trained_student
 from tests.student import test_predict_inputs as _inputs
-from tests.test_cli import distill, one_error_line
+from tests.test_cli import distill
 
 pytest.importorskip("onnxruntime")
 skdata = pytest.importorskip("skimage.data")
 
-# The tiny student trained 2 epochs on the real coco7 shards (tests/student/
-# test_evaluate_predict.py's fixture, reused here): (run folder, shards folder).
-trained = _trained_student.trained
-# A freshly initialised tiny student (no training), for what does not need a trained one.
-untrained = _inputs.untrained
+# `trained` (the tiny student trained 2 epochs on the real coco7 shards: run folder, shards
+# folder) and `untrained` (freshly initialised) are tests/student/conftest.py's, one per session.
 
 
 def _photos() -> list[np.ndarray]:
@@ -38,6 +40,21 @@ def _photos() -> list[np.ndarray]:
 def _forward(predictor: Predictor, images: list[np.ndarray]) -> dict[str, torch.Tensor]:
     outputs, _, _ = predictor.forward(predictor.letterbox(images))
     return outputs
+
+
+def _cli(*args: str) -> str:
+    """`distill ARGS` run in this process, succeeding; what it printed."""
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _cli_error(*args: str) -> str:
+    """`distill ARGS` run in this process, failing as a user should see it: exit code 2 and
+    one line, no traceback; that line."""
+    [line] = _inputs.error_lines(CliRunner().invoke(app, list(args)))
+    assert line.startswith("error: ")
+    return line
 
 
 @pytest.mark.slow
@@ -111,13 +128,14 @@ def test_cli_export_then_predict_with_the_onnx_file_and_the_error_paths(trained,
 
     out, _ = trained
     onnx = tmp_path / "student.onnx"
-    proc = distill("export", "--checkpoint", str(out), "--format", "onnx", "--out", str(onnx))
-    assert "wrote" in proc.stdout and "max |difference|" in proc.stdout
+    stdout = _cli("export", "--checkpoint", str(out), "--format", "onnx", "--out", str(onnx))
+    assert "wrote" in stdout and "max |difference|" in stdout
     images = tmp_path / "images"
     images.mkdir()
     for name, photo in (("astronaut", skdata.astronaut()), ("coffee", skdata.coffee())):
         Image.fromarray(photo).save(images / f"{name}.jpg", quality=92)
     pred = tmp_path / "pred"
+    # the one subprocess: the exported file runs in a Python that never built the student
     proc = distill("predict", str(images), "--checkpoint", str(onnx), "--out", str(pred),
                    "--device", "cpu")
     assert "(onnxruntime)" in proc.stdout and "frames/s per step" in proc.stdout
@@ -127,24 +145,21 @@ def test_cli_export_then_predict_with_the_onnx_file_and_the_error_paths(trained,
     assert set(doc["steps_ms"]) >= {"forward", "refine", "tokens", "pose"}
     assert all(Path(r["panel"]).is_file() for r in doc["images"])
     # a second export over its own earlier file is fine
-    distill("export", "-k", str(out), "--format", "onnx", "--out", str(onnx))
+    _cli("export", "-k", str(out), "--format", "onnx", "--out", str(onnx))
 
     foreign = tmp_path / "notes.onnx"
     foreign.write_text("my notes")
-    err = one_error_line(distill("export", "-k", str(out), "--out", str(foreign), check=False))
+    err = _cli_error("export", "-k", str(out), "--out", str(foreign))
     assert "not a file distill exported" in err and foreign.read_text() == "my notes"
-    err = one_error_line(distill("export", "-k", str(out), "--format", "tflite", "--out",
-                                 str(tmp_path / "x"), check=False))
+    err = _cli_error("export", "-k", str(out), "--format", "tflite", "--out", str(tmp_path / "x"))
     assert "--format 'tflite'" in err
-    err = one_error_line(distill("export", "-k", str(tmp_path / "nothing"), "--out",
-                                 str(tmp_path / "y.onnx"), check=False))
+    err = _cli_error("export", "-k", str(tmp_path / "nothing"), "--out", str(tmp_path / "y.onnx"))
     assert "no student checkpoint" in err
     assert not (tmp_path / "y.onnx").exists()
-    err = one_error_line(distill("predict", str(images), "-k", str(foreign), "--out",
-                                 str(pred), check=False))
+    err = _cli_error("predict", str(images), "-k", str(foreign), "--out", str(pred))
     assert "not a student distill export wrote" in err
-    err = one_error_line(distill("predict", str(images), "-k", str(onnx), "--engine",
-                                 "torchscript", "--out", str(pred), check=False))
+    err = _cli_error("predict", str(images), "-k", str(onnx), "--engine", "torchscript", "--out",
+                     str(pred))
     assert "it is a onnx file" in err
 
 
@@ -171,9 +186,9 @@ def test_cli_predict_video_writes_an_annotated_video_and_a_record_per_frame(trai
     clip = tmp_path / "clip.mp4"
     _write_video(clip)
     pred = tmp_path / "pred"
-    proc = distill("predict", "--video", str(clip), "--checkpoint", str(out), "--out",
-                   str(pred), "--device", "cpu", "--batch-size", "3")
-    assert "8 frame(s)" in proc.stdout and "frames/s per step" in proc.stdout
+    stdout = _cli("predict", "--video", str(clip), "--checkpoint", str(out), "--out", str(pred),
+                  "--device", "cpu", "--batch-size", "3")
+    assert "8 frame(s)" in stdout and "frames/s per step" in stdout
     lines = (pred / "clip.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["frame"] for r in records] == list(range(8))
@@ -185,14 +200,11 @@ def test_cli_predict_video_writes_an_annotated_video_and_a_record_per_frame(trai
     summary = json.loads((pred / "clip.summary.json").read_text())
     assert summary["frames"] == 8 and summary["frames_per_second"]["model"] > 0
     # again into the same folder: its own files are replaced
-    distill("predict", "--video", str(clip), "-k", str(out), "--out", str(pred), "--device",
-            "cpu")
+    _cli("predict", "--video", str(clip), "-k", str(out), "--out", str(pred), "--device", "cpu")
     (pred / "clip.jsonl").write_text("the user's own file\n")
-    err = one_error_line(distill("predict", "--video", str(clip), "-k", str(out), "--out",
-                                 str(pred), check=False))
+    err = _cli_error("predict", "--video", str(clip), "-k", str(out), "--out", str(pred))
     assert "distill did not write" in err
-    err = one_error_line(distill("predict", "--video", str(tmp_path / "none.mp4"), "-k",
-                                 str(out), check=False))
+    err = _cli_error("predict", "--video", str(tmp_path / "none.mp4"), "-k", str(out))
     assert "does not exist" in err
 
 

@@ -14,27 +14,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from distill.cli import app
-from distill.config import dump_toml, load_config
-from distill.runfolder import StudentRun
-from distill.storage import atomic_write_bytes
-from distill.student.checkpoint import checkpoint_bytes, save_checkpoint
-from distill.student.model import build_student
 
 av = pytest.importorskip("av")
 
 
-@pytest.fixture(scope="module")
-def untrained(tmp_path_factory) -> Path:
-    """A train-student run folder holding a freshly initialised 64-px student."""
-    out = tmp_path_factory.mktemp("untrained") / "student"
-    out.mkdir()
-    config = load_config("demo", overrides=["student.input_size=64"])
-    run = StudentRun(out)
-    run.mark()
-    atomic_write_bytes(run.config, dump_toml(config).encode())
-    torch_model = build_student(config.student, 0)
-    save_checkpoint(run, "last", *checkpoint_bytes(torch_model, {"epoch": 0}))
-    return out
+# `untrained`, a run folder holding a freshly initialised 64-px student, is tests/student/
+# conftest.py's.
 
 
 def predict(*args: str):
@@ -139,6 +124,7 @@ def test_video_records_are_in_the_frames_own_pixels(untrained, tmp_path):
             assert (seen[:, 0] <= 640).all() and (seen[:, 1] <= 480).all()
 
 
+@pytest.mark.slow
 def test_a_video_without_pictures_or_cut_short(untrained, tmp_path):
     """Audio only, or cut before its index: one line, exit 2. Cut part way: the frames before
     the cut are predicted and written, and the run ends saying where it was cut (exit 2)."""

@@ -90,7 +90,9 @@ def test_loss_uses_the_papers_gains_and_skips_absent_labels():
 @pytest.mark.slow
 def test_the_tiny_student_overfits_a_handful_of_real_rows(labelled_coco7, tmp_path):
     shards = labelled_coco7[1] / "shards"
-    cfg = _config("train.epochs=40", "train.lr_start=3e-3", "train.lr_end=3e-3",
+    # 20 steps (one batch an epoch): the loss is at 0.26 of the first epoch's by then, mean
+    # HDM@0.1 up by 0.74 and the joints' by 0.96, and all three level off (measured over 40)
+    cfg = _config("train.epochs=20", "train.lr_start=3e-3", "train.lr_end=3e-3",
                   "train.augment.pan_zoom=0", "train.augment.color=0", "train.augment.noise=0",
                   "train.augment.burned_pixels=0")
     train_student(cfg, TrainOptions(shards=shards, out=tmp_path / "run", progress=False))
