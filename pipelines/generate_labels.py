@@ -92,8 +92,8 @@ def generate_labels(config: Config, options: RunOptions) -> RunResult:
             committer.commit_empty()
             ray_logs = ""
             if plan.images_to_process:
-                announce(f"joining Ray at {options.address}" if options.address
-                         else "starting Ray (a private one on 127.0.0.1)")
+                if not options.address:  # (joining is checked in a second, then says so)
+                    announce("starting Ray (a private one on 127.0.0.1)")
                 with ray_session(config.ray, options.address, options.verbose) as cluster:
                     ray_logs = cluster.logs
                     execute(plan, options, cluster, committer)

@@ -64,7 +64,8 @@ def samples_for(ids: list[int]) -> list:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("inspect") / "out"
-    config = load_config("demo", overrides=["teachers.text.enabled=false"])
+    config = load_config("demo", overrides=["teachers.text.enabled=false",
+                                            "teachers.pose.enabled=false"])
     view = label_view(config)
     fp = label_fingerprint(view)
     plan = make_plan(IDS, "val2017", 4)

@@ -200,6 +200,7 @@ def run_generate_labels(
     if shard_size is not None:
         overrides.append(f"shards.shard_size={shard_size}")
     overrides += [f"data.{k}={json.dumps(v)}" for k, v in (("root", root), ("split", split)) if v is not None]
+    _say_default_preset(preset, config)
     cfg = load_config(preset, config, overrides)
     out = out or default_out(cfg)
     if not dry_run:  # from here on, an interruption says how far the run got
@@ -316,6 +317,7 @@ def run_train_student(
         overrides.append(f"train.epochs={epochs}")
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
+    _say_default_preset(preset, config)
     cfg = load_config(preset, config, overrides)
     said: list[str] = []
 
@@ -414,3 +416,11 @@ def run_audit(
     typer.echo(format_audit(report))
     typer.echo(f"report: {LabelRun(out).audit}")
 
+
+def _say_default_preset(preset: str | None, files: list[Path] | None) -> None:
+    """The first line of a run without a chosen preset: it runs `paper` (README "Presets")."""
+    from distill.config import default_preset_note
+
+    note = default_preset_note(preset, files)
+    if note:
+        logging.getLogger("distill").warning(note)

@@ -32,6 +32,7 @@ from distill.config.sections import (
 from distill.config.toml import (
     available_presets,
     config_to_dict,
+    default_preset_note,
     dump_toml,
     load_config,
     load_config_dict,
@@ -60,6 +61,7 @@ __all__ = [
     "available_presets",
     "check_ranges",
     "config_to_dict",
+    "default_preset_note",
     "dump_toml",
     "load_config",
     "load_config_dict",

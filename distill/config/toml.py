@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "available_presets",
     "config_to_dict",
+    "default_preset_note",
     "dump_toml",
     "load_config",
     "load_config_dict",
@@ -109,6 +110,17 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def default_preset_note(preset: str | None,
+                        files: Sequence[str | os.PathLike[str]] | None = None) -> str | None:
+    """What a command that does work says first when the user chose no preset (no `--preset`,
+    and no config file names one): it runs `paper`, whose teachers need their weights
+    (README "Presets"). None when a preset was chosen."""
+    if preset is not None or any("preset" in _read_toml_file(p) for p in files or []):
+        return None
+    return ("using the paper preset (no --preset, and no config file names one): the paper's "
+            "teachers, which need their weights; --preset demo runs offline with tiny teachers")
+
+
 def load_config(
     preset: str | None = None,
     files: Sequence[str | os.PathLike[str]] | None = None,
@@ -124,10 +136,6 @@ def load_config(
     if chosen is None:
         named = [d["preset"] for d in file_docs if "preset" in d]
         chosen = named[-1] if named else "paper"
-        if not named:  # a choice the user did not make: say it (README "Presets")
-            logger.warning("using the paper preset (no --preset, and no config file names one): "
-                           "the paper's teachers, which need their weights; --preset demo runs "
-                           "offline with tiny teachers")
     merged: dict[str, Any] = _deep_merge({}, _read_preset(chosen))
     for doc in file_docs:
         merged = _deep_merge(merged, doc)
