@@ -80,8 +80,11 @@ class _Forwarder(threading.Thread):
 def _stream_handlers(stream: Any) -> list[logging.StreamHandler[Any]]:
     loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
                                       if isinstance(lg, logging.Logger))]
+    # (a handler whose `stream` is a property, as logging's last-resort handler, reads
+    # `sys.stderr` each time: it follows the swap by itself and cannot be given a stream)
     return [h for lg in loggers for h in lg.handlers
-            if isinstance(h, logging.StreamHandler) and h.stream is stream]
+            if isinstance(h, logging.StreamHandler) and h.stream is stream
+            and not isinstance(getattr(type(h), "stream", None), property)]
 
 
 @contextmanager

@@ -67,3 +67,22 @@ def test_without_v_no_ray_line_reaches_stderr_and_the_summary_names_rays_logs(po
     assert driver_logs, f"no driver log of pid {proc.pid} in {logs.group(1)}"
     assert "has constructor arguments in the object store" in driver_logs[0].read_text()
 
+
+
+def test_a_handler_that_follows_sys_stderr_by_itself_is_left_alone():
+    """logging's last-resort handler reads `sys.stderr` through a property that cannot be set:
+    a program that attached it (or one like it) used to fail before Ray started."""
+    import logging
+    import sys
+
+    from pipelines.console import native_lines_dropped
+
+    follower = logging.getLogger("distill.tests.follower")
+    follower.addHandler(logging.lastResort)
+    try:
+        before = sys.stderr
+        with native_lines_dropped():
+            assert sys.stderr is not before
+        assert sys.stderr is before
+    finally:
+        follower.removeHandler(logging.lastResort)

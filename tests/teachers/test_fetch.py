@@ -3,7 +3,7 @@
 model.safetensors, preprocessor_config.json): a pinned revision, an unpinned one warned about,
 a corrupted file and a wrong recorded sha256 refused with nothing left under its name, a
 dropped connection resumed with a Range request, and the cache then used with HF_HUB_OFFLINE=1
-by a real teacher load."""
+by a real `generate-labels` run."""
 
 from __future__ import annotations
 
@@ -83,17 +83,29 @@ def test_a_pinned_revision_is_fetched_verified_and_then_loads_offline(hub, tmp_p
     assert f"HF_HUB_OFFLINE=1 HF_HUB_CACHE={cache}" in done.stdout
     files = snapshot(cache, repo.commit)
     assert sorted(p.name for p in files.iterdir()) == sorted(repo.files)
-    # the server is gone: the teacher loads from the cache alone, at the pinned commit
-    load = ("import distill, numpy as np; t = distill.create_teacher('depth-anything-v2', "
-            f"variant='pretrained', checkpoint='{REPO}', revision='{repo.commit}', "
-            "input_size=56); r = t.predict([np.zeros((40, 60, 3), np.uint8)]); "
-            "print('commit', t.provenance.commit, r[0].shape if hasattr(r[0], 'shape') else '')")
+    # the server is gone: a real labelling run (fail-fast check, Ray workers, shard
+    # provenance) reads the weights from the cache alone, at the pinned commit
+    from distill.shards import read_metadata
+    from tests.conftest import make_coco7
+
+    root = make_coco7(tmp_path / "coco")
+    off = [f"teachers.{role}.enabled=false" for role in ("panoptic", "text", "caption", "pose")]
+    cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+           "--root", str(root), "--split", "val2017", "--limit", "3", "--out",
+           str(tmp_path / "labels"), "--no-live",
+           *(arg for setting in (*off, "teachers.depth.variant=pretrained",
+                                 f"teachers.depth.checkpoint={REPO}",
+                                 f"teachers.depth.revision={repo.commit}",
+                                 "teachers.depth.input_size=56")
+             for arg in ("--set", setting))]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
            "HF_ENDPOINT": "http://127.0.0.1:9"}
-    proc = subprocess.run([sys.executable, "-c", load], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert f"commit {repo.commit}" in proc.stdout
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (shard,) = sorted((tmp_path / "labels" / "shards").glob("*.parquet"))
+    depth = read_metadata(shard)["provenance"]["depth"]
+    assert (depth["variant"], depth["checkpoint"], depth["commit"]) == \
+        ("pretrained", REPO, repo.commit)
 
 
 def test_an_unpinned_revision_is_warned_about_with_the_commit_to_pin(hub, tmp_path):
