@@ -202,7 +202,9 @@ def decode_row(row: dict[str, Any]) -> Sample:
     fields: dict[str, Any] = {}
     for layer in layers():
         fields.update(layer.decode(row))
-    plugins = {k: fields.pop(k) for k in [k for k in fields if k not in _SAMPLE_FIELDS]}
+    # (a layer whose columns the row lacks or left null gives no plug-in value)
+    plugins = {k: v for k in [k for k in fields if k not in _SAMPLE_FIELDS]
+               if (v := fields.pop(k)) is not None}
     return Sample(
         plugins=plugins,
         image_id=row["image_id"],

@@ -56,7 +56,7 @@ def test_grid_pages_in_run_order(view_client, labelled_coco7):
         assert card["image_id"] == row["image_id"]
         assert card["people"] == len(row["persons"] or [])
         assert card["teachers"] == {"depth": True, "panoptic": True, "text": True,
-                                    "caption": True}
+                                    "caption": True, "pose": True, "parts": False}
         share = float((decode_png(row["text_png"]) > 0).mean())
         assert card["text_share"] == pytest.approx(share)
         assert card["tokens"] == (row["tokens"] or [])
@@ -116,7 +116,7 @@ def test_sample_page_layers_and_student(view_client, labelled_coco7):
     assert doc["image_id"] == sample.image_id and doc["tokens"] == sample.tokens
     assert len(doc["segments"]) == len(sample.segments)
     assert all(isinstance(s["category"], str) for s in doc["segments"])
-    assert set(doc["provenance"]) == {"depth", "panoptic", "text", "caption"}
+    assert set(doc["provenance"]) == {"depth", "panoptic", "text", "caption", "pose"}
     assert {"depth", "normals", "groups", "text", "people", "panoptic"} <= set(doc["layers"])
     w, h = doc["display"]
     image = Image.open(io.BytesIO(view_client.get(f"/image/{shard}/{i}.jpg").content))
