@@ -155,16 +155,21 @@ def test_two_ray_train_workers_complete_an_epoch_and_resume(labelled_coco7, tmp_
 
     shards = labelled_coco7[1] / "shards"
     out = tmp_path / "ray-run"
-    metrics = train_on_ray(_config("train.epochs=1", "train.batch_size=2"),
+    # SASD on (issue 30): epoch 0 is its warm-up, the resumed epoch 1 runs the 2x pass on both
+    # workers, its training-only parts carried through state.pt and kept out of the weights
+    sasd = ("train.self_distill.enabled=true", "train.self_distill.warmup_epochs=1")
+    metrics = train_on_ray(_config("train.epochs=1", "train.batch_size=2", *sasd),
                            TrainOptions(shards=shards, out=out), num_workers=2,
                            cpus_per_worker=0.5)
     assert metrics["epoch"] == 0
     assert (out / "checkpoints" / "last" / "model.safetensors").is_file()
-    metrics = train_on_ray(_config("train.epochs=2", "train.batch_size=2"),
+    metrics = train_on_ray(_config("train.epochs=2", "train.batch_size=2", *sasd),
                            TrainOptions(shards=shards, out=out, resume=True), num_workers=2,
                            cpus_per_worker=0.5)
     assert metrics["epoch"] == 1
     assert [m["epoch"] for m in _metrics(out)] == [0, 1]
+    warm_up, distilled = (m["train"] for m in _metrics(out))
+    assert "loss/sasd_align" in distilled and "loss/sasd_align" not in warm_up
 
 
 def test_validation_shards_are_scored_each_epoch_unaugmented(labelled_coco7, tmp_path):
