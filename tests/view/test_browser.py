@@ -125,14 +125,16 @@ def test_grid_filter_sample_and_layer_toggle(server, browser, labelled_coco7, tm
     assert before.std() > 10, "the sample image looks blank"
     browser.find_element(By.ID, "layer-teacher-depth").click()
     _wait(lambda: _loaded(browser, "#layer-teacher-depth-img"), what="the depth layer")
-    time.sleep(0.3)
+
+    def changed() -> float:  # the share of pixels the overlay changed (painted: a marker)
+        after = _shot(stack)
+        assert after.shape == before.shape
+        return float((np.abs(after - before).max(axis=2) > 24).mean())
+
+    _wait(lambda: changed() > 0.2, what="the depth overlay painted over a fifth of the image")
     after = _shot(stack)
-    assert after.shape == before.shape
-    changed = float((np.abs(after - before).max(axis=2) > 24).mean())
-    assert changed > 0.2, f"toggling depth changed only {changed:.1%} of the pixels"
     browser.find_element(By.ID, "layer-teacher-depth").click()  # off again: back as it was
-    time.sleep(0.3)
-    assert np.abs(_shot(stack) - before).mean() < 2.0
+    _wait(lambda: np.abs(_shot(stack) - before).mean() < 2.0, what="the image as it was")
     # the student's layers are there too
     assert browser.find_elements(By.ID, "layer-student-depth")
     Image.fromarray(after.astype(np.uint8)).save(tmp_path / "sample-depth.png")
