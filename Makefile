@@ -6,6 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.distill-installed
 DEMO   ?= demo-data
+# `make test` runs in two pytest-xdist workers: every test on the session's Ray in one of them, in
+# order (tests/conftest.py), the rest beside it. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 .PHONY: setup test test-fast demo bench lint clean
 
@@ -21,10 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 demo: setup
 	$(BIN)/distill data make-demo $(DEMO)/coco

@@ -34,6 +34,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# `make test` runs the suite in two pytest-xdist workers (gw0, gw1). Each is a session of its
+# own: its own Ray (in its own temp folder, so neither finds the other's as "the cluster
+# running here") and its own S3 test server.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if WORKER and os.environ.get("DISTILL_TEST_WORKER") != WORKER:
+    os.environ["DISTILL_TEST_WORKER"] = WORKER
+    os.environ.pop("DISTILL_TEST_S3_ENDPOINT", None)  # the controller's, inherited
+    _ray_root = Path(os.environ.get("RAY_TMPDIR") or "/tmp") / WORKER
+    _ray_root.mkdir(parents=True, exist_ok=True)
+    os.environ["RAY_TMPDIR"] = str(_ray_root)
+
 # The S3 test server's address is fixed before anything starts, so that every process of the
 # session — Ray workers started later, CLI subprocesses — finds it through the standard
 # environment, as a user's would. The server itself starts only when a test asks for it.
@@ -316,3 +327,13 @@ def run_until(cmd: list[str], out: Path | str, point: int | None, timeout: float
     if proc.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(f"CLI failed ({proc.returncode}):\n{err.decode()[-3000:]}")
     return proc.returncode
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `make test`'s two xdist workers, every test on the session's Ray runs in one worker,
+    in order, as a plain `pytest` run has them (one Ray, started once); the other worker takes
+    the tests that start no Ray of the session's (units, pictures, CLIs with a Ray of their own)."""
+    group = pytest.mark.xdist_group("session-ray")
+    for item in items:
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(group)
