@@ -58,10 +58,16 @@ def read_quarantine(path: str | Path | Location) -> list[Failure]:
 def replace_failures(path: str | Path | Location, shards: Iterable[str], image_ids: Iterable[int],
                      failures: Iterable[Failure]) -> list[Failure]:
     """Drop the recorded failures of `image_ids` in `shards` (they were just processed again),
-    add `failures`, and rewrite the file atomically. Returns the whole new list."""
+    add `failures`, and rewrite the file atomically. Returns the whole new list. A shard that
+    failed nothing and had nothing recorded leaves the file as it is: most commits write no
+    quarantine at all (on S3, no PUT), however many failures the run holds."""
     path = Location(path)
     shards, ids = set(shards), set(image_ids)
-    kept = [f for f in read_quarantine(path) if not (f.shard in shards and f.image_id in ids)]
+    failures = list(failures)
+    recorded = read_quarantine(path)
+    kept = [f for f in recorded if not (f.shard in shards and f.image_id in ids)]
+    if not failures and len(kept) == len(recorded) and (recorded or path.is_file()):
+        return recorded
     rows = sorted([*kept, *failures], key=lambda f: (f.image_id, f.stage, f.message))
     table = pa.Table.from_pylist([asdict(f) for f in rows], schema=QUARANTINE_SCHEMA)
     atomic_write_table(path, table)

@@ -40,6 +40,24 @@ def test_failures_are_written_as_plain_parquet(tmp_path):
     assert os.listdir(tmp_path) == ["quarantine.parquet"]  # no temp file left behind
 
 
+def test_a_shard_that_changes_nothing_leaves_the_file_alone(tmp_path):
+    """Issue 31, item 3: a commit's cost must not grow with the run; a shard that quarantined
+    nothing (and had nothing recorded) does not rewrite the file, however many rows it holds."""
+    path = tmp_path / "quarantine.parquet"
+    replace_failures(path, ["a"], [1, 2], [_f(1, "a"), _f(2, "a")])
+    before = path.stat()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns - 10**9))  # an older file
+    old = path.stat()
+    assert replace_failures(path, ["b"], [3, 4], []) == [_f(1, "a"), _f(2, "a")]
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (old.st_ino, old.st_mtime_ns)
+    # dropping a recorded failure (image 2 labelled this time) does rewrite it
+    assert replace_failures(path, ["a"], [2], []) == [_f(1, "a")]
+    assert read_quarantine(path) == [_f(1, "a")] and path.stat().st_ino != old.st_ino
+    # the first commit of a run with no failures still writes the (empty) file users look for
+    empty = tmp_path / "empty.parquet"
+    assert replace_failures(empty, ["a"], [1], []) == [] and pq.read_table(empty).num_rows == 0
+
+
 def test_reprocessing_a_shard_replaces_its_rows_and_keeps_the_rest(tmp_path):
     path = tmp_path / "quarantine.parquet"
     replace_failures(path, [""], [1], [_f(1, "", "read", "UnsafePathError", "annotation")])
