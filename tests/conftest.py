@@ -286,27 +286,11 @@ def pools_cli_run(tmp_path_factory, ray_address, coco7) -> CliRun:
     user's second run would. The console test reads what it printed, the layout test its rows.
     Tests must not modify the run folder."""
     out = tmp_path_factory.mktemp("pools") / "out"
-    return _label_by_cli(out, coco7, "--address", str(ray_address), "--set", "ray.layout=pools")
-
-
-@pytest.fixture(scope="session")
-def private_labelled_coco7(tmp_path_factory, coco7) -> Path:
-    """`make_coco7` labelled as `labelled_coco7` is (the fused layout), but by the CLI on a Ray
-    of its own: the single-node reference of a test that keeps off the session's Ray, so that
-    `make test`'s second worker takes it (the multi-node cluster test). The run folder; tests
-    must not modify it."""
-    run = _label_by_cli(tmp_path_factory.mktemp("private") / "out", coco7)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run.out
-
-
-def _label_by_cli(out: Path, root: Path, *args: str) -> CliRun:
-    """`distill run generate-labels` on `root` with label_config's settings, plus `args`."""
-    cmd = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
-           "--out", str(out), "--no-live", *args]
-    for setting in [f"data.root={root}", *LABEL_SETS]:
-        cmd += ["--set", setting]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    args = [sys.executable, "-m", "distill.cli", "run", "generate-labels", "--preset", "demo",
+            "--out", str(out), "--no-live", "--address", str(ray_address)]
+    for setting in [f"data.root={coco7}", *LABEL_SETS, "ray.layout=pools"]:
+        args += ["--set", setting]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     stdout, stderr = proc.communicate(timeout=600)
     return CliRun(out, proc.pid, proc.returncode, stdout, stderr)

@@ -47,8 +47,8 @@ def _rows(run: str) -> dict[int, object]:
 
 
 @pytest.mark.slow
-def test_a_run_on_object_storage_survives_losing_a_worker_node(tmp_path, s3_bucket,
-                                                               private_labelled_coco7):
+def test_a_run_on_object_storage_survives_losing_a_worker_node(tmp_path, ray_address,
+                                                               s3_bucket, labelled_coco7):
     data = make_coco7(tmp_path / "coco")
     root = upload_folder(data, f"{s3_bucket}/coco")
     out, result_file = f"{s3_bucket}/cluster-run", tmp_path / "result.json"
@@ -70,11 +70,10 @@ def test_a_run_on_object_storage_survives_losing_a_worker_node(tmp_path, s3_buck
             "metrics.jsonl", "config.toml", "vocab.parquet"} <= set(keys), keys
     assert not [k for k in keys if "/." in f"/{k}"], keys  # no temp objects left
 
-    # The rows equal a single-node run's (labelled as the session's labelled_coco7 is, by the
-    # CLI on a Ray of its own: the same pixels and settings but 3 images a shard, so depth
-    # batched 5, 7, 9 and 12 with other neighbours: equal up to depth's last float bits,
-    # README "Resume")
-    got, want = _rows(out), shard_rows(private_labelled_coco7)
+    # The rows equal a single-node run's (the session's labelled_coco7: the same pixels and
+    # settings but 3 images a shard, so depth batched 5, 7, 9 and 12 with other neighbours:
+    # equal up to depth's last float bits, README "Resume")
+    got, want = _rows(out), shard_rows(labelled_coco7[1])
     assert sorted(got) == sorted(want)
     for image_id, sample in want.items():
         assert_same_sample(got[image_id], sample, depth_levels=1)
