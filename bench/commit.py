@@ -165,8 +165,8 @@ def _row_bytes(row: dict[str, Any]) -> int:
 def commit_shards(root: str, manifest: Any, shards: list[tuple[Any, list[dict[str, Any]]]],
                   row_group_size: int) -> dict[str, float]:
     """`Committer.commit` for a label job with no failures, shard after shard: the Parquet
-    file (temp → final), the quarantine rewrite, the commit record. Seconds per step and
-    the committed bytes."""
+    file (temp → final), the quarantine step (a read; no rewrite when the shard failed nothing),
+    the commit record. Seconds per step and the committed bytes."""
     from distill.manifest import record_commit, write_manifest
     from distill.quarantine import replace_failures
     from distill.runfolder import LabelRun
@@ -421,7 +421,7 @@ def summary_lines(sw: Any) -> list[str]:
               f"pre-encoded rows (the demo photos at 640×480 as JPEG with label PNGs from "
               f"`encode_sample`: {sw['row_bytes_mean'] / 1e3:,.0f} kB/row on average, "
               f"{sw['shard_bytes_mean'] / MB:.0f} MB/shard), each shard followed by its "
-              f"quarantine rewrite and {_manifest_step(sw)}, median of {sw['repeat']} runs, local and S3 alternating.", "",
+              f"quarantine step (no failures: read, not rewritten) and {_manifest_step(sw)}, median of {sw['repeat']} runs, local and S3 alternating.", "",
               "| target | rows/s = images/s | MB/s | s per shard: Parquet / quarantine / "
               f"manifest | GPUs at which it binds | ≥ {goal} images/s |",
               "|---|---:|---:|---:|---:|---|"]
@@ -448,7 +448,7 @@ def summary_lines(sw: Any) -> list[str]:
               "of it (Parquet writing and the upload run one after the other). Against this "
               "server no writer placement reaches the goal; moving shard writing onto workers "
               "would overlap the two steps, at most reaching the bare-upload figure."
-              "", "The quarantine rewrite and the manifest step are per shard (a rewritten "
+              "", "The quarantine step and the manifest step are per shard (a rewritten "
               "manifest grows with the split, a commit record does not); at the config's default 1000 images per shard "
               f"the same step times extrapolate to {ext['local']:.0f} rows/s locally and "
               f"{ext['s3_moto']:.0f} on moto (an extrapolation, not measured)."]
