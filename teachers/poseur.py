@@ -36,6 +36,7 @@ from teachers.runtime import (
     load_state_dict,
     load_strict,
     make_provenance,
+    rename_key,
     resolve_device,
     resolve_dtype,
     seeded,
@@ -98,16 +99,12 @@ def map_upstream_keys(state: dict[str, torch.Tensor], backbone: str) -> dict[str
     for key, value in state.items():
         if key.startswith(_TRAINING_ONLY):
             continue
-        new = key
         if key.startswith("backbone.") and backbone == "mobilenetv2":
             new = _mobilenet_key(key)
         elif m := re.match(_T + r"decoder\.layers\.(\d+)\.norms\.(\d+)\.", key):
             new = f"layers.{m[1]}.norm{int(m[2]) + 1}.{key[m.end():]}"
         else:
-            for pattern, repl in _RULES:
-                if re.match(pattern, key):
-                    new = re.sub(pattern, repl, key, count=1)
-                    break
+            new = rename_key(key, _RULES)
         out[new] = value
     return out
 

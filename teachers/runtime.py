@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ __all__ = [
     "padded_size",
     "predict_in_chunks",
     "pretrained_source",
+    "rename_key",
     "resolve_commit",
     "resolve_device",
     "resolve_dtype",
@@ -192,6 +194,15 @@ def predict_in_chunks(
     for start in range(0, len(images), step):
         results.extend(predict_batch(images[start:start + step]))
     return results
+
+
+def rename_key(key: str, rules: Sequence[tuple[str, str]]) -> str:
+    """An upstream checkpoint's parameter name in ours: the first (regex, replacement) rule that
+    matches at the start of `key` renames it once; a key no rule matches keeps its name."""
+    for pattern, repl in rules:
+        if re.match(pattern, key):
+            return re.sub(pattern, repl, key, count=1)
+    return key
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -77,15 +77,7 @@ def map_upstream_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """Upstream `SingleStageInsParsingDetector` state-dict names → `UniParserNet`'s: the head
     `mask_head.` → `head.`, the FPN's `ConvModule` `.conv.` dropped. The backbone's names are
     mmdet's ResNet's, which are torchvision's (DCN: `conv2.weight`, `conv2.conv_offset.*`)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        new = key
-        for pattern, repl in _RULES:
-            if re.match(pattern, key):
-                new = re.sub(pattern, repl, key, count=1)
-                break
-        out[new] = value
-    return out
+    return {runtime.rename_key(key, _RULES): value for key, value in state.items()}
 
 
 def arch_of_checkpoint(state: dict[str, torch.Tensor]) -> UniParserArch | None:
