@@ -102,7 +102,7 @@ def test_written_shard_reads_back_equal_for_every_column(tmp_path):
 def test_labels_from_a_shard_with_pillows_pngs_equal_todays(tmp_path, monkeypatch):
     """A shard written before the PNG encoder changed (Pillow, compress_level 1) and one written
     now decode to the same labels, pixel for pixel; only the PNG bytes differ."""
-    import distill.layers.registry as layer_codecs
+    import distill.layers.codec as layer_codecs
 
     samples = [make_sample(i) for i in (5, 9)]
     now, before = tmp_path / "now.parquet", tmp_path / "before.parquet"

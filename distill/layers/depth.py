@@ -10,16 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from distill.labels.depth import DEPTH_LEVELS, normalize_depth, quantize_unit
-from distill.layers.registry import (
-    Column,
-    LabelLayer,
-    Modality,
-    PanelSpec,
-    png_column,
-    png_value,
-    unit_u8,
-    unpng,
-)
+from distill.layers.codec import png_value, unit_u8, unpng
+from distill.layers.registry import Column, LabelLayer, Modality, PanelSpec, png_column
 
 if TYPE_CHECKING:
     from distill.layers.form import LabelledImage

@@ -16,15 +16,8 @@ from distill.labels.groups import (
     decode_group_mask,
     encode_group_mask,
 )
-from distill.layers.registry import (
-    LabelLayer,
-    Modality,
-    PanelSpec,
-    pixel_share,
-    png_column,
-    png_value,
-    unpng,
-)
+from distill.layers.codec import png_value, unpng
+from distill.layers.registry import LabelLayer, Modality, PanelSpec, pixel_share, png_column
 
 if TYPE_CHECKING:
     from distill.layers.form import LabelledImage

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distill.labels.normals import decode_normals8, encode_normals8, normals_from_unit
-from distill.layers.registry import LabelLayer, Modality, PanelSpec, png_column, png_value, unpng
+from distill.layers.codec import png_value, unpng
+from distill.layers.registry import LabelLayer, Modality, PanelSpec, png_column
 
 if TYPE_CHECKING:
     from distill.layers.form import LabelledImage

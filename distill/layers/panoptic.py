@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from distill.layers.registry import Column, LabelLayer, png_column, png_value, unpng
+from distill.layers.codec import png_value, unpng
+from distill.layers.registry import Column, LabelLayer, png_column
 
 if TYPE_CHECKING:
     from distill.layers.form import LabelledImage

@@ -20,7 +20,8 @@ from distill.labels.keypoints import (
     render_heatmaps,
     render_pafs,
 )
-from distill.layers.registry import Column, LabelLayer, Modality, PanelSpec, unit_u8
+from distill.layers.codec import unit_u8
+from distill.layers.registry import Column, LabelLayer, Modality, PanelSpec
 
 if TYPE_CHECKING:
     from PIL import ImageDraw

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from distill.errors import LayerError, ShardError
-from distill.images import decode_png, encode_png
+from distill.errors import LayerError
 
 if TYPE_CHECKING:
     from distill.layers.form import LabelledImage
@@ -48,7 +47,6 @@ __all__ = [
     "PanelSpec",
     "builtin_layers",
     "card_columns",
-    "check_hw",
     "fill_order",
     "get_layer",
     "import_plugins",
@@ -57,12 +55,9 @@ __all__ = [
     "pixel_share",
     "plugin_layers",
     "png_column",
-    "png_value",
     "register",
     "role_markers",
     "undecoded_columns",
-    "unit_u8",
-    "unpng",
     "unregister",
 ]
 
@@ -376,40 +371,8 @@ def fill_order() -> tuple[LabelLayer, ...]:
     return tuple(done.values())
 
 
-def check_hw(sample: Sample, label: str, array: np.ndarray) -> None:
-    """Raise unless `array` has the image's (height, width): labels are stored at the original
-    resolution."""
-    if array.shape[:2] != (sample.height, sample.width):
-        raise ShardError(
-            f"image {sample.image_id}: {label} is {array.shape[1]}x{array.shape[0]}, the image is "
-            f"{sample.width}x{sample.height}; labels are stored at the original resolution"
-        )
-
-
-def png_value(sample: Sample, label: str, array: np.ndarray | None, level: int) -> bytes | None:
-    """`array` as PNG bytes after checking its size; None stays None."""
-    if array is None:
-        return None
-    check_hw(sample, label, array)
-    return encode_png(array, level)
-
-
-def unpng(value: bytes | None) -> np.ndarray | None:
-    return None if value is None else decode_png(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # The columns the student's loader and the viewer's grid read, and plug-in modules
-
-
-def unit_u8(unit: np.ndarray) -> np.ndarray:
-    """A target in [0, 1] → uint8 levels (255 = 1.0), rounded half up, clipped. In place on one
-    float32 copy: this runs on ~2M values per example and was the loader's second cost after
-    PNG/JPEG decoding."""
-    scaled = np.multiply(unit, 255.0, dtype=np.float32)
-    np.clip(scaled, 0.0, 255.0, out=scaled)
-    scaled += 0.5
-    return scaled.astype(np.uint8)
 
 
 def loader_columns() -> tuple[str, ...]:

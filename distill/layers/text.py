@@ -10,16 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from distill.labels.text import rasterize_polygons
-from distill.layers.registry import (
-    Column,
-    LabelLayer,
-    Modality,
-    PanelSpec,
-    pixel_share,
-    png_column,
-    png_value,
-    unpng,
-)
+from distill.layers.codec import png_value, unpng
+from distill.layers.registry import Column, LabelLayer, Modality, PanelSpec, pixel_share, png_column
 
 if TYPE_CHECKING:
     from distill.layers.form import LabelledImage

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from distill.layers import LabelLayer
-from distill.layers.registry import png_column, png_value, unpng
+from distill.layers.codec import png_value, unpng
+from distill.layers.registry import png_column
 from distill.shards import Sample
 from tests.layers.sky_layer import sky_mask
 

@@ -130,7 +130,7 @@ def _pillow_encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
 def test_the_stream_reading_fewer_columns_yields_the_old_examples(tmp_path, monkeypatch,
                                                                   encoder):
     if encoder == "pillow":
-        monkeypatch.setattr("distill.layers.registry.encode_png", _pillow_encode_png)
+        monkeypatch.setattr("distill.layers.codec.encode_png", _pillow_encode_png)
     path = tmp_path / shard_name("train2017", 0)
     with ShardWriter(path, make_metadata("f", {}), row_group_size=2) as writer:
         for sample in SAMPLES:
